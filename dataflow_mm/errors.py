@@ -1,0 +1,85 @@
+"""Error types.
+
+Two families, because they are handled differently:
+
+* ``UserError``: a run-level problem (input file missing, cache not writable, model not
+  loadable, keys that do not match). The CLI prints its message and exits non-zero, no traceback.
+* ``RowError``: a problem with one row (missing image, bad box, failed request). The row keeps
+  its place and its ``error`` field holds ``"<ErrorClass>: <message>"`` (see ``row_error_text``).
+"""
+
+from __future__ import annotations
+
+ERROR_COLUMN = "error"
+
+
+class DataflowMMError(Exception):
+    """Base class of every error raised on purpose by dataflow-mm."""
+
+
+class UserError(DataflowMMError):
+    """A run-level problem the user can fix; reported without a traceback."""
+
+
+class MissingDependencyError(UserError):
+    """An optional dependency is not installed; the message holds the exact pip line."""
+
+
+class ModelNotAvailableError(UserError):
+    """A model cannot be found locally and cannot be downloaded (offline or unknown id)."""
+
+
+class PipelineCompileError(UserError):
+    """Operator input keys that do not exist at the step where the operator runs."""
+
+
+class StorageError(UserError):
+    """The input table or the cache folder cannot be read or written."""
+
+
+class RowError(DataflowMMError):
+    """A problem confined to one row; the row is kept with an error field."""
+
+
+class ImageLoadError(RowError):
+    """An image could not be read."""
+
+
+class ImageNotFoundError(ImageLoadError):
+    """The image path does not exist (or is not a file)."""
+
+
+class ImageDecodeError(ImageLoadError):
+    """The file exists but is not a decodable image (empty, truncated, not an image)."""
+
+
+class ImageTooLargeError(ImageLoadError):
+    """The image declares more pixels than allowed (decompression-bomb guard)."""
+
+
+class InvalidBoxError(RowError):
+    """A bounding box is malformed or lies outside the image."""
+
+
+class ServingError(RowError):
+    """The model backend failed for this request (after any retries)."""
+
+
+class PromptTooLongError(RowError):
+    """The request cannot fit the model's context window."""
+
+
+def row_error_text(error: BaseException) -> str:
+    """The text stored in a row's ``error`` field: ``"<ErrorClass>: <message>"``."""
+    return f"{type(error).__name__}: {error}"
+
+
+def error_class_of(text: str | None) -> str | None:
+    """The error class name of an ``error`` field value, or None for a row without error."""
+    if not text or not isinstance(text, str):
+        return None
+    return text.split(":", 1)[0].strip()
+
+
+class MissingFieldError(RowError):
+    """A field the operator needs is absent or empty in this row."""

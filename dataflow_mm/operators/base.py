@@ -1,0 +1,256 @@
+"""The operator contract: ``run`` reads a step, a pure batch method transforms it, the next step is written.
+
+Subclasses implement ``process(frame, **keys) -> frame`` (pure: a DataFrame in, the same rows
+out with new columns) and a ``run(storage, ...)`` whose explicit keyword arguments name the
+columns, and which calls ``self.execute(storage, **keys)``. Everything else lives here, once:
+
+* chunked streaming of the input, one ``process`` call per chunk;
+* rows that already carry an ``error`` pass through untouched; rows that fail get one;
+* records the reader could not parse go to a rejects file, counted in the stats;
+* resume: a step whose manifest proves it is current is skipped (and says so);
+* compile: while a pipeline is being compiled, ``execute`` records the call instead of running it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dataflow_mm.errors import ERROR_COLUMN, error_class_of
+from dataflow_mm.logger import get_logger
+from dataflow_mm.storage.file_storage import FileStorage
+from dataflow_mm.storage.formats import AtomicTableWriter, Reject, read_table, table_type_of, write_table
+from dataflow_mm.storage.manifest import StepManifest, file_sha256, fingerprint
+
+log = get_logger("operators")
+
+
+@dataclass
+class OperatorCall:
+    """One ``run`` call seen while compiling: which operator, on which step, with which keys."""
+
+    operator: OperatorABC
+    storage: FileStorage
+    keys: dict[str, Any]
+
+
+@dataclass
+class StepResult:
+    """What one operator did to one step: counts, causes and time (datatrove-style stats)."""
+
+    step: int
+    operator: str
+    output_path: str
+    rows_in: int = 0
+    rows_out: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    row_errors: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    skipped: bool = False
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    def describe(self) -> str:
+        if self.skipped:
+            return f"step {self.step} {self.operator}: already complete, skipped ({self.rows_out} rows in {self.output_path})"
+        text = f"step {self.step} {self.operator}: {self.rows_in} rows in, {self.rows_out} out"
+        if self.row_errors:
+            causes = ", ".join(f"{k} x{v}" for k, v in sorted(self.row_errors.items()))
+            text += f" ({sum(self.row_errors.values())} with error: {causes})"
+        if self.rejected:
+            causes = ", ".join(f"{k} x{v}" for k, v in sorted(self.rejected.items()))
+            text += f", {self.rows_rejected} rejected ({causes})"
+        return text + f", {self.seconds:.2f} s -> {self.output_path}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "operator": self.operator,
+            "output_path": self.output_path,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "rows_rejected": self.rows_rejected,
+            "rejected": self.rejected,
+            "row_errors": self.row_errors,
+            "seconds": round(self.seconds, 3),
+            "skipped": self.skipped,
+        }
+
+
+_recording: ContextVar[list[OperatorCall] | None] = ContextVar("dataflow_mm_recording", default=None)
+_results: ContextVar[list[StepResult] | None] = ContextVar("dataflow_mm_results", default=None)
+
+
+@contextmanager
+def recording_calls() -> Iterator[list[OperatorCall]]:
+    """Within this block, operators record their ``run`` calls instead of executing them."""
+    calls: list[OperatorCall] = []
+    token = _recording.set(calls)
+    try:
+        yield calls
+    finally:
+        _recording.reset(token)
+
+
+@contextmanager
+def collecting_results() -> Iterator[list[StepResult]]:
+    """Within this block, every executed (or skipped) step appends its StepResult to the list."""
+    results: list[StepResult] = []
+    token = _results.set(results)
+    try:
+        yield results
+    finally:
+        _results.reset(token)
+
+
+class OperatorABC(ABC):
+    """Base class of every operator."""
+
+    def input_columns(self, **keys: Any) -> list[str]:
+        """Columns that must exist in the step this operator reads (checked by ``compile``)."""
+        return []
+
+    def output_columns(self, **keys: Any) -> list[str]:
+        """Columns this operator adds (so ``compile`` knows what later steps can use)."""
+        return []
+
+    def params(self) -> dict[str, Any]:
+        """Parameters that change the output: part of the resume fingerprint and the manifest."""
+        return {}
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced the output beyond ``params`` (model, backend, sampling)."""
+        return {}
+
+    def extra_output_paths(self) -> list[Path]:
+        """Other files that receive a copy of this step's rows (e.g. a config's output path)."""
+        return []
+
+    def prepare(self, storage: FileStorage) -> None:  # noqa: B027 - optional hook
+        """Called once before the first chunk (e.g. to create output folders)."""
+
+    @abstractmethod
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        """Transform rows without errors; return the same rows (same index) with new columns."""
+
+    # -- execution ----------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def fingerprint(self, keys: dict[str, Any]) -> str:
+        return fingerprint(
+            {"operator": f"{type(self).__module__}.{type(self).__qualname__}", "params": self.params(),
+             "keys": keys, "provenance": self.provenance()}
+        )
+
+    def execute(self, storage: FileStorage, **keys: Any) -> StepResult | None:
+        """Run this operator on ``storage``'s current step (or record the call while compiling)."""
+        calls = _recording.get()
+        if calls is not None:
+            calls.append(OperatorCall(self, storage, keys))
+            return None
+        result = self._execute(storage, keys)
+        log.info(result.describe())
+        results = _results.get()
+        if results is not None:
+            results.append(result)
+        return result
+
+    def _execute(self, storage: FileStorage, keys: dict[str, Any]) -> StepResult:
+        storage.check_writable()
+        input_sha = file_sha256(_readable(storage.input_path))
+        current = self.fingerprint(keys)
+        step = max(storage.operator_step, 0) + 1
+        manifest = StepManifest.load(storage.output_path)
+        if manifest is not None and manifest.matches(current, input_sha, storage.output_path):
+            self._copy_to_extra_outputs(storage.output_path, only_missing=True)
+            stats = manifest.stats
+            return StepResult(step, self.name, str(storage.output_path), stats.get("rows_in", 0),
+                              stats.get("rows_out", 0), stats.get("rejected", {}), stats.get("row_errors", {}),
+                              skipped=True, provenance=manifest.provenance)
+        return self._run_step(storage, keys, step, current, input_sha)
+
+    def _run_step(self, storage: FileStorage, keys: dict[str, Any], step: int, current: str, input_sha: str) -> StepResult:
+        started = time.perf_counter()
+        result = StepResult(step, self.name, str(storage.output_path), provenance=self.provenance())
+        rejects: list[Reject] = []
+        row_errors: Counter[str] = Counter()
+        self.prepare(storage)
+        with AtomicTableWriter(storage.output_path, storage.cache_type) as writer:
+            for chunk in storage.iter_chunks():
+                rejects.extend(chunk.rejects)
+                out = self.process_chunk(chunk.frame, **keys)
+                row_errors.update(c for c in out[ERROR_COLUMN].map(error_class_of) if c)
+                result.rows_in += len(chunk.frame) + len(chunk.rejects)
+                writer.append(out)
+        result.rows_out = writer.rows
+        result.rejected = dict(Counter(r.cause for r in rejects))
+        result.row_errors = dict(row_errors)
+        self._write_rejects(storage, rejects)
+        result.seconds = time.perf_counter() - started
+        StepManifest(
+            operator=self.name, fingerprint=current, params=self.params(), input_path=str(storage.input_path),
+            input_sha256=input_sha, output_sha256=file_sha256(storage.output_path),
+            stats=result.to_dict(), provenance=result.provenance,
+            extra_outputs=[str(p) for p in self.extra_output_paths()],
+        ).save(storage.output_path)
+        self._copy_to_extra_outputs(storage.output_path, only_missing=False)
+        return result
+
+    def process_chunk(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        """``process`` on the rows without an error; rows with one pass through, order kept."""
+        frame = frame.copy()
+        if ERROR_COLUMN not in frame.columns:
+            frame[ERROR_COLUMN] = None
+        ok = frame[ERROR_COLUMN].isna()
+        if not ok.any():
+            return frame
+        processed = self.process(frame[ok], **keys)
+        if len(processed) != int(ok.sum()):
+            raise RuntimeError(f"{self.name}.process returned {len(processed)} rows for {int(ok.sum())}")
+        if ok.all():
+            return processed
+        return pd.concat([processed, frame[~ok]]).sort_index()
+
+    def _write_rejects(self, storage: FileStorage, rejects: list[Reject]) -> None:
+        path = storage.rejects_path
+        if rejects:
+            write_table(pd.DataFrame([r.to_dict() for r in rejects]), path, "jsonl")
+        else:
+            path.unlink(missing_ok=True)
+
+    def _copy_to_extra_outputs(self, step_file: Path, only_missing: bool) -> None:
+        for target in self.extra_output_paths():
+            if only_missing and target.exists():
+                continue
+            if table_type_of(target) != table_type_of(step_file):
+                write_table(read_table(step_file).frame, target)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(step_file, tmp)
+            tmp.replace(target)
+
+
+def _readable(path: Path) -> Path:
+    from dataflow_mm.errors import StorageError
+
+    if not path.exists():
+        raise StorageError(f"Input file does not exist: '{path}'")
+    if path.is_dir():
+        raise StorageError(f"Input path is a directory, not a table file: '{path}'")
+    return path

@@ -1,0 +1,177 @@
+"""ImageBboxGenerator: numbered boxes drawn on each image, plus the region-caption prompt.
+
+Rows with boxes use them (``type = "with_bbox"``); rows without get boxes proposed from the
+image itself (``type = "without_bbox"``). The drawn image is named from its own bytes, so runs
+never overwrite each other's files and an identical re-run reuses them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from dataflow_mm.errors import ERROR_COLUMN, InvalidBoxError, RowError, row_error_text
+from dataflow_mm.imaging.bbox import from_xyxy, normalize_xyxy, pad_boxes, parse_boxes
+from dataflow_mm.imaging.draw import draw_numbered_boxes
+from dataflow_mm.imaging.loading import load_image
+from dataflow_mm.imaging.naming import content_name
+from dataflow_mm.imaging.proposals import propose_boxes
+from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage.file_storage import FileStorage
+from dataflow_mm.storage.media import resolve_media_path
+
+DEFAULT_REGION_PROMPT = (
+    "Describe the content of each marked region in the image. There are {n} regions: <region1> to <region{n}>."
+)
+OUTPUT_FIELDS = ("type", "bbox", "normalized_bbox", "result_file", "valid_bboxes_num", "bbox_dropped")
+
+
+@dataclass
+class ExistingBBoxDataGenConfig:
+    """Settings of ImageBboxGenerator (the seed's config, plus the box format and drawing options).
+
+    ``output_jsonl_path``, when given, receives a copy of the step's rows.
+    ``input_jsonl_path`` is accepted for compatibility; the rows come from the storage.
+    """
+
+    max_boxes: int = 10
+    input_jsonl_path: str | None = None
+    output_jsonl_path: str | None = None
+    bbox_format: str = "xywh"
+    normalized: bool = False
+    propose_when_missing: bool = True
+    image_output_dir: str | None = None
+    line_width: int | None = None
+    jpeg_quality: int = 92
+    num_workers: int | None = None
+
+
+def _is_empty(raw: Any) -> bool:
+    if raw is None or (isinstance(raw, float) and raw != raw):
+        return True
+    return hasattr(raw, "__len__") and not isinstance(raw, str) and len(raw) == 0
+
+
+def _plain_numbers(box: list[float]) -> list[float | int]:
+    return [int(v) if float(v).is_integer() else round(float(v), 3) for v in box]
+
+
+class ImageBboxGenerator(OperatorABC):
+    """Draw numbered boxes on each row's image and build the prompt that asks about each region."""
+
+    def __init__(self, config: ExistingBBoxDataGenConfig | None = None, prompt_template: str = DEFAULT_REGION_PROMPT):
+        self.config = config or ExistingBBoxDataGenConfig()
+        if self.config.max_boxes < 1:
+            raise ValueError(f"max_boxes must be at least 1, not {self.config.max_boxes}")
+        self.prompt_template = prompt_template
+        self._image_dir = Path(self.config.image_output_dir) if self.config.image_output_dir else None
+        self._media_root: Path | None = None
+
+    def run(
+        self,
+        storage: FileStorage,
+        input_image_key: str = "image",
+        input_bbox_key: str = "bbox",
+        output_image_key: str = "image_with_bbox",
+        output_prompt_key: str = "prompt",
+    ) -> None:
+        self.execute(storage, input_image_key=input_image_key, input_bbox_key=input_bbox_key,
+                     output_image_key=output_image_key, output_prompt_key=output_prompt_key)
+
+    def input_columns(self, input_image_key: str = "image", **_: Any) -> list[str]:
+        return [input_image_key]
+
+    def output_columns(self, output_image_key: str = "image_with_bbox", output_prompt_key: str = "prompt",
+                       **_: Any) -> list[str]:
+        return [*OUTPUT_FIELDS, output_image_key, output_prompt_key]
+
+    def params(self) -> dict[str, Any]:
+        config = asdict(self.config)
+        config.pop("num_workers")
+        config.pop("input_jsonl_path")
+        return {"config": config, "prompt_template": self.prompt_template}
+
+    def extra_output_paths(self) -> list[Path]:
+        return [Path(self.config.output_jsonl_path)] if self.config.output_jsonl_path else []
+
+    def prepare(self, storage: FileStorage) -> None:
+        self._image_dir = Path(self.config.image_output_dir or storage.cache_path)
+        self._image_dir.mkdir(parents=True, exist_ok=True)
+        self._media_root = storage.media_root
+
+    def process(self, frame: pd.DataFrame, input_image_key: str = "image", input_bbox_key: str = "bbox",
+                output_image_key: str = "image_with_bbox", output_prompt_key: str = "prompt") -> pd.DataFrame:
+        if self._image_dir is None:
+            self._image_dir = Path(".")
+        images = frame[input_image_key].tolist()
+        boxes = frame[input_bbox_key].tolist() if input_bbox_key in frame.columns else [None] * len(frame)
+        workers = self.config.num_workers or min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            rendered = list(pool.map(self._render_row, images, boxes))
+        out = frame.copy()
+        renamed = {**{name: name for name in OUTPUT_FIELDS},
+                   "image_with_bbox": output_image_key, "prompt": output_prompt_key}
+        for source, target in renamed.items():
+            out[target] = [None if isinstance(item, RowError) else item[source] for item in rendered]
+        out[ERROR_COLUMN] = [
+            row_error_text(item) if isinstance(item, RowError) else previous
+            for item, previous in zip(rendered, out[ERROR_COLUMN], strict=True)
+        ]
+        return out
+
+    def _render_row(self, image_value: Any, raw_boxes: Any) -> dict[str, Any] | RowError:
+        try:
+            return self._render(image_value, raw_boxes)
+        except RowError as exc:
+            return exc
+
+    def _render(self, image_value: Any, raw_boxes: Any) -> dict[str, Any]:
+        cfg = self.config
+        path = resolve_media_path(image_value, self._media_root)
+        image = load_image(path)
+        size = image.size
+        dropped: list[str] = []
+        if _is_empty(raw_boxes) and cfg.propose_when_missing:
+            kind, boxes_xyxy = "without_bbox", list(propose_boxes(image, max_boxes=cfg.max_boxes))
+            if not boxes_xyxy:
+                raise InvalidBoxError("the row has no boxes and none could be proposed (the image looks uniform)")
+        else:
+            parsed = parse_boxes(raw_boxes, cfg.bbox_format, size, cfg.normalized, cfg.max_boxes)
+            kind, boxes_xyxy = "with_bbox", list(parsed.boxes_xyxy)
+            dropped = [reason for _, _, reason in parsed.rejected]
+            if parsed.truncated:
+                dropped.append(f"{parsed.truncated} valid boxes beyond max_boxes={cfg.max_boxes}")
+            if not boxes_xyxy:
+                detail = "; ".join(dropped) or "the box list is empty"
+                raise InvalidBoxError(f"no valid box in {str(raw_boxes)[:200]}: {detail}")
+        drawn = draw_numbered_boxes(image, boxes_xyxy, line_width=cfg.line_width)
+        image_path = self._save(drawn, Path(str(image_value)).stem)
+        n = len(boxes_xyxy)
+        return {
+            "type": kind,
+            "bbox": [_plain_numbers(list(from_xyxy(b, cfg.bbox_format, size, cfg.normalized))) for b in boxes_xyxy],
+            "normalized_bbox": pad_boxes([normalize_xyxy(b, size) for b in boxes_xyxy], cfg.max_boxes),
+            "result_file": str(self._image_dir),
+            "image_with_bbox": image_path,
+            "valid_bboxes_num": n,
+            "prompt": self.prompt_template.format(n=n),
+            "bbox_dropped": dropped,
+        }
+
+    def _save(self, drawn: Image.Image, stem: str) -> str:
+        buffer = io.BytesIO()
+        drawn.save(buffer, format="JPEG", quality=self.config.jpeg_quality)
+        data = buffer.getvalue()
+        assert self._image_dir is not None
+        target = self._image_dir / content_name(f"{stem}_bbox_vis", data, ".jpg")
+        if not target.exists():
+            write_bytes_atomic(data, target)
+        return str(target)

@@ -1,0 +1,114 @@
+"""PipelineABC: a ``forward()`` that calls operators on storage steps, compiled before it runs.
+
+``compile()`` runs ``forward()`` in recording mode: no operator executes and no model loads,
+but every call's input keys are checked against the columns that exist at its step, and all
+mismatches are reported at once. ``run()`` compiles, executes ``forward()`` (completed steps are
+skipped through their manifests) and prints the summary.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from abc import ABC, abstractmethod
+
+from dataflow_mm.errors import ERROR_COLUMN, PipelineCompileError, StorageError
+from dataflow_mm.logger import get_logger
+from dataflow_mm.operators.base import OperatorCall, collecting_results, recording_calls
+from dataflow_mm.pipeline.summary import RunSummary
+from dataflow_mm.serving.base import VLMServing
+from dataflow_mm.storage.formats import peek_columns
+
+log = get_logger("pipeline")
+
+
+def _key(path: os.PathLike | str) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def _missing_key_message(index: int, call: OperatorCall, key: str, columns: list[str]) -> str:
+    close = difflib.get_close_matches(key, columns, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return (
+        f"operator #{index + 1} {call.operator.name} (reads step {max(call.storage.operator_step, 0)}, "
+        f"'{call.storage.input_path}'): input key '{key}' is not a column there.{hint} "
+        f"Available: {columns}"
+    )
+
+
+class PipelineABC(ABC):
+    """Base class of pipelines: subclass it and write ``__init__`` (operators, storage) and ``forward``."""
+
+    @abstractmethod
+    def forward(self) -> None:
+        """Call each operator's ``run`` on the next storage step."""
+
+    def compile(self) -> list[OperatorCall]:
+        """Record the operator calls of ``forward`` and check them, before any model is loaded."""
+        with recording_calls() as calls:
+            self.forward()
+        for call in calls:
+            call.storage.reset()
+        problems: list[str] = []
+        for call in calls:
+            call.storage.check_writable()
+        known: dict[str, list[str] | None] = {}
+        for index, call in enumerate(calls):
+            columns = self._columns_at(call, known, problems)
+            if columns is not None:
+                problems += [
+                    _missing_key_message(index, call, key, columns)
+                    for key in call.operator.input_columns(**call.keys)
+                    if key not in columns
+                ]
+            produced = None if columns is None else list(
+                dict.fromkeys([*columns, ERROR_COLUMN, *call.operator.output_columns(**call.keys)])
+            )
+            for path in [call.storage.output_path, *call.operator.extra_output_paths()]:
+                known[_key(path)] = produced
+        if problems:
+            raise PipelineCompileError(
+                f"The pipeline cannot run: {len(problems)} problem(s) found before loading any model:\n  - "
+                + "\n  - ".join(problems)
+            )
+        self._compiled_calls = calls
+        log.info(f"compiled {type(self).__name__}: {len(calls)} operator(s), keys check out")
+        return calls
+
+    @staticmethod
+    def _columns_at(call: OperatorCall, known: dict[str, list[str] | None], problems: list[str]) -> list[str] | None:
+        path = call.storage.input_path
+        if _key(path) in known:
+            return known[_key(path)]
+        try:
+            columns = peek_columns(path, call.storage.input_type)
+        except StorageError as exc:
+            problems.append(f"operator {call.operator.name}: {exc}")
+            return None
+        if not columns:
+            log.warning(f"input '{path}' has no rows: the run will produce empty steps")
+            return None
+        return columns
+
+    def servings(self) -> list[VLMServing]:
+        """The distinct serving backends the compiled operators use (for the summary)."""
+        found: dict[int, VLMServing] = {}
+        for call in getattr(self, "_compiled_calls", []):
+            serving = getattr(call.operator, "serving", None)
+            if isinstance(serving, VLMServing):
+                found[id(serving)] = serving
+        return list(found.values())
+
+    def run(self) -> RunSummary:
+        """Compile, execute ``forward`` (skipping completed steps), print and return the summary."""
+        calls = self.compile()
+        with collecting_results() as results:
+            self.forward()
+        for call in calls:
+            call.storage.reset()
+        summary = RunSummary(results, self.servings())
+        if calls:
+            storage = calls[-1].storage
+            summary.save(os.path.join(storage.cache_path, f"{storage.file_name_prefix}_summary.json"))
+        print(summary.text(), flush=True)
+        return summary

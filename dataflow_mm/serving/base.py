@@ -1,0 +1,142 @@
+"""The one serving interface every VLM backend implements.
+
+A request is a conversation in OpenAI message form whose content parts may hold images::
+
+    [{"role": "system", "content": "You are ..."},
+     {"role": "user", "content": [{"type": "image", "image": <path | PIL.Image | bytes>},
+                                  {"type": "text", "text": "Describe ..."}]}]
+
+(``{"type": "image_url", "image_url": {"url": ...}}`` parts are accepted too.)
+``chat`` takes many requests at once and returns one ``Completion`` per request, in order;
+batching is the backend's job, never the caller's. A request that fails comes back with
+``error`` set and ``text`` None: it is never answered with an error string.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Message = dict[str, Any]
+Conversation = list[Message]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings shared by every backend (the subset they all honour)."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 512
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Completion:
+    """One answer. Exactly one of ``text`` and ``error`` is set."""
+
+    text: str | None
+    error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    token_ids: list[int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class ServingStats:
+    """Counters a backend keeps for the end-of-run summary."""
+
+    calls: int = 0
+    requests: int = 0
+    failed: int = 0
+    retried: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, completions: Sequence[Completion]) -> None:
+        self.calls += 1
+        self.requests += len(completions)
+        for c in completions:
+            self.failed += 0 if c.ok else 1
+            self.prompt_tokens += c.prompt_tokens or 0
+            self.completion_tokens += c.completion_tokens or 0
+
+
+class VLMServing(ABC):
+    """Base class of the VLM backends (vLLM, transformers, OpenAI-compatible API)."""
+
+    backend_name: str = "base"
+
+    def __init__(self, sampling: SamplingParams | None = None) -> None:
+        self.sampling = sampling or SamplingParams()
+        self.stats = ServingStats()
+
+    @property
+    @abstractmethod
+    def model_id(self) -> str:
+        """The hub id, local folder or endpoint model name this backend answers with."""
+
+    @property
+    def is_smoke_test_model(self) -> bool:
+        """True when the model is a tiny random-weight stand-in whose text means nothing."""
+        return False
+
+    @abstractmethod
+    def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
+        """Answer ``conversations`` in order; the backend batches internally."""
+
+    def chat(
+        self, conversations: Sequence[Conversation], sampling: SamplingParams | None = None
+    ) -> list[Completion]:
+        """Answer every conversation in one batched call; one Completion per request, in order."""
+        if not conversations:
+            return []
+        completions = self._chat_batch(list(conversations), sampling or self.sampling)
+        if len(completions) != len(conversations):
+            raise RuntimeError(
+                f"{type(self).__name__} returned {len(completions)} completions for {len(conversations)} requests"
+            )
+        self.stats.record(completions)
+        return completions
+
+    def generate_from_input(
+        self,
+        user_inputs: Sequence[str],
+        system_prompt: str = "",
+        input_image_paths: Sequence[Any] | None = None,
+    ) -> list[str | None]:
+        """DataFlow-style convenience: one prompt (and optional image) per request, texts back."""
+        from dataflow_mm.serving.messages import build_conversation
+
+        images = list(input_image_paths) if input_image_paths is not None else [None] * len(user_inputs)
+        conversations = [
+            build_conversation(prompt, [image] if image is not None else [], system_prompt)
+            for prompt, image in zip(user_inputs, images, strict=True)
+        ]
+        return [c.text for c in self.chat(conversations)]
+
+    def describe(self) -> dict[str, Any]:
+        """What produced the answers: recorded in step manifests and printed in summaries."""
+        return {
+            "backend": self.backend_name,
+            "model": self.model_id,
+            "sampling": self.sampling.to_dict(),
+            "smoke_test_model": self.is_smoke_test_model,
+        }
+
+    def cleanup(self) -> None:  # noqa: B027 - optional hook
+        """Release the model and its memory; the next call loads it again."""

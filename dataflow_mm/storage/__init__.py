@@ -1,0 +1,18 @@
+"""Step files, table formats, atomic writes and manifests."""
+
+from dataflow_mm.storage.file_storage import FileStorage
+from dataflow_mm.storage.formats import AtomicTableWriter, Chunk, Reject, iter_table, read_table, write_table
+from dataflow_mm.storage.manifest import StepManifest, file_sha256, fingerprint
+
+__all__ = [
+    "AtomicTableWriter",
+    "Chunk",
+    "FileStorage",
+    "Reject",
+    "StepManifest",
+    "file_sha256",
+    "fingerprint",
+    "iter_table",
+    "read_table",
+    "write_table",
+]

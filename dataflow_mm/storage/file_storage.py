@@ -1,0 +1,128 @@
+"""FileStorage: a pipeline's steps as files in a cache folder.
+
+Step 0 reads the user's file; the operator at step k reads step k and writes step k+1 to
+``{cache_path}/{file_name_prefix}_step{k+1}.{cache_type}``. Each write is atomic, and records
+that could not be read (malformed lines) go to ``<step file>.rejects.jsonl`` beside it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from dataflow_mm.errors import StorageError
+from dataflow_mm.storage.formats import (
+    DEFAULT_CHUNK_SIZE,
+    Chunk,
+    check_table_type,
+    iter_table,
+    read_table,
+    table_type_of,
+    write_table,
+)
+
+REJECTS_SUFFIX = ".rejects.jsonl"
+
+
+class FileStorage:
+    """The seed's FileStorage: ``step()`` moves to the next operator, ``read``/``write`` use its files."""
+
+    def __init__(
+        self,
+        first_entry_file_name: str,
+        cache_path: str = "./cache",
+        file_name_prefix: str = "dataflow_cache_step",
+        cache_type: Literal["jsonl", "json", "csv", "parquet"] = "jsonl",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        self.first_entry_file_name = str(first_entry_file_name)
+        self.cache_path = str(cache_path)
+        self.file_name_prefix = file_name_prefix
+        self.cache_type = check_table_type(cache_type)
+        if chunk_size < 1:
+            raise StorageError(f"chunk_size must be at least 1, not {chunk_size}")
+        self.chunk_size = chunk_size
+        self.operator_step = -1
+        self._origin: FileStorage = self
+
+    # -- stepping -----------------------------------------------------------------------------
+    def step(self) -> FileStorage:
+        """Advance to the next operator and return a snapshot of the storage at that step."""
+        self.operator_step += 1
+        snapshot = copy.copy(self)
+        snapshot._origin = self._origin
+        return snapshot
+
+    def reset(self) -> None:
+        """Send the storage this snapshot came from back to before the first operator.
+
+        Snapshots returned by ``step()`` keep their own step, so recorded calls stay valid.
+        """
+        self._origin.operator_step = -1
+
+    # -- paths --------------------------------------------------------------------------------
+    def step_file(self, index: int) -> Path:
+        """The file of step ``index`` (0 is the user's input file)."""
+        if index <= 0:
+            return Path(self.first_entry_file_name)
+        return Path(self.cache_path) / f"{self.file_name_prefix}_step{index}.{self.cache_type}"
+
+    @property
+    def input_path(self) -> Path:
+        return self.step_file(max(self.operator_step, 0))
+
+    @property
+    def output_path(self) -> Path:
+        return self.step_file(max(self.operator_step, 0) + 1)
+
+    @property
+    def rejects_path(self) -> Path:
+        return Path(f"{self.output_path}{REJECTS_SUFFIX}")
+
+    @property
+    def input_type(self) -> str:
+        return table_type_of(self.input_path) if self.operator_step <= 0 else self.cache_type
+
+    @property
+    def media_root(self) -> Path:
+        """Folder against which relative media paths in the user's table are also tried."""
+        return Path(self.first_entry_file_name).resolve().parent
+
+    def check_writable(self) -> None:
+        """Fail fast, before any model loads, when the cache folder cannot be written."""
+        cache = Path(self.cache_path)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=cache)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise StorageError(f"Cache path '{cache}' is not writable: {exc.strerror or exc}") from exc
+
+    # -- data ---------------------------------------------------------------------------------
+    def iter_chunks(self, chunk_size: int | None = None) -> Iterator[Chunk]:
+        """The input of the current step, in chunks of rows (with the records rejected on the way)."""
+        yield from iter_table(self.input_path, self.input_type, chunk_size or self.chunk_size)
+
+    def read(self, output_type: Literal["dataframe", "dict"] = "dataframe") -> pd.DataFrame | list[dict[str, Any]]:
+        """The whole input of the current step, as a DataFrame or a list of dicts."""
+        frame = read_table(self.input_path, self.input_type).frame
+        if output_type == "dataframe":
+            return frame
+        if output_type == "dict":
+            return frame.to_dict(orient="records")
+        raise ValueError(f"output_type must be 'dataframe' or 'dict', not '{output_type}'")
+
+    def write(self, data: pd.DataFrame | list[dict[str, Any]]) -> str:
+        """Write the current step's output atomically and return its path."""
+        frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+        return str(write_table(frame, self.output_path, self.cache_type))
+
+    def __repr__(self) -> str:
+        return f"FileStorage(step={self.operator_step}, input='{self.input_path}', cache='{self.cache_path}')"

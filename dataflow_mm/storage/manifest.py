@@ -1,0 +1,77 @@
+"""Step manifests: what produced a step file, so a re-run can tell whether it is still valid.
+
+A manifest sits beside its step file (``<step file>.manifest.json``). A step is complete when
+its file and manifest both exist, the manifest's fingerprint equals the operator's current one
+(class, parameters, keys, model), the input's content hash is unchanged, and the step file's
+content hash still matches what was written. Completed work is recorded, never guessed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dataflow_mm.storage.formats import write_json_atomic
+
+MANIFEST_SUFFIX = ".manifest.json"
+_HASH_BLOCK = 1 << 20
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(data: Any) -> str:
+    """A stable hash of JSON-able parameters (keys sorted; unknown objects by their repr)."""
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def manifest_path(step_file: str | os.PathLike) -> Path:
+    return Path(f"{step_file}{MANIFEST_SUFFIX}")
+
+
+@dataclass
+class StepManifest:
+    """The record written beside a step file."""
+
+    operator: str
+    fingerprint: str
+    params: dict[str, Any]
+    input_path: str
+    input_sha256: str
+    output_sha256: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    extra_outputs: list[str] = field(default_factory=list)
+
+    def save(self, step_file: str | os.PathLike) -> Path:
+        return write_json_atomic(asdict(self), manifest_path(step_file))
+
+    @classmethod
+    def load(cls, step_file: str | os.PathLike) -> StepManifest | None:
+        path = manifest_path(step_file)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**data)
+        except (FileNotFoundError, json.JSONDecodeError, TypeError):
+            return None
+
+    def matches(self, other_fingerprint: str, input_sha256: str, step_file: str | os.PathLike) -> bool:
+        """True when this manifest proves ``step_file`` is the output the operator would produce now."""
+        step_file = Path(step_file)
+        return (
+            self.fingerprint == other_fingerprint
+            and self.input_sha256 == input_sha256
+            and step_file.is_file()
+            and file_sha256(step_file) == self.output_sha256
+        )

@@ -1,0 +1,115 @@
+"""Image region captions: draw numbered boxes on each image, then ask a VLM about each region.
+
+Run it from the folder `dataflowmm init` made:
+
+    python gpu_pipelines/image_region_caption_pipeline.py                     # demo data, default model
+    python gpu_pipelines/image_region_caption_pipeline.py --backend hf --model_path /path/to/Qwen2.5-VL-3B-Instruct
+
+Re-running the same command skips completed steps; change a parameter and it reruns from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dataflow_mm import (
+    ExistingBBoxDataGenConfig,
+    FileStorage,
+    ImageBboxGenerator,
+    PipelineABC,
+    PromptedVQAGenerator,
+    VLMServing,
+)
+from dataflow_mm.pipeline.script import add_serving_args, run_main, serving_from_args
+
+
+class ImageRegionCaptionPipeline(PipelineABC):
+    """Two operators on one storage: ImageBboxGenerator (step 1), PromptedVQAGenerator (step 2)."""
+
+    def __init__(
+        self,
+        serving: VLMServing,
+        *,
+        first_entry_file: str = "./data/image_region_caption/image_region_caption_demo.jsonl",
+        cache_path: str = "./cache/image_region_caption",
+        file_name_prefix: str = "region_caption",
+        cache_type: str = "jsonl",
+        input_image_key: str = "image",
+        input_bbox_key: str = "bbox",
+        max_boxes: int = 10,
+        output_image_with_bbox_path: str | None = "./cache/image_region_caption/image_with_bbox_result.jsonl",
+        chunk_size: int = 512,
+        bbox_format: str = "xywh",
+    ) -> None:
+        self.storage = FileStorage(
+            first_entry_file_name=first_entry_file,
+            cache_path=cache_path,
+            file_name_prefix=file_name_prefix,
+            cache_type=cache_type,
+            chunk_size=chunk_size,
+        )
+        self.cfg = ExistingBBoxDataGenConfig(
+            max_boxes=max_boxes,
+            input_jsonl_path=first_entry_file,
+            output_jsonl_path=output_image_with_bbox_path,
+            bbox_format=bbox_format,
+        )
+        self.serving = serving
+        self.bbox_generator = ImageBboxGenerator(config=self.cfg)
+        self.caption_generator = PromptedVQAGenerator(serving=self.serving)
+        self.input_image_key = input_image_key
+        self.input_bbox_key = input_bbox_key
+
+    def forward(self) -> None:
+        self.bbox_generator.run(
+            storage=self.storage.step(),
+            input_image_key=self.input_image_key,
+            input_bbox_key=self.input_bbox_key,
+        )
+        self.caption_generator.run(
+            storage=self.storage.step(),
+            input_image_key="image_with_bbox",
+            input_prompt_key="prompt",
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Image region captions with dataflow-mm")
+    add_serving_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct")
+    parser.add_argument("--first_entry_file", default="./data/image_region_caption/image_region_caption_demo.jsonl")
+    parser.add_argument("--cache_path", default="./cache/image_region_caption")
+    parser.add_argument("--file_name_prefix", default="region_caption")
+    parser.add_argument("--cache_type", default="jsonl", choices=["jsonl", "json", "csv", "parquet"])
+    parser.add_argument("--input_image_key", default="image")
+    parser.add_argument("--input_bbox_key", default="bbox")
+    parser.add_argument("--bbox_format", default="xywh", choices=["xywh", "xyxy", "cxcywh"])
+    parser.add_argument("--max_boxes", type=int, default=10)
+    parser.add_argument("--output_image_with_bbox_path",
+                        default="./cache/image_region_caption/image_with_bbox_result.jsonl")
+    parser.add_argument("--chunk_size", type=int, default=512, help="rows per chunk (one batched model call each)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    pipeline = ImageRegionCaptionPipeline(
+        serving_from_args(args),
+        first_entry_file=args.first_entry_file,
+        cache_path=args.cache_path,
+        file_name_prefix=args.file_name_prefix,
+        cache_type=args.cache_type,
+        input_image_key=args.input_image_key,
+        input_bbox_key=args.input_bbox_key,
+        max_boxes=args.max_boxes,
+        output_image_with_bbox_path=args.output_image_with_bbox_path,
+        chunk_size=args.chunk_size,
+        bbox_format=args.bbox_format,
+    )
+    try:
+        pipeline.run()
+    finally:
+        pipeline.serving.cleanup()
+
+
+if __name__ == "__main__":
+    run_main(main)
