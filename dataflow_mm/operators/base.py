@@ -65,7 +65,8 @@ class StepResult:
 
     def describe(self) -> str:
         if self.skipped:
-            return f"step {self.step} {self.operator}: already complete, skipped ({self.rows_out} rows in {self.output_path})"
+            done = f"{self.rows_out} rows in {self.output_path}"
+            return f"step {self.step} {self.operator}: already complete, skipped ({done})"
         text = f"step {self.step} {self.operator}: {self.rows_in} rows in, {self.rows_out} out"
         if self.row_errors:
             causes = ", ".join(f"{k} x{v}" for k, v in sorted(self.row_errors.items()))
@@ -153,8 +154,12 @@ class OperatorABC(ABC):
 
     def fingerprint(self, keys: dict[str, Any]) -> str:
         return fingerprint(
-            {"operator": f"{type(self).__module__}.{type(self).__qualname__}", "params": self.params(),
-             "keys": keys, "provenance": self.provenance()}
+            {
+                "operator": f"{type(self).__module__}.{type(self).__qualname__}",
+                "params": self.params(),
+                "keys": keys,
+                "provenance": self.provenance(),
+            }
         )
 
     def execute(self, storage: FileStorage, **keys: Any) -> StepResult | None:
@@ -179,12 +184,22 @@ class OperatorABC(ABC):
         if manifest is not None and manifest.matches(current, input_sha, storage.output_path):
             self._copy_to_extra_outputs(storage.output_path, only_missing=True)
             stats = manifest.stats
-            return StepResult(step, self.name, str(storage.output_path), stats.get("rows_in", 0),
-                              stats.get("rows_out", 0), stats.get("rejected", {}), stats.get("row_errors", {}),
-                              skipped=True, provenance=manifest.provenance)
+            return StepResult(
+                step,
+                self.name,
+                str(storage.output_path),
+                stats.get("rows_in", 0),
+                stats.get("rows_out", 0),
+                stats.get("rejected", {}),
+                stats.get("row_errors", {}),
+                skipped=True,
+                provenance=manifest.provenance,
+            )
         return self._run_step(storage, keys, step, current, input_sha)
 
-    def _run_step(self, storage: FileStorage, keys: dict[str, Any], step: int, current: str, input_sha: str) -> StepResult:
+    def _run_step(
+        self, storage: FileStorage, keys: dict[str, Any], step: int, current: str, input_sha: str
+    ) -> StepResult:
         started = time.perf_counter()
         result = StepResult(step, self.name, str(storage.output_path), provenance=self.provenance())
         rejects: list[Reject] = []
@@ -194,7 +209,7 @@ class OperatorABC(ABC):
             for chunk in storage.iter_chunks():
                 rejects.extend(chunk.rejects)
                 out = self.process_chunk(chunk.frame, **keys)
-                row_errors.update(c for c in out[ERROR_COLUMN].map(error_class_of) if c)
+                row_errors.update(c for c in map(error_class_of, out[ERROR_COLUMN]) if c)
                 result.rows_in += len(chunk.frame) + len(chunk.rejects)
                 writer.append(out)
         result.rows_out = writer.rows
@@ -203,9 +218,14 @@ class OperatorABC(ABC):
         self._write_rejects(storage, rejects)
         result.seconds = time.perf_counter() - started
         StepManifest(
-            operator=self.name, fingerprint=current, params=self.params(), input_path=str(storage.input_path),
-            input_sha256=input_sha, output_sha256=file_sha256(storage.output_path),
-            stats=result.to_dict(), provenance=result.provenance,
+            operator=self.name,
+            fingerprint=current,
+            params=self.params(),
+            input_path=str(storage.input_path),
+            input_sha256=input_sha,
+            output_sha256=file_sha256(storage.output_path),
+            stats=result.to_dict(),
+            provenance=result.provenance,
             extra_outputs=[str(p) for p in self.extra_output_paths()],
         ).save(storage.output_path)
         self._copy_to_extra_outputs(storage.output_path, only_missing=False)

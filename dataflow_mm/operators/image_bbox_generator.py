@@ -83,14 +83,20 @@ class ImageBboxGenerator(OperatorABC):
         output_image_key: str = "image_with_bbox",
         output_prompt_key: str = "prompt",
     ) -> None:
-        self.execute(storage, input_image_key=input_image_key, input_bbox_key=input_bbox_key,
-                     output_image_key=output_image_key, output_prompt_key=output_prompt_key)
+        self.execute(
+            storage,
+            input_image_key=input_image_key,
+            input_bbox_key=input_bbox_key,
+            output_image_key=output_image_key,
+            output_prompt_key=output_prompt_key,
+        )
 
     def input_columns(self, input_image_key: str = "image", **_: Any) -> list[str]:
         return [input_image_key]
 
-    def output_columns(self, output_image_key: str = "image_with_bbox", output_prompt_key: str = "prompt",
-                       **_: Any) -> list[str]:
+    def output_columns(
+        self, output_image_key: str = "image_with_bbox", output_prompt_key: str = "prompt", **_: Any
+    ) -> list[str]:
         return [*OUTPUT_FIELDS, output_image_key, output_prompt_key]
 
     def params(self) -> dict[str, Any]:
@@ -107,8 +113,14 @@ class ImageBboxGenerator(OperatorABC):
         self._image_dir.mkdir(parents=True, exist_ok=True)
         self._media_root = storage.media_root
 
-    def process(self, frame: pd.DataFrame, input_image_key: str = "image", input_bbox_key: str = "bbox",
-                output_image_key: str = "image_with_bbox", output_prompt_key: str = "prompt") -> pd.DataFrame:
+    def process(
+        self,
+        frame: pd.DataFrame,
+        input_image_key: str = "image",
+        input_bbox_key: str = "bbox",
+        output_image_key: str = "image_with_bbox",
+        output_prompt_key: str = "prompt",
+    ) -> pd.DataFrame:
         if self._image_dir is None:
             self._image_dir = Path(".")
         images = frame[input_image_key].tolist()
@@ -117,8 +129,11 @@ class ImageBboxGenerator(OperatorABC):
         with ThreadPoolExecutor(max_workers=workers) as pool:
             rendered = list(pool.map(self._render_row, images, boxes))
         out = frame.copy()
-        renamed = {**{name: name for name in OUTPUT_FIELDS},
-                   "image_with_bbox": output_image_key, "prompt": output_prompt_key}
+        renamed = {
+            **{name: name for name in OUTPUT_FIELDS},
+            "image_with_bbox": output_image_key,
+            "prompt": output_prompt_key,
+        }
         for source, target in renamed.items():
             out[target] = [None if isinstance(item, RowError) else item[source] for item in rendered]
         out[ERROR_COLUMN] = [

@@ -14,7 +14,13 @@ from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.media import resolve_media_path
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-_ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_ROLE_NAMES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
 
 
 def _is_missing(value: Any) -> bool:
@@ -64,11 +70,21 @@ class PromptedVQAGenerator(OperatorABC):
         input_conversation_key: str | None = None,
         output_answer_key: str = "answer",
     ) -> None:
-        self.execute(storage, input_prompt_key=input_prompt_key, input_image_key=input_image_key,
-                     input_conversation_key=input_conversation_key, output_answer_key=output_answer_key)
+        self.execute(
+            storage,
+            input_prompt_key=input_prompt_key,
+            input_image_key=input_image_key,
+            input_conversation_key=input_conversation_key,
+            output_answer_key=output_answer_key,
+        )
 
-    def input_columns(self, input_prompt_key: str = "prompt", input_image_key: str | None = "image",
-                      input_conversation_key: str | None = None, **_: Any) -> list[str]:
+    def input_columns(
+        self,
+        input_prompt_key: str = "prompt",
+        input_image_key: str | None = "image",
+        input_conversation_key: str | None = None,
+        **_: Any,
+    ) -> list[str]:
         text_key = input_conversation_key or input_prompt_key
         return [k for k in (text_key, input_image_key) if k]
 
@@ -84,8 +100,14 @@ class PromptedVQAGenerator(OperatorABC):
     def prepare(self, storage: FileStorage) -> None:
         self._media_root = storage.media_root
 
-    def process(self, frame: pd.DataFrame, input_prompt_key: str = "prompt", input_image_key: str | None = "image",
-                input_conversation_key: str | None = None, output_answer_key: str = "answer") -> pd.DataFrame:
+    def process(
+        self,
+        frame: pd.DataFrame,
+        input_prompt_key: str = "prompt",
+        input_image_key: str | None = "image",
+        input_conversation_key: str | None = None,
+        output_answer_key: str = "answer",
+    ) -> pd.DataFrame:
         out = frame.copy()
         errors = out[ERROR_COLUMN].tolist()
         answers: list[str | None] = [None] * len(out)
@@ -106,8 +128,9 @@ class PromptedVQAGenerator(OperatorABC):
         out[ERROR_COLUMN] = errors
         return out
 
-    def _conversation(self, row: dict[str, Any], prompt_key: str, image_key: str | None,
-                      conversation_key: str | None) -> Conversation:
+    def _conversation(
+        self, row: dict[str, Any], prompt_key: str, image_key: str | None, conversation_key: str | None
+    ) -> Conversation:
         images = []
         if image_key:
             images = [resolve_media_path(row.get(image_key), self._media_root)]

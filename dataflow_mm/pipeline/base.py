@@ -61,8 +61,10 @@ class PipelineABC(ABC):
                     for key in call.operator.input_columns(**call.keys)
                     if key not in columns
                 ]
-            produced = None if columns is None else list(
-                dict.fromkeys([*columns, ERROR_COLUMN, *call.operator.output_columns(**call.keys)])
+            produced = (
+                None
+                if columns is None
+                else list(dict.fromkeys([*columns, ERROR_COLUMN, *call.operator.output_columns(**call.keys)]))
             )
             for path in [call.storage.output_path, *call.operator.extra_output_paths()]:
                 known[_key(path)] = produced

@@ -24,8 +24,12 @@ def add_serving_args(parser: argparse.ArgumentParser, default_model: str) -> Non
     group.add_argument("--model_path", default=default_model, help="hub id or local folder of the VLM")
     group.add_argument("--hf_cache_dir", default="~/.cache/huggingface", help="Hugging Face cache folder")
     group.add_argument("--download_dir", default="./ckpt/models", help="where a downloaded model is stored")
-    group.add_argument("--backend", choices=BACKENDS, default="auto",
-                       help="auto: vllm when importable and a GPU is present, else hf (transformers)")
+    group.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto: vllm when importable and a GPU is present, else hf (transformers)",
+    )
     group.add_argument("--temperature", type=float, default=0.7)
     group.add_argument("--top_p", type=float, default=0.9)
     group.add_argument("--max_tokens", type=int, default=512)
@@ -33,23 +37,37 @@ def add_serving_args(parser: argparse.ArgumentParser, default_model: str) -> Non
     group.add_argument("--batch_size", type=int, default=8, help="requests per generate call (hf backend)")
     group.add_argument("--max_model_len", type=int, default=None, help="context length (vllm backend)")
     group.add_argument("--tensor_parallel_size", type=int, default=1, help="GPUs per engine (vllm backend)")
-    group.add_argument("--no_tiny_fallback", action="store_true",
-                       help="fail instead of falling back to a tiny smoke-test model when the model is unavailable")
+    group.add_argument(
+        "--no_tiny_fallback",
+        action="store_true",
+        help="fail instead of falling back to a tiny smoke-test model when the model is unavailable",
+    )
     group.add_argument("--api_url", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     group.add_argument("--model_name", default=None, help="model name sent to the API (default: --model_path)")
-    group.add_argument("--api_key_env", default="OPENAI_API_KEY",
-                       help="name of the environment variable holding the API key")
+    group.add_argument(
+        "--api_key_env", default="OPENAI_API_KEY", help="name of the environment variable holding the API key"
+    )
     group.add_argument("--max_workers", type=int, default=8, help="requests in flight (api backend)")
 
 
 def serving_from_args(args: argparse.Namespace) -> VLMServing:
     """Build the serving the flags describe (lazy: no model is loaded here)."""
     return create_serving(
-        args.backend, args.model_path, hf_cache_dir=args.hf_cache_dir, download_dir=args.download_dir,
-        temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed,
-        allow_tiny_fallback=not args.no_tiny_fallback, batch_size=args.batch_size,
-        max_model_len=args.max_model_len, tensor_parallel_size=args.tensor_parallel_size,
-        api_url=args.api_url, model_name=args.model_name, api_key_env=args.api_key_env,
+        args.backend,
+        args.model_path,
+        hf_cache_dir=args.hf_cache_dir,
+        download_dir=args.download_dir,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        allow_tiny_fallback=not args.no_tiny_fallback,
+        batch_size=args.batch_size,
+        max_model_len=args.max_model_len,
+        tensor_parallel_size=args.tensor_parallel_size,
+        api_url=args.api_url,
+        model_name=args.model_name,
+        api_key_env=args.api_key_env,
         max_workers=args.max_workers,
     )
 

@@ -99,9 +99,7 @@ class VLMServing(ABC):
     def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
         """Answer ``conversations`` in order; the backend batches internally."""
 
-    def chat(
-        self, conversations: Sequence[Conversation], sampling: SamplingParams | None = None
-    ) -> list[Completion]:
+    def chat(self, conversations: Sequence[Conversation], sampling: SamplingParams | None = None) -> list[Completion]:
         """Answer every conversation in one batched call; one Completion per request, in order."""
         if not conversations:
             return []

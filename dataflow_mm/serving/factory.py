@@ -35,8 +35,9 @@ def default_backend() -> str:
     return "vllm" if is_importable("vllm") and cuda_available() else "hf"
 
 
-def resolve_or_fallback(model_path: str, hf_cache_dir: str | None, download_dir: str | None,
-                        allow_tiny_fallback: bool) -> Path:
+def resolve_or_fallback(
+    model_path: str, hf_cache_dir: str | None, download_dir: str | None, allow_tiny_fallback: bool
+) -> Path:
     """The model folder to load, or a tiny smoke-test model when the real one is unavailable."""
     from dataflow_mm.serving.model_resolver import resolve_model_path
 
@@ -86,21 +87,44 @@ def create_serving(
 
         if not api_url:
             raise UserError("--backend api needs --api_url (e.g. http://localhost:8000/v1)")
-        return APIVLMServing_openai(api_url=api_url, model_name=model_name or model_path, api_key_env=api_key_env,
-                                    max_workers=max_workers, temperature=temperature, top_p=top_p,
-                                    max_tokens=max_tokens, seed=seed, **extra)
+        return APIVLMServing_openai(
+            api_url=api_url,
+            model_name=model_name or model_path,
+            api_key_env=api_key_env,
+            max_workers=max_workers,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            **extra,
+        )
     folder = str(resolve_or_fallback(model_path, hf_cache_dir, download_dir, allow_tiny_fallback))
     if backend == "vllm":
         from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
 
         engine: dict[str, Any] = {"vllm_max_model_len": max_model_len} if max_model_len else {}
         return LocalModelVLMServing_vllm(
-            hf_model_name_or_path=folder, hf_cache_dir=hf_cache_dir, hf_local_dir=download_dir,
-            vllm_tensor_parallel_size=tensor_parallel_size, vllm_temperature=temperature, vllm_top_p=top_p,
-            vllm_max_tokens=max_tokens, vllm_seed=seed, **engine, **extra,
+            hf_model_name_or_path=folder,
+            hf_cache_dir=hf_cache_dir,
+            hf_local_dir=download_dir,
+            vllm_tensor_parallel_size=tensor_parallel_size,
+            vllm_temperature=temperature,
+            vllm_top_p=top_p,
+            vllm_max_tokens=max_tokens,
+            vllm_seed=seed,
+            **engine,
+            **extra,
         )
     from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
 
-    return LocalModelVLMServing_hf(hf_model_name_or_path=folder, hf_cache_dir=hf_cache_dir, hf_local_dir=download_dir,
-                                   batch_size=batch_size, temperature=temperature, top_p=top_p,
-                                   max_tokens=max_tokens, seed=seed, **extra)
+    return LocalModelVLMServing_hf(
+        hf_model_name_or_path=folder,
+        hf_cache_dir=hf_cache_dir,
+        hf_local_dir=download_dir,
+        batch_size=batch_size,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        seed=seed,
+        **extra,
+    )

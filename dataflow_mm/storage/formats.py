@@ -54,9 +54,7 @@ def table_type_of(path: str | os.PathLike) -> str:
         return "jsonl"
     if suffix in SUPPORTED_TYPES:
         return suffix
-    raise StorageError(
-        f"Cannot tell the table type of '{path}': use one of .jsonl, .json, .csv, .parquet"
-    )
+    raise StorageError(f"Cannot tell the table type of '{path}': use one of .jsonl, .json, .csv, .parquet")
 
 
 def check_table_type(cache_type: str) -> str:
@@ -87,8 +85,7 @@ def _check_readable(path: Path) -> None:
 
 
 def _records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
-    return frame.astype(object) if len(frame.columns) else frame
+    return pd.DataFrame(records, dtype=object) if records else pd.DataFrame()
 
 
 def _parse_jsonl_line(raw: bytes, line_no: int) -> dict[str, Any] | Reject | None:
@@ -136,7 +133,9 @@ def _iter_frame(frame: pd.DataFrame, chunk_size: int) -> Iterator[Chunk]:
         yield Chunk(frame.iloc[start : start + chunk_size].reset_index(drop=True))
 
 
-def iter_table(path: str | os.PathLike, table_type: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[Chunk]:
+def iter_table(
+    path: str | os.PathLike, table_type: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Iterator[Chunk]:
     """Stream a table in chunks of at most ``chunk_size`` rows (an empty file yields nothing)."""
     path = Path(path)
     _check_readable(path)

@@ -18,8 +18,12 @@ class FakeVLMServing(VLMServing):
 
     backend_name = "fake"
 
-    def __init__(self, fail_when: Callable[[str], bool] | None = None, load_images: bool = True,
-                 sampling: SamplingParams | None = None) -> None:
+    def __init__(
+        self,
+        fail_when: Callable[[str], bool] | None = None,
+        load_images: bool = True,
+        sampling: SamplingParams | None = None,
+    ) -> None:
         super().__init__(sampling)
         self.fail_when = fail_when or (lambda _prompt: False)
         self.load_images = load_images

@@ -1,0 +1,131 @@
+"""ImageBboxGenerator: seed fields, normalization, drawing, proposals, content-named outputs, row errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from dataflow_mm import ExistingBBoxDataGenConfig, FileStorage, ImageBboxGenerator
+from dataflow_mm.testing.sample_data import write_jsonl, write_region_caption_table
+
+SEED_FIELDS = {
+    "image",
+    "type",
+    "bbox",
+    "normalized_bbox",
+    "result_file",
+    "image_with_bbox",
+    "valid_bboxes_num",
+    "prompt",
+}
+
+
+def run_generator(table: Path, cache: Path, config: ExistingBBoxDataGenConfig | None = None) -> list[dict]:
+    storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="t")
+    ImageBboxGenerator(config=config).run(storage=storage.step(), input_image_key="image", input_bbox_key="bbox")
+    return [json.loads(line) for line in (cache / "t_step1.jsonl").read_text().splitlines()]
+
+
+def test_seed_example_box_normalizes_exactly(tmp_path: Path) -> None:
+    Image.new("RGB", (1536, 832), "white").save(tmp_path / "20.png")
+    table = write_jsonl(tmp_path / "in.jsonl", [{"image": str(tmp_path / "20.png"), "bbox": [[196, 104, 310, 495]]}])
+    (row,) = run_generator(table, tmp_path / "cache")
+    assert row.keys() >= SEED_FIELDS
+    assert row["type"] == "with_bbox"
+    assert row["bbox"] == [[196, 104, 310, 495]]
+    assert row["normalized_bbox"][0] == [0.128, 0.125, 0.329, 0.72]
+    assert row["normalized_bbox"][1:] == [[0.0, 0.0, 0.0, 0.0]] * 9
+    assert row["valid_bboxes_num"] == 1
+    assert row["prompt"] == (
+        "Describe the content of each marked region in the image. There are 1 regions: <region1> to <region1>."
+    )
+    assert row["error"] is None
+
+
+def test_boxes_are_drawn_on_a_new_image_in_the_cache(tmp_path: Path) -> None:
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=2, n_boxes=3)
+    rows = run_generator(table, tmp_path / "cache")
+    for row in rows:
+        drawn = Image.open(row["image_with_bbox"]).convert("RGB")
+        original = Image.open(row["image"]).convert("RGB")
+        assert Path(row["image_with_bbox"]).parent == tmp_path / "cache"
+        assert row["result_file"] == str(tmp_path / "cache")
+        assert drawn.size == original.size
+        x, y, w, _ = row["bbox"][0]
+        top_edge = [drawn.getpixel((int(x + w * f), y)) for f in (0.25, 0.5, 0.75)]
+        assert any(px != original.getpixel((int(x + w * 0.5), y)) for px in top_edge)
+
+
+def test_rows_without_boxes_get_proposed_boxes(tmp_path: Path) -> None:
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=2, n_boxes=2, without_boxes=1)
+    rows = run_generator(table, tmp_path / "cache")
+    assert [r["type"] for r in rows] == ["with_bbox", "without_bbox"]
+    assert rows[1]["valid_bboxes_num"] >= 1
+    assert len(rows[1]["bbox"]) == rows[1]["valid_bboxes_num"]
+    assert len(rows[1]["normalized_bbox"]) == 10
+
+
+def test_output_images_are_named_from_content(tmp_path: Path) -> None:
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=3)
+    first = run_generator(table, tmp_path / "cache_a")
+    again = run_generator(table, tmp_path / "cache_b")
+    names = [Path(r["image_with_bbox"]).name for r in first]
+    assert len(set(names)) == 3
+    assert names == [Path(r["image_with_bbox"]).name for r in again]
+    other = run_generator(table, tmp_path / "cache_c", ExistingBBoxDataGenConfig(line_width=9))
+    assert not set(names) & {Path(r["image_with_bbox"]).name for r in other}
+
+
+def test_bad_rows_keep_their_place_with_an_error(tmp_path: Path) -> None:
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=1)
+    good = json.loads(table.read_text())
+    write_jsonl(
+        table,
+        [
+            good,
+            {"image": str(tmp_path / "missing.jpg"), "bbox": [[1, 1, 5, 5]]},
+            {"image": good["image"], "bbox": [[-50, -50, 10, 10]]},
+            {"image": good["image"], "bbox": [[1, 1, 5, 5], "oops", [2, 2, 4, 4]]},
+        ],
+    )
+    rows = run_generator(table, tmp_path / "cache")
+    assert len(rows) == 4
+    assert rows[0]["error"] is None
+    assert rows[1]["error"].startswith("ImageNotFoundError:") and "missing.jpg" in rows[1]["error"]
+    assert rows[2]["error"].startswith("InvalidBoxError:")
+    assert rows[3]["error"] is None and rows[3]["valid_bboxes_num"] == 2
+    assert len(rows[3]["bbox_dropped"]) == 1 and "oops" in rows[3]["bbox_dropped"][0]
+
+
+def test_max_boxes_caps_and_reports_the_rest(tmp_path: Path) -> None:
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=1, n_boxes=5)
+    (row,) = run_generator(table, tmp_path / "cache", ExistingBBoxDataGenConfig(max_boxes=3))
+    assert row["valid_bboxes_num"] == 3 and len(row["normalized_bbox"]) == 3
+    assert row["bbox_dropped"] == ["2 valid boxes beyond max_boxes=3"]
+
+
+def test_config_output_path_gets_a_copy_of_the_step(tmp_path: Path) -> None:
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=2)
+    copy = tmp_path / "elsewhere" / "with_bbox.jsonl"
+    run_generator(table, tmp_path / "cache", ExistingBBoxDataGenConfig(output_jsonl_path=str(copy)))
+    assert copy.read_text() == (tmp_path / "cache" / "t_step1.jsonl").read_text()
+
+
+def test_process_is_a_pure_batch_transform(tmp_path: Path) -> None:
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=3)
+    frame = pd.read_json(table, lines=True, dtype=False).assign(error=None)
+    generator = ImageBboxGenerator()
+    generator.prepare(FileStorage(str(table), cache_path=str(tmp_path / "cache")))
+    out = generator.process(
+        frame,
+        input_image_key="image",
+        input_bbox_key="bbox",
+        output_image_key="marked",
+        output_prompt_key="question",
+    )
+    assert list(out.index) == list(frame.index)
+    assert {"marked", "question"} <= set(out.columns)
+    assert "image_with_bbox" not in out.columns

@@ -1,0 +1,84 @@
+"""PromptedVQAGenerator: one batched serving call per chunk, answers in order, failures as row errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dataflow_mm import FileStorage, PromptedVQAGenerator
+from dataflow_mm.testing.fake_serving import FakeVLMServing
+from dataflow_mm.testing.sample_data import write_jsonl, write_region_caption_table
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def vqa_table(tmp_path: Path, n: int) -> Path:
+    images = rows_of(write_region_caption_table(tmp_path / "imgs", n_rows=n))
+    return write_jsonl(
+        tmp_path / "q.jsonl", [{"image": r["image"], "prompt": f"question {i}"} for i, r in enumerate(images)]
+    )
+
+
+def test_one_batched_call_per_chunk_and_answers_in_order(tmp_path: Path) -> None:
+    serving = FakeVLMServing()
+    storage = FileStorage(str(vqa_table(tmp_path, 5)), cache_path=str(tmp_path / "cache"), chunk_size=2)
+    PromptedVQAGenerator(serving).run(storage.step(), input_prompt_key="prompt", input_image_key="image")
+    assert [len(call) for call in serving.calls] == [2, 2, 1]
+    rows = rows_of(tmp_path / "cache" / "dataflow_cache_step_step1.jsonl")
+    assert [r["answer"].endswith(f"question {i} [(320, 240)]") for i, r in enumerate(rows)] == [True] * 5
+    assert all(r["error"] is None for r in rows)
+
+
+def test_failed_requests_become_row_errors_not_answers(tmp_path: Path) -> None:
+    serving = FakeVLMServing(fail_when=lambda prompt: prompt.endswith("question 1"))
+    storage = FileStorage(str(vqa_table(tmp_path, 3)), cache_path=str(tmp_path / "cache"))
+    PromptedVQAGenerator(serving).run(storage.step())
+    rows = rows_of(tmp_path / "cache" / "dataflow_cache_step_step1.jsonl")
+    assert [r["answer"] is None for r in rows] == [False, True, False]
+    assert rows[1]["error"].startswith("ServingError:")
+
+
+def test_rows_with_an_earlier_error_are_not_sent(tmp_path: Path) -> None:
+    table = vqa_table(tmp_path, 3)
+    rows = rows_of(table)
+    rows[0]["error"] = "ImageNotFoundError: gone.jpg"
+    write_jsonl(table, rows)
+    serving = FakeVLMServing()
+    PromptedVQAGenerator(serving).run(FileStorage(str(table), cache_path=str(tmp_path / "cache")).step())
+    out = rows_of(tmp_path / "cache" / "dataflow_cache_step_step1.jsonl")
+    assert [len(call) for call in serving.calls] == [2]
+    assert out[0]["error"] == "ImageNotFoundError: gone.jpg" and out[0]["answer"] is None
+    assert out[1]["answer"] and out[2]["answer"]
+
+
+def test_missing_image_and_empty_prompt_are_row_errors(tmp_path: Path) -> None:
+    table = vqa_table(tmp_path, 1)
+    good = rows_of(table)[0]
+    write_jsonl(
+        table,
+        [good, {"image": str(tmp_path / "nope.jpg"), "prompt": "q"}, {"image": good["image"], "prompt": ""}],
+    )
+    PromptedVQAGenerator(FakeVLMServing()).run(FileStorage(str(table), cache_path=str(tmp_path / "c")).step())
+    out = rows_of(tmp_path / "c" / "dataflow_cache_step_step1.jsonl")
+    assert out[0]["error"] is None
+    assert out[1]["error"].startswith("ImageNotFoundError:")
+    assert out[2]["error"].startswith("MissingFieldError:")
+
+
+def test_sharegpt_conversations_carry_the_image_on_the_first_user_turn(tmp_path: Path) -> None:
+    image = rows_of(write_region_caption_table(tmp_path / "imgs", n_rows=1))[0]["image"]
+    table = write_jsonl(
+        tmp_path / "c.jsonl",
+        [{"image": image, "conversation": [{"from": "human", "value": "<image>\nWhat is in the picture?"}]}],
+    )
+    serving = FakeVLMServing()
+    PromptedVQAGenerator(serving, system_prompt="Be brief.").run(
+        FileStorage(str(table), cache_path=str(tmp_path / "cache")).step(),
+        input_conversation_key="conversation",
+    )
+    (conversation,) = serving.calls[0]
+    assert conversation[0] == {"role": "system", "content": "Be brief."}
+    assert [part["type"] for part in conversation[1]["content"]] == ["image", "text"]
+    assert conversation[1]["content"][1]["text"] == "What is in the picture?"
