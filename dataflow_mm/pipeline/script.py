@@ -48,6 +48,8 @@ def add_serving_args(parser: argparse.ArgumentParser, default_model: str) -> Non
         "--api_key_env", default="OPENAI_API_KEY", help="name of the environment variable holding the API key"
     )
     group.add_argument("--max_workers", type=int, default=8, help="requests in flight (api backend)")
+    group.add_argument("--api_timeout", type=float, default=60.0, help="seconds per request (api backend)")
+    group.add_argument("--api_max_retries", type=int, default=3, help="retries on 429/5xx/timeouts (api backend)")
 
 
 def serving_from_args(args: argparse.Namespace) -> VLMServing:
@@ -69,6 +71,8 @@ def serving_from_args(args: argparse.Namespace) -> VLMServing:
         model_name=args.model_name,
         api_key_env=args.api_key_env,
         max_workers=args.max_workers,
+        api_timeout=args.api_timeout,
+        api_max_retries=args.api_max_retries,
     )
 
 

@@ -74,6 +74,8 @@ def create_serving(
     model_name: str | None = None,
     api_key_env: str | None = "OPENAI_API_KEY",
     max_workers: int = 8,
+    api_timeout: float = 60.0,
+    api_max_retries: int = 3,
     **extra: Any,
 ) -> VLMServing:
     """A serving for ``backend`` ('auto', 'vllm', 'hf' or 'api')."""
@@ -92,6 +94,8 @@ def create_serving(
             model_name=model_name or model_path,
             api_key_env=api_key_env,
             max_workers=max_workers,
+            timeout=api_timeout,
+            max_retries=api_max_retries,
             temperature=temperature,
             top_p=top_p,
             max_tokens=max_tokens,
