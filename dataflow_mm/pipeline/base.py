@@ -11,13 +11,17 @@ from __future__ import annotations
 import difflib
 import os
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 from dataflow_mm.errors import ERROR_COLUMN, PipelineCompileError, StorageError
 from dataflow_mm.logger import get_logger
-from dataflow_mm.operators.base import OperatorCall, collecting_results, recording_calls
+from dataflow_mm.operators.base import OperatorCall, recording_calls
 from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.storage.formats import peek_columns
+
+if TYPE_CHECKING:
+    from dataflow_mm.runners.base import Runner
 
 log = get_logger("pipeline")
 
@@ -101,13 +105,15 @@ class PipelineABC(ABC):
                 found[id(serving)] = serving
         return list(found.values())
 
-    def run(self) -> RunSummary:
-        """Compile, execute ``forward`` (skipping completed steps), print and return the summary."""
+    def run(self, runner: Runner | str | None = None) -> RunSummary:
+        """Compile, execute on ``runner`` (default: in-process), print, save and return the summary.
+
+        ``runner`` is a Runner or a name: "local" (in this process) or "ray" (Ray Data).
+        """
+        from dataflow_mm.runners import get_runner
+
         calls = self.compile()
-        with collecting_results() as results:
-            self.forward()
-        for call in calls:
-            call.storage.reset()
+        results = get_runner(runner).execute(self, calls)
         summary = RunSummary(results, self.servings())
         if calls:
             storage = calls[-1].storage

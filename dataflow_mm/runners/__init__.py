@@ -1,0 +1,25 @@
+"""Where pipelines execute: in-process (default) or on Ray Data."""
+
+from __future__ import annotations
+
+from dataflow_mm.errors import UserError
+from dataflow_mm.runners.base import Runner
+from dataflow_mm.runners.local import LocalRunner
+
+RUNNERS = ("local", "ray")
+
+
+def get_runner(runner: Runner | str | None) -> Runner:
+    """A Runner from an instance, a name ("local", "ray") or None (local)."""
+    if isinstance(runner, Runner):
+        return runner
+    if runner in (None, "local"):
+        return LocalRunner()
+    if runner == "ray":
+        from dataflow_mm.runners.ray_runner import RayRunner
+
+        return RayRunner()
+    raise UserError(f"Unknown runner '{runner}': choose one of {', '.join(RUNNERS)}")
+
+
+__all__ = ["RUNNERS", "LocalRunner", "Runner", "get_runner"]
