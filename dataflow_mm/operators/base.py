@@ -28,9 +28,11 @@ import pandas as pd
 
 from dataflow_mm.errors import ERROR_COLUMN, error_class_of
 from dataflow_mm.logger import get_logger
+from dataflow_mm.operators.progress import StepProgress, count_rows
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.storage.formats import AtomicTableWriter, Reject, read_table, table_type_of, write_table
+from dataflow_mm.storage.formats import Reject, read_table, table_type_of, write_table
 from dataflow_mm.storage.manifest import StepManifest, file_sha256, fingerprint
+from dataflow_mm.storage.parts import ChunkParts
 
 log = get_logger("operators")
 
@@ -202,20 +204,32 @@ class OperatorABC(ABC):
     ) -> StepResult:
         started = time.perf_counter()
         result = StepResult(step, self.name, str(storage.output_path), provenance=self.provenance())
-        rejects: list[Reject] = []
-        row_errors: Counter[str] = Counter()
+        parts = ChunkParts(
+            storage.output_path, {"fingerprint": current, "input_sha256": input_sha, "chunk_size": storage.chunk_size}
+        )
+        resumed = parts.open()
+        if resumed:
+            log.info(f"step {step} {self.name}: resuming after {resumed} completed chunk(s)")
+        progress = StepProgress(f"step {step} {self.name}", count_rows(storage.input_path, storage.input_type))
         self.prepare(storage)
-        with AtomicTableWriter(storage.output_path, storage.cache_type) as writer:
-            for chunk in storage.iter_chunks():
-                rejects.extend(chunk.rejects)
-                out = self.process_chunk(chunk.frame, **keys)
-                row_errors.update(c for c in map(error_class_of, out[ERROR_COLUMN]) if c)
-                result.rows_in += len(chunk.frame) + len(chunk.rejects)
-                writer.append(out)
-        result.rows_out = writer.rows
-        result.rejected = dict(Counter(r.cause for r in rejects))
-        result.row_errors = dict(row_errors)
+        try:
+            for index, chunk in enumerate(storage.iter_chunks()):
+                counts = parts.done(index)
+                if counts is None:
+                    out = self.process_chunk(chunk.frame, **keys)
+                    counts = {
+                        "rows_in": len(chunk.frame) + len(chunk.rejects),
+                        "rows_out": len(out),
+                        "row_errors": dict(Counter(c for c in map(error_class_of, out[ERROR_COLUMN]) if c)),
+                    }
+                    parts.write(index, out, chunk.rejects, counts)
+                progress.update(len(chunk.frame) + len(chunk.rejects))
+        finally:
+            progress.close()
+        rejects = self._merge_counts(parts, result)
+        parts.assemble(storage.cache_type)
         self._write_rejects(storage, rejects)
+        parts.remove()
         result.seconds = time.perf_counter() - started
         StepManifest(
             operator=self.name,
@@ -230,6 +244,24 @@ class OperatorABC(ABC):
         ).save(storage.output_path)
         self._copy_to_extra_outputs(storage.output_path, only_missing=False)
         return result
+
+    @staticmethod
+    def _merge_counts(parts: ChunkParts, result: StepResult) -> list[Reject]:
+        """Add up the chunk markers' counts into ``result``; return every reject in order."""
+        rejects: list[Reject] = []
+        rejected: Counter[str] = Counter()
+        row_errors: Counter[str] = Counter()
+        for index in parts.indices():
+            counts = parts.done(index) or {}
+            result.rows_in += counts.get("rows_in", 0)
+            result.rows_out += counts.get("rows_out", 0)
+            row_errors.update(counts.get("row_errors", {}))
+            for item in counts.get("rejects", []):
+                rejects.append(Reject(**item))
+                rejected[item["cause"]] += 1
+        result.rejected = dict(rejected)
+        result.row_errors = dict(row_errors)
+        return rejects
 
     def process_chunk(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         """``process`` on the rows without an error; rows with one pass through, order kept."""

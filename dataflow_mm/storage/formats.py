@@ -222,6 +222,12 @@ class AtomicTableWriter:
         else:
             self._held.append(frame)
 
+    @contextlib.contextmanager
+    def raw_handle(self) -> Iterator[Any]:
+        """The temp file opened for appending bytes (to join JSONL parts without parsing them)."""
+        with self._tmp.open("ab") as handle:
+            yield handle
+
     def commit(self) -> Path:
         if self.table_type in ("json", "parquet"):
             frame = pd.concat(self._held, ignore_index=True) if self._held else pd.DataFrame()

@@ -46,6 +46,6 @@ class FakeVLMServing(VLMServing):
             except RowError as exc:
                 completions.append(Completion(text=None, error=row_error_text(exc)))
                 continue
-            text = f"fake answer {len(self.calls)}.{index}: {prompt[-60:]} {sizes}"
+            text = f"fake answer: {prompt[-60:]} {sizes}"
             completions.append(Completion(text=text, prompt_tokens=len(prompt.split()), completion_tokens=8))
         return completions

@@ -1,0 +1,139 @@
+"""Img-Diff step 0: propose candidate boxes from the pixel difference of each image pair.
+
+Rows that come without boxes (missing or empty) get boxes around where the two aligned images
+differ (image 2 resized to image 1's size): the typical input is an edited copy of one image, so
+the edited objects stand out. Rows that carry boxes keep them. The boxes are written in the
+declared format (default Data-Juicer's pixel ``cxcywh``), so the captioning steps read given and
+proposed boxes alike; ``bbox_source`` says which one a row has ("input" or "proposed").
+
+Rows whose boxes are all zero (Data-Juicer's "no difference area" marker) keep them by default,
+so they take the seed's empty-result path; ``propose_for_zero_boxes=True`` proposes for them too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from dataflow_mm.errors import ERROR_COLUMN, RowError
+from dataflow_mm.imaging.bbox import from_xyxy
+from dataflow_mm.imaging.proposals import difference_boxes
+from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.operators.imgdiff_common import (
+    BBOX_KEY,
+    IMAGE1_KEY,
+    IMAGE2_KEY,
+    SOURCE_KEY,
+    PairLoader,
+    check_bbox_format,
+    error_list,
+    is_all_zero,
+    is_missing,
+    log,
+    plain_numbers,
+    set_row_errors,
+)
+from dataflow_mm.storage.file_storage import FileStorage
+
+
+class ImgDiffDifferenceAreaProposer(OperatorABC):
+    """Fill in boxes around the differing areas of image pairs for rows that have none."""
+
+    def __init__(
+        self,
+        bbox_format: str = "cxcywh",
+        normalized: bool = False,
+        max_boxes: int = 5,
+        threshold: float = 40.0,
+        min_area_ratio: float = 0.0005,
+        propose_for_zero_boxes: bool = False,
+    ) -> None:
+        if max_boxes < 1:
+            raise ValueError(f"max_boxes must be at least 1, not {max_boxes}")
+        self.bbox_format = check_bbox_format(bbox_format)
+        self.normalized = normalized
+        self.max_boxes = max_boxes
+        self.threshold = threshold
+        self.min_area_ratio = min_area_ratio
+        self.propose_for_zero_boxes = propose_for_zero_boxes
+        self.images = PairLoader()
+
+    def run(
+        self,
+        storage: FileStorage,
+        input_image1_key: str = IMAGE1_KEY,
+        input_image2_key: str = IMAGE2_KEY,
+        input_bbox_key: str = BBOX_KEY,
+        output_bbox_key: str = BBOX_KEY,
+        output_source_key: str = SOURCE_KEY,
+    ) -> None:
+        self.execute(
+            storage,
+            input_image1_key=input_image1_key,
+            input_image2_key=input_image2_key,
+            input_bbox_key=input_bbox_key,
+            output_bbox_key=output_bbox_key,
+            output_source_key=output_source_key,
+        )
+
+    def input_columns(
+        self, input_image1_key: str = IMAGE1_KEY, input_image2_key: str = IMAGE2_KEY, **_: Any
+    ) -> list[str]:
+        return [input_image1_key, input_image2_key]  # the box column may be absent: every row is then proposed
+
+    def output_columns(
+        self, output_bbox_key: str = BBOX_KEY, output_source_key: str = SOURCE_KEY, **_: Any
+    ) -> list[str]:
+        return [output_bbox_key, output_source_key]
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "bbox_format": self.bbox_format,
+            "normalized": self.normalized,
+            "max_boxes": self.max_boxes,
+            "threshold": self.threshold,
+            "min_area_ratio": self.min_area_ratio,
+            "propose_for_zero_boxes": self.propose_for_zero_boxes,
+        }
+
+    def prepare(self, storage: FileStorage) -> None:
+        self.images.media_root = storage.media_root
+
+    def needs_proposal(self, raw: Any) -> bool:
+        return is_missing(raw) or (self.propose_for_zero_boxes and is_all_zero(raw))
+
+    def process(
+        self,
+        frame: pd.DataFrame,
+        input_image1_key: str = IMAGE1_KEY,
+        input_image2_key: str = IMAGE2_KEY,
+        input_bbox_key: str = BBOX_KEY,
+        output_bbox_key: str = BBOX_KEY,
+        output_source_key: str = SOURCE_KEY,
+        **_: Any,
+    ) -> pd.DataFrame:
+        out = frame.copy()
+        errors = error_list(out)
+        raw_boxes = out[input_bbox_key].tolist() if input_bbox_key in out.columns else [None] * len(out)
+        todo = [position for position, raw in enumerate(raw_boxes) if self.needs_proposal(raw)]
+        names1, names2 = out[input_image1_key].tolist(), out[input_image2_key].tolist()
+        pairs = self.images.load_pairs([names1[p] for p in todo], [names2[p] for p in todo])
+        boxes: list[Any] = list(raw_boxes)
+        sources: list[str | None] = ["input"] * len(out)
+        for position, pair in zip(todo, pairs, strict=True):
+            if isinstance(pair, RowError):
+                set_row_errors(errors, position, pair)
+                boxes[position], sources[position] = None, None
+                continue
+            found = difference_boxes(
+                pair[0], pair[1], max_boxes=self.max_boxes, threshold=self.threshold, min_area_ratio=self.min_area_ratio
+            )
+            size = pair[0].size
+            boxes[position] = [plain_numbers(from_xyxy(b, self.bbox_format, size, self.normalized), 4) for b in found]
+            sources[position] = "proposed"
+        log.info(f"difference areas proposed for {len(todo)} of {len(out)} rows")
+        out[output_bbox_key] = boxes
+        out[output_source_key] = sources
+        out[ERROR_COLUMN] = errors
+        return out

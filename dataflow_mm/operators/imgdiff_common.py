@@ -1,0 +1,244 @@
+"""What the Img-Diff operators share: column names, the per-box decision record, image pairs in memory.
+
+Every Img-Diff step works on a row's list of candidate boxes. The list lives in one column
+(``bbox_decisions`` by default), one JSON object per candidate box, in input order::
+
+    {"index": 0, "bbox": [cx, cy, w, h], "bbox_xyxy": [x0, y0, x1, y1],
+     "region_caption1": "...", "region_caption2": "...",
+     "itm_score1": 0.83, "itm_score2": 0.77, "caption_similarity": 0.41,
+     "difference_caption": "...", "difference_image": null,
+     "kept": true, "dropped_at": null, "drop_reason": null}
+
+``bbox`` is the box as given (in the declared format), ``bbox_xyxy`` the pixel box clipped to
+image 1. A step only looks at boxes still ``kept``; when it drops one it sets ``kept`` false,
+``dropped_at`` (the step) and ``drop_reason`` (why, with the numbers). The scores that decided
+each box stay in the record, so every decision can be audited from the output table.
+
+Images are decoded in memory only (no temp files). Image 2 is resized to image 1's size, as in
+the original, so one box addresses the same area in both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from dataflow_mm.errors import ERROR_COLUMN, RowError, UserError, row_error_text
+from dataflow_mm.imaging.bbox import BOX_FORMATS, parse_boxes
+from dataflow_mm.imaging.loading import load_image
+from dataflow_mm.logger import get_logger
+from dataflow_mm.storage.media import resolve_media_path
+
+log = get_logger("operators.imgdiff")
+
+IMAGE1_KEY = "image_path1"
+IMAGE2_KEY = "image_path2"
+BBOX_KEY = "bboxes"
+DECISIONS_KEY = "bbox_decisions"
+CAPTION1_KEY = "region_caption1"
+CAPTION2_KEY = "region_caption2"
+DIFFERENCE_KEY = "bbox_difference_captions"
+DIFFERENCE_IMAGES_KEY = "difference_images"
+SOURCE_KEY = "bbox_source"
+
+# Where a box was dropped (the ``dropped_at`` values), in pipeline order.
+DROP_PARSE = "parse"
+DROP_AREA = "area"
+DROP_REGION_CAPTION = "region_caption"
+DROP_ITM = "image_text_matching"
+DROP_SIMILARITY = "caption_similarity"
+DROP_DIFFERENCE = "difference_caption"
+
+ImagePair = tuple[Image.Image, Image.Image]
+
+
+def check_bbox_format(bbox_format: str) -> str:
+    if bbox_format not in BOX_FORMATS:
+        raise ValueError(f"unknown bbox_format {bbox_format!r}; expected one of {', '.join(BOX_FORMATS)}")
+    return bbox_format
+
+
+def check_score_range(name: str, min_score: float, max_score: float) -> None:
+    if not (math.isfinite(min_score) and math.isfinite(max_score)) or min_score > max_score:
+        raise ValueError(f"{name}: need finite min_score <= max_score, got [{min_score}, {max_score}]")
+
+
+def in_range(value: float, low: float, high: float) -> bool:
+    return low <= value <= high
+
+
+def is_missing(raw: Any) -> bool:
+    """None, NaN or an empty list: the row carries no boxes."""
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return True
+    return hasattr(raw, "__len__") and not isinstance(raw, (str, bytes)) and len(raw) == 0
+
+
+def _as_list(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)
+    return tolist() if tolist is not None and hasattr(value, "ndim") else value
+
+
+def is_all_zero(raw: Any) -> bool:
+    """Every box is ``[0, 0, 0, 0]``: Data-Juicer's marker for "no difference area" (a flat box counts too)."""
+    raw = _as_list(raw)
+    if not isinstance(raw, (list, tuple)) or not raw:
+        return False
+    boxes = [_as_list(b) for b in raw]
+    if not any(isinstance(b, (list, tuple)) for b in boxes):
+        boxes = [boxes]
+    try:
+        return all(isinstance(b, (list, tuple)) and all(float(v) == 0.0 for v in b) for b in boxes)
+    except (TypeError, ValueError):
+        return False
+
+
+def has_no_boxes(raw: Any) -> bool:
+    """The seed's "no boxes": missing, empty, or all zero."""
+    return is_missing(raw) or is_all_zero(raw)
+
+
+def plain_numbers(box: Sequence[Any], ndigits: int = 2) -> list[float | int]:
+    """JSON-friendly numbers: integers stay integers, floats are rounded."""
+    out: list[float | int] = []
+    for v in box:
+        f = float(v)
+        out.append(int(f) if f.is_integer() else round(f, ndigits))
+    return out
+
+
+def new_decision(index: int, raw_box: Any) -> dict[str, Any]:
+    raw_box = _as_list(raw_box)
+    try:
+        shown = plain_numbers(raw_box, 4) if isinstance(raw_box, (list, tuple)) else raw_box
+    except (TypeError, ValueError):
+        shown = str(raw_box)[:200]
+    return {
+        "index": index,
+        "bbox": shown,
+        "bbox_xyxy": None,
+        "region_caption1": None,
+        "region_caption2": None,
+        "itm_score1": None,
+        "itm_score2": None,
+        "caption_similarity": None,
+        "difference_caption": None,
+        "difference_image": None,
+        "kept": True,
+        "dropped_at": None,
+        "drop_reason": None,
+    }
+
+
+def drop(decision: dict[str, Any], step: str, reason: str) -> None:
+    decision["kept"] = False
+    decision["dropped_at"] = step
+    decision["drop_reason"] = reason
+
+
+def kept(decisions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in decisions if d.get("kept")]
+
+
+def candidate_decisions(
+    raw_boxes: Any, bbox_format: str, normalized: bool, image_size: tuple[int, int]
+) -> list[dict[str, Any]]:
+    """One decision per candidate box; boxes that do not parse or lie outside image 1 are dropped at "parse".
+
+    No boxes (missing, empty, all zero) give ``[]``. A cell that is not a list of boxes raises InvalidBoxError.
+    """
+    if has_no_boxes(raw_boxes):
+        return []
+    parsed = parse_boxes(raw_boxes, bbox_format, image_size, normalized)  # type: ignore[arg-type]
+    raw_list = _as_list(raw_boxes)
+    items = [_as_list(v) for v in raw_list]
+    if items and not any(isinstance(v, (list, tuple)) for v in items):
+        items = [items]
+    rejected = {index: reason for index, _, reason in parsed.rejected}
+    valid = iter(parsed.boxes_xyxy)
+    decisions = []
+    for index, item in enumerate(items):
+        decision = new_decision(index, item)
+        if index in rejected:
+            drop(decision, DROP_PARSE, rejected[index])
+        else:
+            decision["bbox_xyxy"] = plain_numbers(next(valid), 2)
+        decisions.append(decision)
+    return decisions
+
+
+def copy_decisions(value: Any) -> list[dict[str, Any]]:
+    """A row's decisions as a fresh list of dicts (cells read from parquet may be numpy arrays)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    return [dict(d) for d in _as_list(value)]
+
+
+def describe_drops(step: str, decisions_per_row: Sequence[Sequence[dict[str, Any]]]) -> str:
+    """One log line: how many boxes this step saw, kept and dropped."""
+    seen = kept_count = 0
+    dropped: Counter[str] = Counter()
+    for decisions in decisions_per_row:
+        for d in decisions:
+            if d.get("dropped_at") == step:
+                dropped[step] += 1
+                seen += 1
+            elif d.get("kept"):
+                seen += 1
+                kept_count += 1
+    return f"{step}: {seen} boxes in, {kept_count} kept, {dropped[step]} dropped"
+
+
+class PairLoader:
+    """Loads rows' image pairs in memory (image 2 resized to image 1's size), optionally memoized.
+
+    The fused operator gives its steps one shared memo per chunk, so each image is decoded once.
+    """
+
+    def __init__(self) -> None:
+        self.media_root: Path | None = None
+        self.memo: dict[tuple[str, str], ImagePair | RowError] | None = None
+        self.num_workers: int | None = None
+
+    def load_pairs(self, values1: Sequence[Any], values2: Sequence[Any]) -> list[ImagePair | RowError]:
+        workers = self.num_workers or min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(self.load_pair, values1, values2))
+
+    def load_pair(self, value1: Any, value2: Any) -> ImagePair | RowError:
+        key = (str(value1), str(value2))
+        if self.memo is not None and key in self.memo:
+            return self.memo[key]
+        try:
+            first = load_image(resolve_media_path(value1, self.media_root))
+            second = load_image(resolve_media_path(value2, self.media_root))
+            if second.size != first.size:
+                second = second.resize(first.size, Image.Resampling.BICUBIC)
+            result: ImagePair | RowError = (first, second)
+        except RowError as exc:
+            result = exc
+        if self.memo is not None:
+            self.memo[key] = result
+        return result
+
+
+def set_row_errors(errors: list[Any], position: int, exc: RowError | str) -> None:
+    errors[position] = exc if isinstance(exc, str) else row_error_text(exc)
+
+
+def decisions_column(frame: pd.DataFrame, key: str) -> list[list[dict[str, Any]]]:
+    if key not in frame.columns:
+        raise UserError(f"column '{key}' is missing: run ImgDiffRegionCaptioner (or the fused operator) first")
+    return [copy_decisions(v) for v in frame[key].tolist()]
+
+
+def error_list(frame: pd.DataFrame) -> list[Any]:
+    return frame[ERROR_COLUMN].tolist() if ERROR_COLUMN in frame.columns else [None] * len(frame)

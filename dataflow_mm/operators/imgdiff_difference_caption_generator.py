@@ -1,0 +1,295 @@
+"""ImgDiffDifferenceCaptionGenerator: Data-Juicer's Img-Diff difference-caption generator as one fused operator.
+
+It chains the four batched steps on each chunk, sharing one VLM serving and decoding each image
+once per chunk:
+
+1. :class:`ImgDiffRegionCaptioner`: describe every box region in both images (one VLM call);
+2.+3. :class:`ImgDiffImageTextMatchingFilter`: crop, BLIP ITM, keep boxes whose crops match;
+4. :class:`ImgDiffCaptionSimilarityFilter`: keep boxes whose captions' similarity is in range;
+5. :class:`ImgDiffDifferenceCaptioner`: red box, side-by-side panel, difference caption (one VLM call).
+
+The constructor takes the seed's ``mllm_mapper_args``, ``image_text_matching_filter_args`` and
+``text_pair_similarity_filter_args`` with the seed's defaults (the caller's dicts are never
+modified), plus a ``serving`` (vLLM, transformers or API backend). Without one, a transformers
+serving is built from ``mllm_mapper_args`` (with the offline tiny-model fallback). The scoring
+models load once, on CUDA when available (``device="auto"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from dataflow_mm.logger import get_logger
+from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.operators.imgdiff_common import (
+    BBOX_KEY,
+    CAPTION1_KEY,
+    CAPTION2_KEY,
+    DECISIONS_KEY,
+    DIFFERENCE_IMAGES_KEY,
+    DIFFERENCE_KEY,
+    IMAGE1_KEY,
+    IMAGE2_KEY,
+)
+from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
+from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
+from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
+from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
+from dataflow_mm.scoring.image_text_matching import BlipITMScorer
+from dataflow_mm.scoring.text_similarity import TextSimilarity, text_similarity_model
+from dataflow_mm.serving.base import SamplingParams, VLMServing
+from dataflow_mm.storage.file_storage import FileStorage
+
+log = get_logger("operators.imgdiff")
+
+# The seed's fixed defaults (Data-Juicer's FIXED_ARGS).
+MLLM_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 256,
+    "temperature": 0.2,
+    "top_p": None,
+    "num_beams": 1,
+    "hf_model": "llava-hf/llava-v1.6-vicuna-7b-hf",
+}
+ITM_DEFAULTS: dict[str, Any] = {
+    "min_score": 0.1,
+    "max_score": 1.0,
+    "hf_blip": "Salesforce/blip-itm-base-coco",
+    "num_proc": 1,
+}
+SIMILARITY_DEFAULTS: dict[str, Any] = {
+    "min_score": 0.1,
+    "max_score": 1.0,
+    "hf_clip": "openai/clip-vit-base-patch32",
+    "text_key_second": "target_text",
+    "num_proc": 1,
+}
+# Keys Data-Juicer accepts that change nothing here (parallelism is batching, devices are `device`).
+_IGNORED = {
+    "num_proc",
+    "accelerator",
+    "trust_remote_code",
+    "text_key_second",
+    "any_or_all",
+    "reduce_mode",
+    "mem_required",
+}
+_EXTRA = {
+    "mllm_mapper_args": {"batch_size", "seed"},
+    "image_text_matching_filter_args": {"batch_size", "horizontal_flip", "vertical_flip"},
+    "text_pair_similarity_filter_args": {"batch_size"},
+}
+_SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "seed")
+
+
+def merged_args(name: str, given: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated with ``given`` (a copy; unknown keys raise ValueError naming the accepted ones)."""
+    given = dict(given or {})
+    allowed = set(defaults) | _IGNORED | _EXTRA[name]
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ValueError(f"{name}: unknown key(s) {unknown}; accepted: {sorted(allowed)}")
+    return {**defaults, **given}
+
+
+def sampling_from_mllm_args(args: dict[str, Any]) -> SamplingParams:
+    top_p = args.get("top_p")
+    return SamplingParams(
+        temperature=float(args["temperature"]),
+        top_p=1.0 if top_p is None else float(top_p),
+        max_tokens=int(args["max_new_tokens"]),
+        seed=args.get("seed"),
+    )
+
+
+class ImgDiffDifferenceCaptionGenerator(OperatorABC):
+    """The seed's fused Img-Diff operator: region captions, ITM filter, caption similarity, difference captions."""
+
+    def __init__(
+        self,
+        mllm_mapper_args: dict[str, Any] | None = None,
+        image_text_matching_filter_args: dict[str, Any] | None = None,
+        text_pair_similarity_filter_args: dict[str, Any] | None = None,
+        *,
+        serving: VLMServing | None = None,
+        bbox_format: str = "cxcywh",
+        normalized: bool = False,
+        max_box_area_ratio: float | None = 0.1,
+        keep_difference_images: bool = False,
+        image_output_dir: str | None = None,
+        device: str = "auto",
+        empty_result: str = "seed",
+        allow_tiny_fallback: bool = True,
+        itm_scorer: BlipITMScorer | None = None,
+        text_similarity: TextSimilarity | None = None,
+        hf_cache_dir: str | None = None,
+        download_dir: str | None = None,
+        **data_juicer_options: Any,
+    ) -> None:
+        if data_juicer_options:
+            log.warning(f"ignoring Data-Juicer operator options that do not apply here: {sorted(data_juicer_options)}")
+        self.mllm_mapper_args = merged_args("mllm_mapper_args", mllm_mapper_args, MLLM_DEFAULTS)
+        self.image_text_matching_filter_args = merged_args(
+            "image_text_matching_filter_args", image_text_matching_filter_args, ITM_DEFAULTS
+        )
+        self.text_pair_similarity_filter_args = merged_args(
+            "text_pair_similarity_filter_args", text_pair_similarity_filter_args, SIMILARITY_DEFAULTS
+        )
+        mllm, itm, sim = (
+            self.mllm_mapper_args,
+            self.image_text_matching_filter_args,
+            self.text_pair_similarity_filter_args,
+        )
+        if int(mllm.get("num_beams") or 1) != 1:
+            log.warning(f"num_beams={mllm['num_beams']} is not supported by the serving interface; sampling as set")
+        if itm.get("horizontal_flip") or itm.get("vertical_flip"):
+            log.warning("image_text_matching_filter_args: horizontal_flip/vertical_flip are not applied")
+        self.device = device
+        self.allow_tiny_fallback = allow_tiny_fallback
+        self._owns_serving = serving is None
+        sampling: SamplingParams | None = None
+        if serving is None:
+            from dataflow_mm.serving.factory import create_serving
+
+            serving = create_serving(
+                "hf",
+                str(mllm["hf_model"]),
+                hf_cache_dir=hf_cache_dir,
+                download_dir=download_dir,
+                temperature=float(mllm["temperature"]),
+                top_p=1.0 if mllm.get("top_p") is None else float(mllm["top_p"]),
+                max_tokens=int(mllm["max_new_tokens"]),
+                seed=mllm.get("seed"),
+                allow_tiny_fallback=allow_tiny_fallback,
+                batch_size=int(mllm.get("batch_size") or 8),
+            )
+        elif any(key in (mllm_mapper_args or {}) for key in _SAMPLING_KEYS):
+            sampling = sampling_from_mllm_args(mllm)  # explicit sampling args override the serving's own
+        self.serving = serving
+        self.sampling = sampling
+        scorer = itm_scorer or BlipITMScorer(
+            itm["hf_blip"],
+            device=device,
+            batch_size=int(itm.get("batch_size") or 32),
+            allow_tiny_fallback=allow_tiny_fallback,
+            hf_cache_dir=hf_cache_dir,
+            hf_local_dir=download_dir,
+        )
+        similarity = text_similarity or text_similarity_model(
+            sim["hf_clip"],
+            device=device,
+            batch_size=int(sim.get("batch_size") or 64),
+            allow_tiny_fallback=allow_tiny_fallback,
+            hf_cache_dir=hf_cache_dir,
+            hf_local_dir=download_dir,
+        )
+        self.region_captioner = ImgDiffRegionCaptioner(
+            serving,
+            bbox_format=bbox_format,
+            normalized=normalized,
+            max_box_area_ratio=max_box_area_ratio,
+            sampling=sampling,
+        )
+        self.itm_filter = ImgDiffImageTextMatchingFilter(scorer, min_score=itm["min_score"], max_score=itm["max_score"])
+        self.similarity_filter = ImgDiffCaptionSimilarityFilter(
+            similarity, min_score=sim["min_score"], max_score=sim["max_score"]
+        )
+        self.difference_captioner = ImgDiffDifferenceCaptioner(
+            serving,
+            keep_difference_images=keep_difference_images,
+            image_output_dir=image_output_dir,
+            empty_result=empty_result,
+            sampling=sampling,
+        )
+
+    @property
+    def steps(self) -> list[OperatorABC]:
+        return [self.region_captioner, self.itm_filter, self.similarity_filter, self.difference_captioner]
+
+    @property
+    def itm_scorer(self) -> BlipITMScorer:
+        return self.itm_filter.scorer
+
+    @property
+    def text_similarity(self) -> TextSimilarity:
+        return self.similarity_filter.similarity
+
+    def run(
+        self,
+        storage: FileStorage,
+        input_image1_key: str = IMAGE1_KEY,
+        input_image2_key: str = IMAGE2_KEY,
+        input_bbox_key: str = BBOX_KEY,
+        output_bbox_key: str = BBOX_KEY,
+        output_caption1_key: str = CAPTION1_KEY,
+        output_caption2_key: str = CAPTION2_KEY,
+        output_difference_key: str = DIFFERENCE_KEY,
+        output_image_key: str = DIFFERENCE_IMAGES_KEY,
+        decisions_key: str = DECISIONS_KEY,
+    ) -> None:
+        self.execute(
+            storage,
+            input_image1_key=input_image1_key,
+            input_image2_key=input_image2_key,
+            input_bbox_key=input_bbox_key,
+            output_bbox_key=output_bbox_key,
+            output_caption1_key=output_caption1_key,
+            output_caption2_key=output_caption2_key,
+            output_difference_key=output_difference_key,
+            output_image_key=output_image_key,
+            decisions_key=decisions_key,
+        )
+
+    def input_columns(self, **keys: Any) -> list[str]:
+        return self.region_captioner.input_columns(**keys)
+
+    def output_columns(self, **keys: Any) -> list[str]:
+        return self.difference_captioner.output_columns(**keys)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "mllm_mapper_args": {k: v for k, v in self.mllm_mapper_args.items() if k not in _IGNORED},
+            "image_text_matching_filter_args": {
+                k: v for k, v in self.image_text_matching_filter_args.items() if k not in _IGNORED
+            },
+            "text_pair_similarity_filter_args": {
+                k: v for k, v in self.text_pair_similarity_filter_args.items() if k not in _IGNORED
+            },
+            "steps": {step.name: step.params() for step in self.steps},
+        }
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            **self.region_captioner.provenance(),
+            "image_text_matching": self.itm_scorer.describe(),
+            "caption_similarity": self.text_similarity.describe(),
+        }
+
+    def prepare(self, storage: FileStorage) -> None:
+        for step in self.steps:
+            step.prepare(storage)
+
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        """The four steps in turn on one chunk; rows failing a step keep their error and skip the rest."""
+        memo: dict[Any, Any] = {}  # each image decoded once per chunk, shared by the steps
+        loaders = [getattr(step, "images", None) for step in self.steps]
+        for loader in loaders:
+            if loader is not None:
+                loader.memo = memo
+        try:
+            for step in self.steps:
+                frame = step.process_chunk(frame, **keys)
+            return frame
+        finally:
+            for loader in loaders:
+                if loader is not None:
+                    loader.memo = None
+            memo.clear()
+
+    def cleanup(self) -> None:
+        """Release the scoring models (and the VLM when this operator built it)."""
+        self.itm_scorer.cleanup()
+        self.text_similarity.cleanup()
+        if self._owns_serving:
+            self.serving.cleanup()

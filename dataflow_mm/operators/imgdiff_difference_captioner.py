@@ -1,0 +1,261 @@
+"""Img-Diff step 5: mark each kept box in red on both images, join them, ask the VLM for the difference.
+
+For each kept box, both images get a red outline around the box (grown by ``box_padding`` px and
+clamped to the image), are joined side by side with a black bar, and the panel goes to the VLM
+with the original's prompt (which quotes both region captions). All panels of the chunk go into
+ONE ``serving.chat`` call. Panels stay in memory; with ``keep_difference_images`` they are also
+written as content-named JPEGs under the cache path (atomically, so nothing half-written or
+temporary is ever left behind).
+
+The row's final columns are then written: ``region_caption1``, ``region_caption2``, ``bboxes``
+(the kept boxes, as given) and ``bbox_difference_captions``, lists of equal length. A row with no
+kept box gets the seed's empty result: ``[""]``, ``[""]``, ``[[0, 0, 0, 0]]``, ``[""]``
+(``empty_result="empty"`` gives empty lists instead).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from dataflow_mm.errors import ERROR_COLUMN, RowError
+from dataflow_mm.imaging.draw import draw_red_box, side_by_side
+from dataflow_mm.imaging.naming import content_name
+from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.operators.imgdiff_common import (
+    CAPTION1_KEY,
+    CAPTION2_KEY,
+    DECISIONS_KEY,
+    DIFFERENCE_IMAGES_KEY,
+    DIFFERENCE_KEY,
+    DROP_DIFFERENCE,
+    IMAGE1_KEY,
+    IMAGE2_KEY,
+    PairLoader,
+    decisions_column,
+    describe_drops,
+    drop,
+    error_list,
+    kept,
+    log,
+    set_row_errors,
+)
+from dataflow_mm.serving.base import Conversation, SamplingParams, VLMServing
+from dataflow_mm.serving.messages import build_conversation
+from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage.file_storage import FileStorage
+
+DEFAULT_DIFFERENCE_PROMPT = (
+    "Analyse the left image and the right image (separated by the black vertical bar). "
+    "The detail within the red bounding box in the left image is: {caption1}, "
+    "the detail within the red bounding box in the right image is: {caption2}. "
+    "What is their difference? Answer with a few concise sentences."
+)
+EMPTY_RESULTS = ("seed", "empty")
+DIFFERENCE_IMAGE_DIR = "imgdiff_difference_images"
+
+
+def difference_panel(
+    image1: Image.Image,
+    image2: Image.Image,
+    xyxy: list[float],
+    padding: int = 5,
+    line_width: int = 3,
+    bar_width: int = 20,
+) -> Image.Image:
+    """Both images with the red box, side by side with a black bar between them."""
+    left = draw_red_box(image1, xyxy, padding=padding, width=line_width)
+    right = draw_red_box(image2, xyxy, padding=padding, width=line_width)
+    return side_by_side(left, right, bar_width=bar_width, bar_color=(0, 0, 0))
+
+
+class ImgDiffDifferenceCaptioner(OperatorABC):
+    """Ask the VLM what differs inside each kept box (all boxes of a chunk in one call); write the final columns."""
+
+    def __init__(
+        self,
+        serving: VLMServing,
+        keep_difference_images: bool = False,
+        image_output_dir: str | None = None,
+        prompt_template: str = DEFAULT_DIFFERENCE_PROMPT,
+        system_prompt: str = "",
+        sampling: SamplingParams | None = None,
+        box_padding: int = 5,
+        box_line_width: int = 3,
+        bar_width: int = 20,
+        empty_result: str = "seed",
+        jpeg_quality: int = 90,
+    ) -> None:
+        if empty_result not in EMPTY_RESULTS:
+            raise ValueError(f"empty_result must be one of {EMPTY_RESULTS}, not {empty_result!r}")
+        self.serving = serving
+        self.keep_difference_images = keep_difference_images
+        self.image_output_dir = image_output_dir
+        self.prompt_template = prompt_template
+        self.system_prompt = system_prompt
+        self.sampling = sampling  # None: the serving's own sampling settings
+        self.box_padding = box_padding
+        self.box_line_width = box_line_width
+        self.bar_width = bar_width
+        self.empty_result = empty_result
+        self.jpeg_quality = jpeg_quality
+        self.images = PairLoader()
+        self._image_dir: Path | None = Path(image_output_dir) if image_output_dir else None
+
+    def run(
+        self,
+        storage: FileStorage,
+        input_image1_key: str = IMAGE1_KEY,
+        input_image2_key: str = IMAGE2_KEY,
+        decisions_key: str = DECISIONS_KEY,
+        output_bbox_key: str = "bboxes",
+        output_caption1_key: str = CAPTION1_KEY,
+        output_caption2_key: str = CAPTION2_KEY,
+        output_difference_key: str = DIFFERENCE_KEY,
+        output_image_key: str = DIFFERENCE_IMAGES_KEY,
+    ) -> None:
+        self.execute(
+            storage,
+            input_image1_key=input_image1_key,
+            input_image2_key=input_image2_key,
+            decisions_key=decisions_key,
+            output_bbox_key=output_bbox_key,
+            output_caption1_key=output_caption1_key,
+            output_caption2_key=output_caption2_key,
+            output_difference_key=output_difference_key,
+            output_image_key=output_image_key,
+        )
+
+    def input_columns(
+        self,
+        input_image1_key: str = IMAGE1_KEY,
+        input_image2_key: str = IMAGE2_KEY,
+        decisions_key: str = DECISIONS_KEY,
+        **_: Any,
+    ) -> list[str]:
+        return [input_image1_key, input_image2_key, decisions_key]
+
+    def output_columns(
+        self,
+        decisions_key: str = DECISIONS_KEY,
+        output_bbox_key: str = "bboxes",
+        output_caption1_key: str = CAPTION1_KEY,
+        output_caption2_key: str = CAPTION2_KEY,
+        output_difference_key: str = DIFFERENCE_KEY,
+        output_image_key: str = DIFFERENCE_IMAGES_KEY,
+        **_: Any,
+    ) -> list[str]:
+        columns = [output_caption1_key, output_caption2_key, output_bbox_key, output_difference_key, decisions_key]
+        return [*columns, output_image_key] if self.keep_difference_images else columns
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "keep_difference_images": self.keep_difference_images,
+            "image_output_dir": self.image_output_dir,
+            "prompt_template": self.prompt_template,
+            "system_prompt": self.system_prompt,
+            "box_padding": self.box_padding,
+            "box_line_width": self.box_line_width,
+            "bar_width": self.bar_width,
+            "empty_result": self.empty_result,
+            "jpeg_quality": self.jpeg_quality,
+        }
+
+    def provenance(self) -> dict[str, Any]:
+        info = self.serving.describe()
+        if self.sampling is not None:
+            info["sampling"] = self.sampling.to_dict()
+        return info
+
+    def prepare(self, storage: FileStorage) -> None:
+        self.images.media_root = storage.media_root
+        self._image_dir = Path(self.image_output_dir or Path(storage.cache_path) / DIFFERENCE_IMAGE_DIR)
+
+    def process(
+        self,
+        frame: pd.DataFrame,
+        input_image1_key: str = IMAGE1_KEY,
+        input_image2_key: str = IMAGE2_KEY,
+        decisions_key: str = DECISIONS_KEY,
+        output_bbox_key: str = "bboxes",
+        output_caption1_key: str = CAPTION1_KEY,
+        output_caption2_key: str = CAPTION2_KEY,
+        output_difference_key: str = DIFFERENCE_KEY,
+        output_image_key: str = DIFFERENCE_IMAGES_KEY,
+        **_: Any,
+    ) -> pd.DataFrame:
+        out = frame.copy()
+        errors = error_list(out)
+        all_decisions = decisions_column(out, decisions_key)
+        needs_images = [bool(kept(d)) for d in all_decisions]
+        names1 = out[input_image1_key].tolist()
+        values1 = [v for v, need in zip(names1, needs_images, strict=True) if need]
+        values2 = [v for v, need in zip(out[input_image2_key].tolist(), needs_images, strict=True) if need]
+        loaded = iter(self.images.load_pairs(values1, values2))
+        conversations: list[Conversation] = []
+        targets: list[tuple[dict[str, Any], Image.Image, str]] = []
+        for position, decisions in enumerate(all_decisions):
+            if not needs_images[position]:
+                continue
+            pair = next(loaded)
+            if isinstance(pair, RowError):
+                set_row_errors(errors, position, pair)
+                continue
+            for decision in kept(decisions):
+                panel = difference_panel(
+                    pair[0], pair[1], decision["bbox_xyxy"], self.box_padding, self.box_line_width, self.bar_width
+                )
+                prompt = self.prompt_template.format(
+                    caption1=decision["region_caption1"] or "", caption2=decision["region_caption2"] or ""
+                )
+                conversations.append(build_conversation(prompt, [panel], self.system_prompt))
+                targets.append((decision, panel, str(names1[position])))
+        for (decision, panel, name), completion in zip(
+            targets, self.serving.chat(conversations, self.sampling), strict=True
+        ):
+            if not completion.ok:
+                drop(decision, DROP_DIFFERENCE, f"difference caption failed: {completion.error}")
+                continue
+            decision["difference_caption"] = completion.text
+            if self.keep_difference_images:
+                decision["difference_image"] = self._save(panel, Path(name).stem, decision["index"])
+        log.info(describe_drops(DROP_DIFFERENCE, all_decisions) + f"; {len(conversations)} difference requests")
+        results = [self._final(decisions) for decisions in all_decisions]
+        out[output_caption1_key] = [r[0] for r in results]
+        out[output_caption2_key] = [r[1] for r in results]
+        out[output_bbox_key] = [r[2] for r in results]
+        out[output_difference_key] = [r[3] for r in results]
+        if self.keep_difference_images:
+            out[output_image_key] = [r[4] for r in results]
+        out[decisions_key] = all_decisions
+        out[ERROR_COLUMN] = errors
+        return out
+
+    def _final(self, decisions: list[dict[str, Any]]) -> tuple[list[Any], ...]:
+        boxes = kept(decisions)
+        if not boxes:
+            if self.empty_result == "seed":
+                return [""], [""], [[0, 0, 0, 0]], [""], [""]
+            return [], [], [], [], []
+        return (
+            [d["region_caption1"] for d in boxes],
+            [d["region_caption2"] for d in boxes],
+            [d["bbox"] for d in boxes],
+            [d["difference_caption"] for d in boxes],
+            [d["difference_image"] for d in boxes],
+        )
+
+    def _save(self, panel: Image.Image, stem: str, index: int) -> str:
+        buffer = io.BytesIO()
+        panel.save(buffer, format="JPEG", quality=self.jpeg_quality)
+        data = buffer.getvalue()
+        if self._image_dir is None:
+            self._image_dir = Path(DIFFERENCE_IMAGE_DIR)
+        target = self._image_dir / content_name(f"{stem}_diff{index}", data, ".jpg")
+        if not target.exists():
+            write_bytes_atomic(data, target)
+        return str(target)

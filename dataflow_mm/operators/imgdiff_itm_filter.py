@@ -1,0 +1,137 @@
+"""Img-Diff steps 2 and 3: crop each kept box from both images and check the crops against their captions.
+
+Crops are clipped to the image (image 2 is resized to image 1's size first) and stay in memory.
+Every crop of every row in the chunk is scored by BLIP image-text matching in one scorer call
+(batched inside the scorer); a box is kept when both crops' match probabilities lie within
+``[min_score, max_score]``. Both scores are recorded on the box, kept or not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from dataflow_mm.errors import ERROR_COLUMN, RowError
+from dataflow_mm.imaging.crop import crop_box
+from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.operators.imgdiff_common import (
+    DECISIONS_KEY,
+    DROP_ITM,
+    IMAGE1_KEY,
+    IMAGE2_KEY,
+    PairLoader,
+    check_score_range,
+    decisions_column,
+    describe_drops,
+    drop,
+    error_list,
+    in_range,
+    kept,
+    log,
+    set_row_errors,
+)
+from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMScorer
+from dataflow_mm.storage.file_storage import FileStorage
+
+
+class ImgDiffImageTextMatchingFilter(OperatorABC):
+    """Keep a box when BLIP ITM says both crops match their region captions (within the score range)."""
+
+    def __init__(
+        self,
+        scorer: BlipITMScorer | None = None,
+        min_score: float = 0.1,
+        max_score: float = 1.0,
+        hf_blip: str = DEFAULT_BLIP_ITM,
+        device: str = "auto",
+        batch_size: int = 32,
+        allow_tiny_fallback: bool = False,
+    ) -> None:
+        check_score_range("image-text matching", min_score, max_score)
+        self.scorer = scorer or BlipITMScorer(
+            hf_blip, device=device, batch_size=batch_size, allow_tiny_fallback=allow_tiny_fallback
+        )
+        self.min_score = float(min_score)
+        self.max_score = float(max_score)
+        self.images = PairLoader()
+
+    def run(
+        self,
+        storage: FileStorage,
+        input_image1_key: str = IMAGE1_KEY,
+        input_image2_key: str = IMAGE2_KEY,
+        decisions_key: str = DECISIONS_KEY,
+    ) -> None:
+        self.execute(
+            storage, input_image1_key=input_image1_key, input_image2_key=input_image2_key, decisions_key=decisions_key
+        )
+
+    def input_columns(
+        self,
+        input_image1_key: str = IMAGE1_KEY,
+        input_image2_key: str = IMAGE2_KEY,
+        decisions_key: str = DECISIONS_KEY,
+        **_: Any,
+    ) -> list[str]:
+        return [input_image1_key, input_image2_key, decisions_key]
+
+    def output_columns(self, decisions_key: str = DECISIONS_KEY, **_: Any) -> list[str]:
+        return [decisions_key]
+
+    def params(self) -> dict[str, Any]:
+        return {"min_score": self.min_score, "max_score": self.max_score}
+
+    def provenance(self) -> dict[str, Any]:
+        return {"image_text_matching": self.scorer.describe()}
+
+    def prepare(self, storage: FileStorage) -> None:
+        self.images.media_root = storage.media_root
+
+    def process(
+        self,
+        frame: pd.DataFrame,
+        input_image1_key: str = IMAGE1_KEY,
+        input_image2_key: str = IMAGE2_KEY,
+        decisions_key: str = DECISIONS_KEY,
+        **_: Any,
+    ) -> pd.DataFrame:
+        out = frame.copy()
+        errors = error_list(out)
+        all_decisions = decisions_column(out, decisions_key)
+        needs_images = [bool(kept(d)) for d in all_decisions]
+        values1 = [v for v, need in zip(out[input_image1_key].tolist(), needs_images, strict=True) if need]
+        values2 = [v for v, need in zip(out[input_image2_key].tolist(), needs_images, strict=True) if need]
+        loaded = iter(self.images.load_pairs(values1, values2))
+        crops: list[Image.Image] = []
+        texts: list[str] = []
+        boxes: list[dict[str, Any]] = []
+        for position, decisions in enumerate(all_decisions):
+            if not needs_images[position]:
+                continue
+            pair = next(loaded)
+            if isinstance(pair, RowError):
+                set_row_errors(errors, position, pair)
+                continue
+            for decision in kept(decisions):
+                for which, image in ((1, pair[0]), (2, pair[1])):
+                    crops.append(crop_box(image, decision["bbox_xyxy"]))
+                    texts.append(str(decision[f"region_caption{which}"] or ""))
+                boxes.append(decision)
+        scores = self.scorer.score(crops, texts)
+        for number, decision in enumerate(boxes):
+            score1, score2 = round(scores[2 * number], 6), round(scores[2 * number + 1], 6)
+            decision["itm_score1"], decision["itm_score2"] = score1, score2
+            outside = [
+                f"image {which} crop scores {score:.4f}"
+                for which, score in ((1, score1), (2, score2))
+                if not in_range(score, self.min_score, self.max_score)
+            ]
+            if outside:
+                bounds = f"[{self.min_score:g}, {self.max_score:g}]"
+                drop(decision, DROP_ITM, f"image-text match outside {bounds}: " + ", ".join(outside))
+        log.info(describe_drops(DROP_ITM, all_decisions) + f"; {len(crops)} crops scored")
+        out[decisions_key] = all_decisions
+        out[ERROR_COLUMN] = errors
+        return out

@@ -1,0 +1,174 @@
+"""Img-Diff step 1: describe each candidate box region in both images, one batched VLM call per chunk.
+
+For every box of every row in the chunk, two requests go into ONE ``serving.chat`` call: image 1
+with the region prompt and image 2 (resized to image 1's size) with the same prompt. The prompt
+names the box by its normalized ``[x1, y1, x2, y2]`` coordinates with two decimals, as in
+Data-Juicer's original. Boxes covering more than ``max_box_area_ratio`` of the image (default
+1/10, as in the original) are dropped before any request is made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from dataflow_mm.errors import ERROR_COLUMN, RowError
+from dataflow_mm.imaging.bbox import box_area
+from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.operators.imgdiff_common import (
+    BBOX_KEY,
+    DECISIONS_KEY,
+    DROP_AREA,
+    DROP_REGION_CAPTION,
+    IMAGE1_KEY,
+    IMAGE2_KEY,
+    PairLoader,
+    candidate_decisions,
+    check_bbox_format,
+    describe_drops,
+    drop,
+    error_list,
+    kept,
+    log,
+    set_row_errors,
+)
+from dataflow_mm.serving.base import Conversation, SamplingParams, VLMServing
+from dataflow_mm.serving.messages import build_conversation
+from dataflow_mm.storage.file_storage import FileStorage
+
+DEFAULT_REGION_PROMPT = "Please provide a clear description for this region: {bbox}."
+
+
+def normalized_box_text(xyxy: list[float], size: tuple[int, int]) -> str:
+    """``"[0.12, 0.30, 0.45, 0.60]"``: the box as fractions of the image, two decimals (the seed's prompt form)."""
+    width, height = size
+    x0, y0, x1, y1 = xyxy
+    return f"[{x0 / width:.2f}, {y0 / height:.2f}, {x1 / width:.2f}, {y1 / height:.2f}]"
+
+
+class ImgDiffRegionCaptioner(OperatorABC):
+    """Caption every candidate box region in image 1 and image 2 (all rows of a chunk in one VLM call)."""
+
+    def __init__(
+        self,
+        serving: VLMServing,
+        bbox_format: str = "cxcywh",
+        normalized: bool = False,
+        max_box_area_ratio: float | None = 0.1,
+        prompt_template: str = DEFAULT_REGION_PROMPT,
+        system_prompt: str = "",
+        sampling: SamplingParams | None = None,
+    ) -> None:
+        if max_box_area_ratio is not None and max_box_area_ratio <= 0:
+            raise ValueError(f"max_box_area_ratio must be > 0 (or None to keep every size), not {max_box_area_ratio}")
+        if "{bbox}" not in prompt_template:
+            raise ValueError("prompt_template must contain '{bbox}' (the box's normalized coordinates)")
+        self.serving = serving
+        self.bbox_format = check_bbox_format(bbox_format)
+        self.normalized = normalized
+        self.max_box_area_ratio = max_box_area_ratio
+        self.prompt_template = prompt_template
+        self.system_prompt = system_prompt
+        self.sampling = sampling  # None: the serving's own sampling settings
+        self.images = PairLoader()
+
+    def run(
+        self,
+        storage: FileStorage,
+        input_image1_key: str = IMAGE1_KEY,
+        input_image2_key: str = IMAGE2_KEY,
+        input_bbox_key: str = BBOX_KEY,
+        decisions_key: str = DECISIONS_KEY,
+    ) -> None:
+        self.execute(
+            storage,
+            input_image1_key=input_image1_key,
+            input_image2_key=input_image2_key,
+            input_bbox_key=input_bbox_key,
+            decisions_key=decisions_key,
+        )
+
+    def input_columns(
+        self,
+        input_image1_key: str = IMAGE1_KEY,
+        input_image2_key: str = IMAGE2_KEY,
+        input_bbox_key: str = BBOX_KEY,
+        **_: Any,
+    ) -> list[str]:
+        return [input_image1_key, input_image2_key, input_bbox_key]
+
+    def output_columns(self, decisions_key: str = DECISIONS_KEY, **_: Any) -> list[str]:
+        return [decisions_key]
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "bbox_format": self.bbox_format,
+            "normalized": self.normalized,
+            "max_box_area_ratio": self.max_box_area_ratio,
+            "prompt_template": self.prompt_template,
+            "system_prompt": self.system_prompt,
+        }
+
+    def provenance(self) -> dict[str, Any]:
+        info = self.serving.describe()
+        if self.sampling is not None:
+            info["sampling"] = self.sampling.to_dict()
+        return info
+
+    def prepare(self, storage: FileStorage) -> None:
+        self.images.media_root = storage.media_root
+
+    def process(
+        self,
+        frame: pd.DataFrame,
+        input_image1_key: str = IMAGE1_KEY,
+        input_image2_key: str = IMAGE2_KEY,
+        input_bbox_key: str = BBOX_KEY,
+        decisions_key: str = DECISIONS_KEY,
+        **_: Any,
+    ) -> pd.DataFrame:
+        out = frame.copy()
+        errors = error_list(out)
+        raw_boxes = out[input_bbox_key].tolist() if input_bbox_key in out.columns else [None] * len(out)
+        pairs = self.images.load_pairs(out[input_image1_key].tolist(), out[input_image2_key].tolist())
+        all_decisions: list[list[dict[str, Any]]] = [[] for _ in range(len(out))]
+        conversations: list[Conversation] = []
+        targets: list[tuple[dict[str, Any], int]] = []  # (decision, 1 or 2) per request
+        for position, (pair, raw) in enumerate(zip(pairs, raw_boxes, strict=True)):
+            if isinstance(pair, RowError):
+                set_row_errors(errors, position, pair)
+                continue
+            image1, image2 = pair
+            try:
+                decisions = candidate_decisions(raw, self.bbox_format, self.normalized, image1.size)
+            except RowError as exc:
+                set_row_errors(errors, position, exc)
+                continue
+            all_decisions[position] = decisions
+            for decision in kept(decisions):
+                if self._too_large(decision, image1.size):
+                    continue
+                prompt = self.prompt_template.format(bbox=normalized_box_text(decision["bbox_xyxy"], image1.size))
+                for which, image in ((1, image1), (2, image2)):
+                    conversations.append(build_conversation(prompt, [image], self.system_prompt))
+                    targets.append((decision, which))
+        for (decision, which), completion in zip(targets, self.serving.chat(conversations, self.sampling), strict=True):
+            if completion.ok:
+                decision[f"region_caption{which}"] = completion.text
+            elif decision["kept"]:
+                drop(decision, DROP_REGION_CAPTION, f"region caption of image {which} failed: {completion.error}")
+        log.info(describe_drops(DROP_AREA, all_decisions) + f"; {len(conversations)} region requests in one call")
+        out[decisions_key] = all_decisions
+        out[ERROR_COLUMN] = errors
+        return out
+
+    def _too_large(self, decision: dict[str, Any], size: tuple[int, int]) -> bool:
+        ratio = self.max_box_area_ratio
+        if ratio is None:
+            return False
+        share = box_area(decision["bbox_xyxy"]) / float(size[0] * size[1])
+        if share > ratio:
+            drop(decision, DROP_AREA, f"box covers {share:.1%} of the image, above max_box_area_ratio={ratio:g}")
+            return True
+        return False

@@ -1,0 +1,87 @@
+"""Completed-chunk markers, so an interrupted step resumes from its last finished chunk.
+
+While step k runs, each finished chunk is written to ``.<step file>.parts/chunk_NNNNNN.jsonl``
+and then marked done by ``chunk_NNNNNN.done.json`` (its counts and rejects); both appear
+atomically, so after a kill (SIGKILL included) a chunk is either wholly done or not at all.
+The folder is tied to the operator fingerprint, the input's hash and the chunk size: if any
+of them changes, old parts are discarded. When every chunk is done, the parts are joined into
+the step file and the folder is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage.formats import AtomicTableWriter, Reject, frame_to_jsonl, iter_jsonl, write_json_atomic
+
+STATE_FILE = "state.json"
+
+
+class ChunkParts:
+    """The parts folder of one step file."""
+
+    def __init__(self, step_file: Path, state: dict[str, Any]) -> None:
+        self.step_file = Path(step_file)
+        self.folder = self.step_file.with_name(f".{self.step_file.name}.parts")
+        self.state = state
+
+    def open(self) -> int:
+        """Keep parts made under the same state (returns how many chunks are done); otherwise start afresh."""
+        state_path = self.folder / STATE_FILE
+        try:
+            previous = json.loads(state_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            previous = None
+        if previous != self.state:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+            write_json_atomic(self.state, state_path)
+        return len(list(self.folder.glob("chunk_*.done.json")))
+
+    def _data(self, index: int) -> Path:
+        return self.folder / f"chunk_{index:06d}.jsonl"
+
+    def _marker(self, index: int) -> Path:
+        return self.folder / f"chunk_{index:06d}.done.json"
+
+    def done(self, index: int) -> dict[str, Any] | None:
+        """The recorded counts of chunk ``index`` when it is complete, else None."""
+        try:
+            return json.loads(self._marker(index).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write(self, index: int, frame: pd.DataFrame, rejects: list[Reject], counts: dict[str, Any]) -> None:
+        """Store a finished chunk: data first, then the marker that makes it count."""
+        write_bytes_atomic(frame_to_jsonl(frame).encode("utf-8"), self._data(index))
+        write_json_atomic({**counts, "rejects": [r.to_dict() for r in rejects]}, self._marker(index))
+
+    def indices(self) -> list[int]:
+        return sorted(int(p.name[6:12]) for p in self.folder.glob("chunk_*.done.json"))
+
+    def iter_frames(self) -> Iterator[pd.DataFrame]:
+        for index in self.indices():
+            for chunk in iter_jsonl(self._data(index), chunk_size=1 << 30):
+                yield chunk.frame
+
+    def assemble(self, table_type: str) -> None:
+        """Join the parts, in chunk order, into the step file (atomically)."""
+        with AtomicTableWriter(self.step_file, table_type) as writer:
+            if table_type == "jsonl":
+                with writer.raw_handle() as handle:
+                    for index in self.indices():
+                        with self._data(index).open("rb") as part:
+                            shutil.copyfileobj(part, handle)
+            else:
+                for frame in self.iter_frames():
+                    writer.append(frame)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
