@@ -11,6 +11,7 @@ Re-running the same command skips completed steps; change a parameter and it rer
 from __future__ import annotations
 
 import argparse
+import os
 
 from dataflow_mm import (
     ExistingBBoxDataGenConfig,
@@ -20,7 +21,7 @@ from dataflow_mm import (
     PromptedVQAGenerator,
     VLMServing,
 )
-from dataflow_mm.pipeline.script import add_serving_args, run_main, serving_from_args
+from dataflow_mm.pipeline.script import add_runner_args, add_serving_args, run_main, runner_from_args, serving_from_args
 
 
 class ImageRegionCaptionPipeline(PipelineABC):
@@ -76,6 +77,7 @@ class ImageRegionCaptionPipeline(PipelineABC):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Image region captions with dataflow-mm")
     add_serving_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct")
+    add_runner_args(parser)
     parser.add_argument("--first_entry_file", default="./data/image_region_caption/image_region_caption_demo.jsonl")
     parser.add_argument("--cache_path", default="./cache/image_region_caption")
     parser.add_argument("--file_name_prefix", default="region_caption")
@@ -85,7 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bbox_format", default="xywh", choices=["xywh", "xyxy", "cxcywh"])
     parser.add_argument("--max_boxes", type=int, default=10)
     parser.add_argument(
-        "--output_image_with_bbox_path", default="./cache/image_region_caption/image_with_bbox_result.jsonl"
+        "--output_image_with_bbox_path",
+        default=None,
+        help="copy of the boxes step's rows (default: CACHE_PATH/image_with_bbox_result.jsonl)",
     )
     parser.add_argument("--chunk_size", type=int, default=512, help="rows per chunk (one batched model call each)")
     return parser.parse_args(argv)
@@ -102,12 +106,13 @@ def main(argv: list[str] | None = None) -> None:
         input_image_key=args.input_image_key,
         input_bbox_key=args.input_bbox_key,
         max_boxes=args.max_boxes,
-        output_image_with_bbox_path=args.output_image_with_bbox_path,
+        output_image_with_bbox_path=args.output_image_with_bbox_path
+        or os.path.join(args.cache_path, "image_with_bbox_result.jsonl"),
         chunk_size=args.chunk_size,
         bbox_format=args.bbox_format,
     )
     try:
-        pipeline.run()
+        pipeline.run(runner=runner_from_args(args))
     finally:
         pipeline.serving.cleanup()
 

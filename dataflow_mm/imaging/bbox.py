@@ -94,8 +94,7 @@ def parse_box(value: Any) -> Box:
             )
         if not _is_number(item):
             raise InvalidBoxError(
-                f"box element {i} has type {type(item).__name__} ({_short(item)}), expected a number: "
-                f"{_short(value)}"
+                f"box element {i} has type {type(item).__name__} ({_short(item)}), expected a number: {_short(value)}"
             )
         if not math.isfinite(item):
             raise InvalidBoxError(f"box element {i} is not finite ({item!r}): {_short(value)}")
@@ -145,9 +144,7 @@ def clip_box(xyxy: Any, image_size: tuple[int, int]) -> Box:
     cx0, cy0 = min(max(x0, 0.0), width), min(max(y0, 0.0), height)
     cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
     if cx1 - cx0 <= 0 or cy1 - cy0 <= 0:
-        raise InvalidBoxError(
-            f"box lies entirely outside the {width}x{height} image (xyxy {_short([x0, y0, x1, y1])})"
-        )
+        raise InvalidBoxError(f"box lies entirely outside the {width}x{height} image (xyxy {_short([x0, y0, x1, y1])})")
     return (cx0, cy0, cx1, cy1)
 
 

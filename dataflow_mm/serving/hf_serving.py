@@ -1,0 +1,254 @@
+"""The transformers backend: any image-text-to-text model, on CPU or GPU, batched.
+
+Same interface as the vLLM backend. Each request is rendered with the model's own chat
+template, its images are decoded in memory, and ``batch_size`` requests share one
+left-padded ``model.generate`` call. Nothing is loaded until the first ``chat``.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from dataflow_mm.deps import is_importable, require
+from dataflow_mm.errors import RowError, ServingError, UserError, row_error_text
+from dataflow_mm.logger import get_logger
+from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
+from dataflow_mm.serving.messages import split_images, to_pil
+from dataflow_mm.serving.model_resolver import resolve_model_path
+from dataflow_mm.serving.processor_loading import load_processor
+from dataflow_mm.testing.tiny_models import is_tiny_model
+
+logger = get_logger("serving.hf")
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
+
+# One prepared request: (index in the call, prompt text, its images in order).
+_Prepared = tuple[int, str, list[Image.Image]]
+
+
+def _resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else as given."""
+    if device != "auto":
+        return device
+    torch = require("torch", "hf")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _resolve_dtype(dtype: str, device: str) -> Any:
+    """The torch dtype: ``"auto"`` is bfloat16 on CUDA and float32 elsewhere."""
+    torch = require("torch", "hf")
+    name = dtype.lower()
+    if name == "auto":
+        name = "bfloat16" if device.startswith("cuda") else "float32"
+    if name not in _DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use auto, {', '.join(sorted(set(_DTYPES.values())))}")
+    return getattr(torch, _DTYPES[name])
+
+
+def _shrink(image: Image.Image, max_side: int | None) -> Image.Image:
+    """``image`` scaled down (aspect kept) so its longer side is at most ``max_side``."""
+    if not max_side or max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def _trim(ids: list[int], eos_ids: set[int], pad_id: int | None) -> list[int]:
+    """Generated ids up to and including the first end-of-sequence token, trailing pads dropped."""
+    for position, token in enumerate(ids):
+        if token in eos_ids:
+            return ids[: position + 1]
+    while ids and pad_id is not None and ids[-1] == pad_id:
+        ids = ids[:-1]
+    return ids
+
+
+class LocalModelVLMServing_hf(VLMServing):
+    """A local transformers VLM (``AutoModelForImageTextToText``) behind the ``VLMServing`` interface."""
+
+    backend_name = "hf"
+
+    def __init__(
+        self,
+        hf_model_name_or_path: str,
+        hf_cache_dir: str | None = None,
+        hf_local_dir: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 8,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        max_tokens: int = 512,
+        seed: int | None = None,
+        max_image_side: int | None = None,
+    ) -> None:
+        super().__init__(SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed))
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.hf_model_name_or_path = hf_model_name_or_path
+        self.hf_cache_dir = hf_cache_dir
+        self.hf_local_dir = hf_local_dir
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.max_image_side = max_image_side
+        self._model_dir: Path | None = None
+        self._model: Any = None
+        self._processor: Any = None
+        self._torch_dtype: Any = None
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def model_id(self) -> str:
+        return self.hf_model_name_or_path
+
+    @property
+    def is_smoke_test_model(self) -> bool:
+        """True for a tiny random-weight folder (checked without resolving, so without network)."""
+        return is_tiny_model(self._model_dir or Path(self.hf_model_name_or_path).expanduser())
+
+    @property
+    def model(self) -> Any:
+        """The loaded model, or None before the first ``chat``/``load`` and after ``cleanup``."""
+        return self._model
+
+    @property
+    def processor(self) -> Any:
+        return self._processor
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(device=self.device, dtype=self.dtype, batch_size=self.batch_size)
+        return info
+
+    # ------------------------------------------------------------ lifecycle
+
+    def load(self) -> None:
+        """Resolve the folder and load processor and model (no-op when already loaded)."""
+        if self._model is not None:
+            return
+        transformers = require("transformers", "hf")
+        self.device = _resolve_device(self.device)
+        self._torch_dtype = _resolve_dtype(self.dtype, self.device)
+        self._model_dir = resolve_model_path(self.hf_model_name_or_path, self.hf_cache_dir, self.hf_local_dir)
+        logger.info("Loading %s from %s (%s, %s)", self.model_id, self._model_dir, self.device, self._torch_dtype)
+        processor = load_processor(self._model_dir)
+        if not (getattr(processor, "chat_template", None) or processor.tokenizer.chat_template):
+            raise UserError(
+                f"{self.model_id} ({self._model_dir}) has no chat template: use an instruction-tuned "
+                "model folder whose processor or tokenizer ships one."
+            )
+        self._processor = processor
+        # device_map loads weights straight onto the GPU but needs accelerate; without it, move after.
+        direct = self.device != "cpu" and is_importable("accelerate")
+        model = transformers.AutoModelForImageTextToText.from_pretrained(
+            str(self._model_dir), dtype=self._torch_dtype, device_map=self.device if direct else None
+        )
+        if not direct and self.device != "cpu":
+            model = model.to(self.device)
+        self._model = model.eval()
+        if self.is_smoke_test_model:
+            logger.warning("%s is a tiny random-weight test model: its answers mean nothing", self.model_id)
+
+    def cleanup(self) -> None:
+        """Drop model and processor and free their memory; the next ``chat`` loads them again."""
+        if self._model is None and self._processor is None:
+            return
+        self._model = None
+        self._processor = None
+        gc.collect()
+        torch = require("torch", "hf")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------ chat
+
+    def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
+        """Prepare requests in order and generate each time ``batch_size`` of them are ready.
+
+        Images are decoded batch by batch, so memory holds one batch of images at a time.
+        """
+        self.load()
+        if sampling.seed is not None:
+            require("torch", "hf").manual_seed(sampling.seed)
+        results: list[Completion | None] = [None] * len(conversations)
+        pending: list[_Prepared] = []
+        for index, conversation in enumerate(conversations):
+            try:
+                pending.append(self._prepare(index, conversation))
+            except RowError as exc:
+                results[index] = Completion(text=None, error=row_error_text(exc))
+            if len(pending) == self.batch_size or (pending and index == len(conversations) - 1):
+                for (position, _, _), completion in zip(pending, self._generate(pending, sampling), strict=True):
+                    results[position] = completion
+                pending = []
+        missing = row_error_text(ServingError("no answer"))
+        return [c if c is not None else Completion(text=None, error=missing) for c in results]
+
+    def _prepare(self, index: int, conversation: Conversation) -> _Prepared:
+        """Prompt text from the model's own chat template, plus the request's images in memory."""
+        template_messages, sources = split_images(conversation)
+        images = [_shrink(to_pil(source), self.max_image_side) for source in sources]
+        prompt = self._processor.apply_chat_template(template_messages, add_generation_prompt=True, tokenize=False)
+        return index, prompt, images
+
+    def _generation_kwargs(self, sampling: SamplingParams) -> dict[str, Any]:
+        tokenizer = self._processor.tokenizer
+        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "pad_token_id": tokenizer.pad_token_id}
+        if sampling.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
+        return kwargs
+
+    def _eos_ids(self) -> set[int]:
+        eos = self._model.generation_config.eos_token_id
+        if eos is None:
+            eos = self._processor.tokenizer.eos_token_id
+        if eos is None:
+            return set()
+        return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+    def _generate(self, chunk: list[_Prepared], sampling: SamplingParams) -> list[Completion]:
+        """One left-padded ``model.generate`` call for up to ``batch_size`` prepared requests."""
+        torch = require("torch", "hf")
+        texts = [prompt for _, prompt, _ in chunk]
+        images = [image for _, _, request_images in chunk for image in request_images]
+        inputs = self._processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        inputs = inputs.to(self._model.device)
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self._torch_dtype)
+        with torch.inference_mode():
+            output = self._model.generate(**inputs, **self._generation_kwargs(sampling))
+        prompt_length = inputs["input_ids"].shape[1]
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        eos_ids, pad_id = self._eos_ids(), self._processor.tokenizer.pad_token_id
+        completions = []
+        for row, new_ids in enumerate(output[:, prompt_length:].tolist()):
+            token_ids = _trim(new_ids, eos_ids, pad_id)
+            text = self._processor.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+            completions.append(
+                Completion(
+                    text=text,
+                    prompt_tokens=int(prompt_tokens[row]),
+                    completion_tokens=len(token_ids),
+                    token_ids=token_ids,
+                )
+            )
+        return completions

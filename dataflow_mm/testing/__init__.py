@@ -1,0 +1,1 @@
+"""Test helpers: tiny random-weight models of the real architectures, built offline."""
