@@ -18,7 +18,7 @@ from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import OperatorCall, recording_calls
 from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.serving.base import VLMServing
-from dataflow_mm.storage.formats import peek_columns
+from dataflow_mm.storage.formats import has_records, peek_columns
 
 if TYPE_CHECKING:
     from dataflow_mm.runners.base import Runner
@@ -92,7 +92,8 @@ class PipelineABC(ABC):
             problems.append(f"operator {call.operator.name}: {exc}")
             return None
         if not columns:
-            log.warning(f"input '{path}' has no rows: the run will produce empty steps")
+            if not has_records(path, call.storage.input_type):
+                problems.append(f"operator {call.operator.name}: input file '{path}' is empty: nothing to do")
             return None
         return columns
 

@@ -88,6 +88,29 @@ def _records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(records, dtype=object) if records else pd.DataFrame()
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice (json.loads would silently keep the last)."""
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKeyError(key)
+        result[key] = value
+    return result
+
+
+def _check_csv_header(path: Path) -> None:
+    import csv
+
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise StorageError(f"CSV '{path}' has duplicate column names: {duplicates}")
+
+
 def _parse_jsonl_line(raw: bytes, line_no: int) -> dict[str, Any] | Reject | None:
     if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
@@ -99,9 +122,11 @@ def _parse_jsonl_line(raw: bytes, line_no: int) -> dict[str, Any] | Reject | Non
     if not text.strip():
         return None
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_object_without_duplicates)
     except json.JSONDecodeError as exc:
         return Reject(line_no, "MalformedJSONLine", f"line {line_no}: {exc.msg} at column {exc.colno}", text[:200])
+    except DuplicateKeyError as exc:
+        return Reject(line_no, "DuplicateKeyLine", f"line {line_no} repeats the key '{exc}'", text[:200])
     if not isinstance(value, dict):
         kind = type(value).__name__
         return Reject(line_no, "NotAnObjectLine", f"line {line_no} holds a JSON {kind}, not an object", text[:200])
@@ -145,6 +170,7 @@ def iter_table(
     if table_type == "jsonl":
         yield from iter_jsonl(path, chunk_size)
     elif table_type == "csv":
+        _check_csv_header(path)
         try:
             for frame in pd.read_csv(path, chunksize=chunk_size, dtype=object, keep_default_na=False, na_values=[""]):
                 yield Chunk(frame.reset_index(drop=True).map(_decode_csv_cell))
@@ -173,6 +199,11 @@ def read_table(path: str | os.PathLike, table_type: str | None = None) -> Chunk:
         rejects.extend(chunk.rejects)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return Chunk(frame, rejects)
+
+
+def has_records(path: str | os.PathLike, table_type: str | None = None) -> bool:
+    """True when the table holds at least one row or one unreadable record (i.e. it is not empty)."""
+    return any(len(c.frame) or c.rejects for c in iter_table(path, table_type, chunk_size=1))
 
 
 def peek_columns(path: str | os.PathLike, table_type: str | None = None, rows: int = 200) -> list[str]:
