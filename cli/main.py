@@ -7,6 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
+from cli.report import add_report_parser
 from cli.scaffold import init_workspace, template_files
 
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_init)
     commands.add_parser("env", help="show versions, GPU and the default backend").set_defaults(func=cmd_env)
     commands.add_parser("list", help="list pipelines, operators and backends").set_defaults(func=cmd_list)
+    add_report_parser(commands)
     return parser
 
 

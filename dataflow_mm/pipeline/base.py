@@ -17,6 +17,7 @@ from dataflow_mm.errors import ERROR_COLUMN, PipelineCompileError, StorageError
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import OperatorCall, recording_calls
 from dataflow_mm.pipeline.summary import RunSummary
+from dataflow_mm.report import report_after_run
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.storage.formats import has_records, peek_columns
 
@@ -120,4 +121,5 @@ class PipelineABC(ABC):
             storage = calls[-1].storage
             summary.save(os.path.join(storage.cache_path, f"{storage.file_name_prefix}_summary.json"))
         print(summary.text(), flush=True)
+        report_after_run(calls[-1].storage if calls else None)
         return summary
