@@ -79,6 +79,11 @@ class ChunkParts:
                     for index in self.indices():
                         with self._data(index).open("rb") as part:
                             shutil.copyfileobj(part, handle)
+            elif table_type == "csv":
+                # One header for the whole file: the union of every chunk's columns, in first-seen order.
+                columns = list(dict.fromkeys(c for frame in self.iter_frames() for c in frame.columns))
+                for frame in self.iter_frames():
+                    writer.append(frame.reindex(columns=columns))
             else:
                 for frame in self.iter_frames():
                     writer.append(frame)

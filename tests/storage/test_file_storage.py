@@ -128,3 +128,17 @@ def test_unwritable_cache_fails_fast(tmp_path: Path) -> None:
 def test_unknown_cache_type_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="cache_type"):
         FileStorage(str(tmp_path / "in.jsonl"), cache_type="xlsx")  # type: ignore[arg-type]
+
+
+def test_csv_steps_keep_columns_aligned_when_chunks_differ(tmp_path: Path) -> None:
+    """Chunks with different columns share one CSV header (the union), so no value shifts column."""
+    from dataflow_mm.storage.parts import ChunkParts
+
+    parts = ChunkParts(tmp_path / "step1.csv", {"fingerprint": "x"})
+    parts.open()
+    parts.write(0, pd.DataFrame([{"a": 1, "b": "x"}]), [], {"rows_in": 1, "rows_out": 1})
+    parts.write(1, pd.DataFrame([{"a": 2, "c": [1, 2]}]), [], {"rows_in": 1, "rows_out": 1})
+    parts.assemble("csv")
+    back = read_table(tmp_path / "step1.csv").frame
+    assert list(back.columns) == ["a", "b", "c"]
+    assert back.iloc[1]["c"] == [1, 2] and pd.isna(back.iloc[1]["b"])
