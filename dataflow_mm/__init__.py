@@ -16,6 +16,7 @@ _EXPORTS = {
     "ImageBboxGenerator": "dataflow_mm.operators.image_bbox_generator",
     "ExistingBBoxDataGenConfig": "dataflow_mm.operators.image_bbox_generator",
     "PromptedVQAGenerator": "dataflow_mm.operators.prompted_vqa_generator",
+    "RegionCaptionParser": "dataflow_mm.operators.region_captions",
     "OperatorABC": "dataflow_mm.operators.base",
     "PipelineABC": "dataflow_mm.pipeline.base",
     "RunSummary": "dataflow_mm.pipeline.summary",

@@ -8,7 +8,11 @@ columns, and which calls ``self.execute(storage, **keys)``. Everything else live
 * rows that already carry an ``error`` pass through untouched; rows that fail get one;
 * records the reader could not parse go to a rejects file, counted in the stats;
 * resume: a step whose manifest proves it is current is skipped (and says so);
-* compile: while a pipeline is being compiled, ``execute`` records the call instead of running it.
+* compile: while a pipeline is being compiled, ``execute`` records the call instead of running it;
+* metrics: ``chunk_metrics`` (optional) gives numbers per chunk, summed into the step's stats;
+* provenance: rows answered by a step whose ``provenance()`` is not empty (a model step) get
+  ``{"step<k>": "<fingerprint>"}`` merged into their ``provenance`` column; the step's manifest
+  (``<step file>.manifest.json``, same fingerprint) records the model, backend, sampling and params.
 """
 
 from __future__ import annotations
@@ -36,6 +40,33 @@ from dataflow_mm.storage.parts import ChunkParts
 
 log = get_logger("operators")
 
+PROVENANCE_COLUMN = "provenance"
+RATE_SUFFIX = "_total"
+
+
+def metric_rates(metrics: dict[str, float]) -> dict[str, float]:
+    """``X_rate = X / X_total`` for every metric ``X`` that has an ``X_total`` (and a non-zero one)."""
+    return {
+        f"{name}_rate": round(value / metrics[name + RATE_SUFFIX], 4)
+        for name, value in metrics.items()
+        if metrics.get(name + RATE_SUFFIX)
+    }
+
+
+def describe_metrics(metrics: dict[str, float]) -> str:
+    """``region_captions_parsed 7/9 (77.8%), other 3``: each ``X``/``X_total`` pair shown as a rate."""
+    parts = []
+    for name, value in sorted(metrics.items()):
+        if name.endswith(RATE_SUFFIX) and name[: -len(RATE_SUFFIX)] in metrics:
+            continue
+        total = metrics.get(name + RATE_SUFFIX)
+        if total is not None:
+            share = f" ({100 * value / total:.1f}%)" if total else ""
+            parts.append(f"{name} {value:g}/{total:g}{share}")
+        else:
+            parts.append(f"{name} {value:g}")
+    return ", ".join(parts)
+
 
 @dataclass
 class OperatorCall:
@@ -60,6 +91,7 @@ class StepResult:
     seconds: float = 0.0
     skipped: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def rows_rejected(self) -> int:
@@ -68,7 +100,8 @@ class StepResult:
     def describe(self) -> str:
         if self.skipped:
             done = f"{self.rows_out} rows in {self.output_path}"
-            return f"step {self.step} {self.operator}: already complete, skipped ({done})"
+            metrics = f"; {describe_metrics(self.metrics)}" if self.metrics else ""
+            return f"step {self.step} {self.operator}: already complete, skipped ({done}{metrics})"
         text = f"step {self.step} {self.operator}: {self.rows_in} rows in, {self.rows_out} out"
         if self.row_errors:
             causes = ", ".join(f"{k} x{v}" for k, v in sorted(self.row_errors.items()))
@@ -76,6 +109,8 @@ class StepResult:
         if self.rejected:
             causes = ", ".join(f"{k} x{v}" for k, v in sorted(self.rejected.items()))
             text += f", {self.rows_rejected} rejected ({causes})"
+        if self.metrics:
+            text += f"; {describe_metrics(self.metrics)}"
         return text + f", {self.seconds:.2f} s -> {self.output_path}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +125,8 @@ class StepResult:
             "row_errors": self.row_errors,
             "seconds": round(self.seconds, 3),
             "skipped": self.skipped,
+            "metrics": self.metrics,
+            "rates": metric_rates(self.metrics),
         }
 
 
@@ -122,6 +159,9 @@ def collecting_results() -> Iterator[list[StepResult]]:
 class OperatorABC(ABC):
     """Base class of every operator."""
 
+    # The row reference of the running step ({"step<k>": fingerprint}), set by ``bind_step``.
+    _provenance_ref: dict[str, str] | None = None
+
     def input_columns(self, **keys: Any) -> list[str]:
         """Columns that must exist in the step this operator reads (checked by ``compile``)."""
         return []
@@ -145,6 +185,10 @@ class OperatorABC(ABC):
     def prepare(self, storage: FileStorage) -> None:  # noqa: B027 - optional hook
         """Called once before the first chunk (e.g. to create output folders)."""
 
+    def chunk_metrics(self, frame: pd.DataFrame, **keys: Any) -> dict[str, float]:
+        """Numbers about one output chunk, summed over the step (``X`` and ``X_total`` give a rate)."""
+        return {}
+
     @abstractmethod
     def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         """Transform rows without errors; return the same rows (same index) with new columns."""
@@ -153,6 +197,24 @@ class OperatorABC(ABC):
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    def bind_step(self, step: int, fingerprint: str) -> None:
+        """Before the first chunk of step ``step``: rows of a model step will reference its manifest."""
+        self._provenance_ref = {f"step{step}": fingerprint} if self.provenance() else None
+
+    def chunk_counts(
+        self, frame: pd.DataFrame, rejects: list[Reject], out: pd.DataFrame, keys: dict[str, Any]
+    ) -> dict[str, Any]:
+        """What a chunk's done-marker records: rows in/out, row errors by class and the chunk's metrics."""
+        counts: dict[str, Any] = {
+            "rows_in": len(frame) + len(rejects),
+            "rows_out": len(out),
+            "row_errors": dict(Counter(c for c in map(error_class_of, out[ERROR_COLUMN]) if c)),
+        }
+        metrics = self.chunk_metrics(out, **keys)
+        if metrics:
+            counts["metrics"] = metrics
+        return counts
 
     def fingerprint(self, keys: dict[str, Any]) -> str:
         return fingerprint(
@@ -196,6 +258,7 @@ class OperatorABC(ABC):
                 stats.get("row_errors", {}),
                 skipped=True,
                 provenance=manifest.provenance,
+                metrics=stats.get("metrics", {}),
             )
         return self._run_step(storage, keys, step, current, input_sha)
 
@@ -211,17 +274,14 @@ class OperatorABC(ABC):
         if resumed:
             log.info(f"step {step} {self.name}: resuming after {resumed} completed chunk(s)")
         progress = StepProgress(f"step {step} {self.name}", count_rows(storage.input_path, storage.input_type))
+        self.bind_step(step, current)
         self.prepare(storage)
         try:
             for index, chunk in enumerate(storage.iter_chunks()):
                 counts = parts.done(index)
                 if counts is None:
                     out = self.process_chunk(chunk.frame, **keys)
-                    counts = {
-                        "rows_in": len(chunk.frame) + len(chunk.rejects),
-                        "rows_out": len(out),
-                        "row_errors": dict(Counter(c for c in map(error_class_of, out[ERROR_COLUMN]) if c)),
-                    }
+                    counts = self.chunk_counts(chunk.frame, chunk.rejects, out, keys)
                     parts.write(index, out, chunk.rejects, counts)
                 progress.update(len(chunk.frame) + len(chunk.rejects))
         finally:
@@ -251,16 +311,20 @@ class OperatorABC(ABC):
         rejects: list[Reject] = []
         rejected: Counter[str] = Counter()
         row_errors: Counter[str] = Counter()
+        metrics: dict[str, float] = {}
         for index in parts.indices():
             counts = parts.done(index) or {}
             result.rows_in += counts.get("rows_in", 0)
             result.rows_out += counts.get("rows_out", 0)
             row_errors.update(counts.get("row_errors", {}))
+            for name, value in counts.get("metrics", {}).items():
+                metrics[name] = metrics.get(name, 0) + value
             for item in counts.get("rejects", []):
                 rejects.append(Reject(**item))
                 rejected[item["cause"]] += 1
         result.rejected = dict(rejected)
         result.row_errors = dict(row_errors)
+        result.metrics = metrics
         return rejects
 
     def process_chunk(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
@@ -274,6 +338,8 @@ class OperatorABC(ABC):
         processed = self.process(frame[ok], **keys)
         if len(processed) != int(ok.sum()):
             raise RuntimeError(f"{self.name}.process returned {len(processed)} rows for {int(ok.sum())}")
+        if self._provenance_ref:
+            processed = _with_provenance(processed, self._provenance_ref)
         if ok.all():
             return processed
         return pd.concat([processed, frame[~ok]]).sort_index()
@@ -296,6 +362,35 @@ class OperatorABC(ABC):
             tmp = target.with_name(f".{target.name}.tmp")
             shutil.copyfile(step_file, tmp)
             tmp.replace(target)
+
+
+def _with_provenance(frame: pd.DataFrame, ref: dict[str, str]) -> pd.DataFrame:
+    """``frame`` with ``ref`` merged into each row's provenance reference (earlier steps' entries kept)."""
+    previous = frame[PROVENANCE_COLUMN] if PROVENANCE_COLUMN in frame.columns else [None] * len(frame)
+    frame = frame.copy()
+    frame[PROVENANCE_COLUMN] = [
+        {**({k: v for k, v in p.items() if v} if isinstance(p, dict) else {}), **ref} for p in previous
+    ]
+    return frame
+
+
+def step_manifests(row_provenance: dict[str, str] | None, storage: FileStorage) -> dict[str, StepManifest]:
+    """The manifests a row's ``provenance`` reference points to, each checked by its fingerprint.
+
+    ``storage`` is the pipeline's storage (its cache folder, prefix and type name the step files).
+    Raises ``StorageError`` when a manifest is missing or was rewritten by a different run.
+    """
+    from dataflow_mm.errors import StorageError
+
+    found: dict[str, StepManifest] = {}
+    for step, expected in (row_provenance or {}).items():
+        path = storage.step_file(int(step.removeprefix("step")))
+        manifest = StepManifest.load(path)
+        if manifest is None or manifest.fingerprint != expected:
+            got = "missing" if manifest is None else f"fingerprint {manifest.fingerprint}"
+            raise StorageError(f"the manifest of {path} does not match the row's {step}={expected} ({got})")
+        found[step] = manifest
+    return found
 
 
 def _readable(path: Path) -> Path:

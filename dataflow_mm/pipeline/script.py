@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dataflow_mm.errors import UserError
+from dataflow_mm.runners import RUNNERS, Runner, get_runner
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.serving.factory import BACKENDS, create_serving
 
@@ -35,8 +36,24 @@ def add_serving_args(parser: argparse.ArgumentParser, default_model: str) -> Non
     group.add_argument("--max_tokens", type=int, default=512)
     group.add_argument("--seed", type=int, default=None)
     group.add_argument("--batch_size", type=int, default=8, help="requests per generate call (hf backend)")
-    group.add_argument("--max_model_len", type=int, default=None, help="context length (vllm backend)")
+    group.add_argument(
+        "--max_model_len",
+        type=int,
+        default=None,
+        help="context length (default: the model's); requests that cannot fit are refused or downscaled first",
+    )
+    group.add_argument(
+        "--allow_downscale",
+        action="store_true",
+        help="shrink a request's images until it fits the context instead of marking the row PromptTooLongError",
+    )
     group.add_argument("--tensor_parallel_size", type=int, default=1, help="GPUs per engine (vllm backend)")
+    group.add_argument(
+        "--enforce_eager",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="vllm backend: skip graph capture/compilation (auto: yes without a GPU, where it only slows start)",
+    )
     group.add_argument(
         "--no_tiny_fallback",
         action="store_true",
@@ -50,6 +67,36 @@ def add_serving_args(parser: argparse.ArgumentParser, default_model: str) -> Non
     group.add_argument("--max_workers", type=int, default=8, help="requests in flight (api backend)")
     group.add_argument("--api_timeout", type=float, default=60.0, help="seconds per request (api backend)")
     group.add_argument("--api_max_retries", type=int, default=3, help="retries on 429/5xx/timeouts (api backend)")
+
+
+def add_runner_args(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose where the pipeline runs: in this process (default) or on Ray Data."""
+    group = parser.add_argument_group("runner")
+    group.add_argument(
+        "--runner", choices=RUNNERS, default="local", help="local: in this process; ray: Ray Data (pip extra 'ray')"
+    )
+    group.add_argument(
+        "--ray_address",
+        default=None,
+        help="Ray cluster to join ('auto' after `ray start --head`); default: start a local one",
+    )
+    group.add_argument(
+        "--ray_actors_per_model_operator", type=int, default=1, help="actors (model copies) per model operator"
+    )
+    group.add_argument("--ray_num_gpus_per_actor", type=float, default=0, help="GPUs per model actor (1 for vLLM)")
+
+
+def runner_from_args(args: argparse.Namespace) -> Runner:
+    """The runner the flags describe (Ray is imported only when it is chosen)."""
+    if args.runner != "ray":
+        return get_runner(args.runner)
+    from dataflow_mm.runners.ray_runner import RayRunner
+
+    return RayRunner(
+        address=args.ray_address,
+        actors_per_model_operator=args.ray_actors_per_model_operator,
+        num_gpus_per_actor=args.ray_num_gpus_per_actor,
+    )
 
 
 def serving_from_args(args: argparse.Namespace) -> VLMServing:
@@ -66,7 +113,9 @@ def serving_from_args(args: argparse.Namespace) -> VLMServing:
         allow_tiny_fallback=not args.no_tiny_fallback,
         batch_size=args.batch_size,
         max_model_len=args.max_model_len,
+        allow_downscale=args.allow_downscale,
         tensor_parallel_size=args.tensor_parallel_size,
+        enforce_eager={"auto": None, "yes": True, "no": False}[args.enforce_eager],
         api_url=args.api_url,
         model_name=args.model_name,
         api_key_env=args.api_key_env,

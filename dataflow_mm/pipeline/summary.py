@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.operators.base import StepResult
+from dataflow_mm.operators.base import StepResult, metric_rates
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.storage.formats import write_json_atomic
 
@@ -44,6 +44,15 @@ class RunSummary:
         return self.steps[-1].output_path if self.steps else None
 
     @property
+    def metrics(self) -> dict[str, float]:
+        """Every step's metrics (e.g. the region-caption parse rate), with ``X_rate`` for each ``X``/``X_total``."""
+        merged: dict[str, float] = {}
+        for step in self.steps:
+            for name, value in step.metrics.items():
+                merged[name] = merged.get(name, 0) + value
+        return {**merged, **metric_rates(merged)}
+
+    @property
     def smoke_test(self) -> bool:
         return any(s.is_smoke_test_model for s in self.servings)
 
@@ -55,6 +64,7 @@ class RunSummary:
             "rows_with_error": self.rows_with_error,
             "row_errors": self.steps[-1].row_errors if self.steps else {},
             "output_path": self.output_path,
+            "metrics": self.metrics,
             "steps": [step.to_dict() for step in self.steps],
             "servings": [{**s.describe(), "stats": vars(s.stats)} for s in self.servings],
             "smoke_test_model": self.smoke_test,
@@ -76,6 +86,11 @@ class RunSummary:
                 f"model: {serving.model_id} via {serving.backend_name}; {s.requests} requests in {s.calls} "
                 f"batched calls, {s.failed} failed, {s.retried} retried; tokens: {s.prompt_tokens} prompt, "
                 f"{s.completion_tokens} generated"
+                + "".join(
+                    f"; {s.extra[key]} {label}"
+                    for key, label in (("budget_downscaled", "downscaled to fit"), ("budget_too_long", "too long"))
+                    if s.extra.get(key)
+                )
             )
         if self.output_path:
             lines.append(f"output: {self.output_path}")

@@ -100,16 +100,37 @@ class VLMServing(ABC):
         """Answer ``conversations`` in order; the backend batches internally."""
 
     def chat(self, conversations: Sequence[Conversation], sampling: SamplingParams | None = None) -> list[Completion]:
-        """Answer every conversation in one batched call; one Completion per request, in order."""
+        """Answer every conversation in one batched call; one Completion per request, in order.
+
+        ``check_budget`` runs first: requests that cannot fit the context window are answered
+        with an error here and never reach ``_chat_batch``.
+        """
         if not conversations:
             return []
-        completions = self._chat_batch(list(conversations), sampling or self.sampling)
-        if len(completions) != len(conversations):
+        sampling = sampling or self.sampling
+        checked = self.check_budget(list(conversations), sampling)
+        if len(checked) != len(conversations):
             raise RuntimeError(
-                f"{type(self).__name__} returned {len(completions)} completions for {len(conversations)} requests"
+                f"{type(self).__name__}.check_budget returned {len(checked)} items for {len(conversations)}"
             )
+        sent = [item for item in checked if not isinstance(item, Completion)]
+        answers = self._chat_batch(sent, sampling) if sent else []
+        if len(answers) != len(sent):
+            raise RuntimeError(f"{type(self).__name__} returned {len(answers)} completions for {len(sent)} requests")
+        remaining = iter(answers)
+        completions = [item if isinstance(item, Completion) else next(remaining) for item in checked]
         self.stats.record(completions)
         return completions
+
+    def check_budget(
+        self, conversations: list[Conversation], sampling: SamplingParams
+    ) -> list[Conversation | Completion]:
+        """Before any model call: each request as it will be sent, or a Completion with the error that stops it.
+
+        Local backends count each prompt with the model's processor (``serving.token_budget``);
+        this default, for backends that know no limit, sends every request as it is.
+        """
+        return conversations
 
     def generate_from_input(
         self,

@@ -3,6 +3,11 @@
 Same interface as the vLLM backend. Each request is rendered with the model's own chat
 template, its images are decoded in memory, and ``batch_size`` requests share one
 left-padded ``model.generate`` call. Nothing is loaded until the first ``chat``.
+
+Before generating, every request is counted with the processor (images included) against
+``max_model_len`` (default: the model config's max positions): one that cannot fit with
+``max_tokens`` new tokens is downscaled (``allow_downscale=True``) or answered with a
+``PromptTooLongError`` without reaching ``generate`` (see ``serving.token_budget``).
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from typing import Any
 from PIL import Image
 
 from dataflow_mm.deps import is_importable, require
-from dataflow_mm.errors import RowError, ServingError, UserError, row_error_text
+from dataflow_mm.errors import ModelNotAvailableError, RowError, ServingError, UserError, row_error_text
 from dataflow_mm.logger import get_logger
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import split_images, to_pil
-from dataflow_mm.serving.model_resolver import resolve_model_path
+from dataflow_mm.serving.model_resolver import config_sha256, resolve_model_path
 from dataflow_mm.serving.processor_loading import load_processor
+from dataflow_mm.serving.token_budget import PromptTokenCounter, fit_to_budget, max_len_from_config
+from dataflow_mm.serving.token_budget import limit_side as _shrink
 from dataflow_mm.testing.tiny_models import is_tiny_model
 
 logger = get_logger("serving.hf")
@@ -59,15 +66,6 @@ def _resolve_dtype(dtype: str, device: str) -> Any:
     return getattr(torch, _DTYPES[name])
 
 
-def _shrink(image: Image.Image, max_side: int | None) -> Image.Image:
-    """``image`` scaled down (aspect kept) so its longer side is at most ``max_side``."""
-    if not max_side or max(image.size) <= max_side:
-        return image
-    scale = max_side / max(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC)
-
-
 def _trim(ids: list[int], eos_ids: set[int], pad_id: int | None) -> list[int]:
     """Generated ids up to and including the first end-of-sequence token, trailing pads dropped."""
     for position, token in enumerate(ids):
@@ -96,10 +94,14 @@ class LocalModelVLMServing_hf(VLMServing):
         max_tokens: int = 512,
         seed: int | None = None,
         max_image_side: int | None = None,
+        max_model_len: int | None = None,
+        allow_downscale: bool = False,
     ) -> None:
         super().__init__(SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_model_len is not None and max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {max_model_len}")
         self.hf_model_name_or_path = hf_model_name_or_path
         self.hf_cache_dir = hf_cache_dir
         self.hf_local_dir = hf_local_dir
@@ -107,7 +109,11 @@ class LocalModelVLMServing_hf(VLMServing):
         self.dtype = dtype
         self.batch_size = batch_size
         self.max_image_side = max_image_side
+        self.max_model_len = max_model_len
+        self.allow_downscale = allow_downscale
         self._model_dir: Path | None = None
+        self._config_sha256: str | None = None
+        self._counter: PromptTokenCounter | None = None
         self._model: Any = None
         self._processor: Any = None
         self._torch_dtype: Any = None
@@ -134,8 +140,34 @@ class LocalModelVLMServing_hf(VLMServing):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(device=self.device, dtype=self.dtype, batch_size=self.batch_size)
+        info.update(
+            device=self.device,
+            dtype=self.dtype,
+            batch_size=self.batch_size,
+            config_sha256=self.config_sha256(),
+            max_image_side=self.max_image_side,
+            max_model_len=self.max_model_len,
+            allow_downscale=self.allow_downscale,
+        )
         return info
+
+    def config_sha256(self) -> str | None:
+        """Hash of the model folder's config files (None while the model cannot be found)."""
+        if self._config_sha256 is None:
+            try:
+                folder = self._model_dir or resolve_model_path(
+                    self.hf_model_name_or_path, self.hf_cache_dir, self.hf_local_dir
+                )
+            except ModelNotAvailableError:
+                return None
+            self._config_sha256 = config_sha256(folder)
+        return self._config_sha256
+
+    def context_length(self) -> int | None:
+        """``max_model_len``, else what the loaded model's config declares (None when unknown)."""
+        if self.max_model_len is not None:
+            return self.max_model_len
+        return max_len_from_config(self._model.config) if self._model is not None else None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -172,12 +204,34 @@ class LocalModelVLMServing_hf(VLMServing):
             return
         self._model = None
         self._processor = None
+        self._counter = None
         gc.collect()
         torch = require("torch", "hf")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     # ------------------------------------------------------------ chat
+
+    def check_budget(
+        self, conversations: list[Conversation], sampling: SamplingParams
+    ) -> list[Conversation | Completion]:
+        """Count each request with the processor; those that cannot fit never reach ``generate``."""
+        self.load()
+        limit = self.context_length()
+        if limit is None:
+            return list(conversations)
+        if self._counter is None or self._counter.processor is not self._processor:
+            self._counter = PromptTokenCounter(self._processor)
+        checked, report = fit_to_budget(
+            self._counter,
+            conversations,
+            max_new_tokens=sampling.max_tokens,
+            max_model_len=limit,
+            allow_downscale=self.allow_downscale,
+            max_image_side=self.max_image_side,
+        )
+        report.record(self.stats)
+        return checked
 
     def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
         """Prepare requests in order and generate each time ``batch_size`` of them are ready.

@@ -7,6 +7,7 @@ is a ``ModelNotAvailableError`` that lists what was tried and how to fix it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -14,6 +15,17 @@ from pathlib import Path
 from dataflow_mm.errors import ModelNotAvailableError
 
 CONFIG_FILE = "config.json"
+# What decides a model's answers besides its weights: architecture, generation defaults, image
+# preprocessing and chat template. Hashed (those present) into the provenance of every model step.
+CONFIG_HASH_FILES = (
+    CONFIG_FILE,
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "tokenizer_config.json",
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -129,3 +141,22 @@ def _download(repo_id: str, cache: Path, local_dir: str | None) -> tuple[Path | 
     if not _has_config(folder):
         return None, f"{folder} has no {CONFIG_FILE} (not a transformers model repo?)"
     return folder, ""
+
+
+def config_sha256(folder: str | os.PathLike) -> str | None:
+    """sha256 over a model folder's config files (``CONFIG_HASH_FILES`` present), or None without ``config.json``.
+
+    Each file enters as its name and its bytes, so the hash changes when any of them is edited,
+    added or removed.
+    """
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        return None
+    digest = hashlib.sha256()
+    for name in CONFIG_HASH_FILES:
+        path = folder / name
+        if path.is_file():
+            data = path.read_bytes()
+            digest.update(f"{name}\0{len(data)}\0".encode())
+            digest.update(data)
+    return digest.hexdigest()

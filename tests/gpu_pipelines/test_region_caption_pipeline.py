@@ -125,7 +125,9 @@ def test_script_falls_back_to_a_tiny_model_offline_and_says_so(tmp_path: Path, t
         cwd=tmp_path,
     )
     assert again.returncode == 0
-    assert again.stdout.count("already complete, skipped") == 2
+    assert again.stdout.count("already complete, skipped") == 3  # boxes, answers, region_captions
+    parsed = read_rows(tmp_path / "cache" / "region_caption_step3.jsonl")
+    assert [len(r["region_captions"]) for r in parsed] == [r["valid_bboxes_num"] for r in parsed]
 
 
 @pytest.mark.parametrize(

@@ -273,7 +273,7 @@ def test_region_caption_demo_report_structure(demo_cache: Path) -> None:
     assert "fake-vlm" in header and "temperature=0.7, top_p=0.9, max_tokens=512" in header
     assert "ImageBboxGenerator" in header and "PromptedVQAGenerator" in header
     assert '"max_boxes": 10' in header and "MalformedJSONLine" in header
-    assert "region captions" in header and "region_caption · step 2" in header
+    assert "region captions" in header and "region_caption · step 3" in header
 
 
 def test_text_from_the_data_is_escaped(demo_cache: Path) -> None:
