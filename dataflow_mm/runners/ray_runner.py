@@ -1,0 +1,440 @@
+"""The Ray Data runner: the same compiled pipeline, each operator a ``map_batches`` stage on a Ray cluster.
+
+How one step runs (step k reads step file k and writes step file k+1, exactly as in-process):
+
+1. **Read.** A Ray file datasource reads the step's input with the project's own reader
+   (``iter_table``), so malformed JSONL lines become rejects with their line numbers instead of
+   failing the job, and rows are cut into the same chunks (``chunk_size`` rows) as in-process.
+   Each chunk travels as one dataset row (the pickled DataFrame plus its rejects), so an
+   operator sees exactly the frame it would see locally. The read is materialized before the
+   map, so one big input file still fans out over every worker.
+2. **Map.** ``map_batches(batch_format="pandas")`` calls the operator's ``process_chunk`` once per
+   chunk. Operators that hold a model (a VLM serving or a scorer) run in an actor pool
+   (``actors_per_model_operator`` actors, ``num_gpus_per_actor`` GPUs each), so each actor loads
+   the model once and keeps it; the others run as stateless tasks. ``prepare`` runs once per
+   actor, or once per worker process for tasks.
+3. **Write.** Each worker writes its finished chunk into the step's parts folder, with the same
+   done-markers the in-process runner writes. Then the operator's own ``execute`` runs on the
+   driver: it finds every chunk done, joins the parts in chunk order into
+   ``{cache_path}/{prefix}_step{k+1}.{type}`` atomically, and writes rejects, manifest and extra
+   outputs. So every step file is materialized where the local runner puts it (users inspect
+   them, and the next step reads it), rows keep their input order, the summary is the same, and
+   resume works across runners: a step completed, or stopped half-way, on one runner is skipped,
+   or finished, on the other.
+
+Every path (input table, cache folder, images) must be readable and writable under the same name
+on every node: one machine, or a shared filesystem (NFS, Lustre, a FUSE-mounted bucket).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import pickle
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from dataflow_mm.deps import require
+from dataflow_mm.errors import StorageError, UserError
+from dataflow_mm.logger import get_logger
+from dataflow_mm.operators.base import OperatorABC, OperatorCall, StepResult
+from dataflow_mm.operators.progress import StepProgress, count_rows
+from dataflow_mm.runners.base import Runner
+from dataflow_mm.serving.base import VLMServing
+from dataflow_mm.storage.file_storage import FileStorage
+from dataflow_mm.storage.formats import Reject, iter_table
+from dataflow_mm.storage.manifest import StepManifest, file_sha256
+from dataflow_mm.storage.parts import ChunkParts
+
+if TYPE_CHECKING:
+    from dataflow_mm.pipeline.base import PipelineABC
+
+log = get_logger("runners.ray")
+
+_STAT_FIELDS = ("calls", "requests", "failed", "retried", "prompt_tokens", "completion_tokens")
+
+
+# ---------------------------------------------------------------- which operators hold a model
+
+
+def _is_model_holder(value: Any) -> bool:
+    """A VLM serving, or a scorer-like object that loads a model lazily (``load`` + ``cleanup``)."""
+    if isinstance(value, VLMServing):
+        return True
+    if isinstance(value, type):
+        return False
+    return callable(getattr(value, "load", None)) and callable(getattr(value, "cleanup", None))
+
+
+def _attributes(operator: OperatorABC) -> Iterator[tuple[str, Any]]:
+    """``(path, value)`` of the operator's attributes and of its sub-operators' (one level down)."""
+    for name, value in sorted(vars(operator).items()):
+        yield name, value
+        if isinstance(value, OperatorABC):
+            for sub_name, sub_value in sorted(vars(value).items()):
+                yield f"{name}.{sub_name}", sub_value
+
+
+def holds_model(operator: OperatorABC) -> bool:
+    """True when ``operator`` should run in an actor pool that keeps its model loaded.
+
+    An operator may say so itself with a ``holds_model`` attribute (bool); otherwise it is
+    True when it (or a sub-operator) has a VLM serving or a lazily loading scorer.
+    """
+    declared = getattr(operator, "holds_model", None)
+    if isinstance(declared, bool):
+        return declared
+    return any(_is_model_holder(value) for _, value in _attributes(operator))
+
+
+def _servings(operator: OperatorABC) -> dict[str, VLMServing]:
+    """The operator's VLM servings by attribute path (so worker-side stats map back to the driver's)."""
+    return {path: value for path, value in _attributes(operator) if isinstance(value, VLMServing)}
+
+
+# ---------------------------------------------------------------- the worker side
+
+
+class _ChunkWorker:
+    """Runs one operator on whole chunks inside a Ray worker, writing each finished chunk as a part.
+
+    Ray Data creates one per actor (model operators: the model loads once per actor and stays) or
+    one per worker process (task operators, through ``_map_chunks_in_task``). ``prepare`` runs once.
+    """
+
+    def __init__(
+        self,
+        operator: OperatorABC,
+        storage: FileStorage,
+        keys: dict[str, Any],
+        state: dict[str, Any],
+        step: int,
+        load_models: bool = False,
+    ) -> None:
+        self.operator = operator
+        self.keys = keys
+        self.parts = ChunkParts(storage.output_path, state)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._servings = _servings(operator)
+        self._startup_error: UserError | None = None
+        try:
+            operator.bind_step(step, state["fingerprint"])
+            operator.prepare(storage)
+            if load_models:  # an actor loads its models before it takes work (the pool starts warm)
+                for _, value in _attributes(operator):
+                    if _is_model_holder(value) and callable(getattr(value, "load", None)):
+                        value.load()
+        except UserError as exc:  # reported with the first chunk, as the project's own error
+            self._startup_error = exc
+
+    def _stats(self) -> dict[str, dict[str, int]]:
+        return {path: {f: getattr(s.stats, f) for f in _STAT_FIELDS} for path, s in self._servings.items()}
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        results = []
+        for index, payload, rejects_json in zip(batch["chunk"], batch["frame"], batch["rejects"], strict=True):
+            frame = pickle.loads(payload)
+            rejects = [Reject(**item) for item in json.loads(rejects_json)]
+            before = self._stats()
+            try:
+                if self._startup_error is not None:
+                    raise self._startup_error
+                out = self.operator.process_chunk(frame, **self.keys)
+            except UserError as exc:
+                # Ray keeps only the text of a worker's exception; the driver re-raises this one as it is.
+                results.append(
+                    {
+                        "chunk": int(index),
+                        "rows_in": 0,
+                        "worker": self.worker,
+                        "stats": "{}",
+                        "user_error": _pickled_error(exc),
+                    }
+                )
+                break
+            counts = self.operator.chunk_counts(frame, rejects, out, self.keys)
+            self.parts.write(int(index), out, rejects, counts)
+            after = self._stats()
+            delta = {p: {f: after[p][f] - before[p][f] for f in _STAT_FIELDS} for p in after}
+            results.append(
+                {
+                    "chunk": int(index),
+                    "rows_in": counts["rows_in"],
+                    "worker": self.worker,
+                    "stats": json.dumps(delta),
+                    "user_error": None,
+                }
+            )
+        return pd.DataFrame(results, columns=["chunk", "rows_in", "worker", "stats", "user_error"])
+
+
+def _pickled_error(exc: UserError) -> bytes:
+    try:
+        data = pickle.dumps(exc)
+        pickle.loads(data)
+        return data
+    except Exception:
+        return pickle.dumps(UserError(f"{type(exc).__name__}: {exc}"))
+
+
+_TASK_WORKERS: dict[str, _ChunkWorker] = {}
+
+
+def _map_chunks_in_task(batch: pd.DataFrame, token: str, args: tuple[Any, ...]) -> pd.DataFrame:
+    """Task-pool stage: one ``_ChunkWorker`` per worker process and step (so ``prepare`` runs once there)."""
+    worker = _TASK_WORKERS.get(token)
+    if worker is None:
+        _TASK_WORKERS.clear()  # a worker process only ever needs the step it is running now
+        worker = _TASK_WORKERS[token] = _ChunkWorker(*args)
+    return worker(batch)
+
+
+# ---------------------------------------------------------------- reading a step
+
+
+@functools.lru_cache(maxsize=1)
+def _step_datasource_class() -> type:
+    """A Ray file datasource that reads a step table with the project's reader, one dataset row per chunk."""
+    from ray.data.datasource import FileBasedDatasource
+
+    class StepTableDatasource(FileBasedDatasource):
+        def __init__(self, path: Path, table_type: str, chunk_size: int, skip: frozenset[int]) -> None:
+            super().__init__(str(path))
+            self._local_path = Path(path)
+            self._table_type = table_type
+            self._chunk_size = chunk_size
+            self._skip = skip
+
+        def get_name(self) -> str:
+            return "StepTable"
+
+        def _read_stream(self, f: Any, path: str) -> Iterator[pd.DataFrame]:
+            # The project's reader, not Ray's: same parsing, same rejects (with line numbers), same chunks.
+            for index, chunk in enumerate(iter_table(self._local_path, self._table_type, self._chunk_size)):
+                if index in self._skip:
+                    continue
+                yield pd.DataFrame(
+                    {
+                        "chunk": [index],
+                        "frame": [pickle.dumps(chunk.frame, protocol=pickle.HIGHEST_PROTOCOL)],
+                        "rejects": [json.dumps([r.to_dict() for r in chunk.rejects], ensure_ascii=False)],
+                    }
+                )
+
+    return StepTableDatasource
+
+
+# ---------------------------------------------------------------- the runner
+
+
+class RayRunner(Runner):
+    """Executes a compiled pipeline on Ray Data; the operators are the same objects as in-process.
+
+    Args:
+        address: Ray cluster to join ("auto", "ray://host:10001", ...); None starts a local Ray.
+            A Ray already initialized in this process is used as it is.
+        num_cpus: CPUs of a local Ray started here (ignored when joining a cluster).
+        actors_per_model_operator: actors in the pool of each model-holding operator (one model copy each).
+        num_gpus_per_actor: GPUs each of those actors reserves (e.g. 1 for vLLM; fractions share a GPU).
+        num_cpus_per_actor: CPUs each of those actors reserves.
+        batch_size: rows per ``map_batches`` call, i.e. per batched model call; default: the storage's
+            ``chunk_size``, which keeps chunk-level resume compatible with the in-process runner.
+        ray_init_kwargs: more ``ray.init`` arguments (``runtime_env``, ``object_store_memory``...).
+        shutdown: shut Ray down after the run when this runner started it.
+        actor_start_timeout_s: how long to wait for a model operator's actors to start and load their
+            models (longer means the cluster cannot place them, e.g. not enough GPUs).
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        actors_per_model_operator: int = 1,
+        num_gpus_per_actor: float = 0,
+        num_cpus_per_actor: float = 1,
+        batch_size: int | None = None,
+        ray_init_kwargs: dict[str, Any] | None = None,
+        shutdown: bool = True,
+        actor_start_timeout_s: int = 3600,
+    ) -> None:
+        if actors_per_model_operator < 1:
+            raise ValueError(f"actors_per_model_operator must be at least 1, not {actors_per_model_operator}")
+        if num_gpus_per_actor < 0 or num_cpus_per_actor < 0:
+            raise ValueError("num_gpus_per_actor and num_cpus_per_actor cannot be negative")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self.address = address
+        self.num_cpus = num_cpus
+        self.actors_per_model_operator = actors_per_model_operator
+        self.num_gpus_per_actor = num_gpus_per_actor
+        self.num_cpus_per_actor = num_cpus_per_actor
+        self.batch_size = batch_size
+        self.ray_init_kwargs = dict(ray_init_kwargs or {})
+        self.shutdown = shutdown
+        self.actor_start_timeout_s = actor_start_timeout_s
+        self.workers_by_step: dict[int, set[str]] = {}
+
+    # -- Ray ----------------------------------------------------------------------------------
+    def _connect(self) -> tuple[Any, bool]:
+        """Ray, and whether this call started it."""
+        ray = require("ray", extra="ray", package="ray[data]")
+        require("ray.data", extra="ray", package="ray[data]")
+        if ray.is_initialized():
+            return ray, False
+        kwargs: dict[str, Any] = {"address": self.address, **self.ray_init_kwargs}
+        if self.address is None and self.num_cpus is not None:
+            kwargs["num_cpus"] = self.num_cpus
+        kwargs.setdefault("include_dashboard", False)
+        kwargs.setdefault("log_to_driver", True)
+        ray.init(**kwargs)
+        resources = ray.cluster_resources()
+        log.info(f"Ray started: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+        return ray, True
+
+    def execute(self, pipeline: PipelineABC, calls: list[OperatorCall]) -> list[StepResult]:
+        ray, started = self._connect()
+        self._warn_about_relative_paths(ray, calls)
+        try:
+            results = []
+            for call in calls:
+                result = self._execute_call(ray, call)
+                log.info(result.describe())
+                results.append(result)
+        finally:
+            for call in calls:
+                call.storage.reset()
+            if started and self.shutdown:
+                ray.shutdown()
+        return results
+
+    @staticmethod
+    def _warn_about_relative_paths(ray: Any, calls: list[OperatorCall]) -> None:
+        """On a multi-node cluster, workers resolve relative paths against their own folders."""
+        if sum(1 for node in ray.nodes() if node.get("Alive")) < 2:
+            return
+        relative = sorted(
+            {
+                path
+                for call in calls
+                for path in (call.storage.first_entry_file_name, call.storage.cache_path)
+                if not Path(path).is_absolute()
+            }
+        )
+        if relative:
+            log.warning(
+                f"relative paths {relative} on a multi-node Ray cluster: every node resolves them in its own working "
+                "folder. Use absolute paths on a filesystem mounted at the same place on every node."
+            )
+
+    # -- one step -----------------------------------------------------------------------------
+    def _execute_call(self, ray: Any, call: OperatorCall) -> StepResult:
+        """Ray fills the step's parts folder; then the operator's own ``execute`` joins them (or skips the step)."""
+        operator, keys = call.operator, call.keys
+        storage = call.storage
+        if self.batch_size is not None and self.batch_size != storage.chunk_size:
+            storage = copy.copy(storage)  # a snapshot: the pipeline's own storage is left as it is
+            storage.chunk_size = self.batch_size
+        storage.check_writable()
+        if not storage.input_path.is_file():
+            raise StorageError(f"Input file does not exist or is not a file: '{storage.input_path}'")
+        input_sha = file_sha256(storage.input_path)
+        current = operator.fingerprint(keys)
+        manifest = StepManifest.load(storage.output_path)
+        ray_seconds = 0.0
+        if manifest is None or not manifest.matches(current, input_sha, storage.output_path):
+            started = time.perf_counter()
+            self._fill_parts(ray, call.operator, storage, keys, current, input_sha)
+            ray_seconds = time.perf_counter() - started
+        # Every chunk is done now, so this only joins the parts into the step file, writes rejects, manifest
+        # and extra outputs, exactly as in-process (or it finds the step complete and skips it).
+        result = operator.execute(storage, **keys)
+        assert result is not None
+        result.seconds += ray_seconds
+        return result
+
+    @staticmethod
+    def _worker_args(
+        ray: Any, operator: OperatorABC, storage: FileStorage, keys: dict[str, Any], state: dict[str, Any]
+    ) -> tuple[Any, ...]:
+        """What each worker receives; checked to pickle here, so a failure names the operator."""
+        for _, value in _attributes(operator):
+            if _is_model_holder(value):
+                value.cleanup()  # the driver never needs the model: workers load their own copy
+        args = (operator, storage, keys, state)
+        try:
+            ray.cloudpickle.dumps(args)
+        except Exception as exc:
+            raise UserError(
+                f"{operator.name} cannot be sent to Ray workers ({type(exc).__name__}: {exc}). Its attributes "
+                "(serving, scorer, ...) must be picklable before they load anything: no open locks, clients or models."
+            ) from exc
+        return args
+
+    def _fill_parts(
+        self, ray: Any, operator: OperatorABC, storage: FileStorage, keys: dict[str, Any], current: str, input_sha: str
+    ) -> None:
+        """Process every chunk not done yet on Ray; each worker writes its chunks' parts and done-markers."""
+        step = max(storage.operator_step, 0) + 1
+        # The parts state of OperatorABC._run_step: the parts written here are the ones it finds done.
+        state = {"fingerprint": current, "input_sha256": input_sha, "chunk_size": storage.chunk_size}
+        args = self._worker_args(ray, operator, storage, keys, state)
+        parts = ChunkParts(storage.output_path, state)
+        done = frozenset(parts.indices()) if parts.open() else frozenset()
+        if done:
+            log.info(f"step {step} {operator.name}: resuming after {len(done)} completed chunk(s)")
+        progress = StepProgress(f"step {step} {operator.name}", count_rows(storage.input_path, storage.input_type))
+        progress.update(sum((parts.done(i) or {}).get("rows_in", 0) for i in done))
+        # The read is materialized, so one input file fans out over every worker instead of being fused
+        # with the map into the single read task.
+        source = _step_datasource_class()(storage.input_path, storage.input_type, storage.chunk_size, done)
+        dataset = ray.data.read_datasource(source).materialize()
+        model = holds_model(operator)
+        if model:
+            # Chunks go to actors only once every actor has loaded its model, one chunk at a time each,
+            # so a slow-starting actor still gets its share and no chunk waits behind a busy actor.
+            dataset.context.wait_for_min_actors_s = self.actor_start_timeout_s
+            dataset = dataset.map_batches(
+                _ChunkWorker,
+                fn_constructor_args=(*args, step, True),
+                batch_size=1,
+                batch_format="pandas",
+                compute=ray.data.ActorPoolStrategy(
+                    size=self.actors_per_model_operator, max_tasks_in_flight_per_actor=1
+                ),
+                num_cpus=self.num_cpus_per_actor,
+                num_gpus=self.num_gpus_per_actor,
+            )
+        else:
+            dataset = dataset.map_batches(
+                _map_chunks_in_task,
+                fn_kwargs={"token": uuid.uuid4().hex, "args": (*args, step, False)},
+                batch_size=1,
+                batch_format="pandas",
+            )
+        servings = _servings(operator)
+        workers: set[str] = set()
+        try:
+            for row in dataset.iter_rows():
+                if row["user_error"] is not None:
+                    raise pickle.loads(row["user_error"])
+                workers.add(row["worker"])
+                for path, delta in json.loads(row["stats"]).items():
+                    if path in servings:
+                        for name, value in delta.items():
+                            setattr(servings[path].stats, name, getattr(servings[path].stats, name) + value)
+                progress.update(int(row["rows_in"]))
+        finally:
+            progress.close()
+        self.workers_by_step[step] = workers
+        kind = "actor(s)" if model else "worker process(es)"
+        log.info(f"step {step} {operator.name}: {len(workers)} Ray {kind} processed the chunks not done before")
