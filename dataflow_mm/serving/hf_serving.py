@@ -105,7 +105,8 @@ class LocalModelVLMServing_hf(VLMServing):
         self.hf_model_name_or_path = hf_model_name_or_path
         self.hf_cache_dir = hf_cache_dir
         self.hf_local_dir = hf_local_dir
-        self.device = device
+        self.device = device  # as asked ("auto" stays "auto": it is part of the resume fingerprint)
+        self._device = device
         self.dtype = dtype
         self.batch_size = batch_size
         self.max_image_side = max_image_side
@@ -176,10 +177,10 @@ class LocalModelVLMServing_hf(VLMServing):
         if self._model is not None:
             return
         transformers = require("transformers", "hf")
-        self.device = _resolve_device(self.device)
-        self._torch_dtype = _resolve_dtype(self.dtype, self.device)
+        self._device = _resolve_device(self.device)
+        self._torch_dtype = _resolve_dtype(self.dtype, self._device)
         self._model_dir = resolve_model_path(self.hf_model_name_or_path, self.hf_cache_dir, self.hf_local_dir)
-        logger.info("Loading %s from %s (%s, %s)", self.model_id, self._model_dir, self.device, self._torch_dtype)
+        logger.info("Loading %s from %s (%s, %s)", self.model_id, self._model_dir, self._device, self._torch_dtype)
         processor = load_processor(self._model_dir)
         if not (getattr(processor, "chat_template", None) or processor.tokenizer.chat_template):
             raise UserError(
@@ -188,12 +189,12 @@ class LocalModelVLMServing_hf(VLMServing):
             )
         self._processor = processor
         # device_map loads weights straight onto the GPU but needs accelerate; without it, move after.
-        direct = self.device != "cpu" and is_importable("accelerate")
+        direct = self._device != "cpu" and is_importable("accelerate")
         model = transformers.AutoModelForImageTextToText.from_pretrained(
-            str(self._model_dir), dtype=self._torch_dtype, device_map=self.device if direct else None
+            str(self._model_dir), dtype=self._torch_dtype, device_map=self._device if direct else None
         )
-        if not direct and self.device != "cpu":
-            model = model.to(self.device)
+        if not direct and self._device != "cpu":
+            model = model.to(self._device)
         self._model = model.eval()
         if self.is_smoke_test_model:
             logger.warning("%s is a tiny random-weight test model: its answers mean nothing", self.model_id)

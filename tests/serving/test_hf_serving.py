@@ -172,3 +172,12 @@ def test_missing_model_fails_on_first_chat_not_before(tmp_path: Path) -> None:
 def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         LocalModelVLMServing_hf("some/model", batch_size=0)
+
+
+def test_describe_is_the_same_before_and_after_loading(tiny_qwen_dir: Path) -> None:
+    """describe() feeds the resume fingerprint: loading the model must not change it."""
+    serving = LocalModelVLMServing_hf(str(tiny_qwen_dir), device="auto", max_tokens=2)
+    before = serving.describe()
+    serving.load()
+    assert serving.describe() == before
+    serving.cleanup()
