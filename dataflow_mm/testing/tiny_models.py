@@ -8,6 +8,11 @@ configs shrunk to hidden size 64 and 2 layers, tokenizers (the architectures' ow
 from their classes, and real-looking chat templates.
 Weights are random (fixed seeds, so every build is identical): their text means nothing.
 
+The Qwen2.5-VL and LLaVA-NeXT folders also load in vLLM as built (its CPU build included):
+text head size 32 (the smallest vLLM's CPU attention supports), the processor files real
+Qwen2.5-VL checkpoints ship (``preprocessor_config.json``, plus a video-processor config), and
+LLaVA-NeXT weights under the real llava-hf key layout (``vision_tower.vision_model.*``).
+
 Each folder holds a marker file (``dataflow_mm_tiny_model.json``) so a serving backend can
 tell it is a smoke-test model (``is_tiny_model``).
 """
@@ -28,7 +33,7 @@ from typing import Any
 
 from dataflow_mm.deps import require
 
-BUILDER_VERSION = "v1"
+BUILDER_VERSION = "v2"  # bump whenever a build changes: cached folders are reused by name
 MARKER_FILE = "dataflow_mm_tiny_model.json"
 ENV_TINY_DIR = "DATAFLOW_MM_TINY_DIR"
 DEFAULT_TINY_DIR = Path("~/.cache/dataflow_mm/tiny_models")
@@ -301,14 +306,66 @@ def _write_marker(out_dir: Path, kind: str) -> None:
     (out_dir / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
-def _save(out_dir: str | Path, kind: str, model: Any, processor: Any) -> Path:
-    """Save model and processor with ``save_pretrained``; the marker is written last."""
+def _save(
+    out_dir: str | Path, kind: str, model: Any, processor: Any, finish: Callable[[Path], None] | None = None
+) -> Path:
+    """Save model and processor with ``save_pretrained``, then ``finish(out)``; the marker is written last."""
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    if finish is not None:
+        finish(out)
     _write_marker(out, kind)
     return out
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _qwen_checkpoint_processor_files(out: Path) -> None:
+    """Add the processor files real Qwen2.5-VL checkpoints ship next to ``processor_config.json``.
+
+    vLLM loads the full ``Qwen2_5_VLProcessor``, video processor included, which needs a video
+    processor config: ``video_preprocessor_config.json``, else the legacy ``preprocessor_config.json``
+    (what the hub checkpoints have). Both are written, from the image processor
+    ``save_pretrained`` stored, in the legacy form (``min_pixels``/``max_pixels`` and
+    ``processor_class`` included), so every loader finds the same settings. Nothing is built
+    from a video processor class: those need torchvision, which the main environment lacks
+    (``load_processor`` then falls back to the image-only processor).
+    """
+    processor_config = json.loads((out / "processor_config.json").read_text(encoding="utf-8"))
+    image = dict(processor_config["image_processor"])
+    processor_class = processor_config["processor_class"]
+    legacy = {
+        "min_pixels": image["size"]["shortest_edge"],
+        "max_pixels": image["size"]["longest_edge"],
+        "processor_class": processor_class,
+    }
+    _write_json(out / "preprocessor_config.json", {**image, **legacy})
+    video = {key: value for key, value in image.items() if key != "image_processor_type"}
+    video.update(
+        legacy, video_processor_type="Qwen2VLVideoProcessor", do_sample_frames=False, min_frames=4, max_frames=768
+    )
+    _write_json(out / "video_preprocessor_config.json", video)
+
+
+def _llava_checkpoint_weight_names(out: Path) -> None:
+    """Rename the CLIP tower's weights to the layout of real llava-hf checkpoints.
+
+    transformers 5.2x saves them as ``vision_tower.embeddings...``; hub checkpoints (and vLLM's
+    loader) use ``vision_tower.vision_model.embeddings...``, which transformers loads as well.
+    """
+    safetensors_torch = require("safetensors.torch", "hf")
+    path = out / "model.safetensors"
+    tensors = safetensors_torch.load_file(str(path))
+    prefix, hub_prefix = "vision_tower.", "vision_tower.vision_model."
+    renamed = {
+        hub_prefix + key[len(prefix) :] if key.startswith(prefix) and not key.startswith(hub_prefix) else key: tensor
+        for key, tensor in tensors.items()
+    }
+    safetensors_torch.save_file(renamed, str(path), metadata={"format": "pt"})
 
 
 def build_tiny_qwen2_5_vl(out_dir: str | Path) -> Path:
@@ -318,17 +375,17 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path) -> Path:
 
     tokenizer = _qwen_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
-    # head_dim = 64 / 4 = 16, so mrope_section must sum to 8.
+    # head_dim = 64 / 2 = 32 (vLLM's CPU attention supports 32 and up), so mrope_section sums to 16.
     text_config = {
         "vocab_size": len(tokenizer),
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
         "max_position_embeddings": 2048,
         "max_window_layers": 2,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]},
         "bos_token_id": ids("<|endoftext|>"),
         "eos_token_id": ids("<|im_end|>"),
         "pad_token_id": ids("<|endoftext|>"),
@@ -364,7 +421,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path) -> Path:
     processor = processor_class(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN2_5_VL_CHAT_TEMPLATE
     )
-    return _save(out_dir, "qwen2_5_vl", model, processor)
+    return _save(out_dir, "qwen2_5_vl", model, processor, finish=_qwen_checkpoint_processor_files)
 
 
 def build_tiny_llava_next(out_dir: str | Path) -> Path:
@@ -388,8 +445,8 @@ def build_tiny_llava_next(out_dir: str | Path) -> Path:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2,  # head_dim 32: the smallest vLLM's CPU attention supports
+        num_key_value_heads=1,
         max_position_embeddings=2048,
         sliding_window=None,
         bos_token_id=ids("<s>"),
@@ -422,7 +479,7 @@ def build_tiny_llava_next(out_dir: str | Path) -> Path:
         image_token="<image>",
         num_additional_image_tokens=1,  # the CLIP tower's CLS token
     )
-    return _save(out_dir, "llava_next", model, processor)
+    return _save(out_dir, "llava_next", model, processor, finish=_llava_checkpoint_weight_names)
 
 
 def build_tiny_blip_itm(out_dir: str | Path) -> Path:

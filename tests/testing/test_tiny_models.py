@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
@@ -111,7 +112,8 @@ def test_qwen_processor_needs_no_torchvision(tiny_qwen_dir: Path) -> None:
 def test_qwen_processor_found_from_model_type_alone(tiny_qwen_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "qwen"
     shutil.copytree(tiny_qwen_dir, copy)
-    for name in ("processor_config.json", "tokenizer_config.json"):
+    processor_files = ["processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json"]
+    for name in [*processor_files, "tokenizer_config.json"]:
         config = json.loads((copy / name).read_text())
         assert config.pop("processor_class") == "Qwen2_5_VLProcessor"  # saved under the real class name
         (copy / name).write_text(json.dumps(config))
@@ -120,6 +122,47 @@ def test_qwen_processor_found_from_model_type_alone(tiny_qwen_dir: Path, tmp_pat
 
     assert type(processor).__name__ == "Qwen2_5_VLProcessor"
     assert processor.tokenizer.padding_side == "left"
+
+
+# Head sizes vLLM's CPU attention kernel supports (vllm/v1/attention/backends/cpu_attn.py).
+VLLM_CPU_ATTENTION_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_qwen_dir", "tiny_llava_dir"])
+def test_text_head_size_is_one_vllm_cpu_attention_supports(fixture: str, request: pytest.FixtureRequest) -> None:
+    text = AutoConfig.from_pretrained(request.getfixturevalue(fixture)).text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+
+    assert head_dim in VLLM_CPU_ATTENTION_HEAD_SIZES
+    assert text.num_attention_heads * head_dim == text.hidden_size
+    if fixture == "tiny_qwen_dir":
+        assert sum(text.rope_parameters["mrope_section"]) == head_dim // 2
+
+
+def test_qwen_ships_the_processor_files_of_real_checkpoints(tiny_qwen_dir: Path) -> None:
+    """vLLM loads the full processor (video processor included): it needs a video-processor config."""
+    image = json.loads((tiny_qwen_dir / "processor_config.json").read_text())["image_processor"]
+    legacy = json.loads((tiny_qwen_dir / "preprocessor_config.json").read_text())
+    video = json.loads((tiny_qwen_dir / "video_preprocessor_config.json").read_text())
+
+    assert legacy["image_processor_type"] == "Qwen2VLImageProcessor"
+    assert video["video_processor_type"] == "Qwen2VLVideoProcessor"
+    for config in (legacy, video):
+        assert config["processor_class"] == "Qwen2_5_VLProcessor"
+        assert (config["min_pixels"], config["max_pixels"]) == (56 * 56, 112 * 112)
+        for key in ("size", "patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std"):
+            assert config[key] == image[key], key
+
+
+def test_llava_weights_use_the_llava_hf_layout_and_load_with_no_leftovers(tiny_llava_dir: Path) -> None:
+    with safe_open(str(tiny_llava_dir / "model.safetensors"), "pt") as weights:
+        keys = list(weights.keys())
+    vision = [k for k in keys if k.startswith("vision_tower.")]
+
+    assert vision and all(k.startswith("vision_tower.vision_model.") for k in vision)  # what vLLM's loader expects
+    assert any(k.startswith("language_model.model.layers.") for k in keys)
+    _, info = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir, output_loading_info=True)
+    assert info["missing_keys"] == info["unexpected_keys"] == info["mismatched_keys"] == set()
 
 
 def test_llava_processor_matches_vision_tower(tiny_llava_dir: Path) -> None:
