@@ -130,7 +130,10 @@ class ImgDiffDifferenceAreaProposer(OperatorABC):
                 pair[0], pair[1], max_boxes=self.max_boxes, threshold=self.threshold, min_area_ratio=self.min_area_ratio
             )
             size = pair[0].size
-            boxes[position] = [plain_numbers(from_xyxy(b, self.bbox_format, size, self.normalized), 4) for b in found]
+            digits = 4 if self.normalized else 1
+            boxes[position] = [
+                plain_numbers(from_xyxy(b, self.bbox_format, size, self.normalized), digits) for b in found
+            ]
             sources[position] = "proposed"
         log.info(f"difference areas proposed for {len(todo)} of {len(out)} rows")
         out[output_bbox_key] = boxes

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -182,19 +181,42 @@ def copy_decisions(value: Any) -> list[dict[str, Any]]:
     return [dict(d) for d in _as_list(value)]
 
 
-def describe_drops(step: str, decisions_per_row: Sequence[Sequence[dict[str, Any]]]) -> str:
-    """One log line: how many boxes this step saw, kept and dropped."""
+def step_counts(step: str, decisions_per_row: Sequence[Sequence[dict[str, Any]]]) -> tuple[int, int]:
+    """(boxes this step saw, boxes it kept): the seen ones are those kept so far or dropped by this step."""
     seen = kept_count = 0
-    dropped: Counter[str] = Counter()
     for decisions in decisions_per_row:
         for d in decisions:
-            if d.get("dropped_at") == step:
-                dropped[step] += 1
-                seen += 1
-            elif d.get("kept"):
+            if d.get("kept"):
                 seen += 1
                 kept_count += 1
-    return f"{step}: {seen} boxes in, {kept_count} kept, {dropped[step]} dropped"
+            elif d.get("dropped_at") == step:
+                seen += 1
+    return seen, kept_count
+
+
+def describe_drops(step: str, decisions_per_row: Sequence[Sequence[dict[str, Any]]]) -> str:
+    """One log line: how many boxes this step saw, kept and dropped."""
+    seen, kept_count = step_counts(step, decisions_per_row)
+    return f"{step}: {seen} boxes in, {kept_count} kept, {seen - kept_count} dropped"
+
+
+def decision_metrics(frame: pd.DataFrame, key: str, steps: Sequence[str]) -> dict[str, float]:
+    """Per-step box counts for the run summary: ``boxes_after_<step>`` out of ``..._total`` (a keep rate)."""
+    if key not in frame.columns:
+        return {}
+    rows = [copy_decisions(v) for v in frame[key].tolist()]
+    metrics: dict[str, float] = {}
+    for step in steps:
+        seen, kept_count = step_counts(step, rows)
+        metrics[f"boxes_after_{step}"] = kept_count
+        metrics[f"boxes_after_{step}_total"] = seen
+    if DROP_DIFFERENCE in steps:
+        metrics["pairs_with_differences"] = sum(1 for row in rows if kept(row))
+        metrics["pairs_with_differences_total"] = len(rows)
+    return metrics
+
+
+ALL_STEPS = (DROP_PARSE, DROP_AREA, DROP_REGION_CAPTION, DROP_ITM, DROP_SIMILARITY, DROP_DIFFERENCE)
 
 
 class PairLoader:

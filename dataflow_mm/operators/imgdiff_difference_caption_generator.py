@@ -24,6 +24,7 @@ import pandas as pd
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
+    ALL_STEPS,
     BBOX_KEY,
     CAPTION1_KEY,
     CAPTION2_KEY,
@@ -32,6 +33,7 @@ from dataflow_mm.operators.imgdiff_common import (
     DIFFERENCE_KEY,
     IMAGE1_KEY,
     IMAGE2_KEY,
+    decision_metrics,
 )
 from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
 from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
@@ -164,7 +166,9 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
                 allow_tiny_fallback=allow_tiny_fallback,
                 batch_size=int(mllm.get("batch_size") or 8),
             )
-        elif any(key in (mllm_mapper_args or {}) for key in _SAMPLING_KEYS):
+        elif "hf_model" in (mllm_mapper_args or {}):
+            log.warning(f"mllm_mapper_args hf_model={mllm['hf_model']!r} is ignored: the given serving answers")
+        if not self._owns_serving and any(key in (mllm_mapper_args or {}) for key in _SAMPLING_KEYS):
             sampling = sampling_from_mllm_args(mllm)  # explicit sampling args override the serving's own
         self.serving = serving
         self.sampling = sampling
@@ -269,6 +273,9 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
     def prepare(self, storage: FileStorage) -> None:
         for step in self.steps:
             step.prepare(storage)
+
+    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
+        return decision_metrics(frame, decisions_key, ALL_STEPS)
 
     def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         """The four steps in turn on one chunk; rows failing a step keep their error and skip the rest."""

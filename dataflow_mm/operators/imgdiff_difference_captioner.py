@@ -36,6 +36,7 @@ from dataflow_mm.operators.imgdiff_common import (
     IMAGE1_KEY,
     IMAGE2_KEY,
     PairLoader,
+    decision_metrics,
     decisions_column,
     describe_drops,
     drop,
@@ -98,6 +99,10 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         self.prompt_template = prompt_template
         self.system_prompt = system_prompt
         self.sampling = sampling  # None: the serving's own sampling settings
+        # The serving as configured, taken now: a loaded backend may describe itself with resolved
+        # settings (device "auto" -> "cpu"), which would change this step's resume fingerprint
+        # between a first run (where an earlier step loaded the model) and a re-run.
+        self._serving_description = serving.describe()
         self.box_padding = box_padding
         self.box_line_width = box_line_width
         self.bar_width = bar_width
@@ -166,7 +171,7 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         }
 
     def provenance(self) -> dict[str, Any]:
-        info = self.serving.describe()
+        info = dict(self._serving_description)
         if self.sampling is not None:
             info["sampling"] = self.sampling.to_dict()
         return info
@@ -174,6 +179,9 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
     def prepare(self, storage: FileStorage) -> None:
         self.images.media_root = storage.media_root
         self._image_dir = Path(self.image_output_dir or Path(storage.cache_path) / DIFFERENCE_IMAGE_DIR)
+
+    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
+        return decision_metrics(frame, decisions_key, (DROP_DIFFERENCE,))
 
     def process(
         self,

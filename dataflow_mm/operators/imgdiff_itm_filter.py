@@ -23,6 +23,7 @@ from dataflow_mm.operators.imgdiff_common import (
     IMAGE2_KEY,
     PairLoader,
     check_score_range,
+    decision_metrics,
     decisions_column,
     describe_drops,
     drop,
@@ -88,6 +89,9 @@ class ImgDiffImageTextMatchingFilter(OperatorABC):
 
     def prepare(self, storage: FileStorage) -> None:
         self.images.media_root = storage.media_root
+
+    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
+        return decision_metrics(frame, decisions_key, (DROP_ITM,))
 
     def process(
         self,

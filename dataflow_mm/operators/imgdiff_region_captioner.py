@@ -20,12 +20,14 @@ from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
     DECISIONS_KEY,
     DROP_AREA,
+    DROP_PARSE,
     DROP_REGION_CAPTION,
     IMAGE1_KEY,
     IMAGE2_KEY,
     PairLoader,
     candidate_decisions,
     check_bbox_format,
+    decision_metrics,
     describe_drops,
     drop,
     error_list,
@@ -71,6 +73,10 @@ class ImgDiffRegionCaptioner(OperatorABC):
         self.prompt_template = prompt_template
         self.system_prompt = system_prompt
         self.sampling = sampling  # None: the serving's own sampling settings
+        # The serving as configured, taken now: a loaded backend may describe itself with resolved
+        # settings (device "auto" -> "cpu"), which would change this step's resume fingerprint
+        # between a first run (where an earlier step loaded the model) and a re-run.
+        self._serving_description = serving.describe()
         self.images = PairLoader()
 
     def run(
@@ -111,13 +117,16 @@ class ImgDiffRegionCaptioner(OperatorABC):
         }
 
     def provenance(self) -> dict[str, Any]:
-        info = self.serving.describe()
+        info = dict(self._serving_description)
         if self.sampling is not None:
             info["sampling"] = self.sampling.to_dict()
         return info
 
     def prepare(self, storage: FileStorage) -> None:
         self.images.media_root = storage.media_root
+
+    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
+        return decision_metrics(frame, decisions_key, (DROP_PARSE, DROP_AREA, DROP_REGION_CAPTION))
 
     def process(
         self,

@@ -17,6 +17,7 @@ from dataflow_mm.operators.imgdiff_common import (
     DECISIONS_KEY,
     DROP_SIMILARITY,
     check_score_range,
+    decision_metrics,
     decisions_column,
     describe_drops,
     drop,
@@ -62,6 +63,9 @@ class ImgDiffCaptionSimilarityFilter(OperatorABC):
 
     def provenance(self) -> dict[str, Any]:
         return {"caption_similarity": self.similarity.describe()}
+
+    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
+        return decision_metrics(frame, decisions_key, (DROP_SIMILARITY,))
 
     def process(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> pd.DataFrame:
         out = frame.copy()

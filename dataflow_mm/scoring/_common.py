@@ -1,0 +1,60 @@
+"""What every scorer shares: model folder resolution (with the tiny offline fallback) and call counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dataflow_mm.errors import ModelNotAvailableError
+from dataflow_mm.logger import get_logger
+
+log = get_logger("scoring")
+
+
+@dataclass
+class ScorerStats:
+    """Model calls (forward passes) and items scored since the scorer was built."""
+
+    calls: int = 0
+    items: int = 0
+    loads: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"calls": self.calls, "items": self.items, "loads": self.loads}
+
+
+def resolve_scorer_model(
+    name_or_path: str | Path,
+    tiny_kind: str | None = None,
+    allow_tiny_fallback: bool = False,
+    cache_dir: str | None = None,
+    local_dir: str | None = None,
+) -> Path:
+    """The local folder of a scoring model; a tiny random-weight ``tiny_kind`` model when unavailable and allowed."""
+    from dataflow_mm.serving.model_resolver import resolve_model_path
+
+    try:
+        return resolve_model_path(str(name_or_path), cache_dir=cache_dir, local_dir=local_dir)
+    except ModelNotAvailableError as exc:
+        if not (allow_tiny_fallback and tiny_kind):
+            raise
+        from dataflow_mm.testing.tiny_models import tiny_model_path
+
+        log.warning(f"{exc}")
+        log.warning(
+            f"Falling back to a locally built tiny random-weight {tiny_kind} model for scoring. "
+            "Its SCORES ARE MEANINGLESS: keep/drop decisions are smoke-test output only."
+        )
+        return tiny_model_path(tiny_kind)
+
+
+def is_smoke_test_folder(folder: Path | None) -> bool:
+    from dataflow_mm.testing.tiny_models import is_tiny_model
+
+    return is_tiny_model(folder)
+
+
+def batches(items: list[Any], size: int) -> list[list[Any]]:
+    """``items`` cut into consecutive lists of at most ``size``."""
+    return [items[start : start + size] for start in range(0, len(items), size)]

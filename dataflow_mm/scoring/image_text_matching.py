@@ -1,0 +1,122 @@
+"""BLIP image-text matching: the probability that an image shows what a text says, batched.
+
+``BlipITMScorer("Salesforce/blip-itm-base-coco").score(images, texts)`` returns one float in
+[0, 1] per pair: ``softmax(itm_score)[:, 1]`` of ``BlipForImageTextRetrieval`` with the ITM head.
+The model loads lazily on the first call and stays loaded until ``cleanup()``; every forward
+pass scores up to ``batch_size`` pairs and counts as one model call (``stats.calls``).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from dataflow_mm.deps import require
+from dataflow_mm.logger import get_logger
+from dataflow_mm.scoring._common import ScorerStats, batches, is_smoke_test_folder, resolve_scorer_model
+from dataflow_mm.scoring.device import resolve_device
+
+log = get_logger("scoring.itm")
+DEFAULT_BLIP_ITM = "Salesforce/blip-itm-base-coco"
+
+
+class BlipITMScorer:
+    """Image-text match probabilities from a BLIP ITM model (hub id or local folder)."""
+
+    def __init__(
+        self,
+        model_name_or_path: str | Path = DEFAULT_BLIP_ITM,
+        device: str = "auto",
+        batch_size: int = 32,
+        allow_tiny_fallback: bool = False,
+        hf_cache_dir: str | None = None,
+        hf_local_dir: str | None = None,
+        max_text_tokens: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model_name_or_path = str(model_name_or_path)
+        self.device = device  # the setting ("auto", "cpu", "cuda:1"...)
+        self.device_in_use: str | None = None  # what it resolved to when the model loaded
+        self.batch_size = batch_size
+        self.allow_tiny_fallback = allow_tiny_fallback
+        self.hf_cache_dir = hf_cache_dir
+        self.hf_local_dir = hf_local_dir
+        self.max_text_tokens = max_text_tokens
+        self.stats = ScorerStats()
+        self._folder: Path | None = None
+        self._model: Any = None
+        self._processor: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def is_smoke_test_model(self) -> bool:
+        return is_smoke_test_folder(self._folder or Path(self.model_name_or_path).expanduser())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "scorer": "blip_itm",
+            "model": self.model_name_or_path,
+            "device": self.device,
+            "smoke_test_model": self.is_smoke_test_model,
+        }
+
+    def load(self) -> None:
+        """Resolve the folder and load processor and model once (no-op when loaded)."""
+        if self._model is not None:
+            return
+        transformers = require("transformers", "scoring")
+        self.device_in_use = resolve_device(self.device)
+        self._folder = resolve_scorer_model(
+            self.model_name_or_path, "blip_itm", self.allow_tiny_fallback, self.hf_cache_dir, self.hf_local_dir
+        )
+        log.info(f"loading BLIP ITM {self.model_name_or_path} from {self._folder} on {self.device_in_use}")
+        self._processor = transformers.AutoProcessor.from_pretrained(str(self._folder))
+        model = transformers.BlipForImageTextRetrieval.from_pretrained(str(self._folder))
+        self._model = model.to(self.device_in_use).eval()
+        self.stats.loads += 1
+
+    def cleanup(self) -> None:
+        """Release the model; the next ``score`` loads it again."""
+        if self._model is None:
+            return
+        self._model = None
+        self._processor = None
+        gc.collect()
+        torch = require("torch", "scoring")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[float]:
+        """Match probability in [0, 1] of each ``(image, text)`` pair, in order (batched)."""
+        if len(images) != len(texts):
+            raise ValueError(f"score needs as many images as texts, got {len(images)} and {len(texts)}")
+        if not images:
+            return []
+        self.load()
+        pairs = list(zip(images, texts, strict=True))
+        scores: list[float] = []
+        for chunk in batches(pairs, self.batch_size):
+            scores.extend(self._forward([p[0] for p in chunk], [p[1] for p in chunk]))
+        return scores
+
+    def _forward(self, images: list[Image.Image], texts: list[str]) -> list[float]:
+        torch = require("torch", "scoring")
+        text_kwargs: dict[str, Any] = {"padding": True, "truncation": True}
+        if self.max_text_tokens:
+            text_kwargs["max_length"] = self.max_text_tokens
+        rgb = [image if image.mode == "RGB" else image.convert("RGB") for image in images]
+        inputs = self._processor(images=rgb, text=[str(t) for t in texts], return_tensors="pt", **text_kwargs)
+        inputs = inputs.to(self.device_in_use)
+        with torch.inference_mode():
+            output = self._model(**inputs, use_itm_head=True)
+        self.stats.calls += 1
+        self.stats.items += len(texts)
+        return [float(v) for v in output.itm_score.float().softmax(dim=-1)[:, 1].cpu().tolist()]

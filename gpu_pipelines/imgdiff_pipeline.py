@@ -1,0 +1,242 @@
+"""Img-Diff difference captions: find where two images differ, describe each area in both, keep the
+areas whose descriptions match the crops and differ from each other, and caption the difference.
+
+Run it from the folder `dataflowmm init` made:
+
+    python gpu_pipelines/imgdiff_pipeline.py                                   # demo pairs, default models
+    python gpu_pipelines/imgdiff_pipeline.py --backend hf --model_path /path/to/llava-v1.6-vicuna-7b-hf \\
+        --blip_model /path/to/blip-itm-base-coco --similarity_model /path/to/clip-vit-base-patch32
+
+Steps (one file each under --cache_path; re-running the same command skips completed steps):
+0. propose boxes from the pixel difference for rows without boxes (--no_propose to skip);
+1. caption every box region in both images (one batched VLM call per chunk);
+2. crop the boxes and keep those whose crops match their captions (BLIP image-text matching);
+3. keep the boxes whose two captions' similarity is in range (CLIP text encoder or sentence-transformers);
+4. red box + side-by-side panel, and ask the VLM for the difference (one batched call per chunk).
+Offline, unavailable models fall back to tiny random-weight models, and the run says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dataflow_mm import FileStorage, PipelineABC, VLMServing
+from dataflow_mm.operators.imgdiff_area_proposer import ImgDiffDifferenceAreaProposer
+from dataflow_mm.operators.imgdiff_difference_caption_generator import ImgDiffDifferenceCaptionGenerator
+from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
+from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
+from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
+from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
+from dataflow_mm.pipeline.script import add_serving_args, run_main, serving_from_args
+from dataflow_mm.scoring import DEFAULT_BLIP_ITM, DEFAULT_CLIP, BlipITMScorer, text_similarity_model
+
+DEFAULT_VLM = "llava-hf/llava-v1.6-vicuna-7b-hf"
+SCORES_MEANINGLESS = (
+    "NOTE: {what} ran on a tiny random-weight model: its scores are MEANINGLESS, so the keep/drop "
+    "decisions only show that the pipeline runs end to end. Pass {flag} with a real model."
+)
+
+
+class ImgDiffPipeline(PipelineABC):
+    """Proposer (optional), region captions, ITM filter, caption-similarity filter, difference captions."""
+
+    def __init__(
+        self,
+        serving: VLMServing,
+        *,
+        first_entry_file: str = "./data/imgdiff/imgdiff_demo.jsonl",
+        cache_path: str = "./cache/imgdiff",
+        file_name_prefix: str = "imgdiff",
+        cache_type: str = "jsonl",
+        chunk_size: int = 64,
+        input_image1_key: str = "image_path1",
+        input_image2_key: str = "image_path2",
+        input_bbox_key: str = "bboxes",
+        bbox_format: str = "cxcywh",
+        normalized: bool = False,
+        propose_missing_boxes: bool = True,
+        max_proposals: int = 5,
+        max_box_area_ratio: float | None = 0.1,
+        blip_model: str = DEFAULT_BLIP_ITM,
+        similarity_model: str = DEFAULT_CLIP,
+        itm_min_score: float = 0.1,
+        itm_max_score: float = 1.0,
+        similarity_min_score: float = 0.1,
+        similarity_max_score: float = 1.0,
+        device: str = "auto",
+        scoring_batch_size: int = 32,
+        keep_difference_images: bool = False,
+        allow_tiny_fallback: bool = True,
+        fused: bool = False,
+        hf_cache_dir: str | None = None,
+        download_dir: str | None = None,
+    ) -> None:
+        self.storage = FileStorage(
+            first_entry_file_name=first_entry_file,
+            cache_path=cache_path,
+            file_name_prefix=file_name_prefix,
+            cache_type=cache_type,
+            chunk_size=chunk_size,
+        )
+        self.serving = serving
+        self.keys = {
+            "input_image1_key": input_image1_key,
+            "input_image2_key": input_image2_key,
+        }
+        self.input_bbox_key = input_bbox_key
+        self.proposer = (
+            ImgDiffDifferenceAreaProposer(bbox_format=bbox_format, normalized=normalized, max_boxes=max_proposals)
+            if propose_missing_boxes
+            else None
+        )
+        self.itm_scorer = BlipITMScorer(
+            blip_model,
+            device=device,
+            batch_size=scoring_batch_size,
+            allow_tiny_fallback=allow_tiny_fallback,
+            hf_cache_dir=hf_cache_dir,
+            hf_local_dir=download_dir,
+        )
+        self.similarity = text_similarity_model(
+            similarity_model,
+            device=device,
+            batch_size=scoring_batch_size,
+            allow_tiny_fallback=allow_tiny_fallback,
+            hf_cache_dir=hf_cache_dir,
+            hf_local_dir=download_dir,
+        )
+        self.fused = (
+            ImgDiffDifferenceCaptionGenerator(
+                image_text_matching_filter_args={"min_score": itm_min_score, "max_score": itm_max_score},
+                text_pair_similarity_filter_args={"min_score": similarity_min_score, "max_score": similarity_max_score},
+                serving=serving,
+                bbox_format=bbox_format,
+                normalized=normalized,
+                max_box_area_ratio=max_box_area_ratio,
+                keep_difference_images=keep_difference_images,
+                device=device,
+                itm_scorer=self.itm_scorer,
+                text_similarity=self.similarity,
+            )
+            if fused
+            else None
+        )
+        self.region_captioner = ImgDiffRegionCaptioner(
+            serving, bbox_format=bbox_format, normalized=normalized, max_box_area_ratio=max_box_area_ratio
+        )
+        self.itm_filter = ImgDiffImageTextMatchingFilter(self.itm_scorer, itm_min_score, itm_max_score)
+        self.similarity_filter = ImgDiffCaptionSimilarityFilter(
+            self.similarity, similarity_min_score, similarity_max_score
+        )
+        self.difference_captioner = ImgDiffDifferenceCaptioner(serving, keep_difference_images=keep_difference_images)
+
+    def forward(self) -> None:
+        if self.proposer is not None:
+            self.proposer.run(
+                storage=self.storage.step(),
+                input_bbox_key=self.input_bbox_key,
+                output_bbox_key=self.input_bbox_key,  # fill in the missing boxes in place
+                **self.keys,
+            )
+        if self.fused is not None:
+            self.fused.run(storage=self.storage.step(), input_bbox_key=self.input_bbox_key, **self.keys)
+            return
+        self.region_captioner.run(storage=self.storage.step(), input_bbox_key=self.input_bbox_key, **self.keys)
+        self.itm_filter.run(storage=self.storage.step(), **self.keys)
+        self.similarity_filter.run(storage=self.storage.step())
+        self.difference_captioner.run(storage=self.storage.step(), **self.keys)
+
+    def smoke_test_notes(self) -> list[str]:
+        """Lines to print when a scoring model was a tiny random-weight stand-in."""
+        notes = []
+        if self.itm_scorer.is_smoke_test_model:
+            notes.append(SCORES_MEANINGLESS.format(what="image-text matching (BLIP)", flag="--blip_model"))
+        if self.similarity.is_smoke_test_model:
+            notes.append(SCORES_MEANINGLESS.format(what="caption similarity", flag="--similarity_model"))
+        return notes
+
+    def cleanup(self) -> None:
+        self.itm_scorer.cleanup()
+        self.similarity.cleanup()
+        self.serving.cleanup()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Img-Diff difference captions with dataflow-mm")
+    add_serving_args(parser, default_model=DEFAULT_VLM)
+    # The seed's sampling defaults (mllm_mapper_args): max_new_tokens=256, temperature=0.2, top_p=None.
+    parser.set_defaults(temperature=0.2, top_p=1.0, max_tokens=256)
+    parser.add_argument("--first_entry_file", default="./data/imgdiff/imgdiff_demo.jsonl")
+    parser.add_argument("--cache_path", default="./cache/imgdiff")
+    parser.add_argument("--file_name_prefix", default="imgdiff")
+    parser.add_argument("--cache_type", default="jsonl", choices=["jsonl", "json", "csv", "parquet"])
+    parser.add_argument("--chunk_size", type=int, default=64, help="rows per chunk (one batched model call each)")
+    parser.add_argument("--input_image1_key", default="image_path1")
+    parser.add_argument("--input_image2_key", default="image_path2")
+    parser.add_argument("--input_bbox_key", default="bboxes")
+    parser.add_argument("--bbox_format", default="cxcywh", choices=["cxcywh", "xywh", "xyxy"])
+    parser.add_argument("--normalized", action="store_true", help="boxes are 0-1 fractions of the image size")
+    parser.add_argument("--no_propose", action="store_true", help="do not propose boxes for rows without boxes")
+    parser.add_argument("--max_proposals", type=int, default=5, help="proposed boxes per pair at most")
+    parser.add_argument(
+        "--max_box_area_ratio", type=float, default=0.1, help="skip boxes larger than this share of the image"
+    )
+    scoring = parser.add_argument_group("scoring models")
+    scoring.add_argument("--blip_model", default=DEFAULT_BLIP_ITM, help="BLIP ITM model (hub id or folder)")
+    scoring.add_argument(
+        "--similarity_model",
+        default=DEFAULT_CLIP,
+        help="caption similarity model: a CLIP or a sentence-transformers folder/hub id",
+    )
+    scoring.add_argument("--itm_min_score", type=float, default=0.1)
+    scoring.add_argument("--itm_max_score", type=float, default=1.0)
+    scoring.add_argument("--similarity_min_score", type=float, default=0.1)
+    scoring.add_argument("--similarity_max_score", type=float, default=1.0)
+    scoring.add_argument("--device", default="auto", help="scoring models' device: auto (CUDA if present), cpu, cuda")
+    scoring.add_argument("--scoring_batch_size", type=int, default=32)
+    parser.add_argument("--keep_difference_images", action="store_true", help="save the red-box panels (JPEG)")
+    parser.add_argument("--fused", action="store_true", help="run the four steps as one fused operator (one step)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    pipeline = ImgDiffPipeline(
+        serving_from_args(args),
+        first_entry_file=args.first_entry_file,
+        cache_path=args.cache_path,
+        file_name_prefix=args.file_name_prefix,
+        cache_type=args.cache_type,
+        chunk_size=args.chunk_size,
+        input_image1_key=args.input_image1_key,
+        input_image2_key=args.input_image2_key,
+        input_bbox_key=args.input_bbox_key,
+        bbox_format=args.bbox_format,
+        normalized=args.normalized,
+        propose_missing_boxes=not args.no_propose,
+        max_proposals=args.max_proposals,
+        max_box_area_ratio=args.max_box_area_ratio,
+        blip_model=args.blip_model,
+        similarity_model=args.similarity_model,
+        itm_min_score=args.itm_min_score,
+        itm_max_score=args.itm_max_score,
+        similarity_min_score=args.similarity_min_score,
+        similarity_max_score=args.similarity_max_score,
+        device=args.device,
+        scoring_batch_size=args.scoring_batch_size,
+        keep_difference_images=args.keep_difference_images,
+        allow_tiny_fallback=not args.no_tiny_fallback,
+        fused=args.fused,
+        hf_cache_dir=args.hf_cache_dir,
+        download_dir=args.download_dir,
+    )
+    try:
+        pipeline.run()
+        for note in pipeline.smoke_test_notes():
+            print(note, flush=True)
+    finally:
+        pipeline.cleanup()
+
+
+if __name__ == "__main__":
+    run_main(main)
