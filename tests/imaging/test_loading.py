@@ -34,9 +34,7 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def exif_rotated_jpeg(path, orientation=6):
@@ -180,9 +178,7 @@ def test_decompression_bomb_header_is_refused_fast(tmp_path):
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_max_pixels_is_checked_from_the_header(tmp_path):
     small_limit = png_header_only(2000, 1000)
-    with pytest.raises(
-        ImageTooLargeError, match=r"declares 2000x1000 = 2000000 pixels, above the limit of 1000000"
-    ):
+    with pytest.raises(ImageTooLargeError, match=r"declares 2000x1000 = 2000000 pixels, above the limit of 1000000"):
         load_image(small_limit, max_pixels=1_000_000)
     above_default = png_header_only(12000, 12000)  # 144 MP: above DEFAULT_MAX_PIXELS, below Pillow's guard
     with pytest.raises(ImageTooLargeError, match="144000000 pixels"):
