@@ -180,7 +180,7 @@ def _read_rows(
     rows: list[list[Any]] = []
     total = 0
     try:
-        for chunk in iter_table(table, chunk_size=4096):
+        for chunk in iter_table(table, chunk_size=4096 if limit is None else max(1, min(4096, limit))):
             frame = chunk.frame
             total += len(frame)
             room = len(frame) if limit is None else max(0, limit - len(rows))
@@ -716,7 +716,7 @@ def write_report(
     return target
 
 
-RUN_REPORT_ROWS = 10_000
+RUN_REPORT_ROWS = 1_000  # a glance that costs the same at any table size; `dataflowmm report` shows all
 NO_REPORT_ENV = "DATAFLOW_MM_NO_REPORT"
 
 
