@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# The main job in one command: set up .venv, scaffold a workspace, run the region-caption pipeline.
-#   bash scripts/quickstart.sh [WORKSPACE] [pipeline flags...]
-# Offline, or when the default model cannot be downloaded, the pipeline falls back to a tiny
-# random-weight model and says so: its captions are meaningless smoke-test text.
+# The main job in one command: set up .venv, scaffold a workspace, run a pipeline on the demo data.
+#   bash scripts/quickstart.sh                         # region captions (the main job)
+#   bash scripts/quickstart.sh imgdiff                 # Img-Diff difference captions
+#   bash scripts/quickstart.sh image_region_caption --model_path /models/Qwen2.5-VL-3B-Instruct
+# WORKSPACE=dir chooses the workspace (default: demo_run). Offline, or when a model cannot be
+# downloaded, the pipeline falls back to tiny random-weight models and says so: their output is
+# meaningless smoke-test text.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
-bash scripts/setup_env.sh hf
-WORKSPACE="${1:-demo_run}"
-shift || true
+PIPELINE="image_region_caption"
+if [ $# -gt 0 ] && [[ "$1" != -* ]]; then
+    PIPELINE="$1"
+    shift
+fi
+SCRIPT="gpu_pipelines/${PIPELINE%_pipeline}_pipeline.py"
+[ -f "$SCRIPT" ] || { echo "unknown pipeline '$PIPELINE': choose one of $(ls gpu_pipelines | sed 's/_pipeline.py//' | xargs)" >&2; exit 2; }
+bash scripts/setup_env.sh hf,scoring
+WORKSPACE="${WORKSPACE:-demo_run}"
 "$ROOT/.venv/bin/dataflowmm" init "$WORKSPACE"
 cd "$WORKSPACE"
-"$ROOT/.venv/bin/python" gpu_pipelines/image_region_caption_pipeline.py "$@"
+"$ROOT/.venv/bin/python" "$SCRIPT" "$@"
