@@ -99,10 +99,6 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         self.prompt_template = prompt_template
         self.system_prompt = system_prompt
         self.sampling = sampling  # None: the serving's own sampling settings
-        # The serving as configured, taken now: a loaded backend may describe itself with resolved
-        # settings (device "auto" -> "cpu"), which would change this step's resume fingerprint
-        # between a first run (where an earlier step loaded the model) and a re-run.
-        self._serving_description = serving.describe()
         self.box_padding = box_padding
         self.box_line_width = box_line_width
         self.bar_width = bar_width
@@ -171,7 +167,7 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         }
 
     def provenance(self) -> dict[str, Any]:
-        info = dict(self._serving_description)
+        info = self.serving.describe()
         if self.sampling is not None:
             info["sampling"] = self.sampling.to_dict()
         return info

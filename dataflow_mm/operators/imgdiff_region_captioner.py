@@ -73,10 +73,6 @@ class ImgDiffRegionCaptioner(OperatorABC):
         self.prompt_template = prompt_template
         self.system_prompt = system_prompt
         self.sampling = sampling  # None: the serving's own sampling settings
-        # The serving as configured, taken now: a loaded backend may describe itself with resolved
-        # settings (device "auto" -> "cpu"), which would change this step's resume fingerprint
-        # between a first run (where an earlier step loaded the model) and a re-run.
-        self._serving_description = serving.describe()
         self.images = PairLoader()
 
     def run(
@@ -117,7 +113,7 @@ class ImgDiffRegionCaptioner(OperatorABC):
         }
 
     def provenance(self) -> dict[str, Any]:
-        info = dict(self._serving_description)
+        info = self.serving.describe()
         if self.sampling is not None:
             info["sampling"] = self.sampling.to_dict()
         return info

