@@ -34,7 +34,7 @@ from dataflow_mm.errors import ERROR_COLUMN, error_class_of
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.progress import StepProgress, count_rows
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.storage.formats import Reject, read_table, table_type_of, write_table
+from dataflow_mm.storage.formats import Reject, check_readable, read_table, table_type_of, write_table
 from dataflow_mm.storage.manifest import StepManifest, file_sha256, fingerprint
 from dataflow_mm.storage.parts import ChunkParts
 
@@ -241,7 +241,7 @@ class OperatorABC(ABC):
 
     def _execute(self, storage: FileStorage, keys: dict[str, Any]) -> StepResult:
         storage.check_writable()
-        input_sha = file_sha256(_readable(storage.input_path))
+        input_sha = file_sha256(check_readable(storage.input_path))
         current = self.fingerprint(keys)
         step = max(storage.operator_step, 0) + 1
         manifest = StepManifest.load(storage.output_path)
@@ -391,13 +391,3 @@ def step_manifests(row_provenance: dict[str, str] | None, storage: FileStorage) 
             raise StorageError(f"the manifest of {path} does not match the row's {step}={expected} ({got})")
         found[step] = manifest
     return found
-
-
-def _readable(path: Path) -> Path:
-    from dataflow_mm.errors import StorageError
-
-    if not path.exists():
-        raise StorageError(f"Input file does not exist: '{path}'")
-    if path.is_dir():
-        raise StorageError(f"Input path is a directory, not a table file: '{path}'")
-    return path

@@ -77,11 +77,13 @@ def _decode_csv_cell(value: Any) -> Any:
     return value
 
 
-def _check_readable(path: Path) -> None:
+def check_readable(path: Path) -> Path:
+    """``path`` when it is a readable table file; a clear StorageError when it is missing or a folder."""
     if not path.exists():
         raise StorageError(f"Input file does not exist: '{path}'")
     if path.is_dir():
         raise StorageError(f"Input path is a directory, not a table file: '{path}'")
+    return path
 
 
 def _records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -163,7 +165,7 @@ def iter_table(
 ) -> Iterator[Chunk]:
     """Stream a table in chunks of at most ``chunk_size`` rows (an empty file yields nothing)."""
     path = Path(path)
-    _check_readable(path)
+    check_readable(path)
     table_type = table_type or table_type_of(path)
     if path.stat().st_size == 0:
         return
