@@ -333,6 +333,19 @@ class APIVLMServing_openai(VLMServing):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(endpoint={self._public_url()!r}, model_name={self.model_name!r})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (e.g. to ship to Ray workers): the lock, the slots and the open client stay behind."""
+        state = self.__dict__.copy()
+        for name in ("_lock", "_slots", "_client"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.max_workers)
+        self._client = None
+
     # -- interface -------------------------------------------------------------------------------
 
     @property

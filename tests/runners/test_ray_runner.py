@@ -311,3 +311,24 @@ def test_runner_choice_is_one_flag() -> None:
     assert isinstance(get_runner("ray"), RayRunner)
     with pytest.raises(ValueError, match="actors_per_model_operator"):
         RayRunner(actors_per_model_operator=0)
+
+
+def test_the_api_backend_runs_on_ray_against_a_real_server(ray_cluster: Any, tmp_path: Path) -> None:
+    """The OpenAI-compatible backend pickles to Ray actors; rows come back answered, in order, as in-process."""
+    from dataflow_mm.serving.api_serving import APIVLMServing_openai
+    from dataflow_mm.testing.openai_test_server import OpenAITestServer
+
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=4, size=(64, 48), n_boxes=1)
+    with OpenAITestServer() as server:
+        answers = {}
+        for name in ("local", "ray"):
+            serving = APIVLMServing_openai(server.base_url, "test-model", api_key_env=None, max_workers=2)
+            pipeline = load_script().ImageRegionCaptionPipeline(
+                serving, first_entry_file=str(table), cache_path=str(tmp_path / "cache"), file_name_prefix=name,
+                chunk_size=2, output_image_with_bbox_path=None,
+            )  # fmt: skip
+            summary = pipeline.run(runner=RayRunner(actors_per_model_operator=1) if name == "ray" else "local")
+            assert summary.rows_out == 4 and summary.rows_with_error == 0
+            answers[name] = [r["answer"] for r in read_jsonl(tmp_path / "cache" / f"{name}_step2.jsonl")]
+            serving.cleanup()
+    assert answers["ray"] == answers["local"] and all(answers["ray"])

@@ -153,6 +153,21 @@ def test_answers_come_back_in_input_order_even_when_later_rows_finish_first(back
         assert arrival != [f"row {i:02d}" for i in range(12)]  # they really finished out of order
 
 
+def test_a_used_backend_pickles_and_its_copy_answers(backends):
+    """Servings are shipped to Ray workers by pickling: the open client and locks must not travel."""
+    import pickle
+
+    with OpenAITestServer() as server:
+        backend = make_backend(server, max_workers=2)
+        backends.append(backend)
+        assert backend.chat(prompts(2))[0].ok  # the client is open now
+        copy = pickle.loads(pickle.dumps(backend))
+        backends.append(copy)
+        out = copy.chat(prompts(3))
+        assert [c.text for c in out] == [f"answer to: row {i:02d}" for i in range(3)]
+        assert copy.describe() == backend.describe()
+
+
 @pytest.mark.parametrize("limit", [1, 3])
 def test_in_flight_requests_never_exceed_the_limit(backends, limit):
     with OpenAITestServer(delay=0.05) as server:
