@@ -27,7 +27,7 @@ from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifference
 from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
 from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
-from dataflow_mm.pipeline.script import add_serving_args, run_main, serving_from_args
+from dataflow_mm.pipeline.script import add_runner_args, add_serving_args, run_main, runner_from_args, serving_from_args
 from dataflow_mm.scoring import DEFAULT_BLIP_ITM, DEFAULT_CLIP, BlipITMScorer, text_similarity_model
 
 DEFAULT_VLM = "llava-hf/llava-v1.6-vicuna-7b-hf"
@@ -164,6 +164,7 @@ class ImgDiffPipeline(PipelineABC):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Img-Diff difference captions with dataflow-mm")
     add_serving_args(parser, default_model=DEFAULT_VLM)
+    add_runner_args(parser)
     # The seed's sampling defaults (mllm_mapper_args): max_new_tokens=256, temperature=0.2, top_p=None.
     parser.set_defaults(temperature=0.2, top_p=1.0, max_tokens=256)
     parser.add_argument("--first_entry_file", default="./data/imgdiff/imgdiff_demo.jsonl")
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         download_dir=args.download_dir,
     )
     try:
-        pipeline.run()
+        pipeline.run(runner=runner_from_args(args))
         for note in pipeline.smoke_test_notes():
             print(note, flush=True)
     finally:

@@ -332,3 +332,29 @@ def test_the_api_backend_runs_on_ray_against_a_real_server(ray_cluster: Any, tmp
             answers[name] = [r["answer"] for r in read_jsonl(tmp_path / "cache" / f"{name}_step2.jsonl")]
             serving.cleanup()
     assert answers["ray"] == answers["local"] and all(answers["ray"])
+
+
+def test_the_imgdiff_pipeline_on_ray_equals_in_process(
+    ray_cluster: Any, tmp_path: Path, tiny_blip_dir: Path, tiny_clip_dir: Path
+) -> None:
+    """The five Img-Diff steps (proposer, VLM, BLIP, CLIP, VLM) on Ray give the in-process rows."""
+    spec = importlib.util.spec_from_file_location("imgdiff_pipeline", REPO / "gpu_pipelines" / "imgdiff_pipeline.py")
+    assert spec and spec.loader
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = {}
+    for name in ("local", "ray"):
+        pipeline = script.ImgDiffPipeline(
+            FakeVLMServing(), first_entry_file=str(REPO / "data" / "imgdiff" / "imgdiff_demo.jsonl"),
+            cache_path=str(tmp_path / "cache"), file_name_prefix=name, blip_model=str(tiny_blip_dir),
+            similarity_model=str(tiny_clip_dir), similarity_min_score=-1.0,
+        )  # fmt: skip
+        summary = pipeline.run(runner=RayRunner(actors_per_model_operator=1) if name == "ray" else "local")
+        assert summary.rows_out == 4 and summary.rows_with_error == 0
+        rows[name] = [
+            {k: v for k, v in row.items() if k != "provenance"}
+            for row in read_jsonl(tmp_path / "cache" / f"{name}_step5.jsonl")
+        ]
+        pipeline.cleanup()
+    assert rows["ray"] == rows["local"]
+    assert all(len(r["bboxes"]) == len(r["bbox_difference_captions"]) for r in rows["ray"])
