@@ -58,3 +58,37 @@ def is_smoke_test_folder(folder: Path | None) -> bool:
 def batches(items: list[Any], size: int) -> list[list[Any]]:
     """``items`` cut into consecutive lists of at most ``size``."""
     return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+class LazyScorer:
+    """The state every scorer shares: the model setting, device, batch size, call counts and a lazy model."""
+
+    def __init__(
+        self,
+        model_name_or_path: str | Path,
+        device: str = "auto",
+        batch_size: int = 32,
+        allow_tiny_fallback: bool = False,
+        hf_cache_dir: str | None = None,
+        hf_local_dir: str | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model_name_or_path = str(model_name_or_path)
+        self.device = device  # the setting ("auto", "cpu", "cuda:1"...)
+        self.device_in_use: str | None = None  # what it resolved to when the model loaded
+        self.batch_size = batch_size
+        self.allow_tiny_fallback = allow_tiny_fallback
+        self.hf_cache_dir = hf_cache_dir
+        self.hf_local_dir = hf_local_dir
+        self.stats = ScorerStats()
+        self._folder: Path | None = None
+        self._model: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def is_smoke_test_model(self) -> bool:
+        return is_smoke_test_folder(self._folder or Path(self.model_name_or_path).expanduser())

@@ -17,14 +17,14 @@ from PIL import Image
 
 from dataflow_mm.deps import require
 from dataflow_mm.logger import get_logger
-from dataflow_mm.scoring._common import ScorerStats, batches, is_smoke_test_folder, resolve_scorer_model
+from dataflow_mm.scoring._common import LazyScorer, batches, resolve_scorer_model
 from dataflow_mm.scoring.device import resolve_device
 
 log = get_logger("scoring.itm")
 DEFAULT_BLIP_ITM = "Salesforce/blip-itm-base-coco"
 
 
-class BlipITMScorer:
+class BlipITMScorer(LazyScorer):
     """Image-text match probabilities from a BLIP ITM model (hub id or local folder)."""
 
     def __init__(
@@ -37,28 +37,9 @@ class BlipITMScorer:
         hf_local_dir: str | None = None,
         max_text_tokens: int | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model_name_or_path = str(model_name_or_path)
-        self.device = device  # the setting ("auto", "cpu", "cuda:1"...)
-        self.device_in_use: str | None = None  # what it resolved to when the model loaded
-        self.batch_size = batch_size
-        self.allow_tiny_fallback = allow_tiny_fallback
-        self.hf_cache_dir = hf_cache_dir
-        self.hf_local_dir = hf_local_dir
+        super().__init__(model_name_or_path, device, batch_size, allow_tiny_fallback, hf_cache_dir, hf_local_dir)
         self.max_text_tokens = max_text_tokens
-        self.stats = ScorerStats()
-        self._folder: Path | None = None
-        self._model: Any = None
         self._processor: Any = None
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
-
-    @property
-    def is_smoke_test_model(self) -> bool:
-        return is_smoke_test_folder(self._folder or Path(self.model_name_or_path).expanduser())
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -22,7 +22,7 @@ from typing import Any
 from dataflow_mm.deps import require
 from dataflow_mm.errors import UserError
 from dataflow_mm.logger import get_logger
-from dataflow_mm.scoring._common import ScorerStats, batches, is_smoke_test_folder, resolve_scorer_model
+from dataflow_mm.scoring._common import LazyScorer, batches, resolve_scorer_model
 from dataflow_mm.scoring.device import resolve_device
 
 log = get_logger("scoring.similarity")
@@ -31,7 +31,7 @@ SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.jso
 CLIP_MODEL_TYPES = ("clip", "clip_text_model")
 
 
-class TextSimilarity:
+class TextSimilarity(LazyScorer):
     """Base class: lazy loading, call counts and the pairwise cosine; subclasses embed texts."""
 
     kind = "base"
@@ -46,26 +46,7 @@ class TextSimilarity:
         hf_cache_dir: str | None = None,
         hf_local_dir: str | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model_name_or_path = str(model_name_or_path)
-        self.device = device  # the setting ("auto", "cpu", "cuda:1"...)
-        self.device_in_use: str | None = None  # what it resolved to when the model loaded
-        self.batch_size = batch_size
-        self.allow_tiny_fallback = allow_tiny_fallback
-        self.hf_cache_dir = hf_cache_dir
-        self.hf_local_dir = hf_local_dir
-        self.stats = ScorerStats()
-        self._folder: Path | None = None
-        self._model: Any = None
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
-
-    @property
-    def is_smoke_test_model(self) -> bool:
-        return is_smoke_test_folder(self._folder or Path(self.model_name_or_path).expanduser())
+        super().__init__(model_name_or_path, device, batch_size, allow_tiny_fallback, hf_cache_dir, hf_local_dir)
 
     def describe(self) -> dict[str, Any]:
         return {
