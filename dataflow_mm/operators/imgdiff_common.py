@@ -34,6 +34,7 @@ from dataflow_mm.errors import ERROR_COLUMN, RowError, UserError, row_error_text
 from dataflow_mm.imaging.bbox import BOX_FORMATS, parse_boxes
 from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.logger import get_logger
+from dataflow_mm.serving.base import SamplingParams, VLMServing
 from dataflow_mm.storage.media import resolve_media_path
 
 log = get_logger("operators.imgdiff")
@@ -264,3 +265,11 @@ def decisions_column(frame: pd.DataFrame, key: str) -> list[list[dict[str, Any]]
 
 def error_list(frame: pd.DataFrame) -> list[Any]:
     return frame[ERROR_COLUMN].tolist() if ERROR_COLUMN in frame.columns else [None] * len(frame)
+
+
+def vlm_provenance(serving: VLMServing, sampling: SamplingParams | None) -> dict[str, Any]:
+    """What a VLM step records: the serving's own description, with the step's sampling when it overrides it."""
+    info = serving.describe()
+    if sampling is not None:
+        info["sampling"] = sampling.to_dict()
+    return info

@@ -34,6 +34,7 @@ from dataflow_mm.operators.imgdiff_common import (
     kept,
     log,
     set_row_errors,
+    vlm_provenance,
 )
 from dataflow_mm.serving.base import Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import build_conversation
@@ -113,10 +114,7 @@ class ImgDiffRegionCaptioner(OperatorABC):
         }
 
     def provenance(self) -> dict[str, Any]:
-        info = self.serving.describe()
-        if self.sampling is not None:
-            info["sampling"] = self.sampling.to_dict()
-        return info
+        return vlm_provenance(self.serving, self.sampling)
 
     def prepare(self, storage: FileStorage) -> None:
         self.images.media_root = storage.media_root
