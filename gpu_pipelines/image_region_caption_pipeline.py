@@ -28,7 +28,15 @@ from dataflow_mm import (
 )
 from dataflow_mm.operators.image_bbox_generator import DEFAULT_REGION_PROMPT
 from dataflow_mm.operators.region_captions import STRUCTURED_ANSWER_INSTRUCTION
-from dataflow_mm.pipeline.script import add_runner_args, add_serving_args, run_main, runner_from_args, serving_from_args
+from dataflow_mm.pipeline.script import (
+    add_bbox_format_arg,
+    add_runner_args,
+    add_serving_args,
+    add_storage_args,
+    run_main,
+    runner_from_args,
+    serving_from_args,
+)
 
 
 class ImageRegionCaptionPipeline(PipelineABC):
@@ -94,20 +102,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Image region captions with dataflow-mm")
     add_serving_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct")
     add_runner_args(parser)
-    parser.add_argument("--first_entry_file", default="./data/image_region_caption/image_region_caption_demo.jsonl")
-    parser.add_argument("--cache_path", default="./cache/image_region_caption")
-    parser.add_argument("--file_name_prefix", default="region_caption")
-    parser.add_argument("--cache_type", default="jsonl", choices=["jsonl", "json", "csv", "parquet"])
+    add_storage_args(
+        parser,
+        first_entry_file="./data/image_region_caption/image_region_caption_demo.jsonl",
+        cache_path="./cache/image_region_caption",
+        file_name_prefix="region_caption",
+        chunk_size=512,
+    )
     parser.add_argument("--input_image_key", default="image")
     parser.add_argument("--input_bbox_key", default="bbox")
-    parser.add_argument("--bbox_format", default="xywh", choices=["xywh", "xyxy", "cxcywh"])
+    add_bbox_format_arg(parser, default="xywh")
     parser.add_argument("--max_boxes", type=int, default=10)
     parser.add_argument(
         "--output_image_with_bbox_path",
         default=None,
         help="copy of the boxes step's rows (default: CACHE_PATH/image_with_bbox_result.jsonl)",
     )
-    parser.add_argument("--chunk_size", type=int, default=512, help="rows per chunk (one batched model call each)")
     parser.add_argument(
         "--structured_answer",
         action="store_true",

@@ -27,7 +27,15 @@ from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifference
 from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
 from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
-from dataflow_mm.pipeline.script import add_runner_args, add_serving_args, run_main, runner_from_args, serving_from_args
+from dataflow_mm.pipeline.script import (
+    add_bbox_format_arg,
+    add_runner_args,
+    add_serving_args,
+    add_storage_args,
+    run_main,
+    runner_from_args,
+    serving_from_args,
+)
 from dataflow_mm.scoring import DEFAULT_BLIP_ITM, DEFAULT_CLIP, BlipITMScorer, text_similarity_model
 
 DEFAULT_VLM = "llava-hf/llava-v1.6-vicuna-7b-hf"
@@ -167,15 +175,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_runner_args(parser)
     # The seed's sampling defaults (mllm_mapper_args): max_new_tokens=256, temperature=0.2, top_p=None.
     parser.set_defaults(temperature=0.2, top_p=1.0, max_tokens=256)
-    parser.add_argument("--first_entry_file", default="./data/imgdiff/imgdiff_demo.jsonl")
-    parser.add_argument("--cache_path", default="./cache/imgdiff")
-    parser.add_argument("--file_name_prefix", default="imgdiff")
-    parser.add_argument("--cache_type", default="jsonl", choices=["jsonl", "json", "csv", "parquet"])
-    parser.add_argument("--chunk_size", type=int, default=64, help="rows per chunk (one batched model call each)")
+    add_storage_args(
+        parser,
+        first_entry_file="./data/imgdiff/imgdiff_demo.jsonl",
+        cache_path="./cache/imgdiff",
+        file_name_prefix="imgdiff",
+        chunk_size=64,
+    )
     parser.add_argument("--input_image1_key", default="image_path1")
     parser.add_argument("--input_image2_key", default="image_path2")
     parser.add_argument("--input_bbox_key", default="bboxes")
-    parser.add_argument("--bbox_format", default="cxcywh", choices=["cxcywh", "xywh", "xyxy"])
+    add_bbox_format_arg(parser, default="cxcywh")
     parser.add_argument("--normalized", action="store_true", help="boxes are 0-1 fractions of the image size")
     parser.add_argument("--no_propose", action="store_true", help="do not propose boxes for rows without boxes")
     parser.add_argument("--max_proposals", type=int, default=5, help="proposed boxes per pair at most")
