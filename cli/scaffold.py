@@ -11,19 +11,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dataflow_mm
+from dataflow_mm.templates import TEMPLATE_DIRS, template_root
 
-TEMPLATE_DIRS = ("gpu_pipelines", "data")
 _SKIP_NAMES = {"__pycache__", ".DS_Store"}
-
-
-def template_root() -> Path:
-    """Folder holding ``gpu_pipelines/`` and ``data/``: packaged templates first, else the source checkout."""
-    package = Path(dataflow_mm.__file__).resolve().parent
-    for candidate in (package / "_templates", package.parent):
-        if all((candidate / name).is_dir() for name in TEMPLATE_DIRS):
-            return candidate
-    raise FileNotFoundError(f"dataflow-mm templates not found under {package} (broken installation?)")
 
 
 def template_files(root: Path | None = None) -> list[Path]:

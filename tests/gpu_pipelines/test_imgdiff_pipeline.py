@@ -3,7 +3,6 @@ models' tiny fallback, the shipped demo pairs, resume; plus the fused variant wi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from types import ModuleType
 
 import pytest
 
+from dataflow_mm.templates import load_pipeline_script
 from dataflow_mm.testing.fake_serving import FakeVLMServing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,11 +25,7 @@ pytestmark = pytest.mark.slow
 
 
 def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("imgdiff_pipeline", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_pipeline_script("imgdiff_pipeline")
 
 
 def read_rows(path: Path) -> list[dict]:

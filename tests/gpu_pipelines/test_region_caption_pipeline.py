@@ -3,7 +3,6 @@ the script's offline fallback, and clean user errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ from types import ModuleType
 import pytest
 
 from dataflow_mm import LocalModelVLMServing_hf
+from dataflow_mm.templates import load_pipeline_script
 from dataflow_mm.testing.sample_data import write_region_caption_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,11 +32,7 @@ SEED_FIELDS = {
 
 
 def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("image_region_caption_pipeline", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_pipeline_script("image_region_caption_pipeline")
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -153,13 +153,9 @@ def test_table_of_answers_through_a_fake_serving_and_the_parse_rate(tmp_path: Pa
 
 
 def region_pipeline(**kwargs):  # type: ignore[no-untyped-def]
-    import importlib.util
+    from dataflow_mm.templates import load_pipeline_script
 
-    script = Path(__file__).resolve().parents[2] / "gpu_pipelines" / "image_region_caption_pipeline.py"
-    spec = importlib.util.spec_from_file_location("region_caption_script_for_parser_tests", script)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_pipeline_script("image_region_caption_pipeline", "region_caption_script_for_parser_tests")
     return module.ImageRegionCaptionPipeline(**kwargs)
 
 

@@ -4,7 +4,6 @@ lines are rejected and counted, and good rows in the same file still get differe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +12,7 @@ import pytest
 
 from dataflow_mm import LocalModelVLMServing_hf
 from dataflow_mm.errors import error_class_of
+from dataflow_mm.templates import load_pipeline_script
 from dataflow_mm.testing.bad_inputs import write_bad_images
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,11 +48,7 @@ BOX_CASES = {  # bboxes (xywh) -> (expected row error, expected reason of the fi
 
 
 def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("imgdiff_pipeline", REPO / "gpu_pipelines" / "imgdiff_pipeline.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_pipeline_script("imgdiff_pipeline")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -24,6 +23,7 @@ from dataflow_mm.report import ReportError, build_report_html, report_after_run,
 from dataflow_mm.report.html_report import detect_layout
 from dataflow_mm.serving.base import Completion
 from dataflow_mm.storage.file_storage import FileStorage
+from dataflow_mm.templates import load_pipeline_script
 from dataflow_mm.testing.fake_serving import FakeVLMServing
 from dataflow_mm.testing.sample_data import scene_with_boxes, write_jsonl, write_region_caption_table
 
@@ -130,11 +130,7 @@ class ScriptedServing(FakeVLMServing):
 
 
 def region_pipeline_class():
-    sys.path.insert(0, str(REPO / "gpu_pipelines"))
-    try:
-        from image_region_caption_pipeline import ImageRegionCaptionPipeline
-    finally:
-        sys.path.remove(str(REPO / "gpu_pipelines"))
+    ImageRegionCaptionPipeline = load_pipeline_script("image_region_caption_pipeline").ImageRegionCaptionPipeline
     return ImageRegionCaptionPipeline
 
 
@@ -167,11 +163,7 @@ def run_imgdiff_demo(cache: Path, blip: Path, clip: Path) -> Path:
     """
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    sys.path.insert(0, str(REPO / "gpu_pipelines"))
-    try:
-        from imgdiff_pipeline import ImgDiffPipeline
-    finally:
-        sys.path.remove(str(REPO / "gpu_pipelines"))
+    ImgDiffPipeline = load_pipeline_script("imgdiff_pipeline").ImgDiffPipeline
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)  # the demo table's image paths are relative to the working folder, as in the seed
         pipeline = ImgDiffPipeline(

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from PIL import Image, ImageDraw
 
 from dataflow_mm.report import write_report
 from dataflow_mm.serving.base import Completion
+from dataflow_mm.templates import load_pipeline_script
 from dataflow_mm.testing.fake_serving import FakeVLMServing
 from dataflow_mm.testing.sample_data import scene_with_boxes, write_jsonl, write_region_caption_table
 
@@ -299,11 +299,7 @@ class InjectingServing(FakeVLMServing):
 
 def region_caption_cache(tmp_path: Path) -> Path:
     """The real region-caption pipeline script's output (fake VLM), with a missing image and a script."""
-    sys.path.insert(0, str(REPO / "gpu_pipelines"))
-    try:
-        from image_region_caption_pipeline import ImageRegionCaptionPipeline
-    finally:
-        sys.path.remove(str(REPO / "gpu_pipelines"))
+    ImageRegionCaptionPipeline = load_pipeline_script("image_region_caption_pipeline").ImageRegionCaptionPipeline
     table = write_region_caption_table(tmp_path / "images", n_rows=5, without_boxes=1)
     lines = table.read_text().splitlines()
     lines.append(json.dumps({"id": 5, "image": str(tmp_path / "images" / "missing.jpg")}))
@@ -321,11 +317,7 @@ def imgdiff_demo_cache(cache: Path, blip: Path, clip: Path) -> Path:
     captions differ (the injected one) survives the similarity window, the others are dropped."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    sys.path.insert(0, str(REPO / "gpu_pipelines"))
-    try:
-        from imgdiff_pipeline import ImgDiffPipeline
-    finally:
-        sys.path.remove(str(REPO / "gpu_pipelines"))
+    ImgDiffPipeline = load_pipeline_script("imgdiff_pipeline").ImgDiffPipeline
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)
         pipeline = ImgDiffPipeline(

@@ -7,7 +7,6 @@ One local Ray (2 CPUs) serves the whole session; the expensive pipeline runs hap
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ from dataflow_mm.pipeline.script import add_runner_args, runner_from_args
 from dataflow_mm.runners import get_runner
 from dataflow_mm.runners.ray_runner import RayRunner, holds_model
 from dataflow_mm.storage.file_storage import FileStorage
+from dataflow_mm.templates import load_pipeline_script
 from dataflow_mm.testing.fake_serving import FakeVLMServing
 from dataflow_mm.testing.sample_data import write_jsonl, write_region_caption_table
 
@@ -37,11 +37,7 @@ SCRIPT = REPO / "gpu_pipelines" / "image_region_caption_pipeline.py"
 
 
 def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("image_region_caption_pipeline_for_ray", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_pipeline_script("image_region_caption_pipeline", "image_region_caption_pipeline_for_ray")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -338,10 +334,7 @@ def test_the_imgdiff_pipeline_on_ray_equals_in_process(
     ray_cluster: Any, tmp_path: Path, tiny_blip_dir: Path, tiny_clip_dir: Path
 ) -> None:
     """The five Img-Diff steps (proposer, VLM, BLIP, CLIP, VLM) on Ray give the in-process rows."""
-    spec = importlib.util.spec_from_file_location("imgdiff_pipeline", REPO / "gpu_pipelines" / "imgdiff_pipeline.py")
-    assert spec and spec.loader
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_pipeline_script("imgdiff_pipeline")
     rows = {}
     for name in ("local", "ray"):
         pipeline = script.ImgDiffPipeline(
