@@ -300,10 +300,12 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
+        if record is not None:
+            # Recorded before the bytes leave: once a client holds the answer, its record is complete.
+            record.status = status
+            record.finished = time.monotonic()
         self.wfile.write(payload)
         self.wfile.flush()
-        if record is not None:
-            record.status = status
 
 
 class OpenAITestServer:
@@ -430,7 +432,8 @@ class OpenAITestServer:
 
     def _leave(self, record: RecordedRequest) -> None:
         with self._lock:
-            record.finished = time.monotonic()
+            if record.finished is None:
+                record.finished = time.monotonic()
             self.in_flight -= 1
 
     def _fault_for(self, record: RecordedRequest) -> Fault | None:
