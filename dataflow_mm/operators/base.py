@@ -37,6 +37,7 @@ from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.formats import Reject, check_readable, read_table, table_type_of, write_table
 from dataflow_mm.storage.manifest import StepManifest, file_sha256, fingerprint
 from dataflow_mm.storage.parts import ChunkParts
+from dataflow_mm.storage.paths import check_writes
 
 log = get_logger("operators")
 
@@ -240,6 +241,12 @@ class OperatorABC(ABC):
         return result
 
     def _execute(self, storage: FileStorage, keys: dict[str, Any]) -> StepResult:
+        step = max(storage.operator_step, 0) + 1
+        check_writes([(step, storage.input_path, storage.output_path, self.extra_output_paths())])
+        with storage.locked():
+            return self._execute_locked(storage, keys)
+
+    def _execute_locked(self, storage: FileStorage, keys: dict[str, Any]) -> StepResult:
         storage.check_writable()
         input_sha = file_sha256(check_readable(storage.input_path))
         current = self.fingerprint(keys)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 from abc import ABC, abstractmethod
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from dataflow_mm.errors import ERROR_COLUMN, PipelineCompileError, StorageError
@@ -20,6 +21,7 @@ from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.report import report_after_run
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.storage.formats import has_records, peek_columns
+from dataflow_mm.storage.paths import write_conflicts
 
 if TYPE_CHECKING:
     from dataflow_mm.runners.base import Runner
@@ -54,7 +56,17 @@ class PipelineABC(ABC):
             self.forward()
         for call in calls:
             call.storage.reset()
-        problems: list[str] = []
+        problems: list[str] = write_conflicts(
+            [
+                (
+                    max(c.storage.operator_step, 0) + 1,
+                    c.storage.input_path,
+                    c.storage.output_path,
+                    c.operator.extra_output_paths(),
+                )
+                for c in calls
+            ]
+        )
         for call in calls:
             call.storage.check_writable()
         known: dict[str, list[str] | None] = {}
@@ -73,6 +85,8 @@ class PipelineABC(ABC):
             )
             for path in [call.storage.output_path, *call.operator.extra_output_paths()]:
                 known[_key(path)] = produced
+        if len(problems) == 1:  # one problem, one line
+            raise PipelineCompileError(f"The pipeline cannot run (found before loading any model): {problems[0]}")
         if problems:
             raise PipelineCompileError(
                 f"The pipeline cannot run: {len(problems)} problem(s) found before loading any model:\n  - "
@@ -115,11 +129,15 @@ class PipelineABC(ABC):
         from dataflow_mm.runners import get_runner
 
         calls = self.compile()
-        results = get_runner(runner).execute(self, calls)
-        summary = RunSummary(results, self.servings())
-        if calls:
-            storage = calls[-1].storage
-            summary.save(os.path.join(storage.cache_path, f"{storage.file_name_prefix}_summary.json"))
-        print(summary.text(), flush=True)
-        report_after_run(calls[-1].storage if calls else None)
+        with ExitStack() as held:  # one run per cache folder, for the whole run (see storage.lock)
+            folders = {os.path.abspath(c.storage.cache_path): c.storage for c in calls}
+            for folder in sorted(folders):  # one order everywhere: two runs never hold one lock each
+                held.enter_context(folders[folder].locked())
+            results = get_runner(runner).execute(self, calls)
+            summary = RunSummary(results, self.servings())
+            if calls:
+                storage = calls[-1].storage
+                summary.save(os.path.join(storage.cache_path, f"{storage.file_name_prefix}_summary.json"))
+            print(summary.text(), flush=True)
+            report_after_run(calls[-1].storage if calls else None)
         return summary

@@ -11,6 +11,7 @@ import copy
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,8 @@ from dataflow_mm.storage.formats import (
     table_type_of,
     write_table,
 )
+from dataflow_mm.storage.lock import cache_lock
+from dataflow_mm.storage.paths import check_file_name_prefix
 
 REJECTS_SUFFIX = ".rejects.jsonl"
 
@@ -40,14 +43,16 @@ class FileStorage:
         file_name_prefix: str = "dataflow_cache_step",
         cache_type: Literal["jsonl", "json", "csv", "parquet"] = "jsonl",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        wait_for_lock: bool = False,
     ) -> None:
         self.first_entry_file_name = str(first_entry_file_name)
         self.cache_path = str(cache_path)
-        self.file_name_prefix = file_name_prefix
+        self.file_name_prefix = check_file_name_prefix(file_name_prefix)
         self.cache_type = check_table_type(cache_type)
         if chunk_size < 1:
             raise StorageError(f"chunk_size must be at least 1, not {chunk_size}")
         self.chunk_size = chunk_size
+        self.wait_for_lock = bool(wait_for_lock)
         self.operator_step = -1
         self._origin: FileStorage = self
 
@@ -104,6 +109,10 @@ class FileStorage:
             os.unlink(probe)
         except OSError as exc:
             raise StorageError(f"Cache path '{cache}' is not writable: {exc.strerror or exc}") from exc
+
+    def locked(self) -> AbstractContextManager[None]:
+        """Hold the cache folder for this run (see ``storage.lock``); waits when ``wait_for_lock``."""
+        return cache_lock(self.cache_path, wait=self.wait_for_lock)
 
     # -- data ---------------------------------------------------------------------------------
     def iter_chunks(self, chunk_size: int | None = None) -> Iterator[Chunk]:
