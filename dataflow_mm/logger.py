@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from dataflow_mm.secrets import ScrubbingFilter
+
 _LOGGER_NAME = "dataflow_mm"
 
 
@@ -14,6 +16,7 @@ def get_logger(name: str | None = None) -> logging.Logger:
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(message)s", "%H:%M:%S"))
+        handler.addFilter(ScrubbingFilter())  # no key reaches the log (dataflow_mm.secrets)
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         root.propagate = False

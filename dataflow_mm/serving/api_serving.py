@@ -21,6 +21,14 @@ well-formed answer without text (no ``choices``, null content) are final at once
 same request again would get the same answer. After the last attempt the row gets
 ``error = "ServingError: <cause> after <n> attempts: <server message>"`` and ``text`` None; the
 run goes on.
+
+Bounds (``serving.http_reply``): ``timeout`` is the time for a whole request, reply included (a
+server trickling bytes cannot stretch it), and a reply larger than ``max_response_bytes`` once
+decompressed (default 4 MiB) is a row error, ``reply too large``, not retried.
+
+Secrets: a key holding a control character is refused before any request; every message that
+reaches a row or the log is scrubbed of the key and of any ``Authorization``/``Bearer`` value
+(``dataflow_mm.secrets``).
 """
 
 from __future__ import annotations
@@ -44,7 +52,15 @@ from PIL import Image
 from dataflow_mm.deps import require
 from dataflow_mm.errors import RowError, ServingError, UserError, row_error_text
 from dataflow_mm.logger import get_logger
+from dataflow_mm.secrets import has_control_characters, register_secret, scrub, scrub_secrets
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
+from dataflow_mm.serving.http_reply import (
+    ACCEPT_ENCODING,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    Deadline,
+    ReplyTooLargeError,
+    read_reply,
+)
 
 logger = get_logger("serving.api")
 
@@ -145,7 +161,7 @@ class AttemptFailure:
             where = f" after {attempts} attempt{'s' if attempts != 1 else ''}"
         else:
             where = " (not retryable)" if attempts <= 1 else f" on attempt {attempts} (not retryable)"
-        return row_error_text(ServingError(f"{self.cause}{where}: {self.message}"))
+        return scrub(row_error_text(ServingError(f"{self.cause}{where}: {self.message}")))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,6 +295,7 @@ class APIVLMServing_openai(VLMServing):
         max_workers: int = 8,
         timeout: float = 60.0,
         max_retries: int = 3,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         backoff_base: float = 1.0,
         backoff_max: float = 30.0,
         max_image_side: int | None = 1024,
@@ -301,6 +318,8 @@ class APIVLMServing_openai(VLMServing):
             raise UserError(f"max_workers must be >= 1, got {max_workers}")
         if timeout <= 0:
             raise UserError(f"timeout must be > 0 seconds, got {timeout}")
+        if max_response_bytes < 1:
+            raise UserError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
         if max_image_side is not None and max_image_side < 1:
             raise UserError(f"max_image_side must be >= 1 or None, got {max_image_side}")
         fmt = image_format.upper()
@@ -313,6 +332,14 @@ class APIVLMServing_openai(VLMServing):
         self.api_key_env = api_key_env
         # The key is kept private and never logged, described or repr'd.
         self._api_key = api_key if api_key is not None else (os.environ.get(api_key_env) if api_key_env else None)
+        if self._api_key and has_control_characters(self._api_key):
+            source = f"${api_key_env}" if api_key is None else "api_key"
+            raise UserError(
+                f"the API key ({source}) holds a control character (a trailing newline or '\\r'?): "
+                "fix the value; it is not shown, and no request was sent"
+            )
+        register_secret(self._api_key)
+        self.max_response_bytes = int(max_response_bytes)
         self.max_workers = int(max_workers)
         self.timeout = float(timeout)
         self.max_image_side = max_image_side
@@ -342,6 +369,7 @@ class APIVLMServing_openai(VLMServing):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        register_secret(self._api_key)
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.max_workers)
         self._client = None
@@ -400,9 +428,10 @@ class APIVLMServing_openai(VLMServing):
         with self._lock:
             if self._client is None:
                 httpx = require("httpx", extra="api")
+                # No keep-alive: each request opens its connection, whose socket its Deadline can cut.
                 self._client = httpx.Client(
                     timeout=httpx.Timeout(self.timeout),
-                    limits=httpx.Limits(max_connections=self.max_workers, max_keepalive_connections=self.max_workers),
+                    limits=httpx.Limits(max_connections=self.max_workers, max_keepalive_connections=0),
                     follow_redirects=False,
                 )
             return self._client
@@ -411,6 +440,7 @@ class APIVLMServing_openai(VLMServing):
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
+            "Accept-Encoding": ACCEPT_ENCODING,
             "User-Agent": "dataflow-mm",
         }
         if self._api_key:
@@ -470,7 +500,7 @@ class APIVLMServing_openai(VLMServing):
             return self._answer(index, conversation, sampling)
         except Exception as exc:  # a bug must not sink the other rows; it is logged with its traceback
             logger.warning("api request %d failed unexpectedly", index, exc_info=True)
-            return Completion(text=None, error=row_error_text(ServingError(f"{type(exc).__name__}: {exc}")))
+            return Completion(text=None, error=scrub(row_error_text(ServingError(f"{type(exc).__name__}: {exc}"))))
 
     def _answer(self, index: int, conversation: Conversation, sampling: SamplingParams) -> Completion:
         try:
@@ -495,7 +525,7 @@ class APIVLMServing_openai(VLMServing):
                 "api request %d: %s (%s); retry %d/%d in %.2fs",
                 index,
                 result.cause,
-                result.message,
+                scrub(result.message),
                 attempts,
                 self.retry.max_retries,
                 wait,
@@ -508,13 +538,26 @@ class APIVLMServing_openai(VLMServing):
         client = self._get_client()
         with self._slots:
             self._count("http_requests")
+            deadline = Deadline(self.timeout)  # the whole request, not each read (serving.http_reply)
             try:
-                response = client.post(self.endpoint, content=body, headers=self._headers())
+                request = client.build_request(
+                    "POST", self.endpoint, content=body, headers=self._headers(), extensions={"trace": deadline.trace}
+                )
+                with deadline:
+                    streamed = client.send(request, stream=True)
+                    try:
+                        response = read_reply(streamed, self.max_response_bytes)
+                    finally:
+                        streamed.close()
+            except ReplyTooLargeError as exc:
+                return AttemptFailure("reply too large", str(exc), False)
             except httpx.TimeoutException as exc:
                 return AttemptFailure("timeout", f"no answer within {self.timeout:g}s ({type(exc).__name__})", True)
             except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
                 return AttemptFailure("invalid request", f"{type(exc).__name__}: {exc}", False)
             except httpx.TransportError as exc:
+                if deadline.expired:
+                    return AttemptFailure("timeout", f"no complete answer within {self.timeout:g}s", True)
                 return AttemptFailure("connection error", f"{type(exc).__name__}: {exc}", True)
         status = response.status_code
         if not 200 <= status <= 299:
@@ -538,7 +581,7 @@ class APIVLMServing_openai(VLMServing):
         prompt_tokens = usage.get("prompt_tokens")
         completion_tokens = usage.get("completion_tokens")
         return Completion(
-            text=text,
+            text=scrub_secrets(text),
             prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
             completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
         )

@@ -78,6 +78,7 @@ def create_serving(
     max_workers: int = 8,
     api_timeout: float = 60.0,
     api_max_retries: int = 3,
+    api_max_response_bytes: int | None = None,
     **extra: Any,
 ) -> VLMServing:
     """A serving for ``backend`` ('auto', 'vllm', 'hf' or 'api')."""
@@ -91,6 +92,8 @@ def create_serving(
 
         if not api_url:
             raise UserError("--backend api needs --api_url (e.g. http://localhost:8000/v1)")
+        if api_max_response_bytes is not None:
+            extra["max_response_bytes"] = api_max_response_bytes
         return APIVLMServing_openai(
             api_url=api_url,
             model_name=model_name or model_path,

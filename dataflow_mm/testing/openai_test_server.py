@@ -18,7 +18,12 @@ substring of the user text), each for a number of times or forever::
 Fault kinds: ``status`` (an HTTP error with an OpenAI-style error body, optional Retry-After),
 ``hang`` (no answer for ``seconds``, then a normal answer if the client is still there),
 ``close`` (the connection is closed without any response), ``malformed`` (200 with a body that
-is not valid JSON), ``empty`` (200 with ``"choices": []``).
+is not valid JSON), ``empty`` (200 with ``"choices": []``), ``trickle`` (a normal answer sent one
+byte every ``seconds``, at most ``size`` bytes, stopping when the client leaves or the server
+closes), ``gzip_bomb`` (200, ``Content-Encoding: gzip``, a body inflating to ``size`` bytes).
+
+``echo_authorization=True`` makes every error message quote the ``Authorization`` header the
+server received (as some servers and proxies do), to test that a key never reaches a row or log.
 
 Every request is recorded (``server.requests``: body, headers, arrival/finish times, what was
 answered) and ``server.max_in_flight`` is the largest number of requests being handled at once;
@@ -38,6 +43,7 @@ import json
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,6 +62,7 @@ class Fault:
     message: str | None = None
     seconds: float = 0.0
     times: int | None = None
+    size: int = 0
 
     @classmethod
     def http(
@@ -81,6 +88,14 @@ class Fault:
     @classmethod
     def close(cls, times: int | None = None) -> Fault:
         return cls("close", times=times)
+
+    @classmethod
+    def trickle(cls, seconds_per_byte: float = 1.0, max_bytes: int = 120, times: int | None = None) -> Fault:
+        return cls("trickle", seconds=seconds_per_byte, size=max_bytes, times=times)
+
+    @classmethod
+    def gzip_bomb(cls, inflated_bytes: int, times: int | None = None) -> Fault:
+        return cls("gzip_bomb", size=inflated_bytes, times=times)
 
     @classmethod
     def malformed(cls, times: int | None = None) -> Fault:
@@ -144,6 +159,14 @@ def image_urls(body: Any) -> list[str]:
                 spec = part.get("image_url")
                 urls.append(spec.get("url") if isinstance(spec, dict) else spec)
     return urls
+
+
+def _gzip_zeros(size: int) -> bytes:
+    """A gzip body that inflates to ``size`` zero bytes (about size/1000 bytes on the wire)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1 << 20)
+    parts = [compressor.compress(block[: min(len(block), size - done)]) for done in range(0, size, len(block))]
+    return b"".join(parts) + compressor.flush()
 
 
 def default_answer(body: Any) -> str:
@@ -261,6 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             message = fault.message or f"planned failure with HTTP {fault.status}"
+            if owner.echo_authorization:
+                message += f" (you sent Authorization: {record.authorization})"
             self._send_json(
                 fault.status,
                 {"error": {"message": message, "type": "server_error", "code": fault.status}},
@@ -273,10 +298,31 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
         elif fault.kind == "malformed":
             self._send_raw(200, b'{"id": "chatcmpl-x", "choices": [{"message": {"content": "trunc', record)
+        elif fault.kind == "trickle":
+            self._trickle(owner, fault, record)
+        elif fault.kind == "gzip_bomb":
+            self._send_raw(200, _gzip_zeros(fault.size), record, {"Content-Encoding": "gzip"})
         elif fault.kind == "empty":
             self._send_json(200, {"id": "chatcmpl-x", "object": "chat.completion", "choices": []}, record)
         else:
             raise ValueError(f"unknown fault kind {fault.kind!r}")
+
+    def _trickle(self, owner: OpenAITestServer, fault: Fault, record: RecordedRequest) -> None:
+        """Headers at once, then the answer one byte at a time (a bounded loop)."""
+        answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "slow " * 40}}]}
+        payload = json.dumps(answer).encode("utf-8")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.flush()
+        record.status = 200
+        for index in range(min(len(payload), fault.size)):
+            if owner._stopping.wait(fault.seconds):
+                break
+            self.wfile.write(payload[index : index + 1])
+            self.wfile.flush()
+        self.close_connection = True
 
     def _send_json(
         self,
@@ -323,8 +369,10 @@ class OpenAITestServer:
         delay: float = 0.0,
         api_key: str | None = None,
         answer_fn: Callable[[Any], str | None] = default_answer,
+        echo_authorization: bool = False,
     ) -> None:
         self.port = port
+        self.echo_authorization = echo_authorization
         self.model = model
         self.delay = delay
         self.api_key = api_key

@@ -1,0 +1,49 @@
+"""dataflow_mm.secrets: registered keys and Authorization/Bearer values never reach a message or a log line."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from dataflow_mm.secrets import REDACTED, ScrubbingFilter, has_control_characters, register_secret, scrub
+
+KEY = "sk-unit-scrub-4b1d9e"
+
+
+def test_scrub_removes_a_registered_key_and_its_pieces():
+    register_secret(KEY + "\r\n")
+    assert KEY not in scrub(f"Illegal header value b'Bearer {KEY}\\r\\n'")
+    assert scrub(f"Incorrect API key provided: {KEY}.") == f"Incorrect API key provided: {REDACTED}."
+
+
+def test_scrub_removes_any_authorization_or_bearer_value():
+    text = scrub('headers: {"Authorization": "Bearer abc.def-123", "x": 1}; authorization=xyz789 token')
+    assert "abc.def-123" not in text and "xyz789" not in text
+    assert scrub("Bearer   other-secret") == f"Bearer   {REDACTED}"
+    assert scrub("no secret here") == "no secret here"
+
+
+def test_control_characters_are_detected():
+    assert has_control_characters("sk-1\r") and has_control_characters("a\nb") and has_control_characters("\tx")
+    assert not has_control_characters("sk-plain_key.123")
+
+
+def test_the_log_filter_scrubs_messages_and_tracebacks():
+    register_secret(KEY)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(ScrubbingFilter())
+    logger = logging.getLogger("test_secrets_scrub")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("request failed: %s", f"key {KEY}")
+        try:
+            raise ValueError(f"Illegal header value b'Bearer {KEY}\\r'")
+        except ValueError:
+            logger.warning("unexpected", exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    written = stream.getvalue()
+    assert "request failed" in written and "ValueError" in written
+    assert KEY not in written
