@@ -28,6 +28,7 @@ from dataflow_mm import (
 )
 from dataflow_mm.operators.image_bbox_generator import DEFAULT_REGION_PROMPT
 from dataflow_mm.operators.region_captions import STRUCTURED_ANSWER_INSTRUCTION
+from dataflow_mm.pipeline.arg_checks import check_args
 from dataflow_mm.pipeline.script import (
     add_bbox_format_arg,
     add_runner_args,
@@ -56,6 +57,7 @@ class ImageRegionCaptionPipeline(PipelineABC):
         max_boxes: int = 10,
         output_image_with_bbox_path: str | None = "./cache/image_region_caption/image_with_bbox_result.jsonl",
         chunk_size: int = 512,
+        wait_for_lock: bool = False,
         bbox_format: str = "xywh",
         structured_answer: bool = False,
     ) -> None:
@@ -65,6 +67,7 @@ class ImageRegionCaptionPipeline(PipelineABC):
             file_name_prefix=file_name_prefix,
             cache_type=cache_type,
             chunk_size=chunk_size,
+            wait_for_lock=wait_for_lock,
         )
         self.cfg = ExistingBBoxDataGenConfig(
             max_boxes=max_boxes,
@@ -123,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="append an instruction asking for one '<regionK>: ...' line per region (reliable region_captions)",
     )
-    return parser.parse_args(argv)
+    return check_args(parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         output_image_with_bbox_path=args.output_image_with_bbox_path
         or os.path.join(args.cache_path, "image_with_bbox_result.jsonl"),
         chunk_size=args.chunk_size,
+        wait_for_lock=args.wait_for_lock,
         bbox_format=args.bbox_format,
         structured_answer=args.structured_answer,
     )

@@ -27,6 +27,7 @@ from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifference
 from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
 from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
+from dataflow_mm.pipeline.arg_checks import check_args
 from dataflow_mm.pipeline.script import (
     add_bbox_format_arg,
     add_runner_args,
@@ -57,6 +58,7 @@ class ImgDiffPipeline(PipelineABC):
         file_name_prefix: str = "imgdiff",
         cache_type: str = "jsonl",
         chunk_size: int = 64,
+        wait_for_lock: bool = False,
         input_image1_key: str = "image_path1",
         input_image2_key: str = "image_path2",
         input_bbox_key: str = "bboxes",
@@ -85,6 +87,7 @@ class ImgDiffPipeline(PipelineABC):
             file_name_prefix=file_name_prefix,
             cache_type=cache_type,
             chunk_size=chunk_size,
+            wait_for_lock=wait_for_lock,
         )
         self.serving = serving
         self.keys = {
@@ -207,7 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     scoring.add_argument("--scoring_batch_size", type=int, default=32)
     parser.add_argument("--keep_difference_images", action="store_true", help="save the red-box panels (JPEG)")
     parser.add_argument("--fused", action="store_true", help="run the four steps as one fused operator (one step)")
-    return parser.parse_args(argv)
+    return check_args(parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -219,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         file_name_prefix=args.file_name_prefix,
         cache_type=args.cache_type,
         chunk_size=args.chunk_size,
+        wait_for_lock=args.wait_for_lock,
         input_image1_key=args.input_image1_key,
         input_image2_key=args.input_image2_key,
         input_bbox_key=args.input_bbox_key,

@@ -7,6 +7,7 @@ one clear line and exits with code 2: no traceback for problems the user can fix
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,11 +15,14 @@ from typing import Any
 from dataflow_mm.errors import UserError
 from dataflow_mm.imaging.bbox import BOX_FORMATS
 from dataflow_mm.runners import RUNNERS, Runner, get_runner
+from dataflow_mm.serving.api_serving import DEFAULT_MAX_RESPONSE_BYTES
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.serving.factory import BACKENDS, create_serving
 from dataflow_mm.storage.formats import SUPPORTED_TYPES
 
 EXIT_USER_ERROR = 2
+# A write that failed because of the disk, not the program: a run-level problem (one line, exit 2).
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 
 
 def add_serving_args(parser: argparse.ArgumentParser, default_model: str) -> None:
@@ -67,8 +71,16 @@ def add_serving_args(parser: argparse.ArgumentParser, default_model: str) -> Non
         "--api_key_env", default="OPENAI_API_KEY", help="name of the environment variable holding the API key"
     )
     group.add_argument("--max_workers", type=int, default=8, help="requests in flight (api backend)")
-    group.add_argument("--api_timeout", type=float, default=60.0, help="seconds per request (api backend)")
+    group.add_argument(
+        "--api_timeout", type=float, default=60.0, help="seconds for a whole request, reply included (api backend)"
+    )
     group.add_argument("--api_max_retries", type=int, default=3, help="retries on 429/5xx/timeouts (api backend)")
+    group.add_argument(
+        "--api_max_response_mb",
+        type=float,
+        default=DEFAULT_MAX_RESPONSE_BYTES / 2**20,
+        help="largest reply accepted, in MiB once decompressed (api backend); a larger one is a row error",
+    )
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +124,11 @@ def add_storage_args(
     parser.add_argument(
         "--chunk_size", type=int, default=chunk_size, help="rows per chunk (one batched model call each)"
     )
+    parser.add_argument(
+        "--wait_for_lock",
+        action="store_true",
+        help="when another run holds --cache_path, wait for it to end instead of stopping (exit 2)",
+    )
 
 
 def add_bbox_format_arg(parser: argparse.ArgumentParser, default: str) -> None:
@@ -142,15 +159,23 @@ def serving_from_args(args: argparse.Namespace) -> VLMServing:
         max_workers=args.max_workers,
         api_timeout=args.api_timeout,
         api_max_retries=args.api_max_retries,
+        api_max_response_bytes=int(args.api_max_response_mb * 2**20),
     )
 
 
 def run_main(main: Callable[[], Any]) -> None:
-    """Run a script's ``main``; user errors become one line on stderr and exit code 2."""
+    """Run a script's ``main``; user errors (and a full or read-only disk) become one line on stderr
+    and exit code 2. Step files appear atomically, so a step cut short this way does not look complete."""
     try:
         main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        where = f" ('{exc.filename}')" if exc.filename else ""
+        print(f"error: could not write{where}: {exc.strerror or exc}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume from the completed steps", file=sys.stderr)

@@ -106,8 +106,11 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _check_csv_header(path: Path) -> None:
     import csv
 
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        header = next(csv.reader(handle), [])
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle), [])
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise StorageError(f"Cannot parse CSV '{path}': {exc}") from exc
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates:
         raise StorageError(f"CSV '{path}' has duplicate column names: {duplicates}")
@@ -179,10 +182,14 @@ def iter_table(
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise StorageError(f"Cannot parse CSV '{path}': {exc}") from exc
     elif table_type == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
-            yield Chunk(batch.to_pandas().astype(object))
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
+                yield Chunk(batch.to_pandas().astype(object))
+        except pa.ArrowException as exc:
+            raise StorageError(f"Cannot read Parquet '{path}' (corrupt or not Parquet): {exc}") from exc
     else:
         try:
             data = json.loads(path.read_text(encoding="utf-8-sig"))
