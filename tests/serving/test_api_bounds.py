@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 import tracemalloc
 
@@ -75,3 +78,37 @@ def test_a_gzip_reply_within_the_cap_is_read():
         api.cleanup()
     # 1000 zero bytes are not JSON: read in full, then reported as such (not as too large)
     assert completion.error.startswith("ServingError: malformed JSON response")
+
+
+def test_timeout_also_bounds_a_server_trickling_its_headers():
+    """A raw socket server that sends its status line and headers one byte every 0.2 s (at most 60)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    stop = threading.Event()
+
+    def trickle_headers() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Slow: " + b"a" * 40:
+                    if stop.wait(0.2):
+                        break
+                    conn.sendall(bytes([byte]))
+
+    thread = threading.Thread(target=trickle_headers, daemon=True)
+    thread.start()
+    api = APIVLMServing_openai(
+        f"http://127.0.0.1:{listener.getsockname()[1]}/v1", "m", api_key_env=None, timeout=1.5, max_retries=0
+    )
+    started = time.monotonic()
+    try:
+        (completion,) = api.chat([CHAT])
+    finally:
+        elapsed = time.monotonic() - started
+        stop.set()
+        api.cleanup()
+        thread.join(5)
+        listener.close()
+    assert completion.error.startswith("ServingError: timeout")
+    assert elapsed < 4.0, elapsed
