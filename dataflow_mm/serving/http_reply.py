@@ -65,8 +65,10 @@ class Deadline:
     def _cut(sock: socket.socket | None) -> None:
         if sock is None:
             return
+        # The plain socket's shutdown (also for a TLS socket, whose own shutdown would drop its SSL
+        # state under the reading thread): wakes a blocked recv/send in the request's thread.
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv/send in the request's thread
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 @dataclass
