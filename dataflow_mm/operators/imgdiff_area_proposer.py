@@ -99,6 +99,7 @@ class ImgDiffDifferenceAreaProposer(OperatorABC):
 
     def prepare(self, storage: FileStorage) -> None:
         self.images.media_root = storage.media_root
+        self.images.media_cache = storage.media_cache
 
     def needs_proposal(self, raw: Any) -> bool:
         return is_missing(raw) or (self.propose_for_zero_boxes and is_all_zero(raw))

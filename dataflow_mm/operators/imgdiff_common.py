@@ -228,6 +228,7 @@ class PairLoader:
 
     def __init__(self) -> None:
         self.media_root: Path | None = None
+        self.media_cache: Path | None = None
         self.memo: dict[tuple[str, str], ImagePair | RowError] | None = None
         self.num_workers: int | None = None
 
@@ -241,8 +242,8 @@ class PairLoader:
         if self.memo is not None and key in self.memo:
             return self.memo[key]
         try:
-            first = load_image(resolve_media_path(value1, self.media_root))
-            second = load_image(resolve_media_path(value2, self.media_root))
+            first = load_image(resolve_media_path(value1, self.media_root, self.media_cache))
+            second = load_image(resolve_media_path(value2, self.media_root, self.media_cache))
             if second.size != first.size:
                 second = second.resize(first.size, Image.Resampling.BICUBIC)
             result: ImagePair | RowError = (first, second)

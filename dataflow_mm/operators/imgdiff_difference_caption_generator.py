@@ -272,6 +272,7 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
 
     def prepare(self, storage: FileStorage) -> None:
         for step in self.steps:
+            step.bind_storage(storage)
             step.prepare(storage)
 
     def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:

@@ -26,6 +26,7 @@ from dataflow_mm.storage.formats import (
     table_type_of,
     write_table,
 )
+from dataflow_mm.storage.media import media_cache_dir
 
 REJECTS_SUFFIX = ".rejects.jsonl"
 
@@ -93,6 +94,11 @@ class FileStorage:
     def media_root(self) -> Path:
         """Folder against which relative media paths in the user's table are also tried."""
         return Path(self.first_entry_file_name).resolve().parent
+
+    @property
+    def media_cache(self) -> Path:
+        """Folder for images stored from bytes and downloaded from URLs (``{cache_path}/media``)."""
+        return media_cache_dir(self.cache_path)
 
     def check_writable(self) -> None:
         """Fail fast, before any model loads, when the cache folder cannot be written."""
