@@ -27,6 +27,7 @@ from dataflow_mm.storage.formats import (
     write_table,
 )
 from dataflow_mm.storage.media import media_cache_dir
+from dataflow_mm.storage.sources import resolve_first_entry
 
 REJECTS_SUFFIX = ".rejects.jsonl"
 
@@ -51,6 +52,7 @@ class FileStorage:
         self.chunk_size = chunk_size
         self.operator_step = -1
         self._origin: FileStorage = self
+        self._first_entry: Path | None = None
 
     # -- stepping -----------------------------------------------------------------------------
     def step(self) -> FileStorage:
@@ -71,8 +73,22 @@ class FileStorage:
     def step_file(self, index: int) -> Path:
         """The file of step ``index`` (0 is the user's input file)."""
         if index <= 0:
-            return Path(self.first_entry_file_name)
+            return self.first_entry_path
         return Path(self.cache_path) / f"{self.file_name_prefix}_step{index}.{self.cache_type}"
+
+    @property
+    def first_entry_path(self) -> Path:
+        """The table step 0 reads: the user's file, or the table built from a folder or a HF dataset.
+
+        Resolved once per pipeline (on first use, so nothing is fetched before ``run``); see
+        :mod:`dataflow_mm.storage.sources`.
+        """
+        origin = self._origin
+        if origin._first_entry is None:
+            origin._first_entry = resolve_first_entry(
+                self.first_entry_file_name, self.cache_path, self.file_name_prefix
+            )
+        return origin._first_entry
 
     @property
     def input_path(self) -> Path:
@@ -93,7 +109,7 @@ class FileStorage:
     @property
     def media_root(self) -> Path:
         """Folder against which relative media paths in the user's table are also tried."""
-        return Path(self.first_entry_file_name).resolve().parent
+        return self.first_entry_path.resolve().parent
 
     @property
     def media_cache(self) -> Path:
