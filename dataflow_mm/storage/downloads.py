@@ -81,10 +81,13 @@ def download_image(
     *,
     timeout: float = DOWNLOAD_TIMEOUT_S,
     max_retries: int = DOWNLOAD_MAX_RETRIES,
-    max_bytes: int = MAX_DOWNLOAD_BYTES,
+    max_bytes: int | None = None,
     backoff_base: float = 1.0,
 ) -> Path:
-    """The local media file for ``url``, downloaded now unless an earlier download is cached."""
+    """The local media file for ``url``, downloaded now unless an earlier download is cached.
+
+    ``max_bytes`` defaults to ``MAX_DOWNLOAD_BYTES`` (read at call time).
+    """
     from dataflow_mm.serving.api_serving import RetryPolicy
     from dataflow_mm.storage.media import store_bytes
 
@@ -99,7 +102,7 @@ def download_image(
     while True:
         attempt += 1
         try:
-            data = _fetch_once(url, timeout, max_bytes)
+            data = _fetch_once(url, timeout, MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes)
             break
         except _Failure as failure:
             if not policy.should_retry(attempt, failure.retryable):
