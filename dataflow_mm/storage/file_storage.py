@@ -26,7 +26,7 @@ from dataflow_mm.storage.formats import (
     table_type_of,
     write_table,
 )
-from dataflow_mm.storage.media import media_cache_dir
+from dataflow_mm.storage.media import externalize_media, media_cache_dir
 from dataflow_mm.storage.sources import resolve_first_entry
 
 REJECTS_SUFFIX = ".rejects.jsonl"
@@ -144,6 +144,7 @@ class FileStorage:
     def write(self, data: pd.DataFrame | list[dict[str, Any]]) -> str:
         """Write the current step's output atomically and return its path."""
         frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+        frame = externalize_media(frame, self.media_cache)  # image bytes go to files, the table keeps references
         return str(write_table(frame, self.output_path, self.cache_type))
 
     def __repr__(self) -> str:

@@ -80,3 +80,18 @@ def test_urls_download_once_and_failures_are_row_errors(tmp_path: Path) -> None:
     with pytest.raises(ImageDownloadError, match="connection error"):
         download_image(f"{base}/cat2.jpg", cache, max_retries=1, backoff_base=0.01, timeout=2)
     assert json.dumps(str(first))  # a plain path, fit for any step file
+
+
+def test_a_custom_operator_writing_bytes_through_file_storage(tmp_path: Path) -> None:
+    """DataFlow-MM-style code that reads and writes the storage itself gets references, not a crash."""
+    from dataflow_mm.storage.file_storage import FileStorage
+    from dataflow_mm.testing.user_inputs import write_hf_image_shard
+
+    shard = write_hf_image_shard(tmp_path / "in.parquet", {"image": [{"bytes": RED, "path": "r.jpg"}]}, ["image"])
+    storage = FileStorage(str(shard), cache_path=str(tmp_path / "cache"), cache_type="jsonl")
+    step = storage.step()
+    frame = step.read()
+    frame["raw"] = [BLUE]
+    written = json.loads(Path(step.write(frame)).read_text())
+    assert written["image"]["bytes"] is None and Path(written["image"]["path"]).read_bytes() == RED
+    assert Path(written["raw"]).read_bytes() == BLUE and Path(written["raw"]).parent == tmp_path / "cache" / "media"
