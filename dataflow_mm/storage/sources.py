@@ -96,7 +96,7 @@ def parse_hf_source(source: str) -> tuple[str, str | None, str | None]:
     return f"{parts[0]}/{name}", revision or None, pattern
 
 
-def _fetch_snapshot(repo_id: str, revision: str | None, pattern: str | None) -> Path:
+def _fetch_snapshot(repo_id: str, revision: str | None, pattern: str | None, source: str) -> Path:
     from dataflow_mm.deps import require
 
     hub = require("huggingface_hub", "hf")
@@ -108,8 +108,9 @@ def _fetch_snapshot(repo_id: str, revision: str | None, pattern: str | None) -> 
         folder = hub.snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=patterns)
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
         offline = " and the hub is offline (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else ""
+        local = "" if source.startswith(HF_PREFIX) else f" (and there is no local file or folder '{source}')"
         raise StorageError(
-            f"Hugging Face dataset '{repo_id}' is not in the local cache ({constants.HF_HUB_CACHE}){offline}: "
+            f"Hugging Face dataset '{repo_id}' is not in the local cache ({constants.HF_HUB_CACHE}){offline}{local}: "
             f"download it once with `hf download --repo-type dataset {repo_id}` where the hub is reachable"
         ) from exc
     except Exception as exc:  # unknown repo, gated, network: one line naming the dataset
@@ -120,7 +121,7 @@ def _fetch_snapshot(repo_id: str, revision: str | None, pattern: str | None) -> 
 def hf_dataset_table(source: str, cache_path: Path, prefix: str) -> Path:
     """The Parquet table of a Hugging Face dataset's shards (one shard in place, several joined)."""
     repo_id, revision, pattern = parse_hf_source(source)
-    folder = _fetch_snapshot(repo_id, revision, pattern)
+    folder = _fetch_snapshot(repo_id, revision, pattern, source)
     shards = sorted(
         p
         for p in folder.rglob("*.parquet")

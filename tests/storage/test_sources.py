@@ -90,6 +90,8 @@ def test_a_hugging_face_dataset_is_read_from_the_offline_hub_cache(
 
     with pytest.raises(StorageError, match=r"'someone/elsewhere' is not in the local cache .* offline"):
         FileStorage("hf://datasets/someone/elsewhere", cache_path=str(tmp_path / "cache")).step().read()
+    with pytest.raises(StorageError, match="no local file or folder 'someone/elsewhere'"):
+        FileStorage("someone/elsewhere", cache_path=str(tmp_path / "cache")).step().read()
 
 
 def test_what_counts_as_a_hugging_face_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
