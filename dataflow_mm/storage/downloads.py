@@ -13,6 +13,7 @@ every later step and every re-run find it without downloading again.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import time
 import urllib.error
 import urllib.request
@@ -68,11 +69,11 @@ def _fetch_once(url: str, timeout: float, max_bytes: int) -> bytes:
     except urllib.error.HTTPError as exc:
         status = exc.code
         raise _Failure(f"HTTP {status}", is_retryable_status(status), exc.headers.get("Retry-After")) from exc
-    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
-        if isinstance(exc, _Failure):
-            raise
+    except (TimeoutError, urllib.error.URLError, OSError, http.client.IncompleteRead) as exc:
         reason = getattr(exc, "reason", exc)
         raise _Failure(f"connection error or timeout ({reason})", True) from exc
+    except (ValueError, http.client.HTTPException) as exc:  # a malformed URL or reply
+        raise _Failure(f"{type(exc).__name__}: {exc}", False) from exc
 
 
 def download_image(
@@ -95,7 +96,11 @@ def download_image(
     found = cached_download(url, cache_dir)
     if found is not None:
         return found
-    if urlsplit(url).scheme.lower() not in ("http", "https"):
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ImageDownloadError(f"malformed URL {url[:200]}: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https"):
         raise ImageDownloadError(f"not an http(s) URL: {url[:200]}")
     policy = RetryPolicy(max_retries=max_retries, backoff_base=backoff_base)
     attempt = 0
@@ -111,6 +116,6 @@ def download_image(
             time.sleep(policy.delay(attempt, failure.retry_after))
     if not data:
         raise ImageDownloadError(f"cannot download {url[:200]}: the reply is empty (0 bytes)")
-    stored = store_bytes(data, cache_dir, urlsplit(url).path.rsplit("/", 1)[-1] or None)
+    stored = store_bytes(data, cache_dir, parts.path.rsplit("/", 1)[-1] or None)
     write_bytes_atomic(stored.name.encode("utf-8"), _index_file(url, cache_dir))
     return stored

@@ -77,6 +77,8 @@ def test_urls_download_once_and_failures_are_row_errors(tmp_path: Path) -> None:
         assert hits["/missing.jpg"] == 1  # a 4xx is final, as in the API backend
         with pytest.raises(ImageDownloadError, match="above the cap of 4096"):
             download_image(f"{base}/oversize.jpg", cache, max_bytes=4096)
+    with pytest.raises(ImageDownloadError, match="malformed URL"):
+        resolve_media_path("http://[::1/cat.jpg", cache_dir=cache)
     with pytest.raises(ImageDownloadError, match="connection error"):
         download_image(f"{base}/cat2.jpg", cache, max_retries=1, backoff_base=0.01, timeout=2)
     assert json.dumps(str(first))  # a plain path, fit for any step file
