@@ -224,6 +224,7 @@ class PairLoader:
     """Loads rows' image pairs in memory (image 2 resized to image 1's size), optionally memoized.
 
     The fused operator gives its steps one shared memo per chunk, so each image is decoded once.
+    Each image cell may hold any form :func:`resolve_media_path` reads; of a list, the first image is used.
     """
 
     def __init__(self) -> None:

@@ -55,7 +55,11 @@ def conversation_from_turns(turns: Any, images: list[Any], system_prompt: str) -
 
 
 class PromptedVQAGenerator(OperatorABC):
-    """Answer each row's prompt (or conversation) about its image with the given serving."""
+    """Answer each row's prompt (or conversation) about its image with the given serving.
+
+    The image cell may hold any form :mod:`dataflow_mm.storage.media` reads; every image of a list
+    cell goes into the request, in order (DataFlow-MM's ``"image": ["./a.jpg", ...]`` rows).
+    """
 
     def __init__(self, serving: VLMServing, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> None:
         self.serving = serving
