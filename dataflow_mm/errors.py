@@ -83,3 +83,7 @@ def error_class_of(text: str | None) -> str | None:
 
 class MissingFieldError(RowError):
     """A field the operator needs is absent or empty in this row."""
+
+
+class ImageDownloadError(ImageLoadError):
+    """An ``http(s)://`` image could not be downloaded (HTTP error, timeout, over the size cap)."""

@@ -12,7 +12,12 @@ Steps (one file each under --cache_path; re-running the same command skips compl
 1. caption every box region in both images (one batched VLM call per chunk);
 2. crop the boxes and keep those whose crops match their captions (BLIP image-text matching);
 3. keep the boxes whose two captions' similarity is in range (CLIP text encoder or sentence-transformers);
-4. red box + side-by-side panel, and ask the VLM for the difference (one batched call per chunk).
+4. red box + side-by-side panel, and ask the VLM for the difference (one batched call per chunk);
+5. (Data-Juicer format only) write the results into ``__dj__meta__`` as Data-Juicer's Img-Diff mapper does.
+
+Data-Juicer tables work as they are: boxes are read from ``__dj__meta__.__dj__bbox__`` when the table
+has no ``--input_bbox_key`` column, and the results are written back there as well as to the flat
+columns (``--output_format dj``, or automatically when the input has a ``__dj__meta__`` column).
 Offline, unavailable models fall back to tiny random-weight models, and the run says so.
 """
 
@@ -21,6 +26,12 @@ from __future__ import annotations
 import argparse
 
 from dataflow_mm import FileStorage, PipelineABC, VLMServing
+from dataflow_mm.operators.data_juicer import (
+    OUTPUT_FORMATS,
+    DataJuicerMetaWriter,
+    bbox_key_for,
+    uses_data_juicer_format,
+)
 from dataflow_mm.operators.imgdiff_area_proposer import ImgDiffDifferenceAreaProposer
 from dataflow_mm.operators.imgdiff_difference_caption_generator import ImgDiffDifferenceCaptionGenerator
 from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
@@ -38,6 +49,7 @@ from dataflow_mm.pipeline.script import (
     serving_from_args,
 )
 from dataflow_mm.scoring import DEFAULT_BLIP_ITM, DEFAULT_CLIP, BlipITMScorer, text_similarity_model
+from dataflow_mm.storage.formats import peek_columns
 
 DEFAULT_VLM = "llava-hf/llava-v1.6-vicuna-7b-hf"
 SCORES_MEANINGLESS = (
@@ -80,7 +92,12 @@ class ImgDiffPipeline(PipelineABC):
         fused: bool = False,
         hf_cache_dir: str | None = None,
         download_dir: str | None = None,
+        output_format: str = "auto",
     ) -> None:
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, not {output_format!r}")
+        self.output_format = output_format
+        self._columns: list[str] | None = None
         self.storage = FileStorage(
             first_entry_file_name=first_entry_file,
             cache_path=cache_path,
@@ -141,21 +158,35 @@ class ImgDiffPipeline(PipelineABC):
         )
         self.difference_captioner = ImgDiffDifferenceCaptioner(serving, keep_difference_images=keep_difference_images)
 
+    def input_columns(self) -> list[str]:
+        """The input table's columns (read once), to tell a Data-Juicer table from a flat one."""
+        if self._columns is None:
+            self._columns = peek_columns(self.storage.first_entry_path)
+        return self._columns
+
+    def writes_data_juicer_format(self) -> bool:
+        dj_input = uses_data_juicer_format(self.input_columns())
+        return self.output_format == "dj" or (self.output_format == "auto" and dj_input)
+
     def forward(self) -> None:
+        bbox_key = bbox_key_for(self.input_columns(), self.input_bbox_key)  # or __dj__meta__.__dj__bbox__
         if self.proposer is not None:
             self.proposer.run(
                 storage=self.storage.step(),
-                input_bbox_key=self.input_bbox_key,
+                input_bbox_key=bbox_key,
                 output_bbox_key=self.input_bbox_key,  # fill in the missing boxes in place
                 **self.keys,
             )
+            bbox_key = self.input_bbox_key
         if self.fused is not None:
-            self.fused.run(storage=self.storage.step(), input_bbox_key=self.input_bbox_key, **self.keys)
-            return
-        self.region_captioner.run(storage=self.storage.step(), input_bbox_key=self.input_bbox_key, **self.keys)
-        self.itm_filter.run(storage=self.storage.step(), **self.keys)
-        self.similarity_filter.run(storage=self.storage.step())
-        self.difference_captioner.run(storage=self.storage.step(), **self.keys)
+            self.fused.run(storage=self.storage.step(), input_bbox_key=bbox_key, **self.keys)
+        else:
+            self.region_captioner.run(storage=self.storage.step(), input_bbox_key=bbox_key, **self.keys)
+            self.itm_filter.run(storage=self.storage.step(), **self.keys)
+            self.similarity_filter.run(storage=self.storage.step())
+            self.difference_captioner.run(storage=self.storage.step(), **self.keys)
+        if self.writes_data_juicer_format():
+            DataJuicerMetaWriter().run(storage=self.storage.step())
 
     def smoke_test_notes(self) -> list[str]:
         """Lines to print when a scoring model was a tiny random-weight stand-in."""
@@ -210,6 +241,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     scoring.add_argument("--scoring_batch_size", type=int, default=32)
     parser.add_argument("--keep_difference_images", action="store_true", help="save the red-box panels (JPEG)")
     parser.add_argument("--fused", action="store_true", help="run the four steps as one fused operator (one step)")
+    parser.add_argument(
+        "--output_format",
+        choices=OUTPUT_FORMATS,
+        default="auto",
+        help="dj: also write the results into __dj__meta__ (Data-Juicer's format); auto: dj when the input has it",
+    )
     return check_args(parser.parse_args(argv))
 
 
@@ -244,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         fused=args.fused,
         hf_cache_dir=args.hf_cache_dir,
         download_dir=args.download_dir,
+        output_format=args.output_format,
     )
     try:
         pipeline.run(runner=runner_from_args(args))

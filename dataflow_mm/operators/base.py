@@ -36,6 +36,7 @@ from dataflow_mm.operators.progress import StepProgress, count_rows
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.formats import Reject, check_readable, read_table, table_type_of, write_table
 from dataflow_mm.storage.manifest import StepManifest, file_sha256, fingerprint
+from dataflow_mm.storage.media import externalize_media
 from dataflow_mm.storage.parts import ChunkParts
 from dataflow_mm.storage.paths import check_writes
 
@@ -162,6 +163,8 @@ class OperatorABC(ABC):
 
     # The row reference of the running step ({"step<k>": fingerprint}), set by ``bind_step``.
     _provenance_ref: dict[str, str] | None = None
+    # Where image bytes and downloads of the running step go, set by ``bind_storage``.
+    _media_cache: Path | None = None
 
     def input_columns(self, **keys: Any) -> list[str]:
         """Columns that must exist in the step this operator reads (checked by ``compile``)."""
@@ -202,6 +205,10 @@ class OperatorABC(ABC):
     def bind_step(self, step: int, fingerprint: str) -> None:
         """Before the first chunk of step ``step``: rows of a model step will reference its manifest."""
         self._provenance_ref = {f"step{step}": fingerprint} if self.provenance() else None
+
+    def bind_storage(self, storage: FileStorage) -> None:
+        """Before the first chunk: image bytes in the input are stored under the storage's media cache."""
+        self._media_cache = storage.media_cache
 
     def chunk_counts(
         self, frame: pd.DataFrame, rejects: list[Reject], out: pd.DataFrame, keys: dict[str, Any]
@@ -282,6 +289,7 @@ class OperatorABC(ABC):
             log.info(f"step {step} {self.name}: resuming after {resumed} completed chunk(s)")
         progress = StepProgress(f"step {step} {self.name}", count_rows(storage.input_path, storage.input_type))
         self.bind_step(step, current)
+        self.bind_storage(storage)
         self.prepare(storage)
         try:
             for index, chunk in enumerate(storage.iter_chunks()):
@@ -336,7 +344,7 @@ class OperatorABC(ABC):
 
     def process_chunk(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         """``process`` on the rows without an error; rows with one pass through, order kept."""
-        frame = frame.copy()
+        frame = externalize_media(frame, self._media_cache).copy()
         if ERROR_COLUMN not in frame.columns:
             frame[ERROR_COLUMN] = None
         ok = frame[ERROR_COLUMN].isna()

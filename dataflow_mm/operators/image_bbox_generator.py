@@ -26,12 +26,12 @@ from dataflow_mm.imaging.proposals import propose_boxes
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.storage.media import resolve_media_path
+from dataflow_mm.storage.media import resolve_media_path, several_images_note
 
 DEFAULT_REGION_PROMPT = (
     "Describe the content of each marked region in the image. There are {n} regions: <region1> to <region{n}>."
 )
-OUTPUT_FIELDS = ("type", "bbox", "normalized_bbox", "result_file", "valid_bboxes_num", "bbox_dropped")
+OUTPUT_FIELDS = ("type", "bbox", "normalized_bbox", "result_file", "valid_bboxes_num", "bbox_dropped", "warning")
 
 
 @dataclass
@@ -65,7 +65,11 @@ def _plain_numbers(box: list[float]) -> list[float | int]:
 
 
 class ImageBboxGenerator(OperatorABC):
-    """Draw numbered boxes on each row's image and build the prompt that asks about each region."""
+    """Draw numbered boxes on each row's image and build the prompt that asks about each region.
+
+    The image cell may hold any form :mod:`dataflow_mm.storage.media` reads. A list of images is
+    drawn from its first image, and the row's ``warning`` says how many there were (else null).
+    """
 
     def __init__(self, config: ExistingBBoxDataGenConfig | None = None, prompt_template: str = DEFAULT_REGION_PROMPT):
         self.config = config or ExistingBBoxDataGenConfig()
@@ -128,6 +132,7 @@ class ImageBboxGenerator(OperatorABC):
         workers = self.config.num_workers or min(4, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             rendered = list(pool.map(self._render_row, images, boxes))
+        notes = [several_images_note(value, input_image_key) for value in images]
         out = frame.copy()
         renamed = {
             **{name: name for name in OUTPUT_FIELDS},
@@ -136,6 +141,7 @@ class ImageBboxGenerator(OperatorABC):
         }
         for source, target in renamed.items():
             out[target] = [None if isinstance(item, RowError) else item[source] for item in rendered]
+        out["warning"] = notes
         out[ERROR_COLUMN] = [
             row_error_text(item) if isinstance(item, RowError) else previous
             for item, previous in zip(rendered, out[ERROR_COLUMN], strict=True)
@@ -150,7 +156,7 @@ class ImageBboxGenerator(OperatorABC):
 
     def _render(self, image_value: Any, raw_boxes: Any) -> dict[str, Any]:
         cfg = self.config
-        path = resolve_media_path(image_value, self._media_root)
+        path = resolve_media_path(image_value, self._media_root, self._media_cache)
         image = load_image(path)
         size = image.size
         dropped: list[str] = []
@@ -168,7 +174,7 @@ class ImageBboxGenerator(OperatorABC):
                 detail = "; ".join(dropped) or "the box list is empty"
                 raise InvalidBoxError(f"no valid box in {str(raw_boxes)[:200]}: {detail}")
         drawn = draw_numbered_boxes(image, boxes_xyxy, line_width=cfg.line_width)
-        image_path = self._save(drawn, Path(str(image_value)).stem)
+        image_path = self._save(drawn, path.stem)
         n = len(boxes_xyxy)
         return {
             "type": kind,
@@ -179,6 +185,7 @@ class ImageBboxGenerator(OperatorABC):
             "valid_bboxes_num": n,
             "prompt": self.prompt_template.format(n=n),
             "bbox_dropped": dropped,
+            "warning": None,
         }
 
     def _save(self, drawn: Image.Image, stem: str) -> str:

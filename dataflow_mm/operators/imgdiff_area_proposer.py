@@ -20,6 +20,7 @@ from dataflow_mm.errors import ERROR_COLUMN, RowError
 from dataflow_mm.imaging.bbox import from_xyxy
 from dataflow_mm.imaging.proposals import difference_boxes
 from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.operators.data_juicer import box_values
 from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
     IMAGE1_KEY,
@@ -99,6 +100,7 @@ class ImgDiffDifferenceAreaProposer(OperatorABC):
 
     def prepare(self, storage: FileStorage) -> None:
         self.images.media_root = storage.media_root
+        self.images.media_cache = storage.media_cache
 
     def needs_proposal(self, raw: Any) -> bool:
         return is_missing(raw) or (self.propose_for_zero_boxes and is_all_zero(raw))
@@ -115,7 +117,7 @@ class ImgDiffDifferenceAreaProposer(OperatorABC):
     ) -> pd.DataFrame:
         out = frame.copy()
         errors = error_list(out)
-        raw_boxes = out[input_bbox_key].tolist() if input_bbox_key in out.columns else [None] * len(out)
+        raw_boxes = box_values(out, input_bbox_key)  # a column, a dotted path, or Data-Juicer's meta
         todo = [position for position, raw in enumerate(raw_boxes) if self.needs_proposal(raw)]
         names1, names2 = out[input_image1_key].tolist(), out[input_image2_key].tolist()
         pairs = self.images.load_pairs([names1[p] for p in todo], [names2[p] for p in todo])

@@ -224,10 +224,12 @@ class PairLoader:
     """Loads rows' image pairs in memory (image 2 resized to image 1's size), optionally memoized.
 
     The fused operator gives its steps one shared memo per chunk, so each image is decoded once.
+    Each image cell may hold any form :func:`resolve_media_path` reads; of a list, the first image is used.
     """
 
     def __init__(self) -> None:
         self.media_root: Path | None = None
+        self.media_cache: Path | None = None
         self.memo: dict[tuple[str, str], ImagePair | RowError] | None = None
         self.num_workers: int | None = None
 
@@ -241,8 +243,8 @@ class PairLoader:
         if self.memo is not None and key in self.memo:
             return self.memo[key]
         try:
-            first = load_image(resolve_media_path(value1, self.media_root))
-            second = load_image(resolve_media_path(value2, self.media_root))
+            first = load_image(resolve_media_path(value1, self.media_root, self.media_cache))
+            second = load_image(resolve_media_path(value2, self.media_root, self.media_cache))
             if second.size != first.size:
                 second = second.resize(first.size, Image.Resampling.BICUBIC)
             result: ImagePair | RowError = (first, second)

@@ -23,6 +23,12 @@ import pandas as pd
 
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.operators.data_juicer import (
+    DataJuicerArgumentError,
+    check_data_juicer_args,
+    device_from_accelerator,
+    is_data_juicer_arg,
+)
 from dataflow_mm.operators.imgdiff_common import (
     ALL_STEPS,
     BBOX_KEY,
@@ -67,8 +73,9 @@ SIMILARITY_DEFAULTS: dict[str, Any] = {
     "text_key_second": "target_text",
     "num_proc": 1,
 }
-# Keys Data-Juicer accepts that change nothing here (parallelism is batching, devices are `device`).
-_IGNORED = {
+# Data-Juicer keys that never change the output (kept out of the resume fingerprint). Each is checked by
+# ``check_data_juicer_args`` (a value that asks for something else is refused) or mapped (``accelerator``).
+_NO_EFFECT_ON_OUTPUT = {
     "num_proc",
     "accelerator",
     "trust_remote_code",
@@ -86,12 +93,19 @@ _SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "seed")
 
 
 def merged_args(name: str, given: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated with ``given`` (a copy; unknown keys raise ValueError naming the accepted ones)."""
+    """``defaults`` updated with ``given`` (a copy).
+
+    Unknown keys raise ValueError naming the accepted ones; Data-Juicer keys whose value cannot be
+    honoured raise ``DataJuicerArgumentError`` (a ValueError) saying why and what to use instead.
+    """
     given = dict(given or {})
-    allowed = set(defaults) | _IGNORED | _EXTRA[name]
-    unknown = sorted(set(given) - allowed)
+    allowed = set(defaults) | _EXTRA[name]
+    unknown = sorted(k for k in set(given) - allowed if not is_data_juicer_arg(k))
     if unknown:
-        raise ValueError(f"{name}: unknown key(s) {unknown}; accepted: {sorted(allowed)}")
+        raise DataJuicerArgumentError(
+            f"{name}: unknown key(s) {unknown}; accepted: {sorted(allowed)} and Data-Juicer's operator arguments"
+        )
+    check_data_juicer_args(name, given)
     return {**defaults, **given}
 
 
@@ -129,8 +143,12 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
         download_dir: str | None = None,
         **data_juicer_options: Any,
     ) -> None:
-        if data_juicer_options:
-            log.warning(f"ignoring Data-Juicer operator options that do not apply here: {sorted(data_juicer_options)}")
+        where = type(self).__name__
+        unknown = sorted(k for k in data_juicer_options if not is_data_juicer_arg(k))
+        if unknown:
+            raise DataJuicerArgumentError(f"{where}: unknown argument(s) {unknown}")
+        check_data_juicer_args(where, data_juicer_options)
+        device = device_from_accelerator(where, data_juicer_options.get("accelerator"), device)
         self.mllm_mapper_args = merged_args("mllm_mapper_args", mllm_mapper_args, MLLM_DEFAULTS)
         self.image_text_matching_filter_args = merged_args(
             "image_text_matching_filter_args", image_text_matching_filter_args, ITM_DEFAULTS
@@ -143,10 +161,20 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
             self.image_text_matching_filter_args,
             self.text_pair_similarity_filter_args,
         )
-        if int(mllm.get("num_beams") or 1) != 1:
-            log.warning(f"num_beams={mllm['num_beams']} is not supported by the serving interface; sampling as set")
-        if itm.get("horizontal_flip") or itm.get("vertical_flip"):
-            log.warning("image_text_matching_filter_args: horizontal_flip/vertical_flip are not applied")
+        given_args = (
+            ("mllm_mapper_args", mllm_mapper_args, serving),
+            ("image_text_matching_filter_args", image_text_matching_filter_args, itm_scorer),
+            ("text_pair_similarity_filter_args", text_pair_similarity_filter_args, text_similarity),
+        )
+        for name, args, given_object in given_args:
+            if given_object is not None and (args or {}).get("accelerator") is not None:
+                raise DataJuicerArgumentError(
+                    f"{name}: accelerator is set but a ready {type(given_object).__name__} was given, "
+                    "which already decides its device: drop one of them"
+                )
+        llm_device = device_from_accelerator("mllm_mapper_args", mllm.get("accelerator"), device)
+        itm_device = device_from_accelerator("image_text_matching_filter_args", itm.get("accelerator"), device)
+        sim_device = device_from_accelerator("text_pair_similarity_filter_args", sim.get("accelerator"), device)
         self.device = device
         self.allow_tiny_fallback = allow_tiny_fallback
         self._owns_serving = serving is None
@@ -165,16 +193,20 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
                 seed=mllm.get("seed"),
                 allow_tiny_fallback=allow_tiny_fallback,
                 batch_size=int(mllm.get("batch_size") or 8),
+                device=llm_device,
             )
         elif "hf_model" in (mllm_mapper_args or {}):
-            log.warning(f"mllm_mapper_args hf_model={mllm['hf_model']!r} is ignored: the given serving answers")
+            raise DataJuicerArgumentError(
+                f"mllm_mapper_args hf_model={mllm['hf_model']!r} and a serving were both given: the serving would "
+                "answer, not that model; drop one of them"
+            )
         if not self._owns_serving and any(key in (mllm_mapper_args or {}) for key in _SAMPLING_KEYS):
             sampling = sampling_from_mllm_args(mllm)  # explicit sampling args override the serving's own
         self.serving = serving
         self.sampling = sampling
         scorer = itm_scorer or BlipITMScorer(
             itm["hf_blip"],
-            device=device,
+            device=itm_device,
             batch_size=int(itm.get("batch_size") or 32),
             allow_tiny_fallback=allow_tiny_fallback,
             hf_cache_dir=hf_cache_dir,
@@ -182,7 +214,7 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
         )
         similarity = text_similarity or text_similarity_model(
             sim["hf_clip"],
-            device=device,
+            device=sim_device,
             batch_size=int(sim.get("batch_size") or 64),
             allow_tiny_fallback=allow_tiny_fallback,
             hf_cache_dir=hf_cache_dir,
@@ -253,12 +285,12 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
 
     def params(self) -> dict[str, Any]:
         return {
-            "mllm_mapper_args": {k: v for k, v in self.mllm_mapper_args.items() if k not in _IGNORED},
+            "mllm_mapper_args": {k: v for k, v in self.mllm_mapper_args.items() if k not in _NO_EFFECT_ON_OUTPUT},
             "image_text_matching_filter_args": {
-                k: v for k, v in self.image_text_matching_filter_args.items() if k not in _IGNORED
+                k: v for k, v in self.image_text_matching_filter_args.items() if k not in _NO_EFFECT_ON_OUTPUT
             },
             "text_pair_similarity_filter_args": {
-                k: v for k, v in self.text_pair_similarity_filter_args.items() if k not in _IGNORED
+                k: v for k, v in self.text_pair_similarity_filter_args.items() if k not in _NO_EFFECT_ON_OUTPUT
             },
             "steps": {step.name: step.params() for step in self.steps},
         }
@@ -272,6 +304,7 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
 
     def prepare(self, storage: FileStorage) -> None:
         for step in self.steps:
+            step.bind_storage(storage)
             step.prepare(storage)
 
     def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:

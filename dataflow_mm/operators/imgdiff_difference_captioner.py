@@ -172,6 +172,7 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
 
     def prepare(self, storage: FileStorage) -> None:
         self.images.media_root = storage.media_root
+        self.images.media_cache = storage.media_cache
         self._image_dir = Path(self.image_output_dir or Path(storage.cache_path) / DIFFERENCE_IMAGE_DIR)
 
     def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:

@@ -89,6 +89,7 @@ class ImgDiffImageTextMatchingFilter(OperatorABC):
 
     def prepare(self, storage: FileStorage) -> None:
         self.images.media_root = storage.media_root
+        self.images.media_cache = storage.media_cache
 
     def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
         return decision_metrics(frame, decisions_key, (DROP_ITM,))

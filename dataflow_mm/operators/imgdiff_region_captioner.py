@@ -16,6 +16,7 @@ import pandas as pd
 from dataflow_mm.errors import ERROR_COLUMN, RowError
 from dataflow_mm.imaging.bbox import box_area
 from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.operators.data_juicer import box_values, key_column
 from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
     DECISIONS_KEY,
@@ -99,7 +100,7 @@ class ImgDiffRegionCaptioner(OperatorABC):
         input_bbox_key: str = BBOX_KEY,
         **_: Any,
     ) -> list[str]:
-        return [input_image1_key, input_image2_key, input_bbox_key]
+        return [input_image1_key, input_image2_key, key_column(input_bbox_key)]
 
     def output_columns(self, decisions_key: str = DECISIONS_KEY, **_: Any) -> list[str]:
         return [decisions_key]
@@ -118,6 +119,7 @@ class ImgDiffRegionCaptioner(OperatorABC):
 
     def prepare(self, storage: FileStorage) -> None:
         self.images.media_root = storage.media_root
+        self.images.media_cache = storage.media_cache
 
     def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
         return decision_metrics(frame, decisions_key, (DROP_PARSE, DROP_AREA, DROP_REGION_CAPTION))
@@ -133,7 +135,7 @@ class ImgDiffRegionCaptioner(OperatorABC):
     ) -> pd.DataFrame:
         out = frame.copy()
         errors = error_list(out)
-        raw_boxes = out[input_bbox_key].tolist() if input_bbox_key in out.columns else [None] * len(out)
+        raw_boxes = box_values(out, input_bbox_key)  # a column, a dotted path, or Data-Juicer's meta
         pairs = self.images.load_pairs(out[input_image1_key].tolist(), out[input_image2_key].tolist())
         all_decisions: list[list[dict[str, Any]]] = [[] for _ in range(len(out))]
         conversations: list[Conversation] = []

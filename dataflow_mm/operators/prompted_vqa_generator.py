@@ -11,7 +11,7 @@ from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.serving.base import Conversation, VLMServing
 from dataflow_mm.serving.messages import build_conversation
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.storage.media import resolve_media_path
+from dataflow_mm.storage.media import image_count, resolve_media_path
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 _ROLE_NAMES = {
@@ -55,7 +55,11 @@ def conversation_from_turns(turns: Any, images: list[Any], system_prompt: str) -
 
 
 class PromptedVQAGenerator(OperatorABC):
-    """Answer each row's prompt (or conversation) about its image with the given serving."""
+    """Answer each row's prompt (or conversation) about its image with the given serving.
+
+    The image cell may hold any form :mod:`dataflow_mm.storage.media` reads; every image of a list
+    cell goes into the request, in order (DataFlow-MM's ``"image": ["./a.jpg", ...]`` rows).
+    """
 
     def __init__(self, serving: VLMServing, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> None:
         self.serving = serving
@@ -133,7 +137,10 @@ class PromptedVQAGenerator(OperatorABC):
     ) -> Conversation:
         images = []
         if image_key:
-            images = [resolve_media_path(row.get(image_key), self._media_root)]
+            value = row.get(image_key)
+            # Every image of a list cell goes into the request (the model sees them in order).
+            values = list(value) if image_count(value) > 1 else [value]
+            images = [resolve_media_path(v, self._media_root, self._media_cache) for v in values]
         if conversation_key:
             return conversation_from_turns(row.get(conversation_key), images, self.system_prompt)
         prompt = row.get(prompt_key)

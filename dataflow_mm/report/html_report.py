@@ -11,7 +11,9 @@ run summary and the step manifests, and writes ``{cache_path}/report.html``:
   from the data is shown, never parsed as HTML. A Content-Security-Policy allows only the report's
   own script (by hash), so even a mistake could not run an injected one;
 * images as relative links from the report's folder (``loading="lazy"``); nothing is fetched
-  from the network.
+  from the network. Images held as bytes (raw, or in a Hugging Face ``{"bytes", "path"}`` struct)
+  are shown through JPEG thumbnails written once under ``{cache}/report_thumbs/``; a path-only
+  struct is shown from its path.
 
 The layout follows the pipeline kind, detected from the columns: region captions (the image with
 its numbered boxes beside the answer), Img-Diff (both images with the red box of each kept box,
@@ -37,12 +39,15 @@ from urllib.parse import quote
 from dataflow_mm.errors import ERROR_COLUMN, UserError
 from dataflow_mm.storage.formats import SUPPORTED_TYPES, iter_table
 from dataflow_mm.storage.manifest import StepManifest
+from dataflow_mm.storage.media import is_image_struct
 
 REPORT_NAME = "report.html"
 DEFAULT_PAGE_SIZE = 50
 MAX_TEXT_CHARS = 20_000
 SAMPLE_ROWS = 2_000
 MAX_REJECTS_SHOWN = 200
+THUMBS_DIR = "report_thumbs"
+THUMB_PIXELS = 320
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
 _STEP_RE = re.compile(r"^(?P<prefix>.+)_step(?P<step>\d+)\.(?P<ext>" + "|".join(SUPPORTED_TYPES) + r")$")
 
@@ -168,13 +173,55 @@ def _deep_clean(value: Any) -> Any:
     return str(value)
 
 
+_BYTES = (bytes, bytearray, memoryview)
+
+
+def _thumbnail(data: bytes, thumbs: Path) -> str | None:
+    """A JPEG thumbnail of image bytes under ``thumbs`` (named from the bytes); None when they are no image."""
+    from dataflow_mm.errors import RowError
+    from dataflow_mm.imaging.loading import load_image
+    from dataflow_mm.imaging.naming import content_name, save_image_atomic
+
+    target = thumbs / content_name("thumb", data, ".jpg")
+    if target.is_file():
+        return str(target)
+    try:
+        image = load_image(data)
+    except RowError:
+        return None
+    image.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
+    try:
+        save_image_atomic(image, target, quality=85)
+    except OSError:  # a read-only cache: the row is still shown, without its picture
+        return None
+    return str(target)
+
+
+def _image_cell(value: Any, thumbs: Path) -> Any:
+    """Image bytes and ``{"bytes", "path"}`` structs as paths the page can link (other values unchanged)."""
+    if isinstance(value, _BYTES):
+        return _thumbnail(bytes(value), thumbs) if len(value) else None
+    if is_image_struct(value):
+        data, path = value.get("bytes"), value.get("path")
+        if isinstance(data, _BYTES) and len(data):
+            return _thumbnail(bytes(data), thumbs)
+        return path if isinstance(path, str) and path else None
+    if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1):
+        items = list(value)
+        if any(isinstance(v, _BYTES) or is_image_struct(v) for v in items):
+            return [_image_cell(v, thumbs) for v in items]
+    return value
+
+
 def _read_rows(
-    table: Path, limit: int | None, known_total: int | None = None
+    table: Path, limit: int | None, known_total: int | None = None, thumbs: Path | None = None
 ) -> tuple[list[str], list[list[Any]], int]:
     """Columns (first-seen order), rows as lists aligned with them (at most ``limit``), and the total count.
 
     Past ``limit`` the rest of the table is only counted, unless ``known_total`` (a manifest's count) says it.
+    Image bytes become thumbnails under ``thumbs`` (default: ``report_thumbs`` beside the table).
     """
+    thumbs = thumbs if thumbs is not None else table.parent / THUMBS_DIR
     columns: list[str] = []
     position: dict[str, int] = {}
     rows: list[list[Any]] = []
@@ -199,7 +246,7 @@ def _read_rows(
             for values in frame.iloc[:room].itertuples(index=False, name=None):
                 row: list[Any] = [None] * width
                 for slot, value in zip(slots, values, strict=True):
-                    row[slot] = _cell(value)
+                    row[slot] = _cell(_image_cell(value, thumbs))
                 rows.append(row)
     except UserError as exc:
         raise ReportError(f"Cannot read '{table}': {exc}") from exc
@@ -443,7 +490,7 @@ def _image_links(
         for index, any_path in indexes:
             value = row[index]
             for item in value if isinstance(value, list) else [value]:
-                if item in links or not isinstance(item, str) or not (_is_image_path(item) or (any_path and item)):
+                if not isinstance(item, str) or item in links or not (_is_image_path(item) or (any_path and item)):
                     continue
                 links[item] = _link(item, roots, base)
     return links
@@ -662,7 +709,7 @@ def build_report_html(
     summary = _load_json(location.summary_path)
     shown = manifests.get(location.step) if location.step is not None else None
     known_total = shown.stats.get("rows_out") if shown and isinstance(shown.stats.get("rows_out"), int) else None
-    columns, rows, total = _read_rows(location.table, limit, known_total)
+    columns, rows, total = _read_rows(location.table, limit, known_total, location.cache_dir / THUMBS_DIR)
     config = detect_layout(columns, rows, [m.params for m in manifests.values()])
     roots = _media_roots(location, manifests, summary, target)
     links = _image_links(columns, rows, config, roots, target.resolve().parent)

@@ -127,6 +127,7 @@ class _ChunkWorker:
         self._startup_error: UserError | None = None
         try:
             operator.bind_step(step, state["fingerprint"])
+            operator.bind_storage(storage)
             operator.prepare(storage)
             if load_models:  # an actor loads its models before it takes work (the pool starts warm)
                 for _, value in _attributes(operator):

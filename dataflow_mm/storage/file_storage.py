@@ -28,7 +28,9 @@ from dataflow_mm.storage.formats import (
     write_table,
 )
 from dataflow_mm.storage.lock import cache_lock
+from dataflow_mm.storage.media import externalize_media, media_cache_dir
 from dataflow_mm.storage.paths import check_file_name_prefix
+from dataflow_mm.storage.sources import resolve_first_entry
 
 REJECTS_SUFFIX = ".rejects.jsonl"
 
@@ -55,6 +57,7 @@ class FileStorage:
         self.wait_for_lock = bool(wait_for_lock)
         self.operator_step = -1
         self._origin: FileStorage = self
+        self._first_entry: Path | None = None
 
     # -- stepping -----------------------------------------------------------------------------
     def step(self) -> FileStorage:
@@ -75,8 +78,22 @@ class FileStorage:
     def step_file(self, index: int) -> Path:
         """The file of step ``index`` (0 is the user's input file)."""
         if index <= 0:
-            return Path(self.first_entry_file_name)
+            return self.first_entry_path
         return Path(self.cache_path) / f"{self.file_name_prefix}_step{index}.{self.cache_type}"
+
+    @property
+    def first_entry_path(self) -> Path:
+        """The table step 0 reads: the user's file, or the table built from a folder or a HF dataset.
+
+        Resolved once per pipeline (on first use, so nothing is fetched before ``run``); see
+        :mod:`dataflow_mm.storage.sources`.
+        """
+        origin = self._origin
+        if origin._first_entry is None:
+            origin._first_entry = resolve_first_entry(
+                self.first_entry_file_name, self.cache_path, self.file_name_prefix
+            )
+        return origin._first_entry
 
     @property
     def input_path(self) -> Path:
@@ -97,7 +114,12 @@ class FileStorage:
     @property
     def media_root(self) -> Path:
         """Folder against which relative media paths in the user's table are also tried."""
-        return Path(self.first_entry_file_name).resolve().parent
+        return self.first_entry_path.resolve().parent
+
+    @property
+    def media_cache(self) -> Path:
+        """Folder for images stored from bytes and downloaded from URLs (``{cache_path}/media``)."""
+        return media_cache_dir(self.cache_path)
 
     def check_writable(self) -> None:
         """Fail fast, before any model loads, when the cache folder cannot be written."""
@@ -131,6 +153,7 @@ class FileStorage:
     def write(self, data: pd.DataFrame | list[dict[str, Any]]) -> str:
         """Write the current step's output atomically and return its path."""
         frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+        frame = externalize_media(frame, self.media_cache)  # image bytes go to files, the table keeps references
         return str(write_table(frame, self.output_path, self.cache_type))
 
     def __repr__(self) -> str:

@@ -1,26 +1,186 @@
-"""Where the media files a table refers to live."""
+"""Where the images a table refers to live, whatever form the image cell has.
+
+An image cell may hold:
+
+* a path (absolute, or relative to the current folder or to the input table's folder);
+* a list of paths (DataFlow-MM's sample format): the first image is the one used, and
+  :func:`image_count` tells operators how many there were so they can say so;
+* a Hugging Face ``datasets`` Image struct ``{"bytes": ..., "path": ...}`` (bytes-only,
+  path-only or both: the bytes win) or raw bytes (Parquet/Arrow shards);
+* an ``http(s)://`` URL, downloaded once into the media cache (:mod:`dataflow_mm.storage.downloads`).
+
+Bytes are never kept in step files. :func:`externalize_media` writes them once to a
+content-addressed file under ``{cache_path}/media/`` and leaves a reference in the cell: a struct
+becomes ``{"bytes": None, "path": "<media file>"}`` (same shape, path-only), raw bytes become the
+media file's path. That rule holds for every ``cache_type``, so JSONL/JSON/CSV step files stay
+small text and Parquet step files keep the struct column readable by ``datasets``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from dataflow_mm.errors import MissingFieldError
+from dataflow_mm.storage.atomic import write_bytes_atomic
+
+MEDIA_DIR_NAME = "media"
+URL_PREFIXES = ("http://", "https://")
+STRUCT_KEYS = frozenset({"bytes", "path"})
+_BYTES = (bytes, bytearray, memoryview)
+_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
 
-def resolve_media_path(value: object, media_root: Path | None = None) -> Path:
-    """The file a table cell points to.
+def media_cache_dir(cache_path: str | os.PathLike) -> Path:
+    """The folder under a cache path that holds images stored from bytes and downloads."""
+    return Path(cache_path) / MEDIA_DIR_NAME
 
-    Absolute paths are used as they are. Relative paths are tried against the current
-    directory first (as the seed's ``./data/...`` paths expect), then against ``media_root``
-    (the folder of the input table), so a table moved together with its images still works.
-    A missing file is reported later by the image loader, with the path as given.
-    """
-    if value is None or (isinstance(value, float) and value != value) or value == "":
-        raise MissingFieldError("the image field is empty")
-    if not isinstance(value, (str, Path)):
-        raise MissingFieldError(f"the image field must be a path string, not {type(value).__name__}: {value!r}")
+
+def _fallback_cache_dir() -> Path:
+    """Where media go when an operator runs outside a storage (direct ``process`` calls)."""
+    return Path(tempfile.gettempdir()) / "dataflow_mm_media"
+
+
+def is_image_struct(value: Any) -> bool:
+    """True for a Hugging Face Image struct: a dict whose keys are among ``bytes`` and ``path``."""
+    return isinstance(value, dict) and bool(value) and set(value) <= STRUCT_KEYS
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1)
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value)
+
+
+def image_count(value: Any) -> int:
+    """How many images a cell holds (a list counts its items; any other non-empty value is one)."""
+    if _is_list(value):
+        return len(value)
+    return 0 if _is_empty(value) else 1
+
+
+def suffix_of(data: bytes) -> str:
+    """File suffix for image bytes, from their header (``.bin`` when Pillow does not know them)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return _SUFFIXES.get(str(image.format), ".bin")
+    except Exception:  # not an image: the loader reports it as a row error later
+        return ".bin"
+
+
+def store_bytes(data: bytes, cache_dir: Path | None, name_hint: str | None = None) -> Path:
+    """Write image bytes once to ``{cache_dir}/{stem}_{sha256[:16]}{suffix}`` and return that path."""
+    from dataflow_mm.imaging.naming import safe_stem
+
+    data = bytes(data)
+    folder = Path(cache_dir) if cache_dir is not None else _fallback_cache_dir()
+    stem = safe_stem(Path(name_hint).stem if name_hint else "image")
+    target = folder / f"{stem}_{hashlib.sha256(data).hexdigest()[:16]}{suffix_of(data)}"
+    if not target.exists():
+        write_bytes_atomic(data, target)
+    return target
+
+
+def _local_path(value: str | Path, media_root: Path | None) -> Path:
     path = Path(value).expanduser()
     if path.is_absolute() or path.exists() or media_root is None:
         return path
     candidate = media_root / path
     return candidate if candidate.exists() else path
+
+
+def resolve_media_path(value: object, media_root: Path | None = None, cache_dir: Path | None = None) -> Path:
+    """The local file a table cell stands for (see the module docstring for the forms).
+
+    Relative paths are tried against the current directory first (as the seed's ``./data/...``
+    paths expect), then against ``media_root`` (the folder of the input table). Bytes are stored
+    and URLs downloaded under ``cache_dir``. A missing file is reported later by the image
+    loader, with the path as given; a failed download raises ``ImageDownloadError`` (a row error).
+    """
+    if _is_list(value):
+        if len(value) == 0:
+            raise MissingFieldError("the image field is an empty list")
+        value = value[0]
+    if _is_empty(value):
+        raise MissingFieldError("the image field is empty")
+    if isinstance(value, dict):
+        if not is_image_struct(value):
+            raise MissingFieldError(
+                f"the image field is a dict with keys {sorted(map(str, value))[:6]}: expected a path, a list of "
+                "paths, bytes, a URL or a {'bytes', 'path'} struct"
+            )
+        data, path = value.get("bytes"), value.get("path")
+        if isinstance(data, _BYTES) and len(data):
+            return store_bytes(data, cache_dir, path if isinstance(path, str) else None)
+        if isinstance(path, str) and path:
+            return resolve_media_path(path, media_root, cache_dir)
+        raise MissingFieldError("the image struct has neither bytes nor a path")
+    if isinstance(value, _BYTES):
+        if not len(value):
+            raise MissingFieldError("the image field holds 0 bytes")
+        return store_bytes(value, cache_dir)
+    if isinstance(value, str) and value.lower().startswith(URL_PREFIXES):
+        from dataflow_mm.storage.downloads import download_image
+
+        return download_image(value, cache_dir if cache_dir is not None else _fallback_cache_dir())
+    if not isinstance(value, (str, Path)):
+        raise MissingFieldError(
+            f"the image field must be a path, a list of paths, bytes, a URL or a {{'bytes', 'path'}} struct, "
+            f"not {type(value).__name__}: {str(value)[:100]!r}"
+        )
+    return _local_path(value, media_root)
+
+
+def several_images_note(value: Any, key: str) -> str | None:
+    """The row note of an operator that uses only the first image of a list cell (None for one image)."""
+    count = image_count(value)
+    return f"'{key}' holds {count} images; only the first was used" if count > 1 else None
+
+
+def _externalized(value: Any, cache_dir: Path) -> Any:
+    if isinstance(value, _BYTES):
+        return str(store_bytes(value, cache_dir)) if len(value) else None
+    if is_image_struct(value) and isinstance(value.get("bytes"), _BYTES) and len(value["bytes"]):
+        path = value.get("path")
+        stored = store_bytes(value["bytes"], cache_dir, path if isinstance(path, str) else None)
+        return {"bytes": None, "path": str(stored)}
+    if _is_list(value) and any(isinstance(v, _BYTES) or is_image_struct(v) for v in value):
+        return [_externalized(v, cache_dir) for v in value]
+    return value
+
+
+def _holds_bytes(value: Any) -> bool:
+    if isinstance(value, _BYTES):
+        return True
+    if isinstance(value, dict):
+        return isinstance(value.get("bytes"), _BYTES)
+    return _is_list(value) and any(_holds_bytes(v) for v in value)
+
+
+def externalize_media(
+    frame: pd.DataFrame, cache_dir: Path | None, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """``frame`` with every image held as bytes stored under ``cache_dir`` and referenced instead.
+
+    Only object columns are scanned; a frame without bytes is returned as it is (no copy).
+    """
+    names = [c for c in (columns if columns is not None else frame.columns) if frame[c].dtype == object]
+    touched = [c for c in names if any(_holds_bytes(v) for v in frame[c].tolist())]
+    if not touched:
+        return frame
+    folder = Path(cache_dir) if cache_dir is not None else _fallback_cache_dir()
+    out = frame.copy()
+    for name in touched:
+        out[name] = [_externalized(v, folder) for v in out[name].tolist()]
+    return out

@@ -82,3 +82,28 @@ def test_sharegpt_conversations_carry_the_image_on_the_first_user_turn(tmp_path:
     assert conversation[0] == {"role": "system", "content": "Be brief."}
     assert [part["type"] for part in conversation[1]["content"]] == ["image", "text"]
     assert conversation[1]["content"][1]["text"] == "What is in the picture?"
+
+
+def test_every_image_of_a_list_cell_goes_into_the_request(tmp_path: Path) -> None:
+    """DataFlow-MM's sample format (``"image": ["./a.jpg", ...]``) and a Hugging Face bytes struct."""
+    from dataflow_mm.serving.messages import split_images
+    from dataflow_mm.testing.user_inputs import write_hf_image_shard
+
+    paths = [r["image"] for r in rows_of(write_region_caption_table(tmp_path / "imgs", n_rows=2))]
+    table = write_jsonl(
+        tmp_path / "q.jsonl", [{"image": paths, "prompt": "compare"}, {"image": [paths[0]], "prompt": "one"}]
+    )
+    serving = FakeVLMServing()
+    PromptedVQAGenerator(serving).run(FileStorage(str(table), cache_path=str(tmp_path / "c1")).step())
+    assert [len(split_images(c)[1]) for c in serving.calls[0]] == [2, 1]
+    assert [str(image) for image in split_images(serving.calls[0][0])[1]] == paths
+
+    shard = write_hf_image_shard(
+        tmp_path / "q.parquet",
+        {"image": [{"bytes": Path(paths[1]).read_bytes(), "path": None}], "prompt": ["what is this?"]},
+        ["image"],
+    )
+    serving = FakeVLMServing()
+    PromptedVQAGenerator(serving).run(FileStorage(str(shard), cache_path=str(tmp_path / "c2")).step())
+    ((image,),) = [split_images(c)[1] for c in serving.calls[0]]
+    assert Path(image).parent == tmp_path / "c2" / "media" and Path(image).read_bytes() == Path(paths[1]).read_bytes()

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 
 from cli.main import main
 from dataflow_mm.report import ReportError, build_report_html, report_after_run, write_report
@@ -406,6 +406,34 @@ def test_parquet_steps_with_numpy_values_and_nan(tmp_path: Path) -> None:
     rows = rows_as_dicts(data)
     assert rows[0]["bbox"] == [[1, 2, 3, 4]] and rows[1]["answer"] is None and rows[1]["score"] is None
     assert rows[0]["score"] == 0.5 and data["config"]["kind"] == "region_caption"
+
+
+def test_cli_report_shows_hugging_face_image_structs_bytes_and_lists(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from dataflow_mm.testing.user_inputs import image_bytes, write_hf_image_shard
+
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=2)
+    paths = [json.loads(line)["image"] for line in table.read_text().splitlines()]
+    photo = scene_with_boxes((120, 90), 2, seed=7)[0]
+    write_hf_image_shard(
+        tmp_path / "cache" / "run_step1.parquet",
+        {
+            "image": [{"bytes": image_bytes(photo), "path": "p.jpg"}, {"bytes": None, "path": paths[1]}],
+            "answer": ["a", "b"],
+        },
+        ["image"],
+    )
+    write_jsonl(tmp_path / "cache" / "run_step2.jsonl", [{"image": paths, "answer": "c"}, {"image": [], "answer": "d"}])
+    for step in ("1", "2"):  # was: TypeError unhashable type: 'dict'
+        assert main(["report", str(tmp_path / "cache"), "--step", step, "--out", str(tmp_path / f"{step}.html")]) == 0
+    rows = rows_as_dicts(read_report(tmp_path / "1.html")[1].data)
+    (thumb,) = (tmp_path / "cache" / "report_thumbs").glob("*.jpg")
+    assert rows[0]["image"] == str(thumb) and max(Image.open(thumb).size) <= 320
+    assert rows[1]["image"] == paths[1]  # a path-only struct shows its path
+    data = read_report(tmp_path / "2.html")[1].data
+    assert "image" in data["config"]["imageListColumns"] and all(data["urls"][p] for p in paths)
+    capsys.readouterr()
 
 
 def test_ten_thousand_rows_are_written_quickly_and_paged(tmp_path: Path) -> None:

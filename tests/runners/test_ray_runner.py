@@ -351,3 +351,28 @@ def test_the_imgdiff_pipeline_on_ray_equals_in_process(
         pipeline.cleanup()
     assert rows["ray"] == rows["local"]
     assert all(len(r["bboxes"]) == len(r["bbox_difference_captions"]) for r in rows["ray"])
+
+
+def test_a_hugging_face_image_shard_runs_on_ray_as_in_process(ray_cluster: Any, tmp_path: Path) -> None:
+    """Image bytes reach Ray workers in the chunks; each worker stores them under the same media cache."""
+    from PIL import Image
+
+    from dataflow_mm.testing.user_inputs import image_bytes, write_hf_image_shard
+
+    images = [image_bytes(Image.new("RGB", (64, 48), (40 * i, 90, 200))) for i in range(3)]
+    shard = write_hf_image_shard(
+        tmp_path / "train.parquet",
+        {"image": [{"bytes": b, "path": f"{i}.jpg"} for i, b in enumerate(images)], "bbox": [[[4, 4, 20, 20]]] * 3},
+        ["image"],
+    )
+    rows = {}
+    for name in ("local", "ray"):
+        pipeline = load_script().ImageRegionCaptionPipeline(
+            FakeVLMServing(), first_entry_file=str(shard), cache_path=str(tmp_path / "cache"), file_name_prefix=name,
+            chunk_size=2, output_image_with_bbox_path=None,
+        )  # fmt: skip
+        summary = pipeline.run(runner=RayRunner(actors_per_model_operator=1) if name == "ray" else "local")
+        assert summary.rows_out == 3 and summary.rows_with_error == 0
+        rows[name] = [r["image"] for r in read_jsonl(tmp_path / "cache" / f"{name}_step2.jsonl")]
+    assert rows["ray"] == rows["local"]
+    assert [Path(cell["path"]).read_bytes() for cell in rows["ray"]] == images
