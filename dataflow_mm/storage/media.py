@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from dataflow_mm.errors import MissingFieldError
@@ -19,8 +20,19 @@ def resolve_media_path(value: object, media_root: Path | None = None) -> Path:
         raise MissingFieldError("the image field is empty")
     if not isinstance(value, (str, Path)):
         raise MissingFieldError(f"the image field must be a path string, not {type(value).__name__}: {value!r}")
-    path = Path(value).expanduser()
-    if path.is_absolute() or path.exists() or media_root is None:
+    path = Path(value)
+    with contextlib.suppress(RuntimeError):  # "~nosuchuser/a.jpg": kept as written, reported missing later
+        path = path.expanduser()
+    if path.is_absolute() or _exists(path) or media_root is None:
         return path
     candidate = media_root / path
-    return candidate if candidate.exists() else path
+    return candidate if _exists(candidate) else path
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()`` that says False, instead of raising, for a name the OS cannot take
+    (a component over 255 bytes, a NUL byte, a lone surrogate)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
