@@ -24,8 +24,9 @@ from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.surrogates import may_hold_surrogates, replace_lone_surrogates
 
 SUPPORTED_TYPES = ("jsonl", "json", "csv", "parquet")
-# Deepest list/object nesting a table record may have; deeper JSONL lines are rejected (TooDeepJSONLine).
-MAX_JSON_DEPTH = 128
+# Deepest list/object nesting a table record may have (the record itself is level 1); deeper JSONL lines are
+# rejected (TooDeepJSONLine). Real rows nest a few levels; Parquet reads back about 45 nested lists at most.
+MAX_JSON_DEPTH = 32
 DEFAULT_CHUNK_SIZE = 512
 
 
@@ -132,15 +133,15 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def load_json_text(text: str, **kwargs: Any) -> Any:
-    """``json.loads`` for table input: nesting capped at ``MAX_JSON_DEPTH`` (``TooDeepError``), lone
+def load_json_text(text: str, max_depth: int = MAX_JSON_DEPTH, **kwargs: Any) -> Any:
+    """``json.loads`` for table input: nesting capped at ``max_depth`` (``TooDeepError``), lone
     surrogates replaced by U+FFFD (see ``dataflow_mm.surrogates``)."""
-    too_deep = TooDeepError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    too_deep = TooDeepError(f"a record is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         value = json.loads(text, **kwargs)
     except RecursionError:
         raise too_deep from None
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth_exceeds(value, MAX_JSON_DEPTH):
+    if text.count("[") + text.count("{") > max_depth and _depth_exceeds(value, max_depth):
         raise too_deep
     return replace_lone_surrogates(value) if may_hold_surrogates(text) else value
 
@@ -219,7 +220,7 @@ def iter_table(
             yield Chunk(batch.to_pandas(integer_object_nulls=True).astype(object))
     else:
         try:
-            data = load_json_text(path.read_text(encoding="utf-8-sig"))
+            data = load_json_text(path.read_text(encoding="utf-8-sig"), max_depth=MAX_JSON_DEPTH + 1)  # + the list
         except (json.JSONDecodeError, UnicodeDecodeError, TooDeepError) as exc:
             raise StorageError(f"Cannot parse JSON '{path}': {exc}") from exc
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):

@@ -22,6 +22,7 @@ from typing import Any
 
 from PIL import Image
 
+from dataflow_mm.storage.formats import MAX_JSON_DEPTH
 from dataflow_mm.testing.sample_data import scene_with_boxes
 
 GOOD_SIZE = (320, 240)
@@ -188,8 +189,12 @@ def _json_str(value: str) -> str:
 # -- the faults of issue #12, several variants each ----------------------------------------------------------
 
 HUGE_INT = "1" + "0" * 400  # 10**400: JSON reads it as an exact integer that has no float value
-# Lines nested far past the recursion limit, and one just past MAX_JSON_DEPTH: each is a TooDeepJSONLine reject.
-DEEP_LINES = ["[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000, "[" * 200 + "]" * 200]
+# Lines nested far past the recursion limit, and a row one level past MAX_JSON_DEPTH: each a TooDeepJSONLine.
+DEEP_LINES = [
+    "[" * 100_000 + "]" * 100_000,
+    '{"a":' * 100_000 + "1" + "}" * 100_000,
+    '{"case_id": "one too deep", "x": ' + "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH + "}",
+]
 # Values of an ``error`` field that are not errors (only a non-empty string is): the row is processed.
 NON_ERROR_VALUES: dict[str, Any] = {"empty string": "", "false": False, "zero": 0, "empty list": [], "empty object": {}}
 

@@ -27,7 +27,11 @@ from dataflow_mm.testing.openai_test_server import OpenAITestServer
 
 REPO = Path(__file__).resolve().parents[2]
 BOX = [10, 10, 30, 30]
-DEEP_LINES = ["[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000, "[" * 200 + "]" * 200]
+DEEP_LINES = [
+    "[" * 100_000 + "]" * 100_000,
+    '{"a":' * 100_000 + "1" + "}" * 100_000,
+    '{"x": ' + "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH + "}",  # one level past the limit
+]
 
 
 class RegionCaptions(PipelineABC):
@@ -55,6 +59,8 @@ def dumps(row: dict[str, Any]) -> str:
 def read_step(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".parquet":
         return pq.read_table(path).to_pylist()
+    if path.suffix == ".json":
+        return json.loads(path.read_text(encoding="utf-8"))
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
@@ -182,6 +188,14 @@ def test_deeply_nested_lines_are_rejected_region_captions(tmp_path: Path, good: 
     assert rows[0]["error"] is None and rows[0]["shallow"] == [[[[1]]]]
     saved = read_step(tmp_path / "cache" / "rc_step1.jsonl.rejects.jsonl")
     assert [r["line"] for r in saved] == [1, 2, 3] and all(str(MAX_JSON_DEPTH) in r["message"] for r in saved)
+
+
+@pytest.mark.parametrize("cache_type", ["jsonl", "json", "parquet"])
+def test_a_record_at_the_depth_limit_goes_through_every_step(tmp_path: Path, good: str, cache_type: str) -> None:
+    deepest = json.loads("[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1))  # the row itself is level 1
+    lines = [dumps({"image": good, "bbox": [BOX], "deep": deepest})]
+    summary, rows = run_region(tmp_path, lines, cache_type=cache_type)
+    assert summary.rows_rejected == 0 and rows[0]["error"] is None and rows[0]["answer"]
 
 
 def test_deeply_nested_lines_are_rejected_imgdiff(tmp_path: Path, good: str, scorers: tuple) -> None:
