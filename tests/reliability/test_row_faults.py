@@ -6,6 +6,7 @@ traceback (exit 1, on every rerun) or a silently wrong row before."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from dataflow_mm.serving.api_serving import APIVLMServing_openai
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.storage.formats import MAX_JSON_DEPTH
 from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.bad_inputs import write_bad_images
+from dataflow_mm.testing.bad_inputs import build_region_caption_corpus, write_bad_images
 from dataflow_mm.testing.fake_serving import FakeVLMServing
 from dataflow_mm.testing.openai_test_server import OpenAITestServer
 
@@ -212,7 +213,7 @@ def test_a_deeply_nested_json_input_stops_the_run_with_exit_2(tmp_path: Path, sc
         [sys.executable, str(REPO / "gpu_pipelines" / f"{script}.py"), "--backend", "api", "--api_url",
          "http://127.0.0.1:9/v1", "--model_name", "m", "--first_entry_file", str(table),
          "--cache_path", str(tmp_path / "cache")],
-        capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "OPENAI_API_KEY": "k"},
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OPENAI_API_KEY": "k"},
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and f"nested deeper than {MAX_JSON_DEPTH}" in proc.stderr
@@ -313,3 +314,25 @@ def test_the_key_check_reads_past_the_first_rows(tmp_path: Path, good: str) -> N
     summary, rows = run_region(tmp_path, lines, chunk_size=64)
     assert summary.rows_out == 251 and rows[250]["error"] is None and rows[250]["answer"]
     assert summary.steps[0].row_errors == {"MissingFieldError": 250}
+
+
+# -- the whole corpus through the shipped script (API backend), as a user runs it -----------------------------
+
+
+def test_the_script_finishes_the_corpus_with_exit_0_on_every_run(tmp_path: Path) -> None:
+    table, cases, rejects = build_region_caption_corpus(tmp_path)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "CORPUS_KEY": "k", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    with OpenAITestServer(answer_fn=lambda body: "region 1: a thing \ud800") as server:
+        for _ in range(2):  # the second run resumes and finds every step complete
+            proc = subprocess.run(
+                [sys.executable, str(REPO / "gpu_pipelines" / "image_region_caption_pipeline.py"), "--backend", "api",
+                 "--api_url", server.base_url, "--model_name", "test-model", "--api_key_env", "CORPUS_KEY",
+                 "--first_entry_file", str(table), "--cache_path", str(cache), "--chunk_size", "1",
+                 "--output_image_with_bbox_path", str(cache / "result.jsonl")],
+                capture_output=True, text=True, timeout=300, env=env,
+            )  # fmt: skip
+            assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    rows = read_step(cache / "result.jsonl")
+    assert len(rows) == len(cases) and sum(bool(r["error"]) for r in rows) == sum(bool(c.error) for c in cases)
+    assert json.loads((cache / "region_caption_summary.json").read_text())["rows_rejected"] == sum(rejects.values())
