@@ -14,6 +14,7 @@ reports: rows tried, rows kept with an error, lines rejected, runs that stopped.
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -181,8 +182,6 @@ def build_region_caption_corpus(folder: Path) -> tuple[Path, list[Case], dict[st
 
 
 def _json_str(value: str) -> str:
-    import json
-
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -232,17 +231,13 @@ def surrogate_cases() -> dict[str, tuple[str, dict[str, Any]]]:
 
 def _field(key: str, value: Any) -> str:
     """``, "key": value`` as ASCII JSON (lone surrogates stay escapes, as a JSON writer would put them)."""
-    import json
-
     return ", " + json.dumps({key: value})[1:-1]
 
 
-def build_chunk_corpus(folder: Path) -> tuple[Path, list[Case], str, str]:
+def build_chunk_corpus(folder: Path) -> tuple[Path, list[Case], Path, str]:
     """Chunks in which no row has the image key, for ``chunk_size=1``: the region-caption table, its cases,
     and the Img-Diff table (same cases, keyed ``image_path1``/``image_path2``)."""
     good = str(write_bad_images(folder / "images")["good.jpg"])
-    import json
-
     shapes: list[tuple[Case, dict[str, Any] | None]] = [
         (Case("chunk:only id", error="MissingFieldError"), {"id": 1}),
         (Case("chunk:good", valid_boxes=1), None),
@@ -255,15 +250,14 @@ def build_chunk_corpus(folder: Path) -> tuple[Path, list[Case], str, str]:
     imgdiff = [json.dumps({"case_id": c.case_id, **(r if r is not None else pair)}) for c, r in shapes]
     table = folder / "chunks.jsonl"
     table.write_text("\n".join(region) + "\n", encoding="utf-8")
-    (folder / "chunk_pairs.jsonl").write_text("\n".join(imgdiff) + "\n", encoding="utf-8")
-    return table, [c for c, _ in shapes], str(folder / "chunk_pairs.jsonl"), good
+    pairs = folder / "chunk_pairs.jsonl"
+    pairs.write_text("\n".join(imgdiff) + "\n", encoding="utf-8")
+    return table, [c for c, _ in shapes], pairs, good
 
 
 def build_imgdiff_corpus(folder: Path) -> tuple[Path, list[Case], dict[str, int]]:
     """The Img-Diff table (``image_path1``, ``image_path2``, ``bboxes`` in xywh), each row's expected error
     class (None: the row is processed; bad boxes are dropped with their reason), and the rejects by cause."""
-    import json
-
     images = write_bad_images(folder / "images")
     good = str(images["good.jpg"])
     box = [10, 10, 30, 30]
@@ -357,13 +351,11 @@ def corpus_tables(folder: Path) -> list[tuple[str, Path, int]]:
         ("region_caption", chunks, 1),
         ("region_caption", late, 64),
         ("imgdiff", pairs, 8),
-        ("imgdiff", Path(chunk_pairs), 1),
+        ("imgdiff", chunk_pairs, 1),
     ]
 
 
 def _json_line(row: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(row) + "\n"
 
 
