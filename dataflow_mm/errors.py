@@ -74,6 +74,11 @@ def row_error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def is_row_error(value: object) -> bool:
+    """True when an ``error`` field holds an error: only a non-empty string does ("", false, 0, [] do not)."""
+    return isinstance(value, str) and value != ""
+
+
 def error_class_of(text: str | None) -> str | None:
     """The error class name of an ``error`` field value, or None for a row without error."""
     if not text or not isinstance(text, str):

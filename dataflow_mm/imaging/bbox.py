@@ -57,6 +57,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def _overflows(value: Any) -> bool:
+    """True for an integer beyond float range (``10**400``): it has no float value at all."""
+    try:
+        float(value)
+    except OverflowError:
+        return True
+    return False
+
+
 def _check_format(fmt: str) -> None:
     if fmt not in BOX_FORMATS:
         raise ValueError(f"unknown box format {fmt!r}; expected one of {', '.join(BOX_FORMATS)}")
@@ -96,6 +105,8 @@ def parse_box(value: Any) -> Box:
             raise InvalidBoxError(
                 f"box element {i} has type {type(item).__name__} ({_short(item)}), expected a number: {_short(value)}"
             )
+        if _overflows(item):
+            raise InvalidBoxError(f"box element {i} is too large for a float ({_short(item)}): {_short(value)}")
         if not math.isfinite(item):
             raise InvalidBoxError(f"box element {i} is not finite ({item!r}): {_short(value)}")
     x0, y0, x1, y1 = (float(v) for v in items)

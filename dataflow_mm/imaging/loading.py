@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from pathlib import Path
 from typing import IO, Any
 
@@ -80,14 +81,16 @@ def _open_source(source: Any) -> tuple[IO[bytes] | Path, str]:
         raise ImageNotFoundError("image path is an empty string")
     path = Path(source)
     label = f"'{path}'"
-    if not path.exists():
-        raise ImageNotFoundError(f"image file not found: {label}")
-    if not path.is_file():
-        raise ImageNotFoundError(f"image path is a directory, not a file: {label}")
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ImageLoadError(f"cannot read image file {label}: {exc}") from exc
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageNotFoundError(f"image file not found: {label}") from None
+    except (OSError, ValueError) as exc:  # name too long, NUL byte, lone surrogate, loop of links...
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ImageNotFoundError(f"image path cannot be opened ({reason}): {label}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageNotFoundError(f"image path is a directory, not a file: {label}")
+    size = info.st_size
     if size == 0:
         raise ImageDecodeError(f"image file is empty (0 bytes): {label}")
     return path, label

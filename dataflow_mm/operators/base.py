@@ -30,20 +30,34 @@ from typing import Any
 
 import pandas as pd
 
-from dataflow_mm.errors import ERROR_COLUMN, error_class_of
+from dataflow_mm.errors import ERROR_COLUMN, MissingFieldError, error_class_of, is_row_error, row_error_text
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.progress import StepProgress, count_rows
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.formats import Reject, check_readable, read_table, table_type_of, write_table
 from dataflow_mm.storage.manifest import StepManifest, file_sha256, fingerprint
 from dataflow_mm.storage.media import externalize_media
+from dataflow_mm.storage.media_stamps import changed_media, media_stamps
 from dataflow_mm.storage.parts import ChunkParts
 from dataflow_mm.storage.paths import check_writes
 
 log = get_logger("operators")
 
 PROVENANCE_COLUMN = "provenance"
+# Input rows whose ``error`` field held a value that is not an error ("", false, 0, [], {}): processed as usual.
+NON_ERROR_VALUES_METRIC = "input_error_values_ignored"
 RATE_SUFFIX = "_total"
+
+
+def count_non_error_values(frame: pd.DataFrame) -> int:
+    """Rows of an input chunk whose ``error`` field is set but is not an error (not a non-empty string)."""
+    if ERROR_COLUMN not in frame.columns:
+        return 0
+    return sum(1 for v in frame[ERROR_COLUMN] if not _is_missing(v) and not is_row_error(v))
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def metric_rates(metrics: dict[str, float]) -> dict[str, float]:
@@ -182,6 +196,11 @@ class OperatorABC(ABC):
         """What produced the output beyond ``params`` (model, backend, sampling)."""
         return {}
 
+    def media_columns(self, **keys: Any) -> list[str]:
+        """Columns naming the media files this operator reads; their content is part of what makes a step
+        current (``storage.media_stamps``). By default the columns named by ``input_image*`` keys."""
+        return [v for k, v in keys.items() if k.startswith("input_image") and isinstance(v, str)]
+
     def extra_output_paths(self) -> list[Path]:
         """Other files that receive a copy of this step's rows (e.g. a config's output path)."""
         return []
@@ -220,6 +239,9 @@ class OperatorABC(ABC):
             "row_errors": dict(Counter(c for c in map(error_class_of, out[ERROR_COLUMN]) if c)),
         }
         metrics = self.chunk_metrics(out, **keys)
+        ignored = count_non_error_values(frame)
+        if ignored:
+            metrics = {**metrics, NON_ERROR_VALUES_METRIC: ignored}
         if metrics:
             counts["metrics"] = metrics
         return counts
@@ -279,6 +301,7 @@ class OperatorABC(ABC):
     def _run_step(
         self, storage: FileStorage, keys: dict[str, Any], step: int, current: str, input_sha: str
     ) -> StepResult:
+        """Process every chunk not done yet (or whose media changed since), then join the parts into the step."""
         started = time.perf_counter()
         result = StepResult(step, self.name, str(storage.output_path), provenance=self.provenance())
         parts = ChunkParts(
@@ -294,14 +317,14 @@ class OperatorABC(ABC):
         try:
             for index, chunk in enumerate(storage.iter_chunks()):
                 counts = parts.done(index)
-                if counts is None:
-                    out = self.process_chunk(chunk.frame, **keys)
-                    counts = self.chunk_counts(chunk.frame, chunk.rejects, out, keys)
+                if counts is None or changed_media(counts.get("media", {})):
+                    out, counts = self.run_chunk(chunk.frame, chunk.rejects, keys, storage.media_root)
                     parts.write(index, out, chunk.rejects, counts)
                 progress.update(len(chunk.frame) + len(chunk.rejects))
         finally:
             progress.close()
         rejects = self._merge_counts(parts, result)
+        media = {path: item for i in parts.indices() for path, item in (parts.done(i) or {}).get("media", {}).items()}
         parts.assemble(storage.cache_type)
         self._write_rejects(storage, rejects)
         parts.remove()
@@ -316,9 +339,21 @@ class OperatorABC(ABC):
             stats=result.to_dict(),
             provenance=result.provenance,
             extra_outputs=[str(p) for p in self.extra_output_paths()],
+            media=media,
         ).save(storage.output_path)
         self._copy_to_extra_outputs(storage.output_path, only_missing=False)
         return result
+
+    def run_chunk(
+        self, frame: pd.DataFrame, rejects: list[Reject], keys: dict[str, Any], media_root: Path | None
+    ) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """One chunk: the media it names stamped first, then processed; returns the rows and the marker's counts."""
+        media = media_stamps((frame[c] for c in self.media_columns(**keys) if c in frame.columns), media_root)
+        out = self.process_chunk(frame, **keys)
+        counts = self.chunk_counts(frame, rejects, out, keys)
+        if media:
+            counts["media"] = media
+        return out, counts
 
     @staticmethod
     def _merge_counts(parts: ChunkParts, result: StepResult) -> list[Reject]:
@@ -344,10 +379,17 @@ class OperatorABC(ABC):
 
     def process_chunk(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         """``process`` on the rows without an error; rows with one pass through, order kept."""
-        frame = externalize_media(frame, self._media_cache).copy()
+        # a copy in which integers stay integers beside missing values, with image bytes stored as files
+        frame = externalize_media(frame, self._media_cache).astype(object)
         if ERROR_COLUMN not in frame.columns:
             frame[ERROR_COLUMN] = None
-        ok = frame[ERROR_COLUMN].isna()
+        ok = ~frame[ERROR_COLUMN].map(is_row_error)
+        frame.loc[ok, ERROR_COLUMN] = None  # "", False, 0, [] are not errors (counted by chunk_counts)
+        absent = [k for k in self.input_columns(**keys) if k not in frame.columns]
+        if absent and ok.any():  # e.g. a chunk in which no row has the image key
+            error = MissingFieldError(f"the row has no {', '.join(map(repr, absent))} field")
+            frame.loc[ok, ERROR_COLUMN] = row_error_text(error)
+            ok[:] = False
         if not ok.any():
             return frame
         processed = self.process(frame[ok], **keys)
@@ -357,7 +399,7 @@ class OperatorABC(ABC):
             processed = _with_provenance(processed, self._provenance_ref)
         if ok.all():
             return processed
-        return pd.concat([processed, frame[~ok]]).sort_index()
+        return pd.concat([processed.astype(object), frame[~ok]]).sort_index()
 
     def _write_rejects(self, storage: FileStorage, rejects: list[Reject]) -> None:
         path = storage.rejects_path

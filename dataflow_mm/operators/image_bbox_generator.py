@@ -140,7 +140,8 @@ class ImageBboxGenerator(OperatorABC):
             "prompt": output_prompt_key,
         }
         for source, target in renamed.items():
-            out[target] = [None if isinstance(item, RowError) else item[source] for item in rendered]
+            values = [None if isinstance(item, RowError) else item[source] for item in rendered]
+            out[target] = pd.Series(values, index=out.index, dtype=object)  # an int stays an int beside None
         out["warning"] = notes
         out[ERROR_COLUMN] = [
             row_error_text(item) if isinstance(item, RowError) else previous

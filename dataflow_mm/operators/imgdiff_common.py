@@ -97,7 +97,7 @@ def is_all_zero(raw: Any) -> bool:
         boxes = [boxes]
     try:
         return all(isinstance(b, (list, tuple)) and all(float(v) == 0.0 for v in b) for b in boxes)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
 
 
@@ -119,7 +119,7 @@ def new_decision(index: int, raw_box: Any) -> dict[str, Any]:
     raw_box = _as_list(raw_box)
     try:
         shown = plain_numbers(raw_box, 4) if isinstance(raw_box, (list, tuple)) else raw_box
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         shown = str(raw_box)[:200]
     return {
         "index": index,

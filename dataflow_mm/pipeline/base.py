@@ -20,7 +20,7 @@ from dataflow_mm.operators.base import OperatorCall, recording_calls
 from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.report import report_after_run
 from dataflow_mm.serving.base import VLMServing
-from dataflow_mm.storage.formats import has_records, peek_columns
+from dataflow_mm.storage.formats import find_columns, has_records, peek_columns
 from dataflow_mm.storage.paths import write_conflicts
 
 if TYPE_CHECKING:
@@ -110,6 +110,13 @@ class PipelineABC(ABC):
             if not has_records(path, call.storage.input_type):
                 problems.append(f"operator {call.operator.name}: input file '{path}' is empty: nothing to do")
             return None
+        unseen = [key for key in call.operator.input_columns(**call.keys) if key not in columns]
+        if unseen:  # a column may first appear after the rows peeked at: look through the whole table
+            try:
+                columns += find_columns(path, unseen, call.storage.input_type)
+            except StorageError as exc:
+                problems.append(f"operator {call.operator.name}: {exc}")
+                return None
         return columns
 
     def servings(self) -> list[VLMServing]:

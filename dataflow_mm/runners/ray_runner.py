@@ -52,6 +52,7 @@ from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.formats import Reject, iter_table
 from dataflow_mm.storage.manifest import StepManifest, file_sha256
+from dataflow_mm.storage.media_stamps import changed_media
 from dataflow_mm.storage.parts import ChunkParts
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ class _ChunkWorker:
         self.operator = operator
         self.keys = keys
         self.parts = ChunkParts(storage.output_path, state)
+        self.media_root = storage.media_root
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._servings = _servings(operator)
         self._startup_error: UserError | None = None
@@ -148,7 +150,7 @@ class _ChunkWorker:
             try:
                 if self._startup_error is not None:
                     raise self._startup_error
-                out = self.operator.process_chunk(frame, **self.keys)
+                out, counts = self.operator.run_chunk(frame, rejects, self.keys, self.media_root)
             except UserError as exc:
                 # Ray keeps only the text of a worker's exception; the driver re-raises this one as it is.
                 results.append(
@@ -161,7 +163,6 @@ class _ChunkWorker:
                     }
                 )
                 break
-            counts = self.operator.chunk_counts(frame, rejects, out, self.keys)
             self.parts.write(int(index), out, rejects, counts)
             after = self._stats()
             delta = {p: {f: after[p][f] - before[p][f] for f in _STAT_FIELDS} for p in after}
@@ -391,6 +392,7 @@ class RayRunner(Runner):
         args = self._worker_args(ray, operator, storage, keys, state)
         parts = ChunkParts(storage.output_path, state)
         done = frozenset(parts.indices()) if parts.open() else frozenset()
+        done = frozenset(i for i in done if not changed_media((parts.done(i) or {}).get("media", {})))
         if done:
             log.info(f"step {step} {operator.name}: resuming after {len(done)} completed chunk(s)")
         progress = StepProgress(f"step {step} {operator.name}", count_rows(storage.input_path, storage.input_type))

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dataflow_mm.surrogates import replace_lone_surrogates
+
 Message = dict[str, Any]
 Conversation = list[Message]
 
@@ -119,6 +121,7 @@ class VLMServing(ABC):
             raise RuntimeError(f"{type(self).__name__} returned {len(answers)} completions for {len(sent)} requests")
         remaining = iter(answers)
         completions = [item if isinstance(item, Completion) else next(remaining) for item in checked]
+        completions = [_without_lone_surrogates(c) for c in completions]
         self.stats.record(completions)
         return completions
 
@@ -159,3 +162,12 @@ class VLMServing(ABC):
 
     def cleanup(self) -> None:  # noqa: B027 - optional hook
         """Release the model and its memory; the next call loads it again."""
+
+
+def _without_lone_surrogates(completion: Completion) -> Completion:
+    """An answer (or error) holding a lone surrogate, e.g. an API's ``"\\ud800"``, with U+FFFD in its place."""
+    for name in ("text", "error"):
+        value = getattr(completion, name)
+        if isinstance(value, str):
+            setattr(completion, name, replace_lone_surrogates(value))
+    return completion

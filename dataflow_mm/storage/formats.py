@@ -21,8 +21,12 @@ import pandas as pd
 
 from dataflow_mm.errors import StorageError
 from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.surrogates import may_hold_surrogates, replace_lone_surrogates
 
 SUPPORTED_TYPES = ("jsonl", "json", "csv", "parquet")
+# Deepest list/object nesting a table record may have (the record itself is level 1); deeper JSONL lines are
+# rejected (TooDeepJSONLine). Real rows nest a few levels; Parquet reads back about 45 nested lists at most.
+MAX_JSON_DEPTH = 32
 DEFAULT_CHUNK_SIZE = 512
 
 
@@ -116,6 +120,35 @@ def _check_csv_header(path: Path) -> None:
         raise StorageError(f"CSV '{path}' has duplicate column names: {duplicates}")
 
 
+class TooDeepError(ValueError):
+    """A JSON value nested deeper than ``MAX_JSON_DEPTH`` (a line of 100,000 brackets, say)."""
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True when lists/objects in ``value`` nest more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def load_json_text(text: str, max_depth: int = MAX_JSON_DEPTH, **kwargs: Any) -> Any:
+    """``json.loads`` for table input: nesting capped at ``max_depth`` (``TooDeepError``), lone
+    surrogates replaced by U+FFFD (see ``dataflow_mm.surrogates``)."""
+    too_deep = TooDeepError(f"a record is nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        value = json.loads(text, **kwargs)
+    except RecursionError:
+        raise too_deep from None
+    if text.count("[") + text.count("{") > max_depth and _depth_exceeds(value, max_depth):
+        raise too_deep
+    return replace_lone_surrogates(value) if may_hold_surrogates(text) else value
+
+
 def _parse_jsonl_line(raw: bytes, line_no: int) -> dict[str, Any] | Reject | None:
     if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
@@ -127,11 +160,13 @@ def _parse_jsonl_line(raw: bytes, line_no: int) -> dict[str, Any] | Reject | Non
     if not text.strip():
         return None
     try:
-        value = json.loads(text, object_pairs_hook=_object_without_duplicates)
+        value = load_json_text(text, object_pairs_hook=_object_without_duplicates)
     except json.JSONDecodeError as exc:
         return Reject(line_no, "MalformedJSONLine", f"line {line_no}: {exc.msg} at column {exc.colno}", text[:200])
     except DuplicateKeyError as exc:
         return Reject(line_no, "DuplicateKeyLine", f"line {line_no} repeats the key '{exc}'", text[:200])
+    except TooDeepError as exc:
+        return Reject(line_no, "TooDeepJSONLine", f"line {line_no}: {exc}", text[:200])
     if not isinstance(value, dict):
         kind = type(value).__name__
         return Reject(line_no, "NotAnObjectLine", f"line {line_no} holds a JSON {kind}, not an object", text[:200])
@@ -187,13 +222,13 @@ def iter_table(
 
         try:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
-                yield Chunk(batch.to_pandas().astype(object))
+                yield Chunk(batch.to_pandas(integer_object_nulls=True).astype(object))
         except pa.ArrowException as exc:
             raise StorageError(f"Cannot read Parquet '{path}' (corrupt or not Parquet): {exc}") from exc
     else:
         try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = load_json_text(path.read_text(encoding="utf-8-sig"), max_depth=MAX_JSON_DEPTH + 1)  # + the list
+        except (json.JSONDecodeError, UnicodeDecodeError, TooDeepError) as exc:
             raise StorageError(f"Cannot parse JSON '{path}': {exc}") from exc
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise StorageError(f"JSON table '{path}' must be a list of objects")
@@ -220,6 +255,16 @@ def peek_columns(path: str | os.PathLike, table_type: str | None = None, rows: i
     for chunk in iter_table(path, table_type, chunk_size=rows):
         return [str(c) for c in chunk.frame.columns]
     return []
+
+
+def find_columns(path: str | os.PathLike, wanted: list[str], table_type: str | None = None) -> list[str]:
+    """Which of ``wanted`` are columns of some row anywhere in the table (reads until all are found)."""
+    found: set[str] = set()
+    for chunk in iter_table(path, table_type):
+        found.update(str(c) for c in chunk.frame.columns if str(c) in wanted)
+        if len(found) == len(set(wanted)):
+            break
+    return [key for key in wanted if key in found]
 
 
 def frame_to_jsonl(frame: pd.DataFrame) -> str:

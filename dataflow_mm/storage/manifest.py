@@ -2,8 +2,9 @@
 
 A manifest sits beside its step file (``<step file>.manifest.json``). A step is complete when
 its file and manifest both exist, the manifest's fingerprint equals the operator's current one
-(class, parameters, keys, model), the input's content hash is unchanged, and the step file's
-content hash still matches what was written. Completed work is recorded, never guessed.
+(class, parameters, keys, model), the input's content hash is unchanged, the step file's
+content hash still matches what was written, and every media file the step read is unchanged
+(``media_stamps``). Completed work is recorded, never guessed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dataflow_mm.storage.formats import write_json_atomic
+from dataflow_mm.storage.media_stamps import changed_media
 
 MANIFEST_SUFFIX = ".manifest.json"
 _HASH_BLOCK = 1 << 20
@@ -53,6 +55,7 @@ class StepManifest:
     stats: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     extra_outputs: list[str] = field(default_factory=list)
+    media: dict[str, Any] = field(default_factory=dict)  # the media files read: path -> stamp (media_stamps)
 
     def save(self, step_file: str | os.PathLike) -> Path:
         return write_json_atomic(asdict(self), manifest_path(step_file))
@@ -74,4 +77,5 @@ class StepManifest:
             and self.input_sha256 == input_sha256
             and step_file.is_file()
             and file_sha256(step_file) == self.output_sha256
+            and not changed_media(self.media)
         )

@@ -18,6 +18,7 @@ small text and Parquet step files keep the struct column readable by ``datasets`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -93,11 +94,22 @@ def store_bytes(data: bytes, cache_dir: Path | None, name_hint: str | None = Non
 
 
 def _local_path(value: str | Path, media_root: Path | None) -> Path:
-    path = Path(value).expanduser()
-    if path.is_absolute() or path.exists() or media_root is None:
+    path = Path(value)
+    with contextlib.suppress(RuntimeError):  # "~nosuchuser/a.jpg": kept as written, reported missing later
+        path = path.expanduser()
+    if path.is_absolute() or _exists(path) or media_root is None:
         return path
     candidate = media_root / path
-    return candidate if candidate.exists() else path
+    return candidate if _exists(candidate) else path
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()`` that says False, instead of raising, for a name the OS cannot take
+    (a component over 255 bytes, a NUL byte, a lone surrogate)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def resolve_media_path(value: object, media_root: Path | None = None, cache_dir: Path | None = None) -> Path:

@@ -1,20 +1,29 @@
 """A corpus of dirty inputs: broken images, bad boxes, bad table lines, each with its expected outcome.
 
-Used by the reliability tests (and handy for trying a new operator): ``build_region_caption_corpus``
-writes every case into one JSONL table next to good rows, and returns what each row should become.
+Used by the reliability tests (and handy for trying a new operator): ``build_region_caption_corpus`` and
+``build_imgdiff_corpus`` write every case into one JSONL table next to good rows, and return what each row
+should become; ``build_chunk_corpus`` holds the faults that concern a whole chunk (run with ``chunk_size=1``).
+Every class of fault of issue #12 has several variants: image paths the OS refuses, boxes beyond float range,
+lines nested too deep, lone surrogates, rows without the image key, ``error`` fields that are not errors.
+
+``python -m dataflow_mm.testing.bad_inputs`` runs the whole corpus through both shipped pipelines (a fake VLM,
+tiny BLIP and CLIP scorers), twice each (the second run resumes), and prints the corpus figures the README
+reports: rows tried, rows kept with an error, lines rejected, runs that stopped.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from dataflow_mm.storage.formats import MAX_JSON_DEPTH
 from dataflow_mm.testing.sample_data import scene_with_boxes
 
 GOOD_SIZE = (320, 240)
@@ -148,20 +157,267 @@ def build_region_caption_corpus(folder: Path) -> tuple[Path, list[Case], dict[st
         row(case, good, bbox)
     row(Case("table:no image key", error="MissingFieldError"), None)
     row(Case("table:null image", error="MissingFieldError"), None, extra=', "image": null')
+    for name, path in unopenable_paths(folder).items():
+        row(Case(f"path:{name}", error="ImageNotFoundError"), None, extra=_field("image", path))
+    for name, (bbox, case) in huge_box_cases().items():
+        row(Case(f"box:{name}", **case), good, bbox)
+    for name, (extra, case) in surrogate_cases().items():
+        row(Case(f"surrogate:{name}", **case), good, extra=extra)
+    for name, value in NON_ERROR_VALUES.items():
+        row(Case(f"error field:{name}", valid_boxes=1), good, extra=_field("error", value))
+    earlier = _field("error", "UpstreamError: failed before")
+    row(Case("error field:earlier error", error="UpstreamError"), good, extra=earlier)
     lines.insert(3, '{"case_id": "malformed", "image": ')  # malformed JSON line in the middle
     lines.insert(5, "")  # blank lines are not rows
     lines.insert(6, "   ")
     lines.insert(8, f'{{"case_id": "dup", "image": {_json_str(good)}, "image": {_json_str(good)}}}')
     row(Case("good_last", valid_boxes=1), good)
+    lines[10:10] = DEEP_LINES
     raw = ("\n".join(lines) + "\n").encode("utf-8")
     raw = b"\xef\xbb\xbf" + raw + b'{"case_id": "latin1", "image": "caf\xe9.jpg"}\n'  # BOM first, non-UTF-8 last
     table = folder / "dirty.jsonl"
     table.write_bytes(raw)
-    rejects = {"MalformedJSONLine": 1, "DuplicateKeyLine": 1, "NonUTF8Line": 1}
+    rejects = {"MalformedJSONLine": 1, "DuplicateKeyLine": 1, "NonUTF8Line": 1, "TooDeepJSONLine": len(DEEP_LINES)}
     return table, cases, rejects
 
 
 def _json_str(value: str) -> str:
-    import json
-
     return json.dumps(value, ensure_ascii=False)
+
+
+# -- the faults of issue #12, several variants each ----------------------------------------------------------
+
+HUGE_INT = "1" + "0" * 400  # 10**400: JSON reads it as an exact integer that has no float value
+# Lines nested far past the recursion limit, and a row one level past MAX_JSON_DEPTH: each a TooDeepJSONLine.
+DEEP_LINES = [
+    "[" * 100_000 + "]" * 100_000,
+    '{"a":' * 100_000 + "1" + "}" * 100_000,
+    '{"case_id": "one too deep", "x": ' + "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH + "}",
+]
+# Values of an ``error`` field that are not errors (only a non-empty string is): the row is processed.
+NON_ERROR_VALUES: dict[str, Any] = {"empty string": "", "false": False, "zero": 0, "empty list": [], "empty object": {}}
+
+
+def unopenable_paths(folder: Path) -> dict[str, str]:
+    """Image paths the OS refuses or cannot resolve: each must end its row with ImageNotFoundError."""
+    return {
+        "component over 255 bytes": str(folder / ("a" * 300 + ".jpg")),
+        "inner component over 255 bytes": str(folder / ("b" * 256) / "c.jpg"),
+        "relative component over 255 bytes": "d" * 400 + ".png",
+        "unknown user": "~nosuchuser/a.jpg",
+        "NUL byte": str(folder / "a\x00b.jpg"),
+        "lone surrogate": str(folder / "x\ud800.jpg"),
+    }
+
+
+def huge_box_cases() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Region-caption boxes holding an integer beyond float range: (bbox JSON text, expected Case fields)."""
+    return {
+        "10**400 only box": (f"[[{HUGE_INT}, 10, 20, 20]]", {"error": "InvalidBoxError"}),
+        "10**400 width": (f"[[10, 10, {HUGE_INT}, 20]]", {"error": "InvalidBoxError"}),
+        "-10**400 flat box": (f"[-{HUGE_INT}, 10, 20, 20]", {"error": "InvalidBoxError"}),
+        "10**400 among good": (f"[[10, 10, 20, 20], [{HUGE_INT}, 1, 1, 1]]", {"valid_boxes": 1}),
+    }
+
+
+def surrogate_cases() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Lone surrogates outside the image path: (extra JSON fields, expected Case fields)."""
+    return {
+        "in a text field": (_field("note", "a\ud800b"), {"valid_boxes": 1}),
+        "in a key": (_field("k\udfff", 1), {"valid_boxes": 1}),
+        "in a nested list": (_field("tags", ["\udbff", "ok"]), {"valid_boxes": 1}),
+    }
+
+
+def _field(key: str, value: Any) -> str:
+    """``, "key": value`` as ASCII JSON (lone surrogates stay escapes, as a JSON writer would put them)."""
+    return ", " + json.dumps({key: value})[1:-1]
+
+
+def build_chunk_corpus(folder: Path) -> tuple[Path, list[Case], Path, str]:
+    """Chunks in which no row has the image key, for ``chunk_size=1``: the region-caption table, its cases,
+    and the Img-Diff table (same cases, keyed ``image_path1``/``image_path2``)."""
+    good = str(write_bad_images(folder / "images")["good.jpg"])
+    shapes: list[tuple[Case, dict[str, Any] | None]] = [
+        (Case("chunk:only id", error="MissingFieldError"), {"id": 1}),
+        (Case("chunk:good", valid_boxes=1), None),
+        (Case("chunk:empty object", error="MissingFieldError"), {}),
+        (Case("chunk:other keys", error="MissingFieldError"), {"picture": good, "bbox": [[1, 1, 5, 5]]}),
+        (Case("chunk:good again", valid_boxes=1), None),
+    ]
+    region = [json.dumps({"case_id": c.case_id, **(r if r is not None else {"image": good})}) for c, r in shapes]
+    pair = {"image_path1": good, "image_path2": good, "bboxes": [[10, 10, 20, 20]]}
+    imgdiff = [json.dumps({"case_id": c.case_id, **(r if r is not None else pair)}) for c, r in shapes]
+    table = folder / "chunks.jsonl"
+    table.write_text("\n".join(region) + "\n", encoding="utf-8")
+    pairs = folder / "chunk_pairs.jsonl"
+    pairs.write_text("\n".join(imgdiff) + "\n", encoding="utf-8")
+    return table, [c for c, _ in shapes], pairs, good
+
+
+def build_imgdiff_corpus(folder: Path) -> tuple[Path, list[Case], dict[str, int]]:
+    """The Img-Diff table (``image_path1``, ``image_path2``, ``bboxes`` in xywh), each row's expected error
+    class (None: the row is processed; bad boxes are dropped with their reason), and the rejects by cause."""
+    images = write_bad_images(folder / "images")
+    good = str(images["good.jpg"])
+    box = [10, 10, 30, 30]
+    lines: list[str] = []
+    cases: list[Case] = []
+
+    def row(case: Case, fields: dict[str, Any], raw_extra: str = "") -> None:
+        text = json.dumps({"case_id": case.case_id, **fields})
+        lines.append(text[:-1] + raw_extra + "}")
+        cases.append(case)
+
+    pair = {"image_path1": good, "image_path2": good}
+    row(Case("good_first"), {**pair, "bboxes": [box]})
+    for name, error in {
+        "missing.jpg": "ImageNotFoundError",
+        "a_directory.jpg": "ImageNotFoundError",
+        "zero_byte.jpg": "ImageDecodeError",
+        "truncated.jpg": "ImageDecodeError",
+        "bomb.png": "ImageTooLargeError",
+        "cmyk.jpg": None,
+        "sixteen_bit.png": None,
+    }.items():
+        row(Case(f"image1:{name}", error=error), {**pair, "image_path1": str(images[name]), "bboxes": [box]})
+    row(Case("image2:truncated.jpg", error="ImageDecodeError"), {**pair, "image_path2": str(images["truncated.jpg"])})
+    for name, path in unopenable_paths(folder).items():
+        row(Case(f"path1:{name}", error="ImageNotFoundError"), {**pair, "image_path1": path, "bboxes": [box]})
+        row(Case(f"path2:{name}", error="ImageNotFoundError"), {**pair, "image_path2": path, "bboxes": [box]})
+    for name, raw in {
+        "10**400 only box": f"[[{HUGE_INT}, 10, 20, 20]]",
+        "10**400 among good": f"[[10, 10, 20, 20], [{HUGE_INT}, 0, 0, 0]]",
+        "-10**400 flat box": f"[-{HUGE_INT}, 0, 0, 0]",
+        "10**400 height": f"[[10, 10, 20, {HUGE_INT}]]",
+    }.items():
+        row(Case(f"box:{name}"), pair, f', "bboxes": {raw}')
+    for name, (extra, _) in surrogate_cases().items():
+        row(Case(f"surrogate:{name}"), {**pair, "bboxes": [box]}, extra)
+    row(Case("surrogate:in the box cell", error="InvalidBoxError"), {**pair, "bboxes": "\ud800"})
+    for name, value in NON_ERROR_VALUES.items():
+        row(Case(f"error field:{name}"), {**pair, "bboxes": [box], "error": value})
+    row(Case("error field:earlier error", error="UpstreamError"), {**pair, "error": "UpstreamError: failed before"})
+    row(Case("table:no image_path1", error="MissingFieldError"), {"image_path2": good, "bboxes": [box]})
+    row(Case("table:null image_path2", error="MissingFieldError"), {"image_path1": good, "image_path2": None})
+    row(Case("good_last"), {**pair, "bboxes": [box]})
+    lines[3:3] = DEEP_LINES
+    lines.insert(2, '{"case_id": "malformed", "image_path1": ')
+    raw = ("\n".join(lines) + "\n").encode("utf-8") + b'{"case_id": "latin1", "image_path1": "caf\xe9.jpg"}\n'
+    table = folder / "pairs.jsonl"
+    table.write_bytes(raw)
+    return table, cases, {"MalformedJSONLine": 1, "NonUTF8Line": 1, "TooDeepJSONLine": len(DEEP_LINES)}
+
+
+# -- running the corpus: the figures the README reports ------------------------------------------------------
+
+
+@dataclass
+class CorpusFigures:
+    """What the corpus did to both pipelines (every table run twice: the second run must find it complete)."""
+
+    tables: int = 0
+    runs: int = 0
+    rows_tried: int = 0  # records read: rows plus rejected lines
+    rows_with_error: int = 0  # rows kept in the output with an error
+    lines_rejected: int = 0  # lines counted into the rejects file
+    runs_stopped: int = 0  # runs that raised instead of finishing (must be 0)
+    stops: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        """The README's table row."""
+        return (
+            f"| {self.tables} | {self.runs} | {self.rows_tried} | {self.rows_with_error} | {self.lines_rejected} "
+            f"| {self.runs_stopped} |"
+        )
+
+
+CORPUS_HEADER = (
+    "| tables | runs | rows tried | rows kept with an error | lines rejected | runs that stopped |\n"
+    "|---|---|---|---|---|---|"
+)
+
+
+def corpus_tables(folder: Path) -> list[tuple[str, Path, int]]:
+    """Every corpus table: (pipeline, table, chunk size)."""
+    region, _, _ = build_region_caption_corpus(folder / "region")
+    pairs, _, _ = build_imgdiff_corpus(folder / "imgdiff")
+    chunks, _, chunk_pairs, good = build_chunk_corpus(folder / "chunks")
+    late = folder / "late_key.jsonl"  # the image key first appears after the rows the key check peeks at
+    rows = [{"case_id": f"late:{i}"} for i in range(201)] + [{"case_id": "late:good", "image": good}]
+    late.write_text("".join(_json_line(r) for r in rows), encoding="utf-8")
+    return [
+        ("region_caption", region, 16),
+        ("region_caption", chunks, 1),
+        ("region_caption", late, 64),
+        ("imgdiff", pairs, 8),
+        ("imgdiff", chunk_pairs, 1),
+    ]
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    return json.dumps(row) + "\n"
+
+
+def run_corpus(folder: Path, blip_model: str, similarity_model: str) -> tuple[CorpusFigures, dict[str, Path]]:
+    """Run every corpus table through its shipped pipeline (fake VLM) twice; the figures, and each output file."""
+    from dataflow_mm.templates import load_pipeline_script
+    from dataflow_mm.testing.fake_serving import FakeVLMServing
+
+    figures, outputs = CorpusFigures(), {}
+    for index, (kind, table, chunk_size) in enumerate(corpus_tables(folder)):
+        figures.tables += 1
+        cache = folder / f"cache_{index}_{kind}"
+        for attempt in range(2):
+            figures.runs += 1
+            try:
+                if kind == "region_caption":
+                    pipeline = load_pipeline_script("image_region_caption_pipeline").ImageRegionCaptionPipeline(
+                        FakeVLMServing(), first_entry_file=str(table), cache_path=str(cache), chunk_size=chunk_size,
+                        output_image_with_bbox_path=None,
+                    )  # fmt: skip
+                else:
+                    pipeline = load_pipeline_script("imgdiff_pipeline").ImgDiffPipeline(
+                        FakeVLMServing(), first_entry_file=str(table), cache_path=str(cache), chunk_size=chunk_size,
+                        bbox_format="xywh", blip_model=blip_model, similarity_model=similarity_model,
+                    )  # fmt: skip
+                summary = pipeline.run()
+            except Exception as exc:  # the figure this corpus exists to keep at 0
+                figures.runs_stopped += 1
+                figures.stops.append(f"{table.name} run {attempt + 1}: {type(exc).__name__}: {str(exc)[:300]}")
+                break
+            finally:
+                cleanup = getattr(locals().get("pipeline"), "cleanup", None)
+                if callable(cleanup):
+                    cleanup()
+            if attempt == 0:
+                figures.rows_tried += summary.rows_in
+                figures.rows_with_error += summary.rows_with_error
+                figures.lines_rejected += summary.rows_rejected
+                outputs[f"{index}:{table.name}"] = Path(summary.output_path or "")
+            elif not all(step.skipped for step in summary.steps):
+                figures.stops.append(f"{table.name}: the second run redid a step")
+    return figures, outputs
+
+
+def main() -> None:
+    """Print the corpus figures (``python -m dataflow_mm.testing.bad_inputs``)."""
+    import logging
+    import os
+    import tempfile
+
+    from dataflow_mm.testing.tiny_models import DEFAULT_TINY_DIR, ENV_TINY_DIR, tiny_model_path
+
+    logging.disable(logging.INFO)
+    root = Path(os.environ.get(ENV_TINY_DIR) or DEFAULT_TINY_DIR).expanduser()
+    blip, clip = tiny_model_path("blip_itm", root=root), tiny_model_path("clip", root=root)
+    with tempfile.TemporaryDirectory(prefix="dataflow_mm_corpus_") as tmp:
+        figures, _ = run_corpus(Path(tmp), str(blip), str(clip))
+    print(CORPUS_HEADER)
+    print(figures.markdown())
+    for stop in figures.stops:
+        print("STOPPED:", stop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The whole bad-input corpus through both shipped pipelines (fake VLM, tiny BLIP and CLIP), twice each:
+no run stops, every row ends as its case expects, rows in = rows out + lines rejected, and the README
+reports exactly the figures this run computes (``python -m dataflow_mm.testing.bad_inputs`` prints them)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dataflow_mm.errors import error_class_of
+from dataflow_mm.testing.bad_inputs import (
+    Case,
+    CorpusFigures,
+    build_chunk_corpus,
+    build_imgdiff_corpus,
+    build_region_caption_corpus,
+    run_corpus,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def corpus(
+    tmp_path_factory: pytest.TempPathFactory, tiny_blip_dir: Path, tiny_clip_dir: Path
+) -> tuple[CorpusFigures, dict[str, list[dict[str, Any]]]]:
+    figures, outputs = run_corpus(tmp_path_factory.mktemp("corpus"), str(tiny_blip_dir), str(tiny_clip_dir))
+    rows = {name: [json.loads(x) for x in path.read_text().splitlines()] for name, path in outputs.items()}
+    return figures, rows
+
+
+def cases_of(builder: Any) -> list[Case]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return builder(Path(tmp))[1]
+
+
+def check(case: Case, row: dict[str, Any]) -> None:
+    if case.error:
+        assert error_class_of(row["error"]) == case.error, row["error"]
+        return
+    assert row["error"] is None, row["error"]
+    if case.valid_boxes is not None:
+        assert row["valid_bboxes_num"] == case.valid_boxes
+
+
+def row_of(rows: dict[str, list[dict[str, Any]]], table: str, case_id: str) -> dict[str, Any]:
+    (name,) = [n for n in rows if n.endswith(":" + table)]
+    return next(r for r in rows[name] if r.get("case_id") == case_id)
+
+
+def test_no_run_stops_and_every_rerun_finds_its_steps_complete(corpus: tuple) -> None:
+    figures, _ = corpus
+    assert figures.runs_stopped == 0 and figures.stops == []
+    assert figures.tables == 5 and figures.runs == 10
+
+
+def test_rows_in_equal_rows_out_plus_lines_rejected(corpus: tuple) -> None:
+    figures, rows = corpus
+    assert figures.rows_tried == sum(map(len, rows.values())) + figures.lines_rejected
+    assert figures.rows_with_error == sum(bool(r["error"]) for table in rows.values() for r in table)
+    assert figures.lines_rejected == 6 + 5  # region: 3 + 3 too deep; imgdiff: 2 + 3 too deep
+
+
+@pytest.mark.parametrize("case", cases_of(build_region_caption_corpus), ids=lambda c: c.case_id)
+def test_region_caption_cases(corpus: tuple, case: Case) -> None:
+    check(case, row_of(corpus[1], "dirty.jsonl", case.case_id))
+
+
+@pytest.mark.parametrize("case", cases_of(build_imgdiff_corpus), ids=lambda c: c.case_id)
+def test_imgdiff_cases(corpus: tuple, case: Case) -> None:
+    row = row_of(corpus[1], "pairs.jsonl", case.case_id)
+    check(case, row)
+    if case.case_id.startswith("box:"):  # the box beyond float range is dropped with its reason
+        dropped = [d for d in row["bbox_decisions"] if not d["kept"]]
+        assert dropped[-1]["dropped_at"] == "parse" and "too large" in dropped[-1]["drop_reason"]
+
+
+@pytest.mark.parametrize("table", ["chunks.jsonl", "chunk_pairs.jsonl"])
+@pytest.mark.parametrize("case", cases_of(build_chunk_corpus), ids=lambda c: c.case_id)
+def test_chunks_without_the_image_key(corpus: tuple, table: str, case: Case) -> None:
+    row = row_of(corpus[1], table, case.case_id)
+    check(Case(case.case_id, error=case.error), row)
+
+
+def test_a_key_first_present_after_200_rows_passes_the_key_check(corpus: tuple) -> None:
+    row = row_of(corpus[1], "late_key.jsonl", "late:good")
+    assert row["error"] is None and row["answer"]
+
+
+def test_the_readme_reports_these_figures(corpus: tuple) -> None:
+    figures, _ = corpus
+    assert figures.markdown() in (REPO / "README.md").read_text(encoding="utf-8")
