@@ -41,6 +41,7 @@ from dataflow_mm.storage.parts import ChunkParts
 log = get_logger("operators")
 
 PROVENANCE_COLUMN = "provenance"
+TRUNCATED_COLUMN = "truncated"  # True on rows whose model answer stopped at max_tokens
 RATE_SUFFIX = "_total"
 
 

@@ -71,6 +71,10 @@ def create_serving(
     max_model_len: int | None = None,
     tensor_parallel_size: int = 1,
     enforce_eager: bool | None = None,
+    gpu_memory_utilization: float | None = None,
+    max_pixels: int | None = None,
+    engine_seed: int | None = None,
+    max_requests_in_flight: int | None = None,
     allow_downscale: bool = False,
     api_url: str | None = None,
     model_name: str | None = None,
@@ -108,7 +112,17 @@ def create_serving(
     if backend == "vllm":
         from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
 
-        engine: dict[str, Any] = {"vllm_max_model_len": max_model_len} if max_model_len else {}
+        engine: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("vllm_max_model_len", max_model_len),
+                ("vllm_gpu_memory_utilization", gpu_memory_utilization),
+                ("vllm_max_pixels", max_pixels),
+                ("vllm_engine_seed", engine_seed),
+                ("vllm_max_requests_in_flight", max_requests_in_flight),
+            )
+            if value is not None
+        }
         return LocalModelVLMServing_vllm(
             hf_model_name_or_path=folder,
             hf_cache_dir=hf_cache_dir,
