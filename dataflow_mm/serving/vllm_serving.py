@@ -95,7 +95,7 @@ class LocalModelVLMServing_vllm(VLMServing):
         vllm_top_p: float = 0.9,
         vllm_max_tokens: int = 1024,
         vllm_max_model_len: int | None = None,
-        vllm_gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
+        vllm_gpu_memory_utilization: float | None = None,
         vllm_limit_mm_per_prompt: int = 1,
         vllm_seed: int | None = None,
         vllm_dtype: str = "auto",
@@ -125,6 +125,10 @@ class LocalModelVLMServing_vllm(VLMServing):
             raise UserError(f"vllm_max_pixels must be >= 1, got {vllm_max_pixels}")
         if vllm_max_requests_in_flight < 1:
             raise UserError(f"vllm_max_requests_in_flight must be >= 1, got {vllm_max_requests_in_flight}")
+        # None: DEFAULT_GPU_MEMORY_UTILIZATION, or a share a pipeline plans for the models beside the engine.
+        self.gpu_memory_utilization_given = vllm_gpu_memory_utilization is not None
+        if vllm_gpu_memory_utilization is None:
+            vllm_gpu_memory_utilization = DEFAULT_GPU_MEMORY_UTILIZATION
         if not 0.0 < vllm_gpu_memory_utilization <= 1.0:
             raise UserError(f"vllm_gpu_memory_utilization must be in (0, 1], got {vllm_gpu_memory_utilization}")
         self.hf_model_name_or_path = str(hf_model_name_or_path)
