@@ -15,6 +15,7 @@ from dataflow_mm.deps import is_importable
 from dataflow_mm.errors import ModelNotAvailableError, UserError
 from dataflow_mm.logger import get_logger
 from dataflow_mm.serving.base import VLMServing
+from dataflow_mm.serving.vllm_engine_args import AUTO_FIT_MAX_MODEL_LEN
 
 log = get_logger("serving")
 BACKENDS = ("auto", "vllm", "hf", "api")
@@ -148,7 +149,7 @@ def create_serving(
         top_p=top_p,
         max_tokens=max_tokens,
         seed=seed,
-        max_model_len=max_model_len,
+        max_model_len=None if max_model_len == AUTO_FIT_MAX_MODEL_LEN else max_model_len,  # -1: the model's own
         allow_downscale=allow_downscale,
         **extra,
     )

@@ -701,3 +701,23 @@ def test_a_dead_engine_stops_the_run_instead_of_failing_every_row(
     with pytest.raises(UserError, match=r"vLLM engine .* stopped"):
         serving.chat([build_conversation("a"), build_conversation("b")])
     assert llm.shutdowns == 1 and not serving.engine_started
+
+
+def test_the_gpu_flags_reach_the_engine_and_help_warns_about_seeded_sampling(tiny_qwen_dir: Path) -> None:
+    import argparse
+
+    from dataflow_mm.pipeline.script import add_serving_args, serving_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serving_args(parser, default_model=str(tiny_qwen_dir))
+    help_text = " ".join(parser.format_help().split())
+    assert "slower path" in help_text and "--engine_seed" in help_text
+    flags = "--backend vllm --gpu_memory_utilization 0.7 --max_pixels 200704 --engine_seed 3"
+    args = parser.parse_args([*flags.split(), "--max_requests_in_flight", "8", "--max_model_len", "-1"])
+    serving = serving_from_args(args)
+    engine = serving.engine_args()
+    assert (engine["gpu_memory_utilization"], engine["max_model_len"], engine["seed"]) == (0.7, -1, 3)
+    assert engine["mm_processor_kwargs"] == {"max_pixels": 200704}
+    assert serving.max_requests_in_flight == 8 and serving.sampling.seed is None
+    defaults = serving_from_args(parser.parse_args(["--backend", "vllm"]))
+    assert defaults.engine_args()["max_model_len"] == 2048 and not defaults.gpu_memory_utilization_given
