@@ -39,6 +39,7 @@ from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFil
 from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
 from dataflow_mm.pipeline.arg_checks import check_args
+from dataflow_mm.pipeline.gpu_plan import cuda_total_bytes, share_gpu_with_scorers
 from dataflow_mm.pipeline.script import (
     add_bbox_format_arg,
     add_runner_args,
@@ -133,6 +134,8 @@ class ImgDiffPipeline(PipelineABC):
             hf_cache_dir=hf_cache_dir,
             hf_local_dir=download_dir,
         )
+        # One GPU for everything: the vLLM engine's share leaves room for BLIP and the similarity model.
+        share_gpu_with_scorers(serving, [blip_model, similarity_model], cuda_total_bytes(device))
         self.fused = (
             ImgDiffDifferenceCaptionGenerator(
                 image_text_matching_filter_args={"min_score": itm_min_score, "max_score": itm_max_score},

@@ -46,6 +46,7 @@ log = get_logger("operators")
 PROVENANCE_COLUMN = "provenance"
 # Input rows whose ``error`` field held a value that is not an error ("", false, 0, [], {}): processed as usual.
 NON_ERROR_VALUES_METRIC = "input_error_values_ignored"
+TRUNCATED_COLUMN = "truncated"  # True on rows whose model answer stopped at max_tokens
 RATE_SUFFIX = "_total"
 
 

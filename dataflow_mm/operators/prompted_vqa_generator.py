@@ -1,4 +1,8 @@
-"""PromptedVQAGenerator: ask the VLM one question per row, all rows of a chunk in one batched call."""
+"""PromptedVQAGenerator: ask the VLM one question per row, all rows of a chunk in one batched call.
+
+Each answered row also gets ``truncated``: True when the answer stopped at ``max_tokens``
+(``finish_reason == "length"``), so a cut-off answer is never mistaken for a complete one.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from dataflow_mm.errors import ERROR_COLUMN, MissingFieldError, RowError, row_error_text
-from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.operators.base import TRUNCATED_COLUMN, OperatorABC
 from dataflow_mm.serving.base import Conversation, VLMServing
 from dataflow_mm.serving.messages import build_conversation
 from dataflow_mm.storage.file_storage import FileStorage
@@ -93,7 +97,7 @@ class PromptedVQAGenerator(OperatorABC):
         return [k for k in (text_key, input_image_key) if k]
 
     def output_columns(self, output_answer_key: str = "answer", **_: Any) -> list[str]:
-        return [output_answer_key]
+        return [output_answer_key, TRUNCATED_COLUMN]
 
     def params(self) -> dict[str, Any]:
         return {"system_prompt": self.system_prompt}
@@ -115,6 +119,7 @@ class PromptedVQAGenerator(OperatorABC):
         out = frame.copy()
         errors = out[ERROR_COLUMN].tolist()
         answers: list[str | None] = [None] * len(out)
+        truncated: list[bool | None] = [None] * len(out)
         conversations: list[Conversation] = []
         positions: list[int] = []
         for position, row in enumerate(out.to_dict(orient="records")):
@@ -126,9 +131,11 @@ class PromptedVQAGenerator(OperatorABC):
         for position, completion in zip(positions, self.serving.chat(conversations), strict=True):
             if completion.ok:
                 answers[position] = completion.text
+                truncated[position] = completion.truncated
             else:
                 errors[position] = completion.error
         out[output_answer_key] = answers
+        out[TRUNCATED_COLUMN] = truncated
         out[ERROR_COLUMN] = errors
         return out
 

@@ -41,9 +41,10 @@ import math
 import re
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.operators.base import TRUNCATED_COLUMN, OperatorABC
 from dataflow_mm.storage.file_storage import FileStorage
 
 PARSER_VERSION = 1
@@ -279,7 +280,9 @@ class RegionCaptionParser(OperatorABC):
     ``valid_bboxes_num`` strings, ``""`` for a region the answer says nothing about. Rows that
     already carry an error pass through unchanged. The step's metrics count the regions
     (``region_captions_parsed_total``) and those that got a caption (``region_captions_parsed``);
-    their ratio is the parse rate shown in the run summary.
+    their ratio is the parse rate shown in the run summary. Rows whose answer was cut off at
+    ``max_tokens`` (``truncated`` True) are counted apart, in ``region_captions_truncated_parsed``
+    / ``..._total``, so truncation does not pass for a parser failure.
     """
 
     def run(
@@ -317,8 +320,26 @@ class RegionCaptionParser(OperatorABC):
         return out
 
     def chunk_metrics(self, frame: pd.DataFrame, output_key: str = "region_captions", **_: Any) -> dict[str, int]:
-        lists = [v for v in frame[output_key] if isinstance(v, list)] if output_key in frame.columns else []
-        return {
-            "region_captions_parsed": sum(1 for captions in lists for caption in captions if caption),
-            "region_captions_parsed_total": sum(len(captions) for captions in lists),
-        }
+        if output_key not in frame.columns:
+            return {"region_captions_parsed": 0, "region_captions_parsed_total": 0}
+        cut = frame[TRUNCATED_COLUMN] if TRUNCATED_COLUMN in frame.columns else [None] * len(frame)
+        pairs = [(v, _is_true(t)) for v, t in zip(frame[output_key], cut, strict=True) if isinstance(v, list)]
+        complete = [v for v, was_cut in pairs if not was_cut]
+        truncated = [v for v, was_cut in pairs if was_cut]
+        metrics = _parse_counts("region_captions_parsed", complete)
+        if truncated:
+            metrics.update(_parse_counts("region_captions_truncated_parsed", truncated))
+        return metrics
+
+
+def _is_true(value: Any) -> bool:
+    """True for a real True (Python or numpy bool), False for False, None and NaN."""
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
+def _parse_counts(name: str, lists: list[list[str]]) -> dict[str, int]:
+    """``{name: regions with a caption, name_total: regions}`` over ``lists``."""
+    return {
+        name: sum(1 for captions in lists for caption in captions if caption),
+        f"{name}_total": sum(len(captions) for captions in lists),
+    }

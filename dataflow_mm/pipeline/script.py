@@ -18,6 +18,13 @@ from dataflow_mm.runners import RUNNERS, Runner, get_runner
 from dataflow_mm.serving.api_serving import DEFAULT_MAX_RESPONSE_BYTES
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.serving.factory import BACKENDS, create_serving
+from dataflow_mm.serving.vllm_engine_args import (
+    AUTO_FIT_MAX_MODEL_LEN,
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    DEFAULT_MAX_MODEL_LEN,
+    DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+    QWEN_VL_MAX_PIXELS,
+)
 from dataflow_mm.storage.formats import SUPPORTED_TYPES
 
 EXIT_USER_ERROR = 2
@@ -40,13 +47,48 @@ def add_serving_args(parser: argparse.ArgumentParser, default_model: str) -> Non
     group.add_argument("--temperature", type=float, default=0.7)
     group.add_argument("--top_p", type=float, default=0.9)
     group.add_argument("--max_tokens", type=int, default=512)
-    group.add_argument("--seed", type=int, default=None)
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed every request (all backends). With vllm a per-request seed makes vLLM sample each request "
+        "on its own, slower path; --engine_seed seeds the engine only and keeps the fast batched path",
+    )
+    group.add_argument(
+        "--engine_seed",
+        type=int,
+        default=None,
+        help="vllm backend: seed the engine (reproducible for the same inputs, settings and batch order) "
+        "without vLLM's slower per-request seeded sampling",
+    )
     group.add_argument("--batch_size", type=int, default=8, help="requests per generate call (hf backend)")
     group.add_argument(
         "--max_model_len",
         type=int,
         default=None,
-        help="context length (default: the model's); requests that cannot fit are refused or downscaled first",
+        help="context length; requests that cannot fit are refused or downscaled first. Default: vllm "
+        f"{DEFAULT_MAX_MODEL_LEN} (or the model's limit if shorter; {AUTO_FIT_MAX_MODEL_LEN}: vLLM picks the longest "
+        "that fits the GPU), hf/api the model's",
+    )
+    group.add_argument(
+        "--gpu_memory_utilization",
+        type=float,
+        default=None,
+        help=f"vllm backend: share of the GPU memory the engine may take (default {DEFAULT_GPU_MEMORY_UTILIZATION})",
+    )
+    group.add_argument(
+        "--max_pixels",
+        type=int,
+        default=None,
+        help=f"vllm backend, Qwen-VL models: image size cap in pixels (default {QWEN_VL_MAX_PIXELS} = 1280*28*28, "
+        "about 1,280 image tokens); the token budget counts with it",
+    )
+    group.add_argument(
+        "--max_requests_in_flight",
+        type=int,
+        default=None,
+        help=f"vllm backend: requests decoded and in the engine at once (default {DEFAULT_MAX_REQUESTS_IN_FLIGHT}); "
+        "bounds host memory whatever --chunk_size is",
     )
     group.add_argument(
         "--allow_downscale",
@@ -97,7 +139,18 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--ray_actors_per_model_operator", type=int, default=1, help="actors (model copies) per model operator"
     )
-    group.add_argument("--ray_num_gpus_per_actor", type=float, default=0, help="GPUs per model actor (1 for vLLM)")
+    group.add_argument(
+        "--ray_num_gpus_per_actor",
+        type=float,
+        default=None,
+        help="GPUs per model actor (default: --tensor_parallel_size for the vllm backend, never 0; else 0)",
+    )
+    group.add_argument(
+        "--ray_cpu_threads_per_actor",
+        type=int,
+        default=None,
+        help="CPU threads per model actor for image preprocessing (default 4)",
+    )
 
 
 def runner_from_args(args: argparse.Namespace) -> Runner:
@@ -110,6 +163,7 @@ def runner_from_args(args: argparse.Namespace) -> Runner:
         address=args.ray_address,
         actors_per_model_operator=args.ray_actors_per_model_operator,
         num_gpus_per_actor=args.ray_num_gpus_per_actor,
+        cpu_threads_per_actor=args.ray_cpu_threads_per_actor,
     )
 
 
@@ -152,6 +206,10 @@ def serving_from_args(args: argparse.Namespace) -> VLMServing:
         max_model_len=args.max_model_len,
         allow_downscale=args.allow_downscale,
         tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_pixels=args.max_pixels,
+        engine_seed=args.engine_seed,
+        max_requests_in_flight=args.max_requests_in_flight,
         enforce_eager={"auto": None, "yes": True, "no": False}[args.enforce_eager],
         api_url=args.api_url,
         model_name=args.model_name,

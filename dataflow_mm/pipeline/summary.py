@@ -84,7 +84,8 @@ class RunSummary:
             s = serving.stats
             lines.append(
                 f"model: {serving.model_id} via {serving.backend_name}; {s.requests} requests in {s.calls} "
-                f"batched calls, {s.failed} failed, {s.retried} retried; tokens: {s.prompt_tokens} prompt, "
+                f"batched calls, {s.failed} failed, {s.retried} retried, {s.truncated} truncated at max_tokens; "
+                f"tokens: {s.prompt_tokens} prompt, "
                 f"{s.completion_tokens} generated"
                 + "".join(
                     f"; {s.extra[key]} {label}"

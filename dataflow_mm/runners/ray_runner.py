@@ -10,9 +10,15 @@ How one step runs (step k reads step file k and writes step file k+1, exactly as
    map, so one big input file still fans out over every worker.
 2. **Map.** ``map_batches(batch_format="pandas")`` calls the operator's ``process_chunk`` once per
    chunk. Operators that hold a model (a VLM serving or a scorer) run in an actor pool
-   (``actors_per_model_operator`` actors, ``num_gpus_per_actor`` GPUs each), so each actor loads
-   the model once and keeps it; the others run as stateless tasks. ``prepare`` runs once per
-   actor, or once per worker process for tasks.
+   (``actors_per_model_operator`` actors), so each actor loads the model (starts its engine) when
+   it starts and keeps it; the others run as stateless tasks. ``prepare`` runs once per actor, or
+   once per worker process for tasks. An actor of a vLLM operator reserves the engine's tensor
+   parallel size in GPUs (never 0: Ray does not hide the GPUs from a 0-GPU actor, so every engine
+   would land on GPU 0); with tensor parallelism > 1 it reserves nothing itself and gets a
+   placement group of one GPU bundle per rank (as ``ray.data.llm``'s vLLM stage does), which
+   vLLM's Ray executor fills. Each actor sets its CPU threads (``cpu_threads_per_actor``) before
+   the model loads, shuts its engine down when the pool ends, and an actor whose engine died
+   exits so that Ray starts a fresh one (up to ``max_actor_restarts`` times) and retries its chunk.
 3. **Write.** Each worker writes its finished chunk into the step's parts folder, with the same
    done-markers the in-process runner writes. Then the operator's own ``execute`` runs on the
    driver: it finds every chunk done, joins the parts in chunk order into
@@ -28,6 +34,7 @@ on every node: one machine, or a shared filesystem (NFS, Lustre, a FUSE-mounted 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -48,7 +55,7 @@ from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import OperatorABC, OperatorCall, StepResult
 from dataflow_mm.operators.progress import StepProgress, count_rows
 from dataflow_mm.runners.base import Runner
-from dataflow_mm.serving.base import VLMServing
+from dataflow_mm.serving.base import EngineDiedError, VLMServing
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.formats import Reject, iter_table
 from dataflow_mm.storage.manifest import StepManifest, file_sha256
@@ -60,7 +67,8 @@ if TYPE_CHECKING:
 
 log = get_logger("runners.ray")
 
-_STAT_FIELDS = ("calls", "requests", "failed", "retried", "prompt_tokens", "completion_tokens")
+DEFAULT_CPU_THREADS_PER_ACTOR = 4  # image decoding and preprocessing threads of a model actor
+_STAT_FIELDS = ("calls", "requests", "failed", "retried", "truncated", "prompt_tokens", "completion_tokens")
 
 
 # ---------------------------------------------------------------- which operators hold a model
@@ -119,6 +127,7 @@ class _ChunkWorker:
         state: dict[str, Any],
         step: int,
         load_models: bool = False,
+        actor_settings: dict[str, Any] | None = None,
     ) -> None:
         self.operator = operator
         self.keys = keys
@@ -127,16 +136,41 @@ class _ChunkWorker:
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._servings = _servings(operator)
         self._startup_error: UserError | None = None
+        self._is_actor = load_models
+        settings = actor_settings or {}
+        if settings.get("cpu_threads"):
+            _set_cpu_threads(int(settings["cpu_threads"]))
+        for serving in self._servings.values():
+            if settings.get("distributed_executor_backend") and getattr(serving, "tensor_parallel_size", 1) > 1:
+                serving.engine_kwargs.setdefault(
+                    "distributed_executor_backend", settings["distributed_executor_backend"]
+                )
         try:
             operator.bind_step(step, state["fingerprint"])
             operator.bind_storage(storage)
             operator.prepare(storage)
-            if load_models:  # an actor loads its models before it takes work (the pool starts warm)
+            if load_models:  # an actor loads its models (starts its engine) before it takes work
                 for _, value in _attributes(operator):
                     if _is_model_holder(value) and callable(getattr(value, "load", None)):
                         value.load()
+        except EngineDiedError as exc:
+            self._engine_died(exc)
         except UserError as exc:  # reported with the first chunk, as the project's own error
             self._startup_error = exc
+
+    def _engine_died(self, exc: EngineDiedError) -> None:
+        """An actor whose engine died exits: Ray starts a fresh actor and retries its chunk there."""
+        if not self._is_actor:
+            raise exc
+        log.error(f"{self.worker}: {exc}; this actor exits so that Ray replaces it")
+        os._exit(3)
+
+    def __del__(self) -> None:
+        """When the pool ends (Ray Data drops its actors), release every model the operator holds."""
+        for _, value in _attributes(self.operator):
+            if _is_model_holder(value):
+                with contextlib.suppress(Exception):  # shutting down: nothing left to report to
+                    value.cleanup()
 
     def _stats(self) -> dict[str, dict[str, int]]:
         return {path: {f: getattr(s.stats, f) for f in _STAT_FIELDS} for path, s in self._servings.items()}
@@ -151,6 +185,9 @@ class _ChunkWorker:
                 if self._startup_error is not None:
                     raise self._startup_error
                 out, counts = self.operator.run_chunk(frame, rejects, self.keys, self.media_root)
+            except EngineDiedError as exc:
+                self._engine_died(exc)
+                raise
             except UserError as exc:
                 # Ray keeps only the text of a worker's exception; the driver re-raises this one as it is.
                 results.append(
@@ -176,6 +213,28 @@ class _ChunkWorker:
                 }
             )
         return pd.DataFrame(results, columns=["chunk", "rows_in", "worker", "stats", "user_error"])
+
+
+def _set_cpu_threads(threads: int) -> None:
+    """Threads for image decoding/preprocessing in this actor (Ray pins a 1-CPU actor to 1 thread)."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)  # inherited by the engine processes this actor starts
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+def _tensor_parallel_placement(bundles: int) -> dict[str, Any]:
+    """Ray remote args of one actor of a tensor-parallel engine: its own placement group of one
+    ``{"GPU": 1, "CPU": 1}`` bundle per rank, packed, that the engine's Ray workers are placed in."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * bundles, strategy="PACK")
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)}
 
 
 def _pickled_error(exc: UserError) -> bytes:
@@ -245,8 +304,12 @@ class RayRunner(Runner):
             A Ray already initialized in this process is used as it is.
         num_cpus: CPUs of a local Ray started here (ignored when joining a cluster).
         actors_per_model_operator: actors in the pool of each model-holding operator (one model copy each).
-        num_gpus_per_actor: GPUs each of those actors reserves (e.g. 1 for vLLM; fractions share a GPU).
+        num_gpus_per_actor: GPUs each of those actors reserves (fractions share a GPU). Default: a vLLM
+            operator's tensor parallel size, 0 for other operators. Never 0 for vLLM.
         num_cpus_per_actor: CPUs each of those actors reserves.
+        cpu_threads_per_actor: CPU threads of each model actor (torch, OpenMP) for image preprocessing;
+            default ``max(num_cpus_per_actor, DEFAULT_CPU_THREADS_PER_ACTOR)``.
+        max_actor_restarts: how often Ray replaces a model actor that died (e.g. its engine did).
         batch_size: rows per ``map_batches`` call, i.e. per batched model call; default: the storage's
             ``chunk_size``, which keeps chunk-level resume compatible with the in-process runner.
         ray_init_kwargs: more ``ray.init`` arguments (``runtime_env``, ``object_store_memory``...).
@@ -262,8 +325,10 @@ class RayRunner(Runner):
         address: str | None = None,
         num_cpus: int | None = None,
         actors_per_model_operator: int = 1,
-        num_gpus_per_actor: float = 0,
+        num_gpus_per_actor: float | None = None,
         num_cpus_per_actor: float = 1,
+        cpu_threads_per_actor: int | None = None,
+        max_actor_restarts: int = 3,
         batch_size: int | None = None,
         ray_init_kwargs: dict[str, Any] | None = None,
         shutdown: bool = True,
@@ -271,7 +336,7 @@ class RayRunner(Runner):
     ) -> None:
         if actors_per_model_operator < 1:
             raise ValueError(f"actors_per_model_operator must be at least 1, not {actors_per_model_operator}")
-        if num_gpus_per_actor < 0 or num_cpus_per_actor < 0:
+        if (num_gpus_per_actor or 0) < 0 or num_cpus_per_actor < 0:
             raise ValueError("num_gpus_per_actor and num_cpus_per_actor cannot be negative")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -280,6 +345,8 @@ class RayRunner(Runner):
         self.actors_per_model_operator = actors_per_model_operator
         self.num_gpus_per_actor = num_gpus_per_actor
         self.num_cpus_per_actor = num_cpus_per_actor
+        self.cpu_threads_per_actor = cpu_threads_per_actor
+        self.max_actor_restarts = max_actor_restarts
         self.batch_size = batch_size
         self.ray_init_kwargs = dict(ray_init_kwargs or {})
         self.shutdown = shutdown
@@ -364,6 +431,35 @@ class RayRunner(Runner):
         result.seconds += ray_seconds
         return result
 
+    def model_actor_options(self, operator: OperatorABC) -> dict[str, Any]:
+        """The ``map_batches`` resource options of a model operator's actors, and the settings each actor
+        applies when it starts (``actor_settings``: CPU threads, vLLM's executor for tensor parallelism)."""
+        tensor_parallel = max(
+            (s.tensor_parallel_size for s in _servings(operator).values() if s.backend_name == "vllm"), default=0
+        )
+        threads = self.cpu_threads_per_actor or max(int(self.num_cpus_per_actor), DEFAULT_CPU_THREADS_PER_ACTOR)
+        options: dict[str, Any] = {
+            "num_cpus": self.num_cpus_per_actor,
+            "max_restarts": self.max_actor_restarts,
+            "actor_settings": {"cpu_threads": threads},
+        }
+        if tensor_parallel > 1:
+            # As ray.data.llm's vLLM stage: the actor reserves no GPU itself; its placement group holds one
+            # GPU bundle per rank, and vLLM's Ray executor places the engine's workers in it.
+            options["num_gpus"] = 0
+            options["ray_remote_args_fn"] = functools.partial(_tensor_parallel_placement, tensor_parallel)
+            options["actor_settings"]["distributed_executor_backend"] = "ray"
+        elif tensor_parallel == 1:
+            if self.num_gpus_per_actor == 0:
+                log.warning(
+                    f"{operator.name}: a vLLM actor needs its GPU reserved (Ray gives a 0-GPU actor every GPU, so all "
+                    "engines would share GPU 0); reserving 1"
+                )
+            options["num_gpus"] = self.num_gpus_per_actor or 1
+        else:
+            options["num_gpus"] = self.num_gpus_per_actor or 0
+        return options
+
     @staticmethod
     def _worker_args(
         ray: Any, operator: OperatorABC, storage: FileStorage, keys: dict[str, Any], state: dict[str, Any]
@@ -406,16 +502,16 @@ class RayRunner(Runner):
             # Chunks go to actors only once every actor has loaded its model, one chunk at a time each,
             # so a slow-starting actor still gets its share and no chunk waits behind a busy actor.
             dataset.context.wait_for_min_actors_s = self.actor_start_timeout_s
+            options = self.model_actor_options(operator)
             dataset = dataset.map_batches(
                 _ChunkWorker,
-                fn_constructor_args=(*args, step, True),
+                fn_constructor_args=(*args, step, True, options.pop("actor_settings")),
                 batch_size=1,
                 batch_format="pandas",
                 compute=ray.data.ActorPoolStrategy(
                     size=self.actors_per_model_operator, max_tasks_in_flight_per_actor=1
                 ),
-                num_cpus=self.num_cpus_per_actor,
-                num_gpus=self.num_gpus_per_actor,
+                **options,
             )
         else:
             dataset = dataset.map_batches(

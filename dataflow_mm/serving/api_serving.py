@@ -580,8 +580,11 @@ class APIVLMServing_openai(VLMServing):
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         prompt_tokens = usage.get("prompt_tokens")
         completion_tokens = usage.get("completion_tokens")
+        choice = data["choices"][0] if isinstance(data["choices"][0], dict) else {}
+        finish_reason = choice.get("finish_reason")
         return Completion(
             text=scrub_secrets(text),
+            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
             prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
             completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
         )

@@ -19,10 +19,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dataflow_mm.errors import UserError
 from dataflow_mm.surrogates import replace_lone_surrogates
 
 Message = dict[str, Any]
+FINISH_LENGTH = "length"  # the finish_reason of an answer cut off by max_tokens (vLLM and OpenAI name)
 Conversation = list[Message]
+
+
+class EngineDiedError(UserError):
+    """The model engine's process died: every later request would fail. In-process the run stops;
+    the Ray runner replaces the actor instead (its engine starts again) and retries the chunk."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +58,16 @@ class Completion:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     token_ids: list[int] | None = None
+    finish_reason: str | None = None  # "stop", or "length" when max_tokens cut the answer off
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def truncated(self) -> bool:
+        """True when the answer stopped at ``max_tokens`` (vLLM's / OpenAI's ``finish_reason == "length"``)."""
+        return self.finish_reason == FINISH_LENGTH
 
 
 @dataclass
@@ -65,6 +78,7 @@ class ServingStats:
     requests: int = 0
     failed: int = 0
     retried: int = 0
+    truncated: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +88,7 @@ class ServingStats:
         self.requests += len(completions)
         for c in completions:
             self.failed += 0 if c.ok else 1
+            self.truncated += 1 if c.ok and c.truncated else 0
             self.prompt_tokens += c.prompt_tokens or 0
             self.completion_tokens += c.completion_tokens or 0
 
@@ -110,7 +125,7 @@ class VLMServing(ABC):
         if not conversations:
             return []
         sampling = sampling or self.sampling
-        checked = self.check_budget(list(conversations), sampling)
+        checked = self.check_budget(self.prepare_conversations(list(conversations)), sampling)
         if len(checked) != len(conversations):
             raise RuntimeError(
                 f"{type(self).__name__}.check_budget returned {len(checked)} items for {len(conversations)}"
@@ -124,6 +139,10 @@ class VLMServing(ABC):
         completions = [_without_lone_surrogates(c) for c in completions]
         self.stats.record(completions)
         return completions
+
+    def prepare_conversations(self, conversations: list[Conversation]) -> list[Conversation]:
+        """The requests as the model should see them; local backends remove their image tokens from the text."""
+        return conversations
 
     def check_budget(
         self, conversations: list[Conversation], sampling: SamplingParams

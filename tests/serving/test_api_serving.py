@@ -252,6 +252,21 @@ def test_token_usage_and_stats(backends):
         assert stats.extra["http_requests"] == 4
 
 
+def test_answers_cut_at_max_tokens_are_marked_truncated_and_counted(backends):
+    with OpenAITestServer() as server:
+        backend = make_backend(server, max_tokens=2)
+        backends.append(backend)
+        out = backend.chat(prompts(3))
+        assert [(c.ok, c.finish_reason, c.truncated, c.completion_tokens) for c in out] == [
+            (True, "length", True, 2)
+        ] * 3
+        assert backend.stats.truncated == 3
+        whole = make_backend(server, max_tokens=50)
+        backends.append(whole)
+        assert [c.truncated for c in whole.chat(prompts(2))] == [False, False]
+        assert whole.stats.truncated == 0
+
+
 def test_generate_from_input_convenience(backends):
     with OpenAITestServer() as server:
         backend = make_backend(server)

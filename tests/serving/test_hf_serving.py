@@ -139,6 +139,15 @@ def test_sampling_with_a_seed_is_reproducible(serving: LocalModelVLMServing_hf, 
     assert [c.token_ids for c in first] == [c.token_ids for c in second]
 
 
+def test_answers_cut_at_max_tokens_are_marked_truncated(serving: LocalModelVLMServing_hf, image_sources: dict) -> None:
+    before = serving.stats.truncated
+    out = serving.chat(_requests(image_sources), SamplingParams(temperature=0.0, max_tokens=2))
+    assert all(c.ok and c.finish_reason in ("stop", "length") for c in out)
+    assert [c.truncated for c in out] == [c.completion_tokens == 2 for c in out]
+    assert any(c.truncated for c in out)  # a random tiny model rarely ends within 2 tokens
+    assert serving.stats.truncated - before == sum(c.truncated for c in out)
+
+
 def test_identity_and_smoke_test_flag(serving: LocalModelVLMServing_hf) -> None:
     described = serving.describe()
 

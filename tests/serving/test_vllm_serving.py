@@ -81,6 +81,7 @@ def vllm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         (home / name.lower()).mkdir()
         env[name] = str(home / name.lower())
     env.update(
+        PYTHONPATH=str(REPO),  # this checkout's dataflow_mm, whatever the environment has installed
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         VLLM_CPU_KVCACHE_SPACE="1",
@@ -231,7 +232,8 @@ def test_vllm_greedy_tokens_equal_transformers_on_tiny_qwen2_5_vl(
 def test_vllm_greedy_tokens_equal_transformers_on_tiny_llava_next(
     vllm_python: Path, vllm_env: dict[str, str], tiny_llava_dir: Path, image_files: list[str], tmp_path: Path
 ) -> None:
-    good = good_conversations(image_files)
+    # LLaVA's image token typed in the text would be a second image placeholder: both backends remove it.
+    good = [*good_conversations(image_files), build_conversation("What is <image> in this picture?", [image_files[0]])]
     spec = {"serving": serving_kwargs(tiny_llava_dir), "calls": [{"conversations": good, "sampling": None}]}
     out = run_serving_script(vllm_python, vllm_env, tmp_path, spec)
     assert_same_greedy_answers(out["calls"][0], hf_greedy(tiny_llava_dir, good))
@@ -282,6 +284,87 @@ def test_region_caption_pipeline_falls_back_to_the_tiny_model_with_vllm_backend(
     assert manifest["provenance"]["model"] == str(tiny_qwen_dir)
 
 
+@pytest.fixture(scope="module")
+def large_images(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """27 different 2400x1800 photos-to-be (12.4 MiB each once decoded), as JPEG files."""
+    folder = tmp_path_factory.mktemp("large_images")
+    paths = []
+    for i in range(27):
+        image = Image.new("RGB", LARGE_SIZE, (9 * i, 255 - 9 * i, 120))
+        ImageDraw.Draw(image).rectangle([100 + 40 * i, 200, 900 + 40 * i, 1000], fill=(250, 250 - 8 * i, 10))
+        path = folder / f"large_{i}.jpg"
+        image.save(path, format="JPEG", quality=70)
+        paths.append(str(path))
+    return paths
+
+
+LARGE_SIZE = (2400, 1800)
+
+
+@in_vllm_env
+def test_vllm_on_a_gpu_like_setup_bounded_memory_isolated_requests_image_tokens_and_truncation(
+    vllm_python: Path, vllm_env: dict[str, str], tiny_qwen_dir: Path, large_images: list[str], tmp_path: Path
+) -> None:
+    """One engine start (auto-fit context, a --max_pixels cap, a window of 2 requests) checks:
+    the token budget counts exactly what the engine counts with the same processor kwargs; a chunk of
+    24 large images takes no more host memory than a chunk of 3; the model's image tokens in user text
+    are removed; a request vLLM itself refuses fails alone; answers cut at max_tokens are marked."""
+    window, max_pixels, max_tokens = 2, 3136 * 2, 4
+    image_tokens_text = "<|image_pad|> Describe <|vision_start|>the<|vision_end|> image <|image_pad|>."
+    first = [build_conversation(image_tokens_text, [large_images[0]]), build_conversation("No image here.")]
+    small_chunk = [build_conversation(f"Photo {i}.", [large_images[1 + i]]) for i in range(3)]
+    large_chunk = [build_conversation(f"Photo {i}.", [large_images[3 + i]]) for i in range(24)]
+    spec = {
+        "serving": serving_kwargs(
+            tiny_qwen_dir,
+            vllm_max_model_len=-1,
+            vllm_max_pixels=max_pixels,
+            vllm_max_requests_in_flight=window,
+            vllm_max_tokens=max_tokens,
+        ),
+        "calls": [{"conversations": c, "sampling": None} for c in (first, small_chunk, large_chunk)],
+        "count_tokens": True,
+        "unchecked_calls": [
+            {
+                "conversations": [
+                    build_conversation("fine"),
+                    build_conversation("word " * 40000),
+                    build_conversation("ok"),
+                ]
+            }
+        ],
+    }
+    out = run_serving_script(vllm_python, vllm_env, tmp_path, spec)
+    first_out, small_out, large_out = out["calls"]
+
+    # 1 and 2: auto-fit and the image cap reach the engine; the budget's counts are the engine's.
+    assert out["engine_args"]["max_model_len"] == -1
+    assert out["engine_args"]["mm_processor_kwargs"] == {"max_pixels": max_pixels}
+    for rows, counts in zip(out["calls"], out["counted_tokens"], strict=True):
+        assert [row["error"] for row in rows] == [None] * len(rows)
+        assert [row["prompt_tokens"] for row in rows] == counts
+    image_tokens = first_out[0]["prompt_tokens"] - out["counted_tokens"][0][1]
+    assert image_tokens < 40  # a 2400x1800 photo, capped at 6272 pixels
+
+    # 3: peak host memory does not grow with the chunk (24 decoded photos would be ~300 MiB more).
+    decoded_mib = LARGE_SIZE[0] * LARGE_SIZE[1] * 3 / 2**20
+    small_growth, large_growth = out["rss_growth_mb"][1:]
+    assert large_growth < small_growth + 6 * decoded_mib, out["rss_growth_mb"]
+
+    # 4: a request vLLM refuses (past the token budget) fails alone; the others are answered once.
+    fine, refused, ok = out["unchecked_calls"][0]
+    assert fine["error"] is None and ok["error"] is None
+    assert refused["error"].startswith("PromptTooLongError:") and refused["text"] is None
+
+    # 6: answers that stopped at max_tokens say so, and the stats count them.
+    rows = first_out + small_out + large_out
+    for row in rows:
+        assert row["finish_reason"] in ("stop", "length")
+        assert row["truncated"] == (row["finish_reason"] == "length")
+        assert row["completion_tokens"] <= max_tokens
+    assert out["stats"]["truncated"] == sum(row["truncated"] for row in rows) > 0
+
+
 # ---------------------------------------------------------------- logic, against a stand-in vllm
 
 
@@ -294,41 +377,81 @@ class FakeSamplingParams:
         self.kwargs = kwargs
 
 
-class FakeLLM:
-    """Records what ``LLM`` is started with and every ``generate`` call; answers each prompt."""
+class FakeEngine:
+    """``LLM.llm_engine``: each ``step`` finishes the oldest request in flight (as vLLM's loop sees it)."""
 
-    instances: ClassVar[list[FakeLLM]] = []
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
-        self.calls: list[tuple[list[dict[str, Any]], FakeSamplingParams]] = []
+    def __init__(self, llm: FakeLLM) -> None:
+        self.llm = llm
+        self.model_config = llm.model_config
         self.shutdowns = 0
-        self.dead = False
-        self.model_config = SimpleNamespace(
-            max_model_len=kwargs.get("max_model_len") or 4096,
-            get_diff_sampling_param=lambda: {"repetition_penalty": 1.05, "temperature": 0.1, "top_k": 1},
-        )
-        self.llm_engine = SimpleNamespace(model_config=self.model_config, shutdown=self._shutdown)
-        FakeLLM.instances.append(self)
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
         self.shutdowns += 1
 
-    def generate(self, requests: list[dict[str, Any]], params: FakeSamplingParams, use_tqdm: bool = True) -> list:
-        self.calls.append((list(requests), params))
-        if self.dead:
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.llm.in_flight)
+
+    def step(self) -> list[Any]:
+        if self.llm.dead:
             raise EngineDeadError("EngineCore encountered an issue")
-        if len(requests) > 1 and any("REJECT" in r["prompt"] for r in requests):
-            raise ValueError("The decoder prompt is longer than the maximum model length")
-        if any("REJECT" in r["prompt"] for r in requests):
-            raise ValueError("The decoder prompt (length 9999) is longer than the maximum model length of 4096")
+        request_id, (number, request, params) = next(iter(self.llm.in_flight.items()))
+        del self.llm.in_flight[request_id]
+        max_tokens = params.kwargs["max_tokens"]
+        token_ids = (5, 6, number)[:max_tokens] if "LONG" not in request["prompt"] else tuple(range(max_tokens))
         return [
             SimpleNamespace(
-                prompt_token_ids=list(range(7 + n)),
-                outputs=[SimpleNamespace(text=f" answer {n} ", token_ids=(5, 6, n))],
+                request_id=request_id,
+                finished=True,
+                prompt_token_ids=list(range(7 + number)),
+                outputs=[
+                    SimpleNamespace(
+                        text=f" answer {number} ",
+                        token_ids=token_ids,
+                        finish_reason="length" if len(token_ids) == max_tokens else "stop",
+                    )
+                ],
             )
-            for n, _ in enumerate(requests)
         ]
+
+
+class FakeLLM:
+    """Records what ``LLM`` is started with and every ``enqueue``; answers each prompt when stepped."""
+
+    instances: ClassVar[list[FakeLLM]] = []
+    fail_to_start: ClassVar[str | None] = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        if FakeLLM.fail_to_start:
+            raise RuntimeError(FakeLLM.fail_to_start)
+        self.kwargs = kwargs
+        self.enqueued: list[tuple[dict[str, Any], FakeSamplingParams]] = []
+        self.in_flight: dict[str, tuple[int, dict[str, Any], FakeSamplingParams]] = {}
+        self.most_in_flight = 0
+        self.dead = False
+        asked = kwargs.get("max_model_len")
+        self.model_config = SimpleNamespace(
+            max_model_len=4096 if asked in (None, -1) else asked,  # -1: vLLM fits the context to memory
+            get_diff_sampling_param=lambda: {"repetition_penalty": 1.05, "temperature": 0.1, "top_k": 1},
+        )
+        self.llm_engine = FakeEngine(self)
+        FakeLLM.instances.append(self)
+
+    @property
+    def shutdowns(self) -> int:
+        return self.llm_engine.shutdowns
+
+    def enqueue(self, requests: list[dict[str, Any]], params: FakeSamplingParams, use_tqdm: bool = True) -> list[str]:
+        assert len(requests) == 1, "requests are submitted one at a time"
+        if self.dead:
+            raise EngineDeadError("EngineCore encountered an issue")
+        (request,) = requests
+        self.enqueued.append((request, params))
+        if "REJECT" in request["prompt"]:
+            raise ValueError("The decoder prompt (length 9999) is longer than the maximum model length of 4096")
+        request_id = str(len(self.enqueued) - 1)
+        self.in_flight[request_id] = (len(self.enqueued) - 1, request, params)
+        self.most_in_flight = max(self.most_in_flight, len(self.in_flight))
+        return [request_id]
 
 
 @pytest.fixture()
@@ -339,6 +462,7 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> type[FakeLLM]:
     module.__version__ = "0.0-fake"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "vllm", module)
     FakeLLM.instances = []
+    FakeLLM.fail_to_start = None
     return FakeLLM
 
 
@@ -388,6 +512,8 @@ def test_engine_is_lazy_started_with_the_constructor_settings_and_engine_kwargs(
         "enforce_eager": True,
         "limit_mm_per_prompt": {"image": 3, "video": 0},
         "max_model_len": 2048,
+        # The Qwen-VL family default (1280*28*28) only lowers a cap: the tiny model's own 12544 stays.
+        "mm_processor_kwargs": {"max_pixels": 12544},
         "seed": 7,
         "kv_cache_memory_bytes": 1 << 28,
     }
@@ -400,7 +526,62 @@ def test_engine_is_lazy_started_with_the_constructor_settings_and_engine_kwargs(
     serving.cleanup()
 
 
-def test_one_generate_call_with_chat_template_prompts_and_in_memory_images(
+def test_gpu_defaults_context_length_image_cap_and_auto_fit(
+    fake_vllm: type[FakeLLM], tiny_qwen_dir: Path, tiny_llava_dir: Path
+) -> None:
+    from dataflow_mm.errors import UserError
+    from dataflow_mm.serving.vllm_engine_args import (
+        DEFAULT_MAX_MODEL_LEN,
+        FAMILY_MM_PROCESSOR_KWARGS,
+        QWEN_VL_MAX_PIXELS,
+        config_max_positions,
+    )
+
+    # Default context: DEFAULT_MAX_MODEL_LEN, never more than the model allows (the tiny one: 2048).
+    default = fake_serving(tiny_qwen_dir).engine_args()
+    assert default["max_model_len"] == min(DEFAULT_MAX_MODEL_LEN, config_max_positions(tiny_qwen_dir)) == 2048
+    assert default["gpu_memory_utilization"] == 0.9
+    assert FAMILY_MM_PROCESSOR_KWARGS["qwen2_5_vl"] == {"max_pixels": QWEN_VL_MAX_PIXELS}
+    assert QWEN_VL_MAX_PIXELS == 1280 * 28 * 28
+    # --max_pixels is used as given; a family without the setting refuses it before any model loads.
+    assert fake_serving(tiny_qwen_dir, vllm_max_pixels=3136).engine_args()["mm_processor_kwargs"] == {
+        "max_pixels": 3136
+    }
+    assert "mm_processor_kwargs" not in fake_serving(tiny_llava_dir).engine_args()
+    with pytest.raises(UserError, match="max_pixels"):
+        fake_serving(tiny_llava_dir, vllm_max_pixels=3136).engine_args()
+    with pytest.raises(UserError, match="vllm_max_model_len"):
+        fake_serving(tiny_qwen_dir, vllm_max_model_len=0)
+
+    # -1 (vLLM's auto-fit) is passed on, and the budget uses the length the engine settled on.
+    serving = fake_serving(tiny_qwen_dir, vllm_max_model_len=-1, vllm_max_tokens=8)
+    (completion,) = serving.chat([build_conversation("fits", [_small_image()])])
+    assert completion.ok, completion.error
+    assert fake_vllm.instances[-1].kwargs["max_model_len"] == -1
+    serving.cleanup()
+
+
+def _small_image() -> Image.Image:
+    return Image.new("RGB", (64, 48), (10, 200, 30))
+
+
+def test_an_engine_that_cannot_start_names_the_flags_to_change(fake_vllm: type[FakeLLM], tiny_qwen_dir: Path) -> None:
+    from dataflow_mm.errors import UserError
+
+    fake_vllm.fail_to_start = "Engine core initialization failed. See root cause above."
+    with pytest.raises(UserError) as caught:
+        fake_serving(tiny_qwen_dir, vllm_gpu_memory_utilization=0.8).start()
+    assert "--max_model_len (now 2048" in str(caught.value) and "--gpu_memory_utilization (now 0.8)" in str(
+        caught.value
+    )
+    fake_vllm.fail_to_start = (
+        "ValueError: Free memory on device (3.1/23.6 GiB) on startup is less than desired GPU memory utilization"
+    )
+    with pytest.raises(UserError, match=r"lower --gpu_memory_utilization \(now 0.9\)"):
+        fake_serving(tiny_qwen_dir).start()
+
+
+def test_each_request_is_enqueued_once_with_chat_template_prompts_and_in_memory_images(
     fake_vllm: type[FakeLLM], tiny_qwen_dir: Path, image_files: list[str], tmp_path: Path
 ) -> None:
     from dataflow_mm.serving.messages import split_images
@@ -416,9 +597,8 @@ def test_one_generate_call_with_chat_template_prompts_and_in_memory_images(
     ]
     completions = serving.chat(conversations)
     (llm,) = fake_vllm.instances
-    assert len(llm.calls) == 1  # one batched generate for every sendable request
-    requests, _ = llm.calls[0]
-    assert len(requests) == 3
+    requests = [request for request, _ in llm.enqueued]
+    assert len(requests) == 3  # each sendable request once; the two bad ones never reach the engine
     processor = load_processor(tiny_qwen_dir)
     for request, conversation in zip(requests, [conversations[i] for i in (0, 2, 4)], strict=True):
         expected = processor.apply_chat_template(
@@ -437,29 +617,76 @@ def test_one_generate_call_with_chat_template_prompts_and_in_memory_images(
     assert serving.stats.requests == 5 and serving.stats.failed == 2
 
 
+def test_at_most_the_window_of_requests_is_decoded_and_in_flight(
+    fake_vllm: type[FakeLLM], tiny_qwen_dir: Path, image_files: list[str]
+) -> None:
+    serving = fake_serving(tiny_qwen_dir, vllm_max_requests_in_flight=3)
+    completions = serving.chat([build_conversation(f"row {i}", [image_files[i % 3]]) for i in range(10)])
+    (llm,) = fake_vllm.instances
+    assert [c.ok for c in completions] == [True] * 10
+    assert [c.text for c in completions] == [f"answer {i}" for i in range(10)]  # in order
+    assert llm.most_in_flight == 3 and len(llm.enqueued) == 10
+
+
 def test_sampling_greedy_and_seeded_with_the_model_repetition_penalty(
     fake_vllm: type[FakeLLM], tiny_qwen_dir: Path
 ) -> None:
     from dataflow_mm.serving.base import SamplingParams
 
-    serving = fake_serving(tiny_qwen_dir, vllm_temperature=0.0, vllm_max_tokens=9)
+    serving = fake_serving(tiny_qwen_dir, vllm_temperature=0.0, vllm_max_tokens=9, vllm_seed=4)
     serving.chat([build_conversation("greedy")])
     serving.chat([build_conversation("sampled")], SamplingParams(temperature=0.8, top_p=0.7, max_tokens=5, seed=11))
     (llm,) = fake_vllm.instances
-    greedy, sampled = (params.kwargs for _, params in llm.calls)
+    greedy, sampled = (params.kwargs for _, params in llm.enqueued)
+    # Greedy decoding needs no per-request seed (which would force vLLM's slow per-request sampling).
     assert greedy == {"repetition_penalty": 1.05, "max_tokens": 9, "temperature": 0.0, "top_p": 1.0}
     assert sampled == {"repetition_penalty": 1.05, "max_tokens": 5, "temperature": 0.8, "top_p": 0.7, "seed": 11}
+    assert llm.kwargs["seed"] == 4
+    serving.cleanup()
+
+    # Engine-level seeding: the engine is seeded, requests are not (vLLM's fast batched sampling).
+    engine_seeded = fake_serving(tiny_qwen_dir, vllm_temperature=0.7, vllm_engine_seed=5)
+    engine_seeded.chat([build_conversation("sampled")])
+    llm = fake_vllm.instances[-1]
+    assert llm.kwargs["seed"] == 5 and "seed" not in llm.enqueued[0][1].kwargs
 
 
-def test_a_rejected_batch_is_retried_one_by_one_so_only_the_bad_request_fails(
-    fake_vllm: type[FakeLLM], tiny_qwen_dir: Path
-) -> None:
+def test_a_refused_request_fails_alone_and_nothing_is_sent_twice(fake_vllm: type[FakeLLM], tiny_qwen_dir: Path) -> None:
     serving = fake_serving(tiny_qwen_dir)
     completions = serving.chat([build_conversation("fine"), build_conversation("REJECT me"), build_conversation("ok")])
     assert [c.ok for c in completions] == [True, False, True]
     assert completions[1].error.startswith("PromptTooLongError:")
     (llm,) = fake_vllm.instances
-    assert [len(requests) for requests, _ in llm.calls] == [3, 1, 1, 1]
+    assert [request["prompt"].count("REJECT") for request, _ in llm.enqueued] == [0, 1, 0]
+    assert serving.stats.retried == 0
+
+
+def test_answers_cut_off_at_max_tokens_are_marked_truncated(fake_vllm: type[FakeLLM], tiny_qwen_dir: Path) -> None:
+    serving = fake_serving(tiny_qwen_dir, vllm_max_tokens=4)
+    completions = serving.chat([build_conversation("short"), build_conversation("LONG answer")])
+    assert [c.finish_reason for c in completions] == ["stop", "length"]
+    assert [c.truncated for c in completions] == [False, True]
+    assert serving.stats.truncated == 1
+
+
+def test_image_tokens_in_user_text_are_removed_for_each_family(
+    fake_vllm: type[FakeLLM], tiny_qwen_dir: Path, tiny_llava_dir: Path, image_files: list[str]
+) -> None:
+    from dataflow_mm.serving.image_tokens import image_placeholder_tokens
+    from dataflow_mm.serving.processor_loading import load_processor
+
+    for folder, image_token in ((tiny_qwen_dir, "<|image_pad|>"), (tiny_llava_dir, "<image>")):
+        tokens = image_placeholder_tokens(load_processor(folder))
+        assert image_token in tokens
+        serving = fake_serving(folder)
+        hostile = f"{image_token} what is in {''.join(tokens)} this <ima{image_token}ge> picture?"
+        serving.chat([build_conversation(hostile, [image_files[0]]), build_conversation(f"text {image_token}")])
+        with_image, text_only = (request["prompt"] for request, _ in fake_vllm.instances[-1].enqueued)
+        assert with_image.count(image_token) == 1  # the one the chat template puts in for the image
+        assert "what is in" in with_image and "picture?" in with_image
+        assert image_token not in text_only
+        serving.cleanup()
+    assert "<|vision_start|>" in image_placeholder_tokens(load_processor(tiny_qwen_dir))
 
 
 def test_a_dead_engine_stops_the_run_instead_of_failing_every_row(
@@ -474,3 +701,23 @@ def test_a_dead_engine_stops_the_run_instead_of_failing_every_row(
     with pytest.raises(UserError, match=r"vLLM engine .* stopped"):
         serving.chat([build_conversation("a"), build_conversation("b")])
     assert llm.shutdowns == 1 and not serving.engine_started
+
+
+def test_the_gpu_flags_reach_the_engine_and_help_warns_about_seeded_sampling(tiny_qwen_dir: Path) -> None:
+    import argparse
+
+    from dataflow_mm.pipeline.script import add_serving_args, serving_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serving_args(parser, default_model=str(tiny_qwen_dir))
+    help_text = " ".join(parser.format_help().split())
+    assert "slower path" in help_text and "--engine_seed" in help_text
+    flags = "--backend vllm --gpu_memory_utilization 0.7 --max_pixels 200704 --engine_seed 3"
+    args = parser.parse_args([*flags.split(), "--max_requests_in_flight", "8", "--max_model_len", "-1"])
+    serving = serving_from_args(args)
+    engine = serving.engine_args()
+    assert (engine["gpu_memory_utilization"], engine["max_model_len"], engine["seed"]) == (0.7, -1, 3)
+    assert engine["mm_processor_kwargs"] == {"max_pixels": 200704}
+    assert serving.max_requests_in_flight == 8 and serving.sampling.seed is None
+    defaults = serving_from_args(parser.parse_args(["--backend", "vllm"]))
+    assert defaults.engine_args()["max_model_len"] == 2048 and not defaults.gpu_memory_utilization_given

@@ -10,7 +10,10 @@ SPEC::
 
     {"serving": {...LocalModelVLMServing_vllm keyword arguments...},
      "calls": [{"conversations": [<conversation>, ...], "sampling": {...} | null}, ...],
-     "restart_after_cleanup": false}
+     "restart_after_cleanup": false,
+     "measure_rss": false,        # record each call's peak RSS growth (MB) in OUT["rss_growth_mb"]
+     "count_tokens": false,       # count each request with the token budget's counter (OUT["counted_tokens"])
+     "unchecked_calls": [...]}    # like "calls", but sent past the token budget (vLLM's own checks only)
 
 Conversations are in the OpenAI message form of ``dataflow_mm.serving.base`` with image parts
 holding file paths. OUT: ``{"calls": [[<completion>, ...], ...], "describe": ..., "stats": ...,
@@ -51,6 +54,52 @@ def live_children(wait_s: float = 0.0) -> list[str]:
         time.sleep(0.2)
 
 
+class PeakRSS:
+    """This process's peak resident memory while the block runs, sampled every few milliseconds."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self.before = self.peak = self._process.memory_info().rss
+
+    def __enter__(self) -> PeakRSS:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            self._stop.wait(0.002)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.before) / 2**20
+
+
+def counted_tokens(serving: object, conversations: list) -> list:
+    """Each request's prompt tokens as the token budget counts them (the engine's processor kwargs)."""
+    from dataflow_mm.serving.messages import split_images, to_pil
+    from dataflow_mm.serving.processor_loading import load_processor
+    from dataflow_mm.serving.token_budget import PromptTokenCounter
+
+    counter = PromptTokenCounter(load_processor(serving.model_dir), serving.mm_processor_kwargs())
+    counts = []
+    for conversation in serving.prepare_conversations(conversations):
+        messages, sources = split_images(conversation)
+        counts.append(counter.exact(counter.render(messages), [to_pil(s) for s in sources]))
+    return counts
+
+
 def main(spec_path: str, out_path: str) -> None:
     import torch
     import transformers
@@ -71,12 +120,22 @@ def main(spec_path: str, out_path: str) -> None:
     serving.start()
     out["seconds"]["engine_start"] = time.perf_counter() - start
     out["engine_started"] = serving.engine_started
+    out["engine_args"] = serving.engine_args()
+    out["rss_growth_mb"] = []
     for number, call in enumerate(spec["calls"]):
         sampling = SamplingParams(**call["sampling"]) if call.get("sampling") else None
         start = time.perf_counter()
-        completions = serving.chat(call["conversations"], sampling)
+        with PeakRSS() as rss:
+            completions = serving.chat(call["conversations"], sampling)
+        out["rss_growth_mb"].append(rss.growth_mb)
         out["seconds"][f"chat_{number}"] = time.perf_counter() - start
-        out["calls"].append([dataclasses.asdict(c) for c in completions])
+        out["calls"].append([{**dataclasses.asdict(c), "truncated": c.truncated} for c in completions])
+    if spec.get("count_tokens"):
+        out["counted_tokens"] = [counted_tokens(serving, call["conversations"]) for call in spec["calls"]]
+    out["unchecked_calls"] = []
+    for call in spec.get("unchecked_calls", []):
+        completions = serving._chat_batch(call["conversations"], serving.sampling)
+        out["unchecked_calls"].append([dataclasses.asdict(c) for c in completions])
     out["describe"] = serving.describe()
     out["stats"] = dataclasses.asdict(serving.stats)
     out["children_before_cleanup"] = live_children()
