@@ -157,5 +157,8 @@ def test_the_seed_pipeline_class_runs_with_only_its_imports_changed(tmp_path: Pa
             )
 
     ImageRegionCaptionPipeline().forward()
-    rows = [json.loads(line) for line in (cache / "region_caption_step1.jsonl").read_text().splitlines()]
+    # The second storage continues after the first one's step: the box step's file is not overwritten.
+    boxes = [json.loads(line) for line in (cache / "region_caption_step1.jsonl").read_text().splitlines()]
+    assert len(boxes) == 2 and all(r["image_with_bbox"] and "answer" not in r for r in boxes)
+    rows = [json.loads(line) for line in (cache / "region_caption_step2.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["answer"] and r["image_with_bbox"] for r in rows)
