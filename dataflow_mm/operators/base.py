@@ -398,10 +398,11 @@ class OperatorABC(ABC):
 
 
 def _keep_input_of_failed_rows(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
-    """``after`` with the rows that failed in this step showing every input column as it was read.
+    """``after`` where no row that failed in this step lost an input value to null.
 
-    A failed row is kept for the user to inspect and fix; an operator that overwrote one of its
-    input columns (e.g. ``bbox`` rewritten to null) must not hide what the row held.
+    A failed row is kept for the user to inspect and fix: an operator that blanked one of its input
+    columns for it (e.g. ``bbox`` written as null) must not hide what the row held. Values an operator
+    updated on purpose (e.g. Img-Diff's ``bbox_decisions`` with per-box errors) stay as written.
     """
     failed = (after[ERROR_COLUMN].notna() & before[ERROR_COLUMN].reindex(after.index).isna()).tolist()
     if not any(failed):
@@ -412,29 +413,21 @@ def _keep_input_of_failed_rows(before: pd.DataFrame, after: pd.DataFrame) -> pd.
             continue
         original = before[column].reindex(after.index).tolist()
         values = after[column].tolist()
-        if all(_same(o, v) for o, v, f in zip(original, values, failed, strict=True) if f):
-            continue  # untouched: keep the column's dtype
+        blanked = [
+            f and _is_null(new) and not _is_null(old) for old, new, f in zip(original, values, failed, strict=True)
+        ]
+        if not any(blanked):
+            continue
         after[column] = pd.Series(
-            [old if row_failed else new for old, new, row_failed in zip(original, values, failed, strict=True)],
+            [old if restore else new for old, new, restore in zip(original, values, blanked, strict=True)],
             index=after.index,
             dtype=object,
         )
     return after
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Whether two cell values are the same (both missing counts as the same)."""
-    if a is b:
-        return True
-    try:
-        if pd.isna(a) and pd.isna(b):
-            return True
-    except (TypeError, ValueError):
-        pass
-    try:
-        return bool(a == b)
-    except (TypeError, ValueError):
-        return False
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def _with_provenance(frame: pd.DataFrame, ref: dict[str, str]) -> pd.DataFrame:
