@@ -474,3 +474,89 @@ def test_a_dead_engine_stops_the_run_instead_of_failing_every_row(
     with pytest.raises(UserError, match=r"vLLM engine .* stopped"):
         serving.chat([build_conversation("a"), build_conversation("b")])
     assert llm.shutdowns == 1 and not serving.engine_started
+
+
+def test_dataflow_mm_vllm_sampling_names_are_sampling_settings_not_engine_args(
+    fake_vllm: type[FakeLLM], tiny_qwen_dir: Path
+) -> None:
+    """DataFlow-MM's ``vllm_top_k`` / ``vllm_repetition_penalty`` (and the other vllm_* sampling names)."""
+    serving = fake_serving(
+        tiny_qwen_dir, vllm_top_k=5, vllm_repetition_penalty=1.2, vllm_min_p=0.05, vllm_presence_penalty=0.3
+    )
+    assert serving.sampling.top_k == 5 and serving.sampling.repetition_penalty == 1.2
+    assert serving.engine_kwargs == {}
+    assert serving.describe()["sampling"]["top_k"] == 5  # part of the resume fingerprint
+    serving.chat([build_conversation("hi")])
+    (llm,) = fake_vllm.instances
+    assert not any(key.startswith("vllm_") or key == "top_k" for key in llm.kwargs)
+    params = llm.calls[0][1].kwargs
+    assert (params["top_k"], params["repetition_penalty"], params["min_p"], params["presence_penalty"]) == (
+        5, 1.2, 0.05, 0.3
+    )  # fmt: skip
+    serving.cleanup()
+
+
+DATAFLOW_MM_TEXT_ONLY_SCRIPT = """
+from dataflow_mm import LocalModelVLMServing_vllm  # was: from dataflow.serving.local_model_vlm_serving import ...
+from dataflow_mm import PromptedVQAGenerator  # was: from dataflow.operators.core_vision import PromptedVQAGenerator
+from dataflow_mm import FileStorage  # was: from dataflow.utils.storage import FileStorage
+
+
+class TextQAPipeline:
+    def __init__(self, model_path, first_entry_file, cache_path):
+        self.storage = FileStorage(
+            first_entry_file_name=first_entry_file,
+            cache_path=cache_path,
+            file_name_prefix="text_qa",
+            cache_type="json",
+        )
+        self.serving = LocalModelVLMServing_vllm(
+            hf_model_name_or_path=model_path,
+            hf_cache_dir="~/.cache/huggingface",
+            hf_local_dir="./ckpt",
+            vllm_tensor_parallel_size=1,
+            vllm_temperature=0.7,
+            vllm_top_p=0.9,
+            vllm_max_tokens=8,
+            vllm_top_k=5,
+            vllm_repetition_penalty=1.1,
+            vllm_max_model_len=2048,
+            vllm_enforce_eager=True,
+        )
+        self.qa_generator = PromptedVQAGenerator(serving=self.serving, system_prompt="You are a helpful assistant.")
+
+    def forward(self):
+        self.qa_generator.run(
+            storage=self.storage.step(),
+            input_conversation_key="conversation",
+            output_answer_key="answer",
+        )
+
+
+if __name__ == "__main__":
+    import sys
+
+    TextQAPipeline(*sys.argv[1:4]).forward()
+"""
+
+
+@in_vllm_env
+def test_a_dataflow_mm_script_asks_a_text_only_table_on_vllm(
+    vllm_python: Path, vllm_env: dict[str, str], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    """No image column: the model is asked text-only (DataFlow-MM's pure text mode), with vllm_top_k honoured."""
+    table = tmp_path / "sample_data.json"
+    questions = ["What is the capital of France?", "Name three colours."]
+    table.write_text(json.dumps([{"conversation": [{"from": "human", "value": q}]} for q in questions]))
+    script = tmp_path / "text_qa_pipeline.py"
+    script.write_text(DATAFLOW_MM_TEXT_ONLY_SCRIPT)
+    env = {**vllm_env, "PYTHONPATH": str(REPO)}  # this checkout's dataflow_mm
+    done = run_bounded([str(vllm_python), str(script), str(tiny_qwen_dir), str(table), str(tmp_path / "cache")], env,
+                       cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-6000:]
+    rows = json.loads((tmp_path / "cache" / "text_qa_step1.json").read_text())
+    assert len(rows) == 2 and all(r["error"] is None and isinstance(r["answer"], str) for r in rows)
+    manifest = json.loads((tmp_path / "cache" / "text_qa_step1.json.manifest.json").read_text())
+    assert manifest["provenance"]["backend"] == "vllm"
+    assert manifest["provenance"]["sampling"]["top_k"] == 5
+    assert manifest["provenance"]["sampling"]["repetition_penalty"] == 1.1
