@@ -133,6 +133,7 @@ def test_script_falls_back_to_a_tiny_model_offline_and_says_so(tmp_path: Path, t
     [
         (["--first_entry_file", "missing.jsonl"], "Input file does not exist"),
         (["--input_image_key", "picture"], "input key 'picture' is not a column"),
+        (["--input_bbox_key", "bboxes"], "input key 'bboxes' is not a column there. Did you mean 'bbox'?"),
         (["--no_tiny_fallback", "--model_path", "no-such-org/no-such-model"], "is not available"),
     ],
 )
