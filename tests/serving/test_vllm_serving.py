@@ -254,6 +254,7 @@ def test_region_caption_pipeline_falls_back_to_the_tiny_model_with_vllm_backend(
     command = [
         str(vllm_python),
         str(PIPELINE_SCRIPT),
+        "--smoke_test",  # a named model falls back only for a smoke test
         "--model_path", "no-such-org/no-such-model",
         "--backend", "vllm",
         "--first_entry_file", str(table),
@@ -267,7 +268,7 @@ def test_region_caption_pipeline_falls_back_to_the_tiny_model_with_vllm_backend(
         "--max_tokens", "16",
         "--max_model_len", "2048",
     ]  # fmt: skip
-    env = {**vllm_env, ENV_TINY_DIR: str(tiny_qwen_dir.parent)}
+    env = {**vllm_env, ENV_TINY_DIR: str(tiny_qwen_dir.parent), "PYTHONPATH": str(REPO)}  # this checkout's code
     done = run_bounded(command, env, cwd=tmp_path)
     assert done.returncode == 0, f"pipeline failed:\n{done.stderr[-6000:]}"
     assert "is not available" in done.stderr and "MEANINGLESS" in done.stderr
