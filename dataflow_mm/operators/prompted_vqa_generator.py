@@ -156,7 +156,10 @@ class PromptedVQAGenerator(OperatorABC):
             except RowError as exc:
                 errors[position] = row_error_text(exc)
         if text_only and input_image_key:
-            log.info(f"{text_only} row(s) have no '{input_image_key}': asked text-only")
+            log.warning(
+                f"{text_only} row(s) have no '{input_image_key}': asked text-only "
+                "(pass input_image_key=None for a text-only table)"
+            )
         for position, completion in zip(positions, self.serving.chat(conversations), strict=True):
             if completion.ok:
                 answers[position] = completion.text
