@@ -33,6 +33,10 @@ class PipelineCompileError(UserError):
     """Operator input keys that do not exist at the step where the operator runs."""
 
 
+class UnsupportedArgumentError(UserError):
+    """An argument DataFlow-MM accepts for something dataflow-mm does not do (video, audio, image output)."""
+
+
 class StorageError(UserError):
     """The input table or the cache folder cannot be read or written."""
 

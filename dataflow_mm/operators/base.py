@@ -30,10 +30,17 @@ from typing import Any
 
 import pandas as pd
 
-from dataflow_mm.errors import ERROR_COLUMN, MissingFieldError, error_class_of, is_row_error, row_error_text
+from dataflow_mm.errors import (
+    ERROR_COLUMN,
+    MissingFieldError,
+    PipelineCompileError,
+    error_class_of,
+    is_row_error,
+    row_error_text,
+)
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.progress import StepProgress, count_rows
-from dataflow_mm.storage.file_storage import FileStorage
+from dataflow_mm.storage.file_storage import FileStorage, record_produced
 from dataflow_mm.storage.formats import Reject, check_readable, read_table, table_type_of, write_table
 from dataflow_mm.storage.manifest import StepManifest, file_sha256, fingerprint
 from dataflow_mm.storage.media import externalize_media
@@ -185,6 +192,11 @@ class OperatorABC(ABC):
         """Columns that must exist in the step this operator reads (checked by ``compile``)."""
         return []
 
+    def explicit_input_columns(self, **keys: Any) -> list[str]:
+        """Optional input columns the caller named (a key other than its default): ``compile`` fails when
+        one exists in no row, instead of the operator silently doing without it."""
+        return []
+
     def output_columns(self, **keys: Any) -> list[str]:
         """Columns this operator adds (so ``compile`` knows what later steps can use)."""
         return []
@@ -259,6 +271,8 @@ class OperatorABC(ABC):
 
     def execute(self, storage: FileStorage, **keys: Any) -> StepResult | None:
         """Run this operator on ``storage``'s current step (or record the call while compiling)."""
+        for path in self.extra_output_paths():
+            record_produced(path, storage.output_path)
         calls = _recording.get()
         if calls is not None:
             calls.append(OperatorCall(self, storage, keys))
@@ -280,7 +294,8 @@ class OperatorABC(ABC):
         storage.check_writable()
         input_sha = file_sha256(check_readable(storage.input_path))
         current = self.fingerprint(keys)
-        step = max(storage.operator_step, 0) + 1
+        self._check_explicit_columns(storage, keys)
+        step = storage.output_step
         manifest = StepManifest.load(storage.output_path)
         if manifest is not None and manifest.matches(current, input_sha, storage.output_path):
             self._copy_to_extra_outputs(storage.output_path, only_missing=True)
@@ -298,6 +313,20 @@ class OperatorABC(ABC):
                 metrics=stats.get("metrics", {}),
             )
         return self._run_step(storage, keys, step, current, input_sha)
+
+    def _check_explicit_columns(self, storage: FileStorage, keys: dict[str, Any]) -> None:
+        """A column the caller named explicitly must exist in some row (also when ``forward()`` runs uncompiled)."""
+        for key in self.explicit_input_columns(**keys):
+            columns: list[str] = []
+            for chunk in storage.iter_chunks():
+                if key in chunk.frame.columns:
+                    break
+                columns += [str(c) for c in chunk.frame.columns if c not in columns]
+            else:
+                raise PipelineCompileError(
+                    f"{self.name} (reads '{storage.input_path}'): input key '{key}' exists in no row. "
+                    f"Available: {columns}"
+                )
 
     def _run_step(
         self, storage: FileStorage, keys: dict[str, Any], step: int, current: str, input_sha: str
@@ -392,15 +421,26 @@ class OperatorABC(ABC):
             frame.loc[ok, ERROR_COLUMN] = row_error_text(error)
             ok[:] = False
         if not ok.any():
-            return frame
+            return self._with_output_columns(frame, keys)
         processed = self.process(frame[ok], **keys)
         if len(processed) != int(ok.sum()):
             raise RuntimeError(f"{self.name}.process returned {len(processed)} rows for {int(ok.sum())}")
+        processed = _keep_input_of_failed_rows(frame[ok], processed)
         if self._provenance_ref:
             processed = _with_provenance(processed, self._provenance_ref)
-        if ok.all():
-            return processed
-        return pd.concat([processed.astype(object), frame[~ok]]).sort_index()
+        if not ok.all():
+            processed = pd.concat([processed.astype(object), frame[~ok]]).sort_index()
+        return self._with_output_columns(processed, keys)
+
+    def _with_output_columns(self, frame: pd.DataFrame, keys: dict[str, Any]) -> pd.DataFrame:
+        """``frame`` with every declared output column present (null where no row filled it)."""
+        missing = [c for c in self.output_columns(**keys) if c not in frame.columns]
+        if not missing:
+            return frame
+        frame = frame.copy()
+        for column in missing:
+            frame[column] = None
+        return frame
 
     def _write_rejects(self, storage: FileStorage, rejects: list[Reject]) -> None:
         path = storage.rejects_path
@@ -420,6 +460,39 @@ class OperatorABC(ABC):
             tmp = target.with_name(f".{target.name}.tmp")
             shutil.copyfile(step_file, tmp)
             tmp.replace(target)
+
+
+def _keep_input_of_failed_rows(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """``after`` where no row that failed in this step lost an input value to null.
+
+    A failed row is kept for the user to inspect and fix: an operator that blanked one of its input
+    columns for it (e.g. ``bbox`` written as null) must not hide what the row held. Values an operator
+    updated on purpose (e.g. Img-Diff's ``bbox_decisions`` with per-box errors) stay as written.
+    """
+    failed = (after[ERROR_COLUMN].notna() & before[ERROR_COLUMN].reindex(after.index).isna()).tolist()
+    if not any(failed):
+        return after
+    after = after.copy()
+    for column in before.columns:
+        if column == ERROR_COLUMN or column not in after.columns:
+            continue
+        original = before[column].reindex(after.index).tolist()
+        values = after[column].tolist()
+        blanked = [
+            f and _is_null(new) and not _is_null(old) for old, new, f in zip(original, values, failed, strict=True)
+        ]
+        if not any(blanked):
+            continue
+        after[column] = pd.Series(
+            [old if restore else new for old, new, restore in zip(original, values, blanked, strict=True)],
+            index=after.index,
+            dtype=object,
+        )
+    return after
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def _with_provenance(frame: pd.DataFrame, ref: dict[str, str]) -> pd.DataFrame:

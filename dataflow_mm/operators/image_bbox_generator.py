@@ -31,6 +31,7 @@ from dataflow_mm.storage.media import resolve_media_path, several_images_note
 DEFAULT_REGION_PROMPT = (
     "Describe the content of each marked region in the image. There are {n} regions: <region1> to <region{n}>."
 )
+DEFAULT_BBOX_KEY = "bbox"
 OUTPUT_FIELDS = ("type", "bbox", "normalized_bbox", "result_file", "valid_bboxes_num", "bbox_dropped", "warning")
 
 
@@ -97,6 +98,11 @@ class ImageBboxGenerator(OperatorABC):
 
     def input_columns(self, input_image_key: str = "image", **_: Any) -> list[str]:
         return [input_image_key]
+
+    def explicit_input_columns(self, input_bbox_key: str | None = DEFAULT_BBOX_KEY, **_: Any) -> list[str]:
+        # Rows without boxes get proposed ones; a box column the caller named must exist, or every row
+        # would silently get proposals instead of the caller's boxes.
+        return [input_bbox_key] if input_bbox_key and input_bbox_key != DEFAULT_BBOX_KEY else []
 
     def output_columns(
         self, output_image_key: str = "image_with_bbox", output_prompt_key: str = "prompt", **_: Any

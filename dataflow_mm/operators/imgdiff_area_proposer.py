@@ -83,6 +83,10 @@ class ImgDiffDifferenceAreaProposer(OperatorABC):
     ) -> list[str]:
         return [input_image1_key, input_image2_key]  # the box column may be absent: every row is then proposed
 
+    def explicit_input_columns(self, input_bbox_key: str = BBOX_KEY, **_: Any) -> list[str]:
+        # ... but a box column the caller named must exist, or every row would silently get proposals.
+        return [input_bbox_key] if input_bbox_key and input_bbox_key != BBOX_KEY else []
+
     def output_columns(
         self, output_bbox_key: str = BBOX_KEY, output_source_key: str = SOURCE_KEY, **_: Any
     ) -> list[str]:

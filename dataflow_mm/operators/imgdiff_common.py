@@ -14,6 +14,11 @@ image 1. A step only looks at boxes still ``kept``; when it drops one it sets ``
 ``dropped_at`` (the step) and ``drop_reason`` (why, with the numbers). The scores that decided
 each box stay in the record, so every decision can be audited from the output table.
 
+A model request that failed for a box (``PromptTooLongError``, ``ServingError``, ...) is not a
+decision about the box: it drops the box with ``error`` set to the request's error, and when no
+box of a row could be processed because every request failed, the row gets that error too
+(``request_failure``). The step metrics count both (``box_errors_<step>``).
+
 Images are decoded in memory only (no temp files). Image 2 is resized to image 1's size, as in
 the original, so one box addresses the same area in both.
 """
@@ -56,6 +61,9 @@ DROP_REGION_CAPTION = "region_caption"
 DROP_ITM = "image_text_matching"
 DROP_SIMILARITY = "caption_similarity"
 DROP_DIFFERENCE = "difference_caption"
+ALL_STEPS = (DROP_PARSE, DROP_AREA, DROP_REGION_CAPTION, DROP_ITM, DROP_SIMILARITY, DROP_DIFFERENCE)
+# The steps that send model requests (whose failures are errors, counted per box).
+REQUEST_STEPS = (DROP_REGION_CAPTION, DROP_DIFFERENCE)
 
 ImagePair = tuple[Image.Image, Image.Image]
 
@@ -135,6 +143,7 @@ def new_decision(index: int, raw_box: Any) -> dict[str, Any]:
         "kept": True,
         "dropped_at": None,
         "drop_reason": None,
+        "error": None,
     }
 
 
@@ -142,6 +151,21 @@ def drop(decision: dict[str, Any], step: str, reason: str) -> None:
     decision["kept"] = False
     decision["dropped_at"] = step
     decision["drop_reason"] = reason
+
+
+def fail(decision: dict[str, Any], step: str, what: str, error: str) -> None:
+    """Drop a box whose model request failed: ``error`` holds the request's error (``"<ErrorClass>: ..."``)."""
+    if decision.get("kept"):
+        drop(decision, step, f"{what} failed: {error}")
+        decision["error"] = error
+
+
+def request_failure(sent: Sequence[dict[str, Any]], what: str) -> str | None:
+    """The row's error when every box sent to the model failed (None when one succeeded or none was sent)."""
+    if not sent or any(not d.get("error") for d in sent):
+        return None
+    first = str(sent[0]["error"])
+    return f"{first} (all {len(sent)} {what} request(s) of the row failed)"
 
 
 def kept(decisions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -183,14 +207,19 @@ def copy_decisions(value: Any) -> list[dict[str, Any]]:
 
 
 def step_counts(step: str, decisions_per_row: Sequence[Sequence[dict[str, Any]]]) -> tuple[int, int]:
-    """(boxes this step saw, boxes it kept): the seen ones are those kept so far or dropped by this step."""
+    """(boxes this step saw, boxes it kept): a box is seen by every step up to the one that dropped it,
+    and kept by every step before that one (so the fused operator, which sees all drops at once, counts
+    the same as the step-by-step pipeline)."""
+    order = ALL_STEPS.index(step)
     seen = kept_count = 0
     for decisions in decisions_per_row:
         for d in decisions:
-            if d.get("kept"):
+            at = d.get("dropped_at")
+            dropped = -1 if d.get("kept") or at not in ALL_STEPS else ALL_STEPS.index(at)
+            if dropped == -1 or dropped > order:
                 seen += 1
                 kept_count += 1
-            elif d.get("dropped_at") == step:
+            elif dropped == order:
                 seen += 1
     return seen, kept_count
 
@@ -211,13 +240,14 @@ def decision_metrics(frame: pd.DataFrame, key: str, steps: Sequence[str]) -> dic
         seen, kept_count = step_counts(step, rows)
         metrics[f"boxes_after_{step}"] = kept_count
         metrics[f"boxes_after_{step}_total"] = seen
+        if step in REQUEST_STEPS:
+            metrics[f"box_errors_{step}"] = sum(
+                1 for row in rows for d in row if d.get("dropped_at") == step and d.get("error")
+            )
     if DROP_DIFFERENCE in steps:
         metrics["pairs_with_differences"] = sum(1 for row in rows if kept(row))
         metrics["pairs_with_differences_total"] = len(rows)
     return metrics
-
-
-ALL_STEPS = (DROP_PARSE, DROP_AREA, DROP_REGION_CAPTION, DROP_ITM, DROP_SIMILARITY, DROP_DIFFERENCE)
 
 
 class PairLoader:

@@ -39,10 +39,11 @@ from dataflow_mm.operators.imgdiff_common import (
     decision_metrics,
     decisions_column,
     describe_drops,
-    drop,
     error_list,
+    fail,
     kept,
     log,
+    request_failure,
     set_row_errors,
     vlm_provenance,
 )
@@ -221,11 +222,15 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
             targets, self.serving.chat(conversations, self.sampling), strict=True
         ):
             if not completion.ok:
-                drop(decision, DROP_DIFFERENCE, f"difference caption failed: {completion.error}")
+                fail(decision, DROP_DIFFERENCE, "difference caption", str(completion.error))
                 continue
             decision["difference_caption"] = completion.text
             if self.keep_difference_images:
                 decision["difference_image"] = self._save(panel, Path(name).stem, decision["index"])
+        for position, decisions in enumerate(all_decisions):
+            if needs_images[position] and errors[position] is None:
+                sent = [d for d in decisions if d.get("kept") or d.get("dropped_at") == DROP_DIFFERENCE]
+                errors[position] = request_failure(sent, "difference caption")
         log.info(describe_drops(DROP_DIFFERENCE, all_decisions) + f"; {len(conversations)} difference requests")
         results = [self._final(decisions) for decisions in all_decisions]
         out[output_caption1_key] = [r[0] for r in results]

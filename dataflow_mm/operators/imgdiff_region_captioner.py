@@ -32,8 +32,10 @@ from dataflow_mm.operators.imgdiff_common import (
     describe_drops,
     drop,
     error_list,
+    fail,
     kept,
     log,
+    request_failure,
     set_row_errors,
     vlm_provenance,
 )
@@ -140,6 +142,7 @@ class ImgDiffRegionCaptioner(OperatorABC):
         all_decisions: list[list[dict[str, Any]]] = [[] for _ in range(len(out))]
         conversations: list[Conversation] = []
         targets: list[tuple[dict[str, Any], int]] = []  # (decision, 1 or 2) per request
+        sent: list[list[dict[str, Any]]] = [[] for _ in range(len(out))]  # per row: the boxes asked about
         for position, (pair, raw) in enumerate(zip(pairs, raw_boxes, strict=True)):
             if isinstance(pair, RowError):
                 set_row_errors(errors, position, pair)
@@ -155,14 +158,17 @@ class ImgDiffRegionCaptioner(OperatorABC):
                 if self._too_large(decision, image1.size):
                     continue
                 prompt = self.prompt_template.format(bbox=normalized_box_text(decision["bbox_xyxy"], image1.size))
+                sent[position].append(decision)
                 for which, image in ((1, image1), (2, image2)):
                     conversations.append(build_conversation(prompt, [image], self.system_prompt))
                     targets.append((decision, which))
         for (decision, which), completion in zip(targets, self.serving.chat(conversations, self.sampling), strict=True):
             if completion.ok:
                 decision[f"region_caption{which}"] = completion.text
-            elif decision["kept"]:
-                drop(decision, DROP_REGION_CAPTION, f"region caption of image {which} failed: {completion.error}")
+            else:
+                fail(decision, DROP_REGION_CAPTION, f"region caption of image {which}", str(completion.error))
+        for position, boxes in enumerate(sent):
+            errors[position] = request_failure(boxes, "region caption") or errors[position]
         log.info(describe_drops(DROP_AREA, all_decisions) + f"; {len(conversations)} region requests in one call")
         out[decisions_key] = all_decisions
         out[ERROR_COLUMN] = errors

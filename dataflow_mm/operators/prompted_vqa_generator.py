@@ -10,14 +10,25 @@ from typing import Any
 
 import pandas as pd
 
-from dataflow_mm.errors import ERROR_COLUMN, MissingFieldError, RowError, row_error_text
+from dataflow_mm.errors import (
+    ERROR_COLUMN,
+    MissingFieldError,
+    RowError,
+    UnsupportedArgumentError,
+    UserError,
+    row_error_text,
+)
+from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import TRUNCATED_COLUMN, OperatorABC
 from dataflow_mm.serving.base import Conversation, VLMServing
 from dataflow_mm.serving.messages import build_conversation
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.storage.media import image_count, resolve_media_path
+from dataflow_mm.storage.media import resolve_media_path
+
+log = get_logger("operators")
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+DEFAULT_IMAGE_KEY = "image"
 _ROLE_NAMES = {
     "human": "user",
     "user": "user",
@@ -59,25 +70,42 @@ def conversation_from_turns(turns: Any, images: list[Any], system_prompt: str) -
 
 
 class PromptedVQAGenerator(OperatorABC):
-    """Answer each row's prompt (or conversation) about its image with the given serving.
+    """Answer each row's prompt (or conversation) about its image(s) with the given serving.
 
     The image cell may hold any form :mod:`dataflow_mm.storage.media` reads; every image of a list
     cell goes into the request, in order (DataFlow-MM's ``"image": ["./a.jpg", ...]`` rows).
+
+    Images: the image column may hold one path or a list of paths (DataFlow-MM's sample format);
+    every image of the list goes into the request, in order. Under the default key ``image``, a
+    table (or row) without an image is asked text-only; a key the caller named must hold an image.
+    ``prompt_template`` (DataFlow-MM's): a string, or an object with ``build_prompt()``, that
+    replaces the text of each conversation's first user turn.
     """
 
-    def __init__(self, serving: VLMServing, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> None:
+    def __init__(
+        self, serving: VLMServing, system_prompt: str = DEFAULT_SYSTEM_PROMPT, prompt_template: Any = None
+    ) -> None:
         self.serving = serving
         self.system_prompt = system_prompt
+        self.template_text = _template_text(prompt_template)
         self._media_root = None
 
     def run(
         self,
         storage: FileStorage,
         input_prompt_key: str = "prompt",
-        input_image_key: str | None = "image",
+        input_image_key: str | None = DEFAULT_IMAGE_KEY,
         input_conversation_key: str | None = None,
         output_answer_key: str = "answer",
+        input_video_key: str | None = None,
+        input_audio_key: str | None = None,
     ) -> None:
+        for name, value in (("input_video_key", input_video_key), ("input_audio_key", input_audio_key)):
+            if value is not None:
+                raise UnsupportedArgumentError(
+                    f"PromptedVQAGenerator.run({name}={value!r}): dataflow-mm answers about images and text only; "
+                    f"video and audio are not supported. Remove {name} (or pass None)."
+                )
         self.execute(
             storage,
             input_prompt_key=input_prompt_key,
@@ -89,18 +117,22 @@ class PromptedVQAGenerator(OperatorABC):
     def input_columns(
         self,
         input_prompt_key: str = "prompt",
-        input_image_key: str | None = "image",
+        input_image_key: str | None = DEFAULT_IMAGE_KEY,
         input_conversation_key: str | None = None,
         **_: Any,
     ) -> list[str]:
         text_key = input_conversation_key or input_prompt_key
-        return [k for k in (text_key, input_image_key) if k]
+        image_key = input_image_key if input_image_key != DEFAULT_IMAGE_KEY else None  # default: optional
+        return [k for k in (text_key, image_key) if k]
 
     def output_columns(self, output_answer_key: str = "answer", **_: Any) -> list[str]:
         return [output_answer_key, TRUNCATED_COLUMN]
 
     def params(self) -> dict[str, Any]:
-        return {"system_prompt": self.system_prompt}
+        params: dict[str, Any] = {"system_prompt": self.system_prompt}
+        if self.template_text is not None:
+            params["prompt_template"] = self.template_text
+        return params
 
     def provenance(self) -> dict[str, Any]:
         return self.serving.describe()
@@ -112,7 +144,7 @@ class PromptedVQAGenerator(OperatorABC):
         self,
         frame: pd.DataFrame,
         input_prompt_key: str = "prompt",
-        input_image_key: str | None = "image",
+        input_image_key: str | None = DEFAULT_IMAGE_KEY,
         input_conversation_key: str | None = None,
         output_answer_key: str = "answer",
     ) -> pd.DataFrame:
@@ -122,12 +154,20 @@ class PromptedVQAGenerator(OperatorABC):
         truncated: list[bool | None] = [None] * len(out)
         conversations: list[Conversation] = []
         positions: list[int] = []
+        text_only = 0
         for position, row in enumerate(out.to_dict(orient="records")):
             try:
-                conversations.append(self._conversation(row, input_prompt_key, input_image_key, input_conversation_key))
+                images = self._images(row, input_image_key)
+                text_only += 0 if images else 1
+                conversations.append(self._conversation(row, input_prompt_key, images, input_conversation_key))
                 positions.append(position)
             except RowError as exc:
                 errors[position] = row_error_text(exc)
+        if text_only and input_image_key:
+            log.warning(
+                f"{text_only} row(s) have no '{input_image_key}': asked text-only "
+                "(pass input_image_key=None for a text-only table)"
+            )
         for position, completion in zip(positions, self.serving.chat(conversations), strict=True):
             if completion.ok:
                 answers[position] = completion.text
@@ -139,18 +179,53 @@ class PromptedVQAGenerator(OperatorABC):
         out[ERROR_COLUMN] = errors
         return out
 
+    def _images(self, row: dict[str, Any], image_key: str | None) -> list[Any]:
+        """The row's images (one path or a list of them); none for a text-only row under the default key."""
+        if not image_key:
+            return []
+        value = row.get(image_key)
+        values = value.tolist() if hasattr(value, "tolist") and not isinstance(value, str) else value
+        values = list(values) if isinstance(values, (list, tuple)) else [] if _is_missing(values) else [values]
+        if not values:
+            if image_key == DEFAULT_IMAGE_KEY:
+                return []
+            raise MissingFieldError(f"the image field '{image_key}' is empty")
+        return [resolve_media_path(item, self._media_root, self._media_cache) for item in values]
+
     def _conversation(
-        self, row: dict[str, Any], prompt_key: str, image_key: str | None, conversation_key: str | None
+        self, row: dict[str, Any], prompt_key: str, images: list[Any], conversation_key: str | None
     ) -> Conversation:
-        images = []
-        if image_key:
-            value = row.get(image_key)
-            # Every image of a list cell goes into the request (the model sees them in order).
-            values = list(value) if image_count(value) > 1 else [value]
-            images = [resolve_media_path(v, self._media_root, self._media_cache) for v in values]
         if conversation_key:
-            return conversation_from_turns(row.get(conversation_key), images, self.system_prompt)
+            turns = row.get(conversation_key)
+            if self.template_text is not None:
+                turns = _with_first_user_text(turns, self.template_text)
+            return conversation_from_turns(turns, images, self.system_prompt)
         prompt = row.get(prompt_key)
         if _is_missing(prompt) or not isinstance(prompt, str):
             raise MissingFieldError(f"the prompt field '{prompt_key}' is empty or not text: {prompt!r}")
         return build_conversation(prompt, images, self.system_prompt)
+
+
+def _template_text(template: Any) -> str | None:
+    """The text of a prompt template: a string, or what DataFlow-MM's ``build_prompt()`` returns."""
+    if template is None or isinstance(template, str):
+        return template
+    build = getattr(template, "build_prompt", None)
+    if not callable(build):
+        raise UserError(f"prompt_template must be a string or have build_prompt(), not {type(template).__name__}")
+    text = build()
+    if not isinstance(text, str):
+        raise UserError(f"prompt_template.build_prompt() must return a string, not {type(text).__name__}")
+    return text
+
+
+def _with_first_user_text(turns: Any, text: str) -> Any:
+    """``turns`` with the first user turn's text replaced (as DataFlow-MM's prompt_template does)."""
+    if not isinstance(turns, list):
+        return turns
+    replaced = [dict(t) if isinstance(t, dict) else t for t in turns]
+    for turn in replaced:
+        if isinstance(turn, dict) and _ROLE_NAMES.get(str(turn.get("role", turn.get("from", ""))).lower()) == "user":
+            turn["content" if "content" in turn else "value"] = text
+            break
+    return replaced

@@ -20,7 +20,7 @@ from dataflow_mm.operators.base import OperatorCall, recording_calls
 from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.report import report_after_run
 from dataflow_mm.serving.base import VLMServing
-from dataflow_mm.storage.formats import find_columns, has_records, peek_columns
+from dataflow_mm.storage.formats import find_columns, has_records, iter_table, peek_columns
 from dataflow_mm.storage.paths import write_conflicts
 
 if TYPE_CHECKING:
@@ -41,6 +41,14 @@ def _missing_key_message(index: int, call: OperatorCall, key: str, columns: list
         f"'{call.storage.input_path}'): input key '{key}' is not a column there.{hint} "
         f"Available: {columns}"
     )
+
+
+def _in_any_row(call: OperatorCall, key: str, known: dict[str, list[str] | None]) -> bool:
+    """Whether ``key`` is a column of any row of the user's file the call reads (beyond the peeked rows)."""
+    path = call.storage.input_path
+    if _key(path) in known or not os.path.isfile(path):
+        return False
+    return any(key in chunk.frame.columns for chunk in iter_table(path, call.storage.input_type))
 
 
 class PipelineABC(ABC):
@@ -77,6 +85,11 @@ class PipelineABC(ABC):
                     _missing_key_message(index, call, key, columns)
                     for key in call.operator.input_columns(**call.keys)
                     if key not in columns
+                ]
+                problems += [
+                    _missing_key_message(index, call, key, columns)
+                    for key in call.operator.explicit_input_columns(**call.keys)
+                    if key not in columns and not _in_any_row(call, key, known)
                 ]
             produced = (
                 None

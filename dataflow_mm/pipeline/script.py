@@ -36,6 +36,7 @@ def add_serving_args(parser: argparse.ArgumentParser, default_model: str) -> Non
     """The flags that choose and tune the VLM backend (shared by every pipeline script)."""
     group = parser.add_argument_group("model serving")
     group.add_argument("--model_path", default=default_model, help="hub id or local folder of the VLM")
+    parser.set_defaults(shipped_model_path=default_model)
     group.add_argument("--hf_cache_dir", default="~/.cache/huggingface", help="Hugging Face cache folder")
     group.add_argument("--download_dir", default="./ckpt/models", help="where a downloaded model is stored")
     group.add_argument(
@@ -107,10 +108,17 @@ def add_serving_args(parser: argparse.ArgumentParser, default_model: str) -> Non
         action="store_true",
         help="fail instead of falling back to a tiny smoke-test model when the model is unavailable",
     )
+    group.add_argument(
+        "--smoke_test",
+        action="store_true",
+        help="allow the tiny smoke-test fallback also for a --model_path you gave (which otherwise must load)",
+    )
     group.add_argument("--api_url", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     group.add_argument("--model_name", default=None, help="model name sent to the API (default: --model_path)")
     group.add_argument(
-        "--api_key_env", default="OPENAI_API_KEY", help="name of the environment variable holding the API key"
+        "--api_key_env",
+        default=None,
+        help="name of the environment variable holding the API key (default: DF_API_KEY, else OPENAI_API_KEY)",
     )
     group.add_argument("--max_workers", type=int, default=8, help="requests in flight (api backend)")
     group.add_argument(
@@ -190,6 +198,17 @@ def add_bbox_format_arg(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--bbox_format", default=default, choices=BOX_FORMATS)
 
 
+def tiny_fallback_allowed(args: argparse.Namespace) -> bool:
+    """The tiny random-weight fallback stands in only for the shipped default model or with ``--smoke_test``.
+
+    A model the user named (``--model_path /models/Qwen2.5-VL-3B-Instuct``) that cannot be loaded stops the
+    run with the resolver's message: running the job on a random model instead would be a silent substitution.
+    """
+    if args.no_tiny_fallback:
+        return False
+    return bool(args.smoke_test) or args.model_path == getattr(args, "shipped_model_path", None)
+
+
 def serving_from_args(args: argparse.Namespace) -> VLMServing:
     """Build the serving the flags describe (lazy: no model is loaded here)."""
     return create_serving(
@@ -201,7 +220,7 @@ def serving_from_args(args: argparse.Namespace) -> VLMServing:
         top_p=args.top_p,
         max_tokens=args.max_tokens,
         seed=args.seed,
-        allow_tiny_fallback=not args.no_tiny_fallback,
+        allow_tiny_fallback=tiny_fallback_allowed(args),
         batch_size=args.batch_size,
         max_model_len=args.max_model_len,
         allow_downscale=args.allow_downscale,

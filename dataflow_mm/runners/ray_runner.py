@@ -482,7 +482,7 @@ class RayRunner(Runner):
         self, ray: Any, operator: OperatorABC, storage: FileStorage, keys: dict[str, Any], current: str, input_sha: str
     ) -> None:
         """Process every chunk not done yet on Ray; each worker writes its chunks' parts and done-markers."""
-        step = max(storage.operator_step, 0) + 1
+        step = storage.output_step
         # The parts state of OperatorABC._run_step: the parts written here are the ones it finds done.
         state = {"fingerprint": current, "input_sha256": input_sha, "chunk_size": storage.chunk_size}
         args = self._worker_args(ray, operator, storage, keys, state)

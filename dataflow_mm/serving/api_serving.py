@@ -50,7 +50,7 @@ from urllib.parse import urlsplit, urlunsplit
 from PIL import Image
 
 from dataflow_mm.deps import require
-from dataflow_mm.errors import RowError, ServingError, UserError, row_error_text
+from dataflow_mm.errors import RowError, ServingError, UnsupportedArgumentError, UserError, row_error_text
 from dataflow_mm.logger import get_logger
 from dataflow_mm.secrets import has_control_characters, register_secret, scrub, scrub_secrets
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
@@ -280,6 +280,14 @@ def _answer_text(data: Any) -> tuple[str | None, str]:
 # The backend
 # --------------------------------------------------------------------------------------------------
 
+# Where the key is read from when no variable is named: DataFlow-MM's, then OpenAI's.
+DEFAULT_API_KEY_ENVS = ("DF_API_KEY", "OPENAI_API_KEY")
+
+
+def _default_key_env() -> str:
+    """The first of ``DEFAULT_API_KEY_ENVS`` that is set (the first one when none is)."""
+    return next((name for name in DEFAULT_API_KEY_ENVS if os.environ.get(name)), DEFAULT_API_KEY_ENVS[0])
+
 
 class APIVLMServing_openai(VLMServing):
     """An OpenAI-compatible chat-completions endpoint behind the common serving interface."""
@@ -288,10 +296,10 @@ class APIVLMServing_openai(VLMServing):
 
     def __init__(
         self,
-        api_url: str,
-        model_name: str,
+        api_url: str = "https://api.openai.com/v1",
+        model_name: str = "",
         api_key: str | None = None,
-        api_key_env: str | None = "OPENAI_API_KEY",
+        api_key_env: str | None = None,
         max_workers: int = 8,
         timeout: float = 60.0,
         max_retries: int = 3,
@@ -308,10 +316,28 @@ class APIVLMServing_openai(VLMServing):
         sampling: SamplingParams | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        key_name_of_api_key: str | None = None,
+        image_io: Any = None,
+        send_request_stream: bool = False,
     ) -> None:
+        """``key_name_of_api_key``, ``image_io`` and ``send_request_stream`` are DataFlow-MM's names: the first is
+        ``api_key_env``; ``image_io`` (generated images) must be None; a streamed answer equals the whole one,
+        so ``send_request_stream`` only changes how DataFlow-MM reads it and is accepted either way.
+        Without ``api_key_env``, the key is read from ``DF_API_KEY`` (DataFlow-MM's), else ``OPENAI_API_KEY``."""
         super().__init__(
             sampling or SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
         )
+        if image_io is not None:
+            raise UnsupportedArgumentError(
+                f"APIVLMServing_openai(image_io={image_io!r}): image output is not supported by dataflow-mm "
+                "(it asks for text answers); pass image_io=None"
+            )
+        if key_name_of_api_key and api_key_env and key_name_of_api_key != api_key_env:
+            raise UserError(
+                f"api_key_env={api_key_env!r} and key_name_of_api_key={key_name_of_api_key!r} name different "
+                "variables; pass one of them"
+            )
+        api_key_env = api_key_env or key_name_of_api_key or _default_key_env()
         if not model_name:
             raise UserError("model_name is required for the api backend (the name the endpoint serves)")
         if max_workers < 1:
@@ -483,6 +509,7 @@ class APIVLMServing_openai(VLMServing):
         }
         if sampling.seed is not None:
             payload["seed"] = sampling.seed
+        payload.update(sampling.extras())  # top_k, repetition_penalty, ...: vLLM/SGLang servers' extensions
         payload.update(self.extra_body)
         return payload
 

@@ -32,21 +32,46 @@ class EngineDiedError(UserError):
     the Ray runner replaces the actor instead (its engine starts again) and retries the chunk."""
 
 
+# Sampling settings beyond the common four: None means "the backend's default" (and is left out of
+# ``to_dict``, so runs that never set them keep their resume fingerprints).
+EXTRA_SAMPLING_FIELDS = ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings shared by every backend (the subset they all honour)."""
+    """Sampling settings of every backend: the common four, plus optional extras (``EXTRA_SAMPLING_FIELDS``)."""
 
     temperature: float = 0.7
     top_p: float = 0.9
     max_tokens: int = 512
     seed: int | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
+    def extras(self) -> dict[str, Any]:
+        """The extra settings that were set (name -> value)."""
+        return {name: getattr(self, name) for name in EXTRA_SAMPLING_FIELDS if getattr(self, name) is not None}
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for name in EXTRA_SAMPLING_FIELDS:
+            if data[name] is None:
+                del data[name]
+        return data
+
+
+def split_prefixed_sampling(kwargs: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``({"top_k": 20}, rest)`` from ``{"vllm_top_k": 20, **rest}``: DataFlow-MM's prefixed sampling names."""
+    sampling = {name: kwargs[prefix + name] for name in EXTRA_SAMPLING_FIELDS if prefix + name in kwargs}
+    rest = {k: v for k, v in kwargs.items() if not (k.startswith(prefix) and k[len(prefix) :] in sampling)}
+    return sampling, rest
 
 
 @dataclass

@@ -79,7 +79,7 @@ def create_serving(
     allow_downscale: bool = False,
     api_url: str | None = None,
     model_name: str | None = None,
-    api_key_env: str | None = "OPENAI_API_KEY",
+    api_key_env: str | None = None,
     max_workers: int = 8,
     api_timeout: float = 60.0,
     api_max_retries: int = 3,

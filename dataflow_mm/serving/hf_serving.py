@@ -280,7 +280,14 @@ class LocalModelVLMServing_hf(VLMServing):
         if sampling.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+            if sampling.min_p is not None:
+                kwargs["min_p"] = sampling.min_p
+        if sampling.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = sampling.repetition_penalty
+        unsupported = [n for n in ("presence_penalty", "frequency_penalty") if getattr(sampling, n) is not None]
+        if unsupported:
+            raise UserError(f"the hf backend has no {' or '.join(unsupported)}; use vllm or api")
         return kwargs
 
     def _eos_ids(self) -> set[int]:

@@ -39,7 +39,14 @@ from dataflow_mm.errors import (
     row_error_text,
 )
 from dataflow_mm.logger import get_logger
-from dataflow_mm.serving.base import Completion, Conversation, EngineDiedError, SamplingParams, VLMServing
+from dataflow_mm.serving.base import (
+    Completion,
+    Conversation,
+    EngineDiedError,
+    SamplingParams,
+    VLMServing,
+    split_prefixed_sampling,
+)
 from dataflow_mm.serving.messages import split_images, to_pil
 from dataflow_mm.serving.vllm_engine_args import (
     AUTO_FIT_MAX_MODEL_LEN,
@@ -106,8 +113,16 @@ class LocalModelVLMServing_vllm(VLMServing):
         allow_downscale: bool = False,
         **engine_kwargs: Any,
     ) -> None:
+        # DataFlow-MM's vllm_top_k, vllm_repetition_penalty, ... are sampling settings, not engine arguments.
+        extra_sampling, engine_kwargs = split_prefixed_sampling(engine_kwargs, "vllm_")
         super().__init__(
-            SamplingParams(temperature=vllm_temperature, top_p=vllm_top_p, max_tokens=vllm_max_tokens, seed=vllm_seed)
+            SamplingParams(
+                temperature=vllm_temperature,
+                top_p=vllm_top_p,
+                max_tokens=vllm_max_tokens,
+                seed=vllm_seed,
+                **extra_sampling,
+            )
         )
         if not hf_model_name_or_path:
             raise UserError("hf_model_name_or_path is required for the vllm backend")
@@ -449,6 +464,7 @@ class LocalModelVLMServing_vllm(VLMServing):
             kwargs.update(temperature=float(sampling.temperature), top_p=float(sampling.top_p))
         if sampling.seed is not None and not sampling.greedy:  # a seed makes vLLM sample per request (slower)
             kwargs["seed"] = int(sampling.seed)
+        kwargs.update(sampling.extras())
         return self._vllm.SamplingParams(**kwargs)
 
     def _raise_if_engine_dead(self, exc: Exception) -> None:

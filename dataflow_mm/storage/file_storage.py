@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -34,6 +35,17 @@ from dataflow_mm.storage.sources import resolve_first_entry
 
 REJECTS_SUFFIX = ".rejects.jsonl"
 
+# Files written by a step besides its step file (e.g. a config's ``output_jsonl_path``) -> that step
+# file. A second FileStorage whose first entry is such a file (the seed's two-storage pattern: same
+# cache path and prefix, one storage per operator) continues the step numbering after it instead of
+# writing its own ``_step1`` over the first storage's.
+_PRODUCED_BY: dict[str, Path] = {}
+
+
+def record_produced(path: str | os.PathLike, step_file: str | os.PathLike) -> None:
+    """Remember that ``path`` is a copy of (or derived from) ``step_file``."""
+    _PRODUCED_BY[os.path.abspath(os.fspath(path))] = Path(step_file)
+
 
 class FileStorage:
     """The seed's FileStorage: ``step()`` moves to the next operator, ``read``/``write`` use its files."""
@@ -56,6 +68,7 @@ class FileStorage:
         self.chunk_size = chunk_size
         self.wait_for_lock = bool(wait_for_lock)
         self.operator_step = -1
+        self._step_offset = 0
         self._origin: FileStorage = self
         self._first_entry: Path | None = None
 
@@ -63,6 +76,7 @@ class FileStorage:
     def step(self) -> FileStorage:
         """Advance to the next operator and return a snapshot of the storage at that step."""
         self.operator_step += 1
+        self._step_offset = self._find_step_offset()
         snapshot = copy.copy(self)
         snapshot._origin = self._origin
         return snapshot
@@ -75,6 +89,29 @@ class FileStorage:
         self._origin.operator_step = -1
 
     # -- paths --------------------------------------------------------------------------------
+    @property
+    def step_offset(self) -> int:
+        """Steps of this cache and prefix that come before this storage's first one (fixed by ``step()``).
+
+        0 normally; ``k`` when the first entry file is step ``k`` of the same cache path and prefix,
+        or a file that step wrote (see ``record_produced``): step files are then never shared.
+        """
+        return self._step_offset
+
+    def _find_step_offset(self) -> int:
+        first = os.path.abspath(self.first_entry_file_name)
+        source = _PRODUCED_BY.get(first, Path(first))
+        pattern = rf"{re.escape(self.file_name_prefix)}_step(\d+)\.{re.escape(self.cache_type)}"
+        match = re.fullmatch(pattern, source.name)
+        if match is None or os.path.abspath(source.parent) != os.path.abspath(self.cache_path):
+            return 0
+        return int(match.group(1))
+
+    @property
+    def output_step(self) -> int:
+        """The number of the step file the current operator writes."""
+        return max(self.operator_step, 0) + 1 + self.step_offset
+
     def step_file(self, index: int) -> Path:
         """The file of step ``index`` (0 is the user's input file)."""
         if index <= 0:
@@ -97,11 +134,11 @@ class FileStorage:
 
     @property
     def input_path(self) -> Path:
-        return self.step_file(max(self.operator_step, 0))
+        return self.step_file(self.operator_step + self.step_offset if self.operator_step > 0 else 0)
 
     @property
     def output_path(self) -> Path:
-        return self.step_file(max(self.operator_step, 0) + 1)
+        return self.step_file(self.output_step)
 
     @property
     def rejects_path(self) -> Path:

@@ -84,6 +84,7 @@ def test_script_falls_back_to_a_tiny_model_offline_and_says_so(tmp_path: Path, t
     table = write_region_caption_table(tmp_path / "imgs", n_rows=3, size=(160, 120), n_boxes=2)
     done = run_script(
         [
+            "--smoke_test",  # a model the user names falls back only when they ask for a smoke test
             "--model_path",
             "no-such-org/no-such-model",
             "--backend",
@@ -107,6 +108,7 @@ def test_script_falls_back_to_a_tiny_model_offline_and_says_so(tmp_path: Path, t
 
     again = run_script(
         [
+            "--smoke_test",
             "--model_path",
             "no-such-org/no-such-model",
             "--backend",
@@ -131,6 +133,7 @@ def test_script_falls_back_to_a_tiny_model_offline_and_says_so(tmp_path: Path, t
     [
         (["--first_entry_file", "missing.jsonl"], "Input file does not exist"),
         (["--input_image_key", "picture"], "input key 'picture' is not a column"),
+        (["--input_bbox_key", "bboxes"], "input key 'bboxes' is not a column there. Did you mean 'bbox'?"),
         (["--no_tiny_fallback", "--model_path", "no-such-org/no-such-model"], "is not available"),
     ],
 )
@@ -139,6 +142,7 @@ def test_user_errors_exit_2_with_one_clear_message(tmp_path: Path, args: list[st
     base = [
         "--backend",
         "hf",
+        "--smoke_test",
         "--model_path",
         str(tmp_path / "unused"),
         "--first_entry_file",
@@ -150,3 +154,15 @@ def test_user_errors_exit_2_with_one_clear_message(tmp_path: Path, args: list[st
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_model_path_the_user_gave_that_cannot_load_stops_with_exit_2(tmp_path: Path) -> None:
+    """A typo in --model_path never runs the job on the tiny random model (only the shipped default may)."""
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=1, size=(64, 48), n_boxes=1)
+    typo = tmp_path / "models" / "Qwen2.5-VL-3B-Instuct"
+    args = ["--backend", "hf", "--model_path", str(typo), "--first_entry_file", str(table)]
+    done = run_script([*args, "--cache_path", str(tmp_path / "cache")], cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert str(typo) in done.stderr and "does not exist" in done.stderr
+    assert "Traceback" not in done.stderr and "MEANINGLESS" not in done.stderr + done.stdout
+    assert not list((tmp_path / "cache").glob("*_step*.jsonl"))

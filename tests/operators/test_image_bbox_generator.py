@@ -129,3 +129,35 @@ def test_process_is_a_pure_batch_transform(tmp_path: Path) -> None:
     assert list(out.index) == list(frame.index)
     assert {"marked", "question"} <= set(out.columns)
     assert "image_with_bbox" not in out.columns
+
+
+def test_a_failed_row_keeps_its_input_boxes(tmp_path: Path) -> None:
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=1)
+    good = json.loads(table.read_text())
+    bad_boxes = [[-50, -50, 10, 10]]
+    write_jsonl(table, [good, {"image": good["image"], "bbox": bad_boxes, "note": "keep me"}])
+    rows = run_generator(table, tmp_path / "cache")
+    assert rows[1]["error"].startswith("InvalidBoxError:")
+    assert rows[1]["bbox"] == bad_boxes and rows[1]["note"] == "keep me"  # not overwritten with null
+    assert rows[1]["image_with_bbox"] is None and rows[1]["prompt"] is None
+
+
+def test_when_every_row_fails_every_output_column_still_exists(tmp_path: Path) -> None:
+    table = write_jsonl(tmp_path / "in.jsonl", [{"image": str(tmp_path / f"gone{i}.jpg")} for i in range(2)])
+    rows = run_generator(table, tmp_path / "cache")
+    assert all(r["error"].startswith("ImageNotFoundError:") for r in rows)
+    for key in ("type", "bbox", "normalized_bbox", "image_with_bbox", "valid_bboxes_num", "prompt", "bbox_dropped"):
+        assert all(key in r and r[key] is None for r in rows), key
+
+
+def test_a_box_key_the_caller_named_must_exist_in_some_row(tmp_path: Path) -> None:
+    """input_bbox_key="bboxes" on a table whose boxes are under "bbox" stops, instead of proposing boxes."""
+    import pytest
+
+    from dataflow_mm.errors import PipelineCompileError
+
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=2)
+    storage = FileStorage(str(table), cache_path=str(tmp_path / "cache"), file_name_prefix="t")
+    with pytest.raises(PipelineCompileError, match=r"input key 'bboxes' exists in no row.*'bbox'"):
+        ImageBboxGenerator().run(storage=storage.step(), input_image_key="image", input_bbox_key="bboxes")
+    assert not (tmp_path / "cache" / "t_step1.jsonl").exists()

@@ -52,3 +52,15 @@ def test_identical_images_give_no_boxes_and_missing_images_an_error(tmp_path: Pa
     out = ImgDiffDifferenceAreaProposer().process_chunk(pd.DataFrame([same, missing]))
     assert out["bboxes"][0] == [] and pd.isna(out["error"][0])
     assert out["error"][1].startswith("ImageNotFoundError")
+
+
+def test_a_box_key_the_caller_named_must_exist_instead_of_proposing_for_every_row(tmp_path: Path) -> None:
+    from dataflow_mm import FileStorage
+    from dataflow_mm.errors import PipelineCompileError
+    from dataflow_mm.testing.imgdiff_pairs import write_imgdiff_table
+
+    table = write_imgdiff_table(tmp_path, 2, 2)  # boxes under "bboxes"
+    storage = FileStorage(str(table), cache_path=str(tmp_path / "cache"), file_name_prefix="p")
+    with pytest.raises(PipelineCompileError, match=r"'boxes' exists in no row.*'bboxes'"):
+        ImgDiffDifferenceAreaProposer().run(storage.step(), input_bbox_key="boxes")
+    assert not (tmp_path / "cache" / "p_step1.jsonl").exists()

@@ -193,3 +193,80 @@ def test_nothing_is_left_in_temp_folders_even_after_an_error(
         p for p in cache.rglob("*") if p.is_file() and not p.parent.name.endswith(".parts") and p.name != LOCK_FILE_NAME
     ]
     assert leftovers == []
+
+
+class _TooLongForDifferences(FakeVLMServing):
+    """Answers region requests; every difference request fails as PromptTooLongError (as a small context would)."""
+
+    def check_budget(self, conversations, sampling):  # type: ignore[no-untyped-def]
+        from dataflow_mm.errors import PromptTooLongError, row_error_text
+        from dataflow_mm.serving.base import Completion
+
+        def text(conversation) -> str:  # type: ignore[no-untyped-def]
+            return " ".join(p.get("text", "") for m in conversation for p in m["content"] if isinstance(p, dict))
+
+        return [
+            Completion(text=None, error=row_error_text(PromptTooLongError("prompt needs 9000 tokens, context 4096")))
+            if "What is their difference?" in text(c)
+            else c
+            for c in conversations
+        ]
+
+
+def _metrics(cache: Path, prefix: str, steps: range) -> dict[str, float]:
+    summed: dict[str, float] = {}
+    for step in steps:
+        manifest = json.loads((cache / f"{prefix}_step{step}.jsonl.manifest.json").read_text())
+        for name, value in manifest["stats"]["metrics"].items():
+            summed[name] = summed.get(name, 0) + value
+    return summed
+
+
+def test_failed_difference_requests_are_errors_counted_the_same_fused_and_step_by_step(
+    tmp_path: Path, scorers: dict
+) -> None:
+    table = write_imgdiff_table(tmp_path / "data", 2, 5)
+    boxes_in = sum(len(r["bboxes"]) for r in read_rows(table))
+    cache = tmp_path / "cache"
+    fused_op = ImgDiffDifferenceCaptionGenerator(
+        **KEEP_ALL, serving=_TooLongForDifferences(), max_box_area_ratio=None, **scorers
+    )
+    fused_op.run(FileStorage(str(table), cache_path=str(cache), file_name_prefix="fused").step())
+    serving = _TooLongForDifferences()
+    steps = [
+        ImgDiffRegionCaptioner(serving, max_box_area_ratio=None),
+        ImgDiffImageTextMatchingFilter(scorers["itm_scorer"], 0.0, 1.0),
+        ImgDiffCaptionSimilarityFilter(scorers["text_similarity"], -1.0, 1.0),
+        ImgDiffDifferenceCaptioner(serving),
+    ]
+    storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="steps")
+    for step in steps:
+        step.run(storage.step())
+
+    fused, stepped = read_rows(cache / "fused_step1.jsonl"), read_rows(cache / "steps_step4.jsonl")
+    for rows in (fused, stepped):
+        assert all(r["error"].startswith("PromptTooLongError:") for r in rows)  # not "no difference", error None
+        decisions = [d for r in rows for d in r["bbox_decisions"]]
+        assert len(decisions) == boxes_in
+        assert all(
+            d["dropped_at"] == "difference_caption" and d["error"].startswith("PromptTooLongError") for d in decisions
+        )
+    metrics = _metrics(cache, "fused", range(1, 2))
+    assert metrics["boxes_after_parse_total"] == boxes_in == 10  # not 1/1 while 10 boxes went in
+    assert metrics["box_errors_difference_caption"] == boxes_in and metrics["box_errors_region_caption"] == 0
+    assert metrics["boxes_after_difference_caption"] == 0
+    step_metrics = _metrics(cache, "steps", range(1, 5))
+    shared = set(metrics) & set(step_metrics)
+    assert {"boxes_after_parse_total", "box_errors_difference_caption", "boxes_after_region_caption"} <= shared
+    assert {k: metrics[k] for k in shared} == {k: step_metrics[k] for k in shared}
+
+
+def test_a_row_whose_region_requests_all_fail_gets_their_error(tmp_path: Path, scorers: dict) -> None:
+    frame = pd.read_json(write_imgdiff_table(tmp_path, 2, 3), lines=True)
+    first_row_boxes = {str(b) for b in frame.at[0, "bboxes"]}
+    serving = FakeVLMServing(fail_when=lambda _prompt: True)
+    out = ImgDiffRegionCaptioner(serving, max_box_area_ratio=None).process_chunk(frame)
+    assert all(e.startswith("ServingError:") and "region caption" in e for e in out["error"])
+    assert [len(d) for d in out["bbox_decisions"]] == [3, 3]
+    assert all(d["error"] and d["dropped_at"] == "region_caption" for row in out["bbox_decisions"] for d in row)
+    assert {str(b) for b in out.at[0, "bboxes"]} == first_row_boxes  # the failed row keeps its input

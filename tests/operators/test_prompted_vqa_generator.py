@@ -107,3 +107,80 @@ def test_every_image_of_a_list_cell_goes_into_the_request(tmp_path: Path) -> Non
     PromptedVQAGenerator(serving).run(FileStorage(str(shard), cache_path=str(tmp_path / "c2")).step())
     ((image,),) = [split_images(c)[1] for c in serving.calls[0]]
     assert Path(image).parent == tmp_path / "c2" / "media" and Path(image).read_bytes() == Path(paths[1]).read_bytes()
+
+
+def test_every_row_failing_still_writes_the_answer_column(tmp_path: Path) -> None:
+    table = vqa_table(tmp_path, 2)
+    rows = rows_of(table)
+    write_jsonl(table, [{**r, "image": str(tmp_path / f"gone{i}.jpg")} for i, r in enumerate(rows)])
+    PromptedVQAGenerator(FakeVLMServing()).run(FileStorage(str(table), cache_path=str(tmp_path / "c")).step())
+    out = rows_of(tmp_path / "c" / "dataflow_cache_step_step1.jsonl")
+    assert all(r["error"].startswith("ImageNotFoundError:") and "answer" in r and r["answer"] is None for r in out)
+    assert [r["image"] for r in out] == [str(tmp_path / f"gone{i}.jpg") for i in range(2)]
+
+
+def test_a_list_of_image_paths_sends_every_image(tmp_path: Path) -> None:
+    """DataFlow-MM's sample format: ``"image": ["./a.jpg"]`` (a list, possibly of several images)."""
+    images = [r["image"] for r in rows_of(write_region_caption_table(tmp_path / "imgs", n_rows=2))]
+    table = write_jsonl(
+        tmp_path / "q.jsonl",
+        [{"image": images[:1], "prompt": "one"}, {"image": images, "prompt": "two"}],
+    )
+    serving = FakeVLMServing()
+    PromptedVQAGenerator(serving).run(FileStorage(str(table), cache_path=str(tmp_path / "c")).step())
+    out = rows_of(tmp_path / "c" / "dataflow_cache_step_step1.jsonl")
+    assert all(r["error"] is None and r["answer"] for r in out)
+    assert [sum(p["type"] == "image" for p in c[-1]["content"]) for c in serving.calls[0]] == [1, 2]
+
+
+def test_a_table_without_images_is_asked_text_only(tmp_path: Path) -> None:
+    table = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "What is 2 + 2?"}, {"prompt": "Name a colour."}])
+    serving = FakeVLMServing()
+    PromptedVQAGenerator(serving).run(FileStorage(str(table), cache_path=str(tmp_path / "c")).step())
+    out = rows_of(tmp_path / "c" / "dataflow_cache_step_step1.jsonl")
+    assert all(r["error"] is None and r["answer"] for r in out)
+    assert all(p["type"] == "text" for c in serving.calls[0] for p in c[-1]["content"])
+
+
+def test_video_and_audio_keys_are_one_clear_error_not_a_type_error(tmp_path: Path) -> None:
+    import pytest
+
+    from dataflow_mm.errors import UnsupportedArgumentError
+
+    table = vqa_table(tmp_path, 1)
+    op = PromptedVQAGenerator(FakeVLMServing())
+    for name in ("input_video_key", "input_audio_key"):
+        with pytest.raises(UnsupportedArgumentError, match=name):
+            op.run(FileStorage(str(table), cache_path=str(tmp_path / "c")).step(), **{name: "video"})
+    op.run(FileStorage(str(table), cache_path=str(tmp_path / "c")).step(), input_video_key=None)  # the default
+    assert rows_of(tmp_path / "c" / "dataflow_cache_step_step1.jsonl")[0]["answer"]
+
+
+def test_dataflow_mm_prompt_template_fills_the_first_user_turn(tmp_path: Path) -> None:
+    class CaptionPrompt:  # DataFlow-MM's prompt classes: build_prompt() returns the text
+        def build_prompt(self) -> str:
+            return "Describe the image in one sentence."
+
+    image = rows_of(write_region_caption_table(tmp_path / "imgs", n_rows=1))[0]["image"]
+    table = write_jsonl(tmp_path / "c.jsonl", [{"image": [image], "conversation": [{"from": "human", "value": ""}]}])
+    serving = FakeVLMServing()
+    PromptedVQAGenerator(serving, prompt_template=CaptionPrompt()).run(
+        FileStorage(str(table), cache_path=str(tmp_path / "c")).step(),
+        input_conversation_key="conversation",
+        input_image_key="image",
+        output_answer_key="caption",
+    )
+    (conversation,) = serving.calls[0]
+    assert conversation[-1]["content"][-1]["text"] == "Describe the image in one sentence."
+    assert rows_of(tmp_path / "c" / "dataflow_cache_step_step1.jsonl")[0]["caption"]
+
+
+def test_text_only_on_the_hf_backend_with_a_tiny_model(tmp_path: Path, tiny_qwen_dir: Path) -> None:
+    from dataflow_mm import LocalModelVLMServing_hf
+
+    table = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "Say hi."}, {"prompt": "Count to three."}])
+    serving = LocalModelVLMServing_hf(str(tiny_qwen_dir), max_tokens=4, temperature=0.0)
+    PromptedVQAGenerator(serving).run(FileStorage(str(table), cache_path=str(tmp_path / "c")).step())
+    out = rows_of(tmp_path / "c" / "dataflow_cache_step_step1.jsonl")
+    assert all(r["error"] is None and isinstance(r["answer"], str) for r in out)
+    serving.cleanup()

@@ -157,5 +157,21 @@ def test_the_seed_pipeline_class_runs_with_only_its_imports_changed(tmp_path: Pa
             )
 
     ImageRegionCaptionPipeline().forward()
-    rows = [json.loads(line) for line in (cache / "region_caption_step1.jsonl").read_text().splitlines()]
+    # The second storage continues after the first one's step: the box step's file is not overwritten.
+    boxes = [json.loads(line) for line in (cache / "region_caption_step1.jsonl").read_text().splitlines()]
+    assert len(boxes) == 2 and all(r["image_with_bbox"] and "answer" not in r for r in boxes)
+    rows = [json.loads(line) for line in (cache / "region_caption_step2.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["answer"] and r["image_with_bbox"] for r in rows)
+
+
+def test_the_tiny_fallback_is_for_the_shipped_default_model_or_smoke_tests_only() -> None:
+    import argparse
+
+    from dataflow_mm.pipeline.script import add_serving_args, tiny_fallback_allowed
+
+    parser = argparse.ArgumentParser()
+    add_serving_args(parser, default_model="Org/Default-VL")
+    assert tiny_fallback_allowed(parser.parse_args([]))
+    assert not tiny_fallback_allowed(parser.parse_args(["--model_path", "/models/Qwen2.5-VL-3B-Instuct"]))
+    assert tiny_fallback_allowed(parser.parse_args(["--model_path", "/models/x", "--smoke_test"]))
+    assert not tiny_fallback_allowed(parser.parse_args(["--no_tiny_fallback"]))

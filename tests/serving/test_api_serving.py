@@ -670,3 +670,43 @@ def test_server_shuts_down_cleanly_with_open_keepalive_connections(backends):
     server.close()
     assert time.monotonic() - start < 2.0
     assert server.alive_threads == 0
+
+
+def test_dataflow_mm_constructor_arguments_and_its_key_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``APIVLMServing_openai(api_url=..., key_name_of_api_key=..., model_name=..., image_io=None,
+    send_request_stream=False, max_workers=10, timeout=1800)`` as DataFlow-MM's scripts call it."""
+    from dataflow_mm.errors import UnsupportedArgumentError
+
+    monkeypatch.setenv("DF_API_KEY", "sk-df")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    with OpenAITestServer(api_key="sk-df") as server:
+        backend = APIVLMServing_openai(
+            api_url=server.base_url,
+            key_name_of_api_key="DF_API_KEY",
+            model_name="gpt-4o-mini",
+            image_io=None,
+            send_request_stream=False,
+            max_workers=10,
+            timeout=1800,
+        )
+        assert backend.max_workers == 10 and backend.timeout == 1800.0
+        assert backend.chat([build_conversation("hi")])[0].ok
+        default = APIVLMServing_openai(api_url=server.base_url, model_name="m")  # DataFlow-MM's default variable
+        assert default.api_key_env == "DF_API_KEY" and default.chat([build_conversation("hi")])[0].ok
+    monkeypatch.delenv("DF_API_KEY")
+    assert APIVLMServing_openai(api_url="http://127.0.0.1:9/v1", model_name="m").api_key_env == "OPENAI_API_KEY"
+    with pytest.raises(UnsupportedArgumentError, match="image_io"):
+        APIVLMServing_openai(api_url="http://127.0.0.1:9/v1", model_name="m", image_io=object())
+    with pytest.raises(UserError, match="key_name_of_api_key"):
+        APIVLMServing_openai(api_url="http://127.0.0.1:9/v1", model_name="m", api_key_env="A", key_name_of_api_key="B")
+
+
+def test_extra_sampling_settings_are_sent_only_when_set() -> None:
+    with OpenAITestServer() as server:
+        make_backend(server).chat([build_conversation("plain")])
+        sampling = SamplingParams(temperature=0.5, top_k=20, repetition_penalty=1.05)
+        make_backend(server).chat([build_conversation("tuned")], sampling)
+        plain, tuned = (r.body for r in server.requests)
+    assert "top_k" not in plain and "repetition_penalty" not in plain
+    assert (tuned["top_k"], tuned["repetition_penalty"], tuned["temperature"]) == (20, 1.05, 0.5)
+    assert SamplingParams().to_dict() == {"temperature": 0.7, "top_p": 0.9, "max_tokens": 512, "seed": None}

@@ -256,6 +256,7 @@ def test_region_caption_pipeline_falls_back_to_the_tiny_model_with_vllm_backend(
     command = [
         str(vllm_python),
         str(PIPELINE_SCRIPT),
+        "--smoke_test",  # a named model falls back only for a smoke test
         "--model_path", "no-such-org/no-such-model",
         "--backend", "vllm",
         "--first_entry_file", str(table),
@@ -269,7 +270,7 @@ def test_region_caption_pipeline_falls_back_to_the_tiny_model_with_vllm_backend(
         "--max_tokens", "16",
         "--max_model_len", "2048",
     ]  # fmt: skip
-    env = {**vllm_env, ENV_TINY_DIR: str(tiny_qwen_dir.parent)}
+    env = {**vllm_env, ENV_TINY_DIR: str(tiny_qwen_dir.parent), "PYTHONPATH": str(REPO)}  # this checkout's code
     done = run_bounded(command, env, cwd=tmp_path)
     assert done.returncode == 0, f"pipeline failed:\n{done.stderr[-6000:]}"
     assert "is not available" in done.stderr and "MEANINGLESS" in done.stderr
@@ -721,3 +722,234 @@ def test_the_gpu_flags_reach_the_engine_and_help_warns_about_seeded_sampling(tin
     assert serving.max_requests_in_flight == 8 and serving.sampling.seed is None
     defaults = serving_from_args(parser.parse_args(["--backend", "vllm"]))
     assert defaults.engine_args()["max_model_len"] == 2048 and not defaults.gpu_memory_utilization_given
+
+
+def test_dataflow_mm_vllm_sampling_names_are_sampling_settings_not_engine_args(
+    fake_vllm: type[FakeLLM], tiny_qwen_dir: Path
+) -> None:
+    """DataFlow-MM's ``vllm_top_k`` / ``vllm_repetition_penalty`` (and the other vllm_* sampling names)."""
+    serving = fake_serving(
+        tiny_qwen_dir, vllm_top_k=5, vllm_repetition_penalty=1.2, vllm_min_p=0.05, vllm_presence_penalty=0.3
+    )
+    assert serving.sampling.top_k == 5 and serving.sampling.repetition_penalty == 1.2
+    assert serving.engine_kwargs == {}
+    assert serving.describe()["sampling"]["top_k"] == 5  # part of the resume fingerprint
+    serving.chat([build_conversation("hi")])
+    (llm,) = fake_vllm.instances
+    assert not any(key.startswith("vllm_") or key == "top_k" for key in llm.kwargs)
+    params = llm.calls[0][1].kwargs
+    assert (params["top_k"], params["repetition_penalty"], params["min_p"], params["presence_penalty"]) == (
+        5, 1.2, 0.05, 0.3
+    )  # fmt: skip
+    serving.cleanup()
+
+
+DATAFLOW_MM_TEXT_ONLY_SCRIPT = """
+from dataflow_mm import LocalModelVLMServing_vllm  # was: from dataflow.serving.local_model_vlm_serving import ...
+from dataflow_mm import PromptedVQAGenerator  # was: from dataflow.operators.core_vision import PromptedVQAGenerator
+from dataflow_mm import FileStorage  # was: from dataflow.utils.storage import FileStorage
+
+
+class TextQAPipeline:
+    def __init__(self, model_path, first_entry_file, cache_path):
+        self.storage = FileStorage(
+            first_entry_file_name=first_entry_file,
+            cache_path=cache_path,
+            file_name_prefix="text_qa",
+            cache_type="json",
+        )
+        self.serving = LocalModelVLMServing_vllm(
+            hf_model_name_or_path=model_path,
+            hf_cache_dir="~/.cache/huggingface",
+            hf_local_dir="./ckpt",
+            vllm_tensor_parallel_size=1,
+            vllm_temperature=0.7,
+            vllm_top_p=0.9,
+            vllm_max_tokens=8,
+            vllm_top_k=5,
+            vllm_repetition_penalty=1.1,
+            vllm_max_model_len=2048,
+            vllm_enforce_eager=True,
+        )
+        self.qa_generator = PromptedVQAGenerator(serving=self.serving, system_prompt="You are a helpful assistant.")
+
+    def forward(self):
+        self.qa_generator.run(
+            storage=self.storage.step(),
+            input_conversation_key="conversation",
+            output_answer_key="answer",
+        )
+
+
+if __name__ == "__main__":
+    import sys
+
+    TextQAPipeline(*sys.argv[1:4]).forward()
+"""
+
+
+@in_vllm_env
+def test_a_dataflow_mm_script_asks_a_text_only_table_on_vllm(
+    vllm_python: Path, vllm_env: dict[str, str], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    """No image column: the model is asked text-only (DataFlow-MM's pure text mode), with vllm_top_k honoured."""
+    table = tmp_path / "sample_data.json"
+    questions = ["What is the capital of France?", "Name three colours."]
+    table.write_text(json.dumps([{"conversation": [{"from": "human", "value": q}]} for q in questions]))
+    script = tmp_path / "text_qa_pipeline.py"
+    script.write_text(DATAFLOW_MM_TEXT_ONLY_SCRIPT)
+    env = {**vllm_env, "PYTHONPATH": str(REPO)}  # this checkout's dataflow_mm
+    done = run_bounded([str(vllm_python), str(script), str(tiny_qwen_dir), str(table), str(tmp_path / "cache")], env,
+                       cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-6000:]
+    rows = json.loads((tmp_path / "cache" / "text_qa_step1.json").read_text())
+    assert len(rows) == 2 and all(r["error"] is None and isinstance(r["answer"], str) for r in rows)
+    manifest = json.loads((tmp_path / "cache" / "text_qa_step1.json.manifest.json").read_text())
+    assert manifest["provenance"]["backend"] == "vllm"
+    assert manifest["provenance"]["sampling"]["top_k"] == 5
+    assert manifest["provenance"]["sampling"]["repetition_penalty"] == 1.1
+
+
+# Seed 004's pipeline code as the seed writes it: only its imports are changed (and one line wrapped).
+SEED_004_PIPELINE = """
+import argparse
+from dataflow_mm import LocalModelVLMServing_vllm
+from dataflow_mm import (
+    ImageBboxGenerator,
+    ExistingBBoxDataGenConfig
+)
+from dataflow_mm import (
+    PromptedVQAGenerator
+)
+from dataflow_mm import FileStorage
+
+
+class ImageRegionCaptionPipeline:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        hf_cache_dir: str | None = None,
+        download_dir: str = "./ckpt/models",
+        first_entry_file: str = "./data/image_region_caption/image_region_caption_demo.jsonl",
+        cache_path: str = "./cache/image_region_caption",
+        file_name_prefix: str = "region_caption",
+        cache_type: str = "jsonl",
+        input_image_key: str = "image",
+        input_bbox_key: str = "bbox",
+        image_with_bbox_path: str = 'image_with_bbox',
+        max_boxes: int = 10,
+        output_image_with_bbox_path: str = "./cache/image_region_caption/image_with_bbox_result.jsonl",
+    ):
+        self.bbox_storage = FileStorage(
+            first_entry_file_name=first_entry_file,
+            cache_path=cache_path,
+            file_name_prefix=file_name_prefix,
+            cache_type=cache_type
+        )
+
+        self.cfg = ExistingBBoxDataGenConfig(
+            max_boxes=max_boxes,
+            input_jsonl_path=first_entry_file,
+            output_jsonl_path=output_image_with_bbox_path,
+        )
+
+        self.caption_storage = FileStorage(
+            first_entry_file_name=output_image_with_bbox_path,
+            cache_path=cache_path,
+            file_name_prefix=file_name_prefix,
+            cache_type=cache_type
+        )
+        self.serving = LocalModelVLMServing_vllm(
+            hf_model_name_or_path=model_path,
+            hf_cache_dir=hf_cache_dir,
+            hf_local_dir=download_dir,
+            vllm_tensor_parallel_size=1,
+            vllm_temperature=0.7,
+            vllm_top_p=0.9,
+            vllm_max_tokens=512,
+        )
+        self.bbox_generator = ImageBboxGenerator(config=self.cfg)
+        self.caption_generator = PromptedVQAGenerator(serving=self.serving,)
+        self.input_image_key = input_image_key
+        self.input_bbox_key = input_bbox_key
+        self.image_with_bbox_path=image_with_bbox_path
+        self.bbox_record=None
+
+    def forward(self):
+        self.bbox_generator.run(
+            storage=self.bbox_storage.step(),
+            input_image_key=self.input_image_key,
+            input_bbox_key=self.input_bbox_key,
+        )
+
+        self.caption_generator.run(
+            storage=self.caption_storage.step(),
+            input_image_key='image_with_bbox',
+            input_prompt_key='prompt'
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Image region caption with DataFlow")
+    parser.add_argument("--model_path", default="Qwen/Qwen2.5-VL-3B-Instruct")
+    parser.add_argument("--hf_cache_dir", default="~/.cache/huggingface")
+    parser.add_argument("--download_dir", default="./ckpt/models")
+    parser.add_argument("--first_entry_file", default="./data/image_region_caption/image_region_caption_demo.jsonl")
+    parser.add_argument("--cache_path", default="./cache/image_region_caption")
+    parser.add_argument("--file_name_prefix", default="region_caption")
+    parser.add_argument("--cache_type", default="jsonl")
+    parser.add_argument("--input_image_key", default="image")
+    parser.add_argument("--input_bbox_key", default="bbox")
+    parser.add_argument("--max_boxes", type=int, default=10)
+    parser.add_argument(
+        "--output_image_with_bbox_path", default="./cache/image_region_caption/image_with_bbox_result.jsonl"
+    )
+
+    args = parser.parse_args()
+
+    pipe = ImageRegionCaptionPipeline(
+        model_path=args.model_path,
+        hf_cache_dir=args.hf_cache_dir,
+        download_dir=args.download_dir,
+        first_entry_file=args.first_entry_file,
+        cache_path=args.cache_path,
+        file_name_prefix=args.file_name_prefix,
+        cache_type=args.cache_type,
+        input_image_key=args.input_image_key,
+        input_bbox_key=args.input_bbox_key,
+        max_boxes=args.max_boxes,
+        output_image_with_bbox_path=args.output_image_with_bbox_path
+    )
+    pipe.forward()
+
+"""
+
+
+@in_vllm_env
+def test_the_seeds_two_storage_pipeline_runs_unchanged_on_vllm_and_resumes(
+    vllm_python: Path, vllm_env: dict[str, str], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    """Two FileStorages with the same cache path and prefix: the caption step writes step 2 (never over the box
+    step's step 1), and a rerun skips both steps without starting the engine."""
+    shutil.copytree(DEMO_DATA, tmp_path / "data" / "image_region_caption")  # the seed's default paths
+    n_rows = len((DEMO_DATA / "image_region_caption_demo.jsonl").read_text().splitlines())
+    script = tmp_path / "image_region_caption_pipeline.py"
+    script.write_text(SEED_004_PIPELINE)
+    command = [str(vllm_python), str(script), "--model_path", str(tiny_qwen_dir), "--hf_cache_dir", vllm_env["HF_HOME"]]
+    env = {**vllm_env, "PYTHONPATH": str(REPO)}  # this checkout's dataflow_mm
+    done = run_bounded(command, env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-6000:]
+    cache = tmp_path / "cache" / "image_region_caption"
+    boxes = [json.loads(line) for line in (cache / "region_caption_step1.jsonl").read_text().splitlines()]
+    answers = [json.loads(line) for line in (cache / "region_caption_step2.jsonl").read_text().splitlines()]
+    assert len(boxes) == len(answers) == n_rows
+    assert all(r["image_with_bbox"] and "answer" not in r for r in boxes)
+    assert all(r["error"] is None and isinstance(r["answer"], str) for r in answers)
+    written = {p.name: p.read_bytes() for p in cache.glob("region_caption_step*.jsonl")}
+
+    again = run_bounded(command, env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-6000:]
+    assert again.stderr.count("already complete, skipped") == 2
+    assert "EngineCore" not in again.stderr  # nothing left to ask: the engine never starts
+    assert {p.name: p.read_bytes() for p in cache.glob("region_caption_step*.jsonl")} == written

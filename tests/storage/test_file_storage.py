@@ -142,3 +142,13 @@ def test_csv_steps_keep_columns_aligned_when_chunks_differ(tmp_path: Path) -> No
     back = read_table(tmp_path / "step1.csv").frame
     assert list(back.columns) == ["a", "b", "c"]
     assert back.iloc[1]["c"] == [1, 2] and pd.isna(back.iloc[1]["b"])
+
+
+def test_a_storage_starting_from_its_own_caches_step_file_continues_the_numbering(tmp_path: Path) -> None:
+    """FileStorage(first_entry_file_name=<cache>/<prefix>_step1.jsonl, same cache and prefix) writes step 2,
+    never over its own input."""
+    cache = tmp_path / "cache"
+    follow_up = FileStorage(str(cache / "p_step1.jsonl"), cache_path=str(cache), file_name_prefix="p").step()
+    assert follow_up.input_path == cache / "p_step1.jsonl" and follow_up.output_path == cache / "p_step2.jsonl"
+    other_prefix = FileStorage(str(cache / "p_step1.jsonl"), cache_path=str(cache), file_name_prefix="q").step()
+    assert other_prefix.output_path == cache / "q_step1.jsonl"
