@@ -285,7 +285,7 @@ class OperatorABC(ABC):
         return result
 
     def _execute(self, storage: FileStorage, keys: dict[str, Any]) -> StepResult:
-        step = max(storage.operator_step, 0) + 1
+        step = storage.output_step
         check_writes([(step, storage.input_path, storage.output_path, self.extra_output_paths())])
         with storage.locked():
             return self._execute_locked(storage, keys)

@@ -20,7 +20,7 @@ from dataflow_mm.errors import ERROR_COLUMN, RowError
 from dataflow_mm.imaging.bbox import from_xyxy
 from dataflow_mm.imaging.proposals import difference_boxes
 from dataflow_mm.operators.base import OperatorABC
-from dataflow_mm.operators.data_juicer import box_values
+from dataflow_mm.operators.data_juicer import box_values, key_column
 from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
     IMAGE1_KEY,
@@ -85,7 +85,7 @@ class ImgDiffDifferenceAreaProposer(OperatorABC):
 
     def explicit_input_columns(self, input_bbox_key: str = BBOX_KEY, **_: Any) -> list[str]:
         # ... but a box column the caller named must exist, or every row would silently get proposals.
-        return [input_bbox_key] if input_bbox_key and input_bbox_key != BBOX_KEY else []
+        return [key_column(input_bbox_key)] if input_bbox_key and input_bbox_key != BBOX_KEY else []
 
     def output_columns(
         self, output_bbox_key: str = BBOX_KEY, output_source_key: str = SOURCE_KEY, **_: Any

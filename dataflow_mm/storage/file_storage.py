@@ -76,7 +76,8 @@ class FileStorage:
     def step(self) -> FileStorage:
         """Advance to the next operator and return a snapshot of the storage at that step."""
         self.operator_step += 1
-        self._step_offset = self._find_step_offset()
+        if self.operator_step == 0:  # fixed for the run: a later step's own extra outputs must not move it
+            self._step_offset = self._find_step_offset()
         snapshot = copy.copy(self)
         snapshot._origin = self._origin
         return snapshot
