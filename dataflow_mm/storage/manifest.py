@@ -53,6 +53,8 @@ class StepManifest:
     stats: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     extra_outputs: list[str] = field(default_factory=list)
+    # sha256 of each extra output as written, so a skipped step can tell a missing or stale copy.
+    extra_output_sha256: dict[str, str] = field(default_factory=dict)
 
     def save(self, step_file: str | os.PathLike) -> Path:
         return write_json_atomic(asdict(self), manifest_path(step_file))
