@@ -25,7 +25,13 @@ def add_serving_args(parser: argparse.ArgumentParser, default_model: str) -> Non
     """The flags that choose and tune the VLM backend (shared by every pipeline script)."""
     group = parser.add_argument_group("model serving")
     group.add_argument("--model_path", default=default_model, help="hub id or local folder of the VLM")
-    group.add_argument("--hf_cache_dir", default="~/.cache/huggingface", help="Hugging Face cache folder")
+    group.add_argument(
+        "--hf_cache_dir",
+        default=None,
+        help="Hugging Face hub cache folder (default: the hub's own: $HF_HUB_CACHE, $HF_HOME/hub or "
+        "~/.cache/huggingface/hub)",
+    )
+    group.add_argument("--hf_revision", default=None, help="model revision (branch, tag or commit) on the hub")
     group.add_argument("--download_dir", default="./ckpt/models", help="where a downloaded model is stored")
     group.add_argument(
         "--backend",
@@ -125,6 +131,7 @@ def serving_from_args(args: argparse.Namespace) -> VLMServing:
         args.backend,
         args.model_path,
         hf_cache_dir=args.hf_cache_dir,
+        hf_revision=args.hf_revision,
         download_dir=args.download_dir,
         temperature=args.temperature,
         top_p=args.top_p,
