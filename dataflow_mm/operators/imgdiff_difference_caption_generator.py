@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from dataflow_mm.errors import ConfigError
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
@@ -91,7 +92,7 @@ def merged_args(name: str, given: dict[str, Any] | None, defaults: dict[str, Any
     allowed = set(defaults) | _IGNORED | _EXTRA[name]
     unknown = sorted(set(given) - allowed)
     if unknown:
-        raise ValueError(f"{name}: unknown key(s) {unknown}; accepted: {sorted(allowed)}")
+        raise ConfigError(f"{name}: unknown key(s) {unknown}; accepted: {sorted(allowed)}")
     return {**defaults, **given}
 
 

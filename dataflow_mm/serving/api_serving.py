@@ -45,7 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 from PIL import Image
 
 from dataflow_mm.deps import require
-from dataflow_mm.errors import RowError, ServingError, UserError, row_error_text
+from dataflow_mm.errors import ConfigError, RowError, ServingError, UserError, row_error_text
 from dataflow_mm.logger import get_logger
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
 
@@ -90,11 +90,11 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+            raise ConfigError(f"max_retries must be an integer >= 0, not {self.max_retries!r}")
         if self.backoff_base < 0 or self.backoff_max < 0 or self.retry_after_max < 0:
-            raise ValueError("backoff_base, backoff_max and retry_after_max must be >= 0")
+            raise ConfigError("backoff_base, backoff_max and retry_after_max must be numbers >= 0")
         if not 0.0 <= self.jitter <= 1.0:
-            raise ValueError(f"jitter must be within [0, 1], got {self.jitter}")
+            raise ConfigError(f"jitter must be a number from 0 to 1, not {self.jitter!r}")
 
     @property
     def max_attempts(self) -> int:
