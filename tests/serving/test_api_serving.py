@@ -9,6 +9,7 @@ import random
 import threading
 import time
 
+import httpx  # noqa: F401 - a declared test dependency: imported, never skipped
 import pytest
 from PIL import Image
 
@@ -29,8 +30,6 @@ from dataflow_mm.testing.openai_test_server import (
     image_urls,
     user_text,
 )
-
-pytest.importorskip("httpx")
 
 FAST = {"timeout": 1.0, "backoff_base": 0.01, "backoff_max": 0.05}
 
