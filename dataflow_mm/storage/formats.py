@@ -78,15 +78,27 @@ def check_table_type(cache_type: str) -> str:
     return cache_type
 
 
-_JSON_STARTS = frozenset('-0123456789[{"tfnNI')
+_JSON_STARTS = frozenset('-0123456789[{"tfn')
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN/Infinity cells stay text
+
+
+def _csv_json(text: str) -> Any:
+    """The JSON value of a CSV cell; ValueError when it is not strict JSON."""
+    if text[:1] not in _JSON_STARTS:
+        raise ValueError("not JSON")
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except RecursionError as exc:
+        raise ValueError("too deep") from exc
 
 
 def _reads_as_json(text: str) -> bool:
-    if text[:1] not in _JSON_STARTS:
-        return False
     try:
-        json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+        _csv_json(text)
+    except ValueError:
         return False
     return True
 
@@ -100,10 +112,10 @@ def _encode_csv_cell(value: Any) -> Any:
 
 
 def _decode_csv_cell(value: Any) -> Any:
-    if isinstance(value, str) and value[:1] in _JSON_STARTS:
+    if isinstance(value, str):
         try:
-            return json.loads(value)
-        except (json.JSONDecodeError, RecursionError):
+            return _csv_json(value)
+        except ValueError:
             return value
     return value
 

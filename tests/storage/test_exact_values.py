@@ -113,3 +113,12 @@ def test_jsonl_of_a_pipeline_step_round_trips_through_a_subprocess_reader(tmp_pa
     code = f"import json,sys; print([json.loads(l)['f'] for l in open(sys.argv[1])] == {FLOATS!r})"
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_csv_text_that_looks_like_a_number_or_nan_stays_text(tmp_path: Path) -> None:
+    path = tmp_path / "step.csv"
+    texts = ["3", "true", "null", "NaN", "-Infinity", "[1, 2]", "", "007", '{"a": 1}']
+    write_table(pd.DataFrame({"t": texts}, dtype=object), path)
+    assert read_table(path).frame["t"].tolist() == texts
+    (tmp_path / "user.csv").write_text("a\nNaN\n", encoding="utf-8")
+    assert read_table(tmp_path / "user.csv").frame["a"].tolist() == ["NaN"]
