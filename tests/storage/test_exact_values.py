@@ -122,3 +122,21 @@ def test_csv_text_that_looks_like_a_number_or_nan_stays_text(tmp_path: Path) -> 
     assert read_table(path).frame["t"].tolist() == texts
     (tmp_path / "user.csv").write_text("a\nNaN\n", encoding="utf-8")
     assert read_table(tmp_path / "user.csv").frame["a"].tolist() == ["NaN"]
+
+
+def test_a_parquet_cache_step_is_written_when_a_column_mixes_int_and_text(tmp_path: Path) -> None:
+    """#12.10 end to end: ``cache_type="parquet"`` and a ``label`` that is ``1`` in one row, text in another."""
+    import json
+
+    from dataflow_mm import FileStorage
+    from dataflow_mm.operators.image_bbox_generator import ImageBboxGenerator
+    from dataflow_mm.testing.sample_data import write_region_caption_table
+
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=2, size=(48, 40), n_boxes=1)
+    rows = [json.loads(line) for line in Path(table).read_text().splitlines()]
+    rows[0]["label"], rows[1]["label"] = 1, "text"
+    Path(table).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    storage = FileStorage(str(table), cache_path=str(tmp_path / "cache"), file_name_prefix="p", cache_type="parquet")
+    ImageBboxGenerator().run(storage.step())
+    back = read_table(tmp_path / "cache" / "p_step1.parquet").frame
+    assert back["label"].tolist() == [1, "text"] and back["valid_bboxes_num"].tolist() == [1, 1]
