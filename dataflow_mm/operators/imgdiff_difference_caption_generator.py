@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from dataflow_mm.checks import check_choice
 from dataflow_mm.errors import ConfigError
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import OperatorABC
@@ -34,9 +35,10 @@ from dataflow_mm.operators.imgdiff_common import (
     DIFFERENCE_KEY,
     IMAGE1_KEY,
     IMAGE2_KEY,
+    check_bbox_format,
     decision_metrics,
 )
-from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
+from dataflow_mm.operators.imgdiff_difference_captioner import EMPTY_RESULTS, ImgDiffDifferenceCaptioner
 from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
 from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
@@ -130,6 +132,9 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
         download_dir: str | None = None,
         **data_juicer_options: Any,
     ) -> None:
+        # checked first, before any serving or scorer is built
+        check_bbox_format(bbox_format, type(self).__name__)
+        check_choice(f"{type(self).__name__}.empty_result", empty_result, EMPTY_RESULTS)
         if data_juicer_options:
             log.warning(f"ignoring Data-Juicer operator options that do not apply here: {sorted(data_juicer_options)}")
         self.mllm_mapper_args = merged_args("mllm_mapper_args", mllm_mapper_args, MLLM_DEFAULTS)

@@ -16,6 +16,7 @@ from dataflow_mm.errors import ConfigError, UserError
 from dataflow_mm.imaging.bbox import BOX_FORMATS
 from dataflow_mm.operators.image_bbox_generator import ExistingBBoxDataGenConfig, ImageBboxGenerator
 from dataflow_mm.operators.imgdiff_area_proposer import ImgDiffDifferenceAreaProposer
+from dataflow_mm.operators.imgdiff_difference_caption_generator import ImgDiffDifferenceCaptionGenerator
 from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
 from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.serving.api_serving import APIVLMServing_openai
@@ -44,6 +45,11 @@ BAD: list[tuple[str, Callable[[], Any], str]] = [
     ("box_line_width", lambda: ImgDiffDifferenceCaptioner(FakeVLMServing(), box_line_width=0), ">= 1"),
     ("empty_result", lambda: ImgDiffDifferenceCaptioner(FakeVLMServing(), empty_result="x"), "one of"),
     ("max_box_area_ratio", lambda: ImgDiffRegionCaptioner(FakeVLMServing(), max_box_area_ratio=0), "> 0"),
+    (
+        "ImgDiffDifferenceCaptionGenerator.bbox_format",
+        lambda: ImgDiffDifferenceCaptionGenerator(serving=FakeVLMServing(), bbox_format="xyhw"),
+        "cxcywh",
+    ),
     ("max_retries", lambda: APIVLMServing_openai("http://127.0.0.1:9/v1", "m", max_retries=-1), ">= 0"),
 ]
 
