@@ -21,6 +21,13 @@ class UserError(DataflowMMError):
     """A run-level problem the user can fix; reported without a traceback."""
 
 
+class ConfigError(UserError, ValueError):
+    """A config or operator argument outside its allowed values (raised when the object is built).
+
+    Also a ``ValueError``, so callers that guarded construction with ``except ValueError`` still work.
+    """
+
+
 class MissingDependencyError(UserError):
     """An optional dependency is not installed; the message holds the exact pip line."""
 

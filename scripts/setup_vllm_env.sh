@@ -11,7 +11,8 @@
 #   * torchvision==0.28.0 --no-deps plus a fix-up so its pure-PyTorch parts import on CPU torch
 #     (vLLM's Qwen2-VL code imports torchvision). THIS PATCH IS FOR THE TEST ENVIRONMENT ONLY:
 #     the dataflow_mm package never patches or needs torchvision.
-#   * dataflow_mm itself, editable, --no-deps, plus its light dependencies.
+#   * dataflow_mm itself, editable, --no-deps, plus its light dependencies and pytest (scripts/test.sh
+#     runs the hf backend's tests here too: the transformers version the vLLM extra selects).
 # The test suite (.venv) runs the vLLM tests through <repo>/.venv-vllm/bin/python.
 set -euo pipefail
 
@@ -170,7 +171,7 @@ PYEOF
 
 # 6. the project (editable, no deps) and its light dependencies, under the same pins
 log "installing dataflow_mm (editable, --no-deps) and its light dependencies"
-pip_install -c "$CONSTRAINTS" pandas pyarrow pillow numpy scipy tqdm huggingface_hub
+pip_install -c "$CONSTRAINTS" pandas pyarrow pillow numpy scipy tqdm huggingface_hub orjson "pytest>=9.2"
 pip_install --no-deps -e "$REPO_ROOT"
 
 # 7. verify

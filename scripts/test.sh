@@ -3,14 +3,28 @@
 #   bash scripts/test.sh [pytest args...]
 # 1. .venv with dataflow-mm[test] (torch CPU, transformers, sentence-transformers, MiniLM weights)
 # 2. .venv-vllm: vLLM's CPU build, so the vLLM backend is exercised for real
-# 3. Debian's chromium for the report's browser test (installed when missing)
-# 4. ruff, then the whole pytest suite
+# 3. .venv-min: every dependency at its declared lower bound (constraints-min.txt)
+# 4. Debian's chromium for the report's browser test (installed when missing)
+# 5. ruff, then the whole pytest suite; without pytest args also
+#    - the fast tests on .venv-min (the lower bounds), and
+#    - the hf backend's tests in .venv-vllm (the transformers version the vLLM extra selects)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh test
 bash scripts/setup_vllm_env.sh
+bash scripts/setup_min_env.sh
 bash scripts/setup_browser.sh
 export DATAFLOW_MM_REQUIRE_VLLM=1
 export DATAFLOW_MM_TINY_DIR="${DATAFLOW_MM_TINY_DIR:-$(pwd)/.tiny_models}"
 .venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"
+if [ $# -eq 0 ]; then
+    echo "[test] the fast tests on the declared minimum versions (.venv-min)"
+    DATAFLOW_MM_TINY_DIR="$(pwd)/.tiny_models/min" .venv-min/bin/python -m pytest -q -p no:cacheprovider \
+        tests/storage tests/imaging tests/pipeline tests/operators tests/scoring tests/test_packaging.py \
+        tests/serving/test_api_serving.py tests/serving/test_model_resolver.py \
+        tests/serving/test_hf_cache_layout.py tests/serving/test_hf_serving.py
+    echo "[test] the hf backend on the vLLM environment's transformers (.venv-vllm)"
+    DATAFLOW_MM_TINY_DIR="$(pwd)/.tiny_models/vllm_env" .venv-vllm/bin/python -m pytest -q -p no:cacheprovider \
+        tests/serving/test_hf_serving.py
+fi

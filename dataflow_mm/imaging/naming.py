@@ -1,22 +1,22 @@
 """Output file names from content, and atomic image writes.
 
 Names carry a hash of what produced the file, so two runs (or two rows with the same stem) never
-overwrite each other's output, and a re-run of the same work reuses the same name. Writes go to a
-temporary file in the target directory and are renamed into place, so a crash never leaves a
+overwrite each other's output, and a re-run of the same work reuses the same name. Writes go
+through the project's one atomic writer (``storage.atomic.AtomicFile``), so a crash never leaves a
 half-written image under the final name, and the temporary file is removed on error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
-import secrets
 import unicodedata
 from pathlib import Path
 
 from PIL import Image
+
+from dataflow_mm.storage.atomic import AtomicFile
 
 MAX_STEM_CHARS = 60
 FALLBACK_STEM = "image"
@@ -52,7 +52,7 @@ def image_format_for(path: str | os.PathLike) -> str:
 
 
 def save_image_atomic(image: Image.Image, path: str | os.PathLike, quality: int = 95) -> Path:
-    """Write ``image`` to ``path`` atomically (temp file in the same directory, then ``os.replace``).
+    """Write ``image`` to ``path`` atomically (``AtomicFile``: temp file beside it, then renamed).
 
     The format comes from the suffix; JPEG output is converted to RGB. The parent directory is
     created if missing. On any error the temporary file is removed and the error re-raised.
@@ -62,16 +62,6 @@ def save_image_atomic(image: Image.Image, path: str | os.PathLike, quality: int 
     if fmt == "JPEG" and image.mode != "RGB":
         image = image.convert("RGB")
     params = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            image.save(handle, format=fmt, **params)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with AtomicFile(target) as atomic, atomic.tmp.open("wb") as handle:
+        image.save(handle, format=fmt, **params)
     return target

@@ -40,9 +40,10 @@ from dataflow_mm.errors import (
 )
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.progress import StepProgress, count_rows
+from dataflow_mm.storage.atomic import AtomicFile, remove_stale_temps
 from dataflow_mm.storage.file_storage import FileStorage, record_produced
 from dataflow_mm.storage.formats import Reject, check_readable, read_table, table_type_of, write_table
-from dataflow_mm.storage.manifest import StepManifest, file_sha256, fingerprint
+from dataflow_mm.storage.manifest import StepManifest, file_sha256, fingerprint, manifest_path
 from dataflow_mm.storage.media import externalize_media
 from dataflow_mm.storage.media_stamps import changed_media, media_stamps
 from dataflow_mm.storage.parts import ChunkParts
@@ -298,7 +299,12 @@ class OperatorABC(ABC):
         step = storage.output_step
         manifest = StepManifest.load(storage.output_path)
         if manifest is not None and manifest.matches(current, input_sha, storage.output_path):
-            self._copy_to_extra_outputs(storage.output_path, only_missing=True)
+            hashes = self._sync_extra_outputs(storage.output_path, manifest.extra_output_sha256)
+            if hashes != manifest.extra_output_sha256:
+                manifest.extra_outputs = list(hashes)
+                manifest.extra_output_sha256 = hashes
+                manifest.save(storage.output_path)
+            ChunkParts(storage.output_path, {}).remove()  # left by a kill between manifest and cleanup
             stats = manifest.stats
             return StepResult(
                 step,
@@ -334,6 +340,8 @@ class OperatorABC(ABC):
         """Process every chunk not done yet (or whose media changed since), then join the parts into the step."""
         started = time.perf_counter()
         result = StepResult(step, self.name, str(storage.output_path), provenance=self.provenance())
+        for written in (storage.output_path, storage.rejects_path, manifest_path(storage.output_path)):
+            remove_stale_temps(written)  # left by a run killed while writing this step
         parts = ChunkParts(
             storage.output_path, {"fingerprint": current, "input_sha256": input_sha, "chunk_size": storage.chunk_size}
         )
@@ -357,7 +365,9 @@ class OperatorABC(ABC):
         media = {path: item for i in parts.indices() for path, item in (parts.done(i) or {}).get("media", {}).items()}
         parts.assemble(storage.cache_type)
         self._write_rejects(storage, rejects)
-        parts.remove()
+        # Extra outputs before the manifest: a kill before the manifest is saved reruns the step
+        # (from its chunk parts, removed only once the manifest is there) and rewrites them.
+        extra_hashes = self._sync_extra_outputs(storage.output_path, None)
         result.seconds = time.perf_counter() - started
         StepManifest(
             operator=self.name,
@@ -368,10 +378,11 @@ class OperatorABC(ABC):
             output_sha256=file_sha256(storage.output_path),
             stats=result.to_dict(),
             provenance=result.provenance,
-            extra_outputs=[str(p) for p in self.extra_output_paths()],
+            extra_outputs=list(extra_hashes),
+            extra_output_sha256=extra_hashes,
             media=media,
         ).save(storage.output_path)
-        self._copy_to_extra_outputs(storage.output_path, only_missing=False)
+        parts.remove()
         return result
 
     def run_chunk(
@@ -449,17 +460,26 @@ class OperatorABC(ABC):
         else:
             path.unlink(missing_ok=True)
 
-    def _copy_to_extra_outputs(self, step_file: Path, only_missing: bool) -> None:
+    def _sync_extra_outputs(self, step_file: Path, recorded: dict[str, str] | None) -> dict[str, str]:
+        """Write each extra output that is missing or differs from ``recorded``; return every one's sha256.
+
+        ``recorded`` is None on a fresh run (write them all). Each write is atomic, through the same
+        writer as the step files (same file mode), and temp files of killed runs are removed first.
+        """
+        hashes: dict[str, str] = {}
         for target in self.extra_output_paths():
-            if only_missing and target.exists():
+            remove_stale_temps(target)
+            expected = (recorded or {}).get(str(target))
+            if expected and target.is_file() and file_sha256(target) == expected:
+                hashes[str(target)] = expected
                 continue
             if table_type_of(target) != table_type_of(step_file):
                 write_table(read_table(step_file).frame, target)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(step_file, tmp)
-            tmp.replace(target)
+            else:
+                with AtomicFile(target) as atomic:
+                    shutil.copyfile(step_file, atomic.tmp)
+            hashes[str(target)] = file_sha256(target)
+        return hashes
 
 
 def _keep_input_of_failed_rows(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:

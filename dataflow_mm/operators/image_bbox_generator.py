@@ -17,8 +17,9 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from dataflow_mm.errors import ERROR_COLUMN, InvalidBoxError, RowError, row_error_text
-from dataflow_mm.imaging.bbox import from_xyxy, normalize_xyxy, pad_boxes, parse_boxes
+from dataflow_mm.checks import check_choice, check_int
+from dataflow_mm.errors import ERROR_COLUMN, ConfigError, InvalidBoxError, RowError, row_error_text
+from dataflow_mm.imaging.bbox import BOX_FORMATS, from_xyxy, normalize_xyxy, pad_boxes, parse_boxes
 from dataflow_mm.imaging.draw import draw_numbered_boxes
 from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.imaging.naming import content_name
@@ -54,6 +55,18 @@ class ExistingBBoxDataGenConfig:
     jpeg_quality: int = 92
     num_workers: int | None = None
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` (exit 2, one line) naming the first field outside its allowed values."""
+        name = type(self).__name__
+        check_int(f"{name}.max_boxes", self.max_boxes, 1)
+        check_choice(f"{name}.bbox_format", self.bbox_format, BOX_FORMATS)
+        check_int(f"{name}.line_width", self.line_width, 1, optional=True)
+        check_int(f"{name}.jpeg_quality", self.jpeg_quality, 1, 100)
+        check_int(f"{name}.num_workers", self.num_workers, 1, optional=True)
+
 
 def _is_empty(raw: Any) -> bool:
     if raw is None or (isinstance(raw, float) and raw != raw):
@@ -74,8 +87,9 @@ class ImageBboxGenerator(OperatorABC):
 
     def __init__(self, config: ExistingBBoxDataGenConfig | None = None, prompt_template: str = DEFAULT_REGION_PROMPT):
         self.config = config or ExistingBBoxDataGenConfig()
-        if self.config.max_boxes < 1:
-            raise ValueError(f"max_boxes must be at least 1, not {self.config.max_boxes}")
+        self.config.check()  # again: fields may have been set after the config was built
+        if not isinstance(prompt_template, str):
+            raise ConfigError(f"ImageBboxGenerator.prompt_template must be a string, not {prompt_template!r}")
         self.prompt_template = prompt_template
         self._image_dir = Path(self.config.image_output_dir) if self.config.image_output_dir else None
         self._media_root: Path | None = None

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from dataflow_mm.checks import check_int, check_number
 from dataflow_mm.errors import ERROR_COLUMN, RowError
 from dataflow_mm.imaging.bbox import from_xyxy
 from dataflow_mm.imaging.proposals import difference_boxes
@@ -50,9 +51,11 @@ class ImgDiffDifferenceAreaProposer(OperatorABC):
         min_area_ratio: float = 0.0005,
         propose_for_zero_boxes: bool = False,
     ) -> None:
-        if max_boxes < 1:
-            raise ValueError(f"max_boxes must be at least 1, not {max_boxes}")
-        self.bbox_format = check_bbox_format(bbox_format)
+        name = type(self).__name__
+        check_int(f"{name}.max_boxes", max_boxes, 1)
+        check_number(f"{name}.threshold", threshold, 0, 255)
+        check_number(f"{name}.min_area_ratio", min_area_ratio, 0, 1)
+        self.bbox_format = check_bbox_format(bbox_format, name)
         self.normalized = normalized
         self.max_boxes = max_boxes
         self.threshold = threshold

@@ -35,7 +35,8 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from dataflow_mm.errors import ERROR_COLUMN, RowError, UserError, row_error_text
+from dataflow_mm.checks import check_choice, check_number
+from dataflow_mm.errors import ERROR_COLUMN, ConfigError, RowError, UserError, row_error_text
 from dataflow_mm.imaging.bbox import BOX_FORMATS, parse_boxes
 from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.logger import get_logger
@@ -68,15 +69,17 @@ REQUEST_STEPS = (DROP_REGION_CAPTION, DROP_DIFFERENCE)
 ImagePair = tuple[Image.Image, Image.Image]
 
 
-def check_bbox_format(bbox_format: str) -> str:
-    if bbox_format not in BOX_FORMATS:
-        raise ValueError(f"unknown bbox_format {bbox_format!r}; expected one of {', '.join(BOX_FORMATS)}")
-    return bbox_format
+def check_bbox_format(bbox_format: str, owner: str = "") -> str:
+    """``bbox_format`` when it is one of ``BOX_FORMATS`` (else ``ConfigError`` naming them)."""
+    return check_choice(f"{owner}.bbox_format" if owner else "bbox_format", bbox_format, BOX_FORMATS)
 
 
 def check_score_range(name: str, min_score: float, max_score: float) -> None:
-    if not (math.isfinite(min_score) and math.isfinite(max_score)) or min_score > max_score:
-        raise ValueError(f"{name}: need finite min_score <= max_score, got [{min_score}, {max_score}]")
+    """Finite ``min_score <= max_score`` (else ``ConfigError`` naming the filter)."""
+    check_number(f"{name} min_score", min_score)
+    check_number(f"{name} max_score", max_score)
+    if min_score > max_score:
+        raise ConfigError(f"{name}: need min_score <= max_score, got [{min_score}, {max_score}]")
 
 
 def in_range(value: float, low: float, high: float) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from dataflow_mm.checks import check_choice
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.data_juicer import (
@@ -39,9 +40,10 @@ from dataflow_mm.operators.imgdiff_common import (
     DIFFERENCE_KEY,
     IMAGE1_KEY,
     IMAGE2_KEY,
+    check_bbox_format,
     decision_metrics,
 )
-from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
+from dataflow_mm.operators.imgdiff_difference_captioner import EMPTY_RESULTS, ImgDiffDifferenceCaptioner
 from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
 from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
@@ -144,6 +146,9 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
         **data_juicer_options: Any,
     ) -> None:
         where = type(self).__name__
+        # checked first, before any serving or scorer is built
+        check_bbox_format(bbox_format, where)
+        check_choice(f"{where}.empty_result", empty_result, EMPTY_RESULTS)
         unknown = sorted(k for k in data_juicer_options if not is_data_juicer_arg(k))
         if unknown:
             raise DataJuicerArgumentError(f"{where}: unknown argument(s) {unknown}")

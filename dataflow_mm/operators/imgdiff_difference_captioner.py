@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from dataflow_mm.checks import check_choice, check_int
 from dataflow_mm.errors import ERROR_COLUMN, RowError
 from dataflow_mm.imaging.draw import draw_red_box, side_by_side
 from dataflow_mm.imaging.naming import content_name
@@ -93,8 +94,12 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         empty_result: str = "seed",
         jpeg_quality: int = 90,
     ) -> None:
-        if empty_result not in EMPTY_RESULTS:
-            raise ValueError(f"empty_result must be one of {EMPTY_RESULTS}, not {empty_result!r}")
+        name = type(self).__name__
+        check_choice(f"{name}.empty_result", empty_result, EMPTY_RESULTS)
+        check_int(f"{name}.box_padding", box_padding, 0)
+        check_int(f"{name}.box_line_width", box_line_width, 1)
+        check_int(f"{name}.bar_width", bar_width, 0)
+        check_int(f"{name}.jpeg_quality", jpeg_quality, 1, 100)
         self.serving = serving
         self.keep_difference_images = keep_difference_images
         self.image_output_dir = image_output_dir

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from dataflow_mm.checks import check_int
 from dataflow_mm.errors import ERROR_COLUMN, RowError
 from dataflow_mm.imaging.crop import crop_box
 from dataflow_mm.operators.base import OperatorABC
@@ -51,6 +52,7 @@ class ImgDiffImageTextMatchingFilter(OperatorABC):
         allow_tiny_fallback: bool = False,
     ) -> None:
         check_score_range("image-text matching", min_score, max_score)
+        check_int(f"{type(self).__name__}.batch_size", batch_size, 1)
         self.scorer = scorer or BlipITMScorer(
             hf_blip, device=device, batch_size=batch_size, allow_tiny_fallback=allow_tiny_fallback
         )

@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from dataflow_mm.errors import ERROR_COLUMN, RowError
+from dataflow_mm.checks import check_number
+from dataflow_mm.errors import ERROR_COLUMN, ConfigError, RowError
 from dataflow_mm.imaging.bbox import box_area
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.data_juicer import box_values, key_column
@@ -66,12 +67,12 @@ class ImgDiffRegionCaptioner(OperatorABC):
         system_prompt: str = "",
         sampling: SamplingParams | None = None,
     ) -> None:
-        if max_box_area_ratio is not None and max_box_area_ratio <= 0:
-            raise ValueError(f"max_box_area_ratio must be > 0 (or None to keep every size), not {max_box_area_ratio}")
-        if "{bbox}" not in prompt_template:
-            raise ValueError("prompt_template must contain '{bbox}' (the box's normalized coordinates)")
+        name = type(self).__name__
+        check_number(f"{name}.max_box_area_ratio", max_box_area_ratio, 0, low_open=True, optional=True)
+        if not isinstance(prompt_template, str) or "{bbox}" not in prompt_template:
+            raise ConfigError(f"{name}.prompt_template must contain '{{bbox}}' (the box's normalized coordinates)")
         self.serving = serving
-        self.bbox_format = check_bbox_format(bbox_format)
+        self.bbox_format = check_bbox_format(bbox_format, name)
         self.normalized = normalized
         self.max_box_area_ratio = max_box_area_ratio
         self.prompt_template = prompt_template

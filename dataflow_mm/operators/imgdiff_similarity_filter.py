@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from dataflow_mm.checks import check_int
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     DECISIONS_KEY,
@@ -43,6 +44,7 @@ class ImgDiffCaptionSimilarityFilter(OperatorABC):
         allow_tiny_fallback: bool = False,
     ) -> None:
         check_score_range("caption similarity", min_score, max_score)
+        check_int(f"{type(self).__name__}.batch_size", batch_size, 1)
         self.similarity = similarity or text_similarity_model(
             hf_clip, device=device, batch_size=batch_size, allow_tiny_fallback=allow_tiny_fallback
         )

@@ -37,7 +37,13 @@ def add_serving_args(parser: argparse.ArgumentParser, default_model: str) -> Non
     group = parser.add_argument_group("model serving")
     group.add_argument("--model_path", default=default_model, help="hub id or local folder of the VLM")
     parser.set_defaults(shipped_model_path=default_model)
-    group.add_argument("--hf_cache_dir", default="~/.cache/huggingface", help="Hugging Face cache folder")
+    group.add_argument(
+        "--hf_cache_dir",
+        default=None,
+        help="Hugging Face hub cache folder (default: the hub's own: $HF_HUB_CACHE, $HF_HOME/hub or "
+        "~/.cache/huggingface/hub)",
+    )
+    group.add_argument("--hf_revision", default=None, help="model revision (branch, tag or commit) on the hub")
     group.add_argument("--download_dir", default="./ckpt/models", help="where a downloaded model is stored")
     group.add_argument(
         "--backend",
@@ -215,6 +221,7 @@ def serving_from_args(args: argparse.Namespace) -> VLMServing:
         args.backend,
         args.model_path,
         hf_cache_dir=args.hf_cache_dir,
+        hf_revision=args.hf_revision,
         download_dir=args.download_dir,
         temperature=args.temperature,
         top_p=args.top_p,

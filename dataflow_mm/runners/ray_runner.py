@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from dataflow_mm.deps import require
-from dataflow_mm.errors import StorageError, UserError
+from dataflow_mm.errors import ConfigError, StorageError, UserError
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import OperatorABC, OperatorCall, StepResult
 from dataflow_mm.operators.progress import StepProgress, count_rows
@@ -335,11 +335,11 @@ class RayRunner(Runner):
         actor_start_timeout_s: int = 3600,
     ) -> None:
         if actors_per_model_operator < 1:
-            raise ValueError(f"actors_per_model_operator must be at least 1, not {actors_per_model_operator}")
+            raise ConfigError(f"actors_per_model_operator must be an integer >= 1, not {actors_per_model_operator}")
         if (num_gpus_per_actor or 0) < 0 or num_cpus_per_actor < 0:
-            raise ValueError("num_gpus_per_actor and num_cpus_per_actor cannot be negative")
+            raise ConfigError("num_gpus_per_actor and num_cpus_per_actor must be >= 0")
         if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+            raise ConfigError(f"batch_size must be an integer >= 1, not {batch_size}")
         self.address = address
         self.num_cpus = num_cpus
         self.actors_per_model_operator = actors_per_model_operator

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.errors import ModelNotAvailableError
+from dataflow_mm.errors import ConfigError, ModelNotAvailableError
 from dataflow_mm.logger import get_logger
 
 log = get_logger("scoring")
@@ -73,7 +73,7 @@ class LazyScorer:
         hf_local_dir: str | None = None,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be an integer >= 1, not {batch_size!r}")
         self.model_name_or_path = str(model_name_or_path)
         self.device = device  # the setting ("auto", "cpu", "cuda:1"...)
         self.device_in_use: str | None = None  # what it resolved to when the model loaded

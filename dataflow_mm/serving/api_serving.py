@@ -13,10 +13,13 @@ parts (and ``image`` parts holding a string) whose URL already starts with ``htt
 ``https://`` or ``data:`` pass through untouched (not downscaled).
 
 Faults (see ``RetryPolicy``): a request is retried, with exponential backoff and jitter, on
-HTTP 429, HTTP 5xx, connection errors (refused, reset, closed without an answer), timeouts and a
-2xx answer whose body is not valid JSON (a truncated or garbled body from an overloaded server or
-proxy: treated like a server error). ``Retry-After`` (seconds or HTTP-date) replaces the computed
-backoff, capped by ``backoff_max``. Any other 4xx (400, 401, 403, 404, 413, 422, ...) and a
+HTTP 408, HTTP 429, HTTP 5xx, connection errors (refused, reset, closed without an answer), timeouts
+and a 2xx answer whose body is not valid JSON (a truncated or garbled body from an overloaded server
+or proxy: treated like a server error). As in the OpenAI SDK, the server's wait replaces the
+computed backoff: ``retry-after-ms`` (milliseconds) first, else ``Retry-After`` (seconds or
+HTTP-date). It is honoured even above ``backoff_max`` up to ``retry_after_max`` (default
+``MAX_RETRY_AFTER_S`` = 120 s); a longer wait fails the row at once, with the server's wait in the
+message, rather than retrying before the server is ready. Any other 4xx (400, 401, 403, 404, 413, 422, ...) and a
 well-formed answer without text (no ``choices``, null content) are final at once: sending the
 same request again would get the same answer. After the last attempt the row gets
 ``error = "ServingError: <cause> after <n> attempts: <server message>"`` and ``text`` None; the
@@ -50,7 +53,14 @@ from urllib.parse import urlsplit, urlunsplit
 from PIL import Image
 
 from dataflow_mm.deps import require
-from dataflow_mm.errors import RowError, ServingError, UnsupportedArgumentError, UserError, row_error_text
+from dataflow_mm.errors import (
+    ConfigError,
+    RowError,
+    ServingError,
+    UnsupportedArgumentError,
+    UserError,
+    row_error_text,
+)
 from dataflow_mm.logger import get_logger
 from dataflow_mm.secrets import has_control_characters, register_secret, scrub, scrub_secrets
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
@@ -74,9 +84,12 @@ _MAX_MESSAGE_CHARS = 300
 # --------------------------------------------------------------------------------------------------
 
 
+MAX_RETRY_AFTER_S = 120.0
+
+
 def is_retryable_status(status: int) -> bool:
-    """429 and 5xx are worth another try; every other non-2xx status is final."""
-    return status == 429 or 500 <= status <= 599
+    """408 (request timeout), 429 and 5xx are worth another try; every other non-2xx status is final."""
+    return status in (408, 429) or 500 <= status <= 599
 
 
 @dataclass
@@ -85,24 +98,26 @@ class RetryPolicy:
 
     ``delay(n)`` is the wait before retry ``n`` (1 = first retry): ``backoff_base * 2**(n-1)``
     capped at ``backoff_max``, then jittered uniformly into ``[(1 - jitter) * d, d]`` so that
-    many workers failing together do not come back together. A ``Retry-After`` header value
-    (delta-seconds or HTTP-date) replaces that computed delay, capped at ``backoff_max``.
+    many workers failing together do not come back together. The server's wait (``retry-after-ms``,
+    else ``Retry-After`` as delta-seconds or HTTP-date) replaces that computed delay, uncapped by
+    ``backoff_max``; a wait above ``retry_after_max`` is not waited for (``too_long``: the row fails).
     """
 
     max_retries: int = 3
     backoff_base: float = 1.0
     backoff_max: float = 30.0
+    retry_after_max: float = MAX_RETRY_AFTER_S
     jitter: float = 0.5
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
-        if self.backoff_base < 0 or self.backoff_max < 0:
-            raise ValueError("backoff_base and backoff_max must be >= 0")
+            raise ConfigError(f"max_retries must be an integer >= 0, not {self.max_retries!r}")
+        if self.backoff_base < 0 or self.backoff_max < 0 or self.retry_after_max < 0:
+            raise ConfigError("backoff_base, backoff_max and retry_after_max must be numbers >= 0")
         if not 0.0 <= self.jitter <= 1.0:
-            raise ValueError(f"jitter must be within [0, 1], got {self.jitter}")
+            raise ConfigError(f"jitter must be a number from 0 to 1, not {self.jitter!r}")
 
     @property
     def max_attempts(self) -> int:
@@ -139,11 +154,27 @@ class RetryPolicy:
             return None
         return max(seconds, 0.0)
 
-    def delay(self, retry_number: int, retry_after: str | None = None) -> float:
-        """How long to sleep before retry ``retry_number``: ``Retry-After`` if given, else the backoff."""
-        honoured = self.parse_retry_after(retry_after)
+    def server_wait(self, retry_after: str | None = None, retry_after_ms: str | None = None) -> float | None:
+        """Seconds the server asked for: ``retry-after-ms`` when valid, else ``Retry-After``; None if neither."""
+        if retry_after_ms is not None:
+            try:
+                millis = float(retry_after_ms.strip())
+            except ValueError:
+                millis = float("nan")
+            if millis == millis and millis != float("inf"):
+                return max(millis, 0.0) / 1000.0
+        return self.parse_retry_after(retry_after)
+
+    def too_long(self, wait: float | None) -> bool:
+        """True when the server's wait exceeds ``retry_after_max`` (the row fails instead of waiting)."""
+        return wait is not None and wait > self.retry_after_max
+
+    def delay(self, retry_number: int, retry_after: str | None = None, retry_after_ms: str | None = None) -> float:
+        """How long to sleep before retry ``retry_number``: the server's wait if given (at most
+        ``retry_after_max``), else the jittered backoff."""
+        honoured = self.server_wait(retry_after, retry_after_ms)
         if honoured is not None:
-            return min(honoured, self.backoff_max)
+            return min(honoured, self.retry_after_max)
         return self.backoff(retry_number)
 
 
@@ -155,6 +186,7 @@ class AttemptFailure:
     message: str
     retryable: bool
     retry_after: str | None = None
+    retry_after_ms: str | None = None
 
     def error_text(self, attempts: int) -> str:
         if self.retryable:  # retries exhausted
@@ -306,6 +338,7 @@ class APIVLMServing_openai(VLMServing):
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         backoff_base: float = 1.0,
         backoff_max: float = 30.0,
+        retry_after_max: float = MAX_RETRY_AFTER_S,
         max_image_side: int | None = 1024,
         image_format: str = "JPEG",
         temperature: float = 0.7,
@@ -375,6 +408,7 @@ class APIVLMServing_openai(VLMServing):
             max_retries=max_retries,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            retry_after_max=retry_after_max,
             rng=rng or random.Random(),
         )
         self._sleep = sleep
@@ -542,11 +576,21 @@ class APIVLMServing_openai(VLMServing):
             result = self._attempt(body)
             if isinstance(result, Completion):
                 return result
+            asked = self.retry.server_wait(result.retry_after, result.retry_after_ms)
+            if result.retryable and self.retry.too_long(asked):
+                error = row_error_text(
+                    ServingError(
+                        f"{result.cause} on attempt {attempts}: the server asks to wait {asked:g} s, over the "
+                        f"{self.retry.retry_after_max:g} s limit (retry_after_max): {result.message}"
+                    )
+                )
+                logger.warning("api request %d failed: %s", index, error)
+                return Completion(text=None, error=error)
             if not self.retry.should_retry(attempts, result.retryable):
                 error = result.error_text(attempts)
                 logger.warning("api request %d failed: %s", index, error)
                 return Completion(text=None, error=error)
-            wait = self.retry.delay(attempts, result.retry_after)
+            wait = self.retry.delay(attempts, result.retry_after, result.retry_after_ms)
             self._count("retried", result.cause)
             logger.debug(
                 "api request %d: %s (%s); retry %d/%d in %.2fs",
@@ -593,6 +637,7 @@ class APIVLMServing_openai(VLMServing):
                 _server_message(response),
                 is_retryable_status(status),
                 response.headers.get("retry-after"),
+                response.headers.get("retry-after-ms"),
             )
         try:
             data = json.loads(response.content)

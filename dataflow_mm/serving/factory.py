@@ -37,13 +37,17 @@ def default_backend() -> str:
 
 
 def resolve_or_fallback(
-    model_path: str, hf_cache_dir: str | None, download_dir: str | None, allow_tiny_fallback: bool
+    model_path: str,
+    hf_cache_dir: str | None,
+    download_dir: str | None,
+    allow_tiny_fallback: bool,
+    revision: str | None = None,
 ) -> Path:
     """The model folder to load, or a tiny smoke-test model when the real one is unavailable."""
     from dataflow_mm.serving.model_resolver import resolve_model_path
 
     try:
-        return resolve_model_path(model_path, cache_dir=hf_cache_dir, local_dir=download_dir)
+        return resolve_model_path(model_path, cache_dir=hf_cache_dir, local_dir=download_dir, revision=revision)
     except ModelNotAvailableError as exc:
         if not allow_tiny_fallback:
             raise
@@ -62,6 +66,7 @@ def create_serving(
     model_path: str,
     *,
     hf_cache_dir: str | None = None,
+    hf_revision: str | None = None,
     download_dir: str | None = None,
     temperature: float = 0.7,
     top_p: float = 0.9,
@@ -112,7 +117,7 @@ def create_serving(
             seed=seed,
             **extra,
         )
-    folder = str(resolve_or_fallback(model_path, hf_cache_dir, download_dir, allow_tiny_fallback))
+    folder = str(resolve_or_fallback(model_path, hf_cache_dir, download_dir, allow_tiny_fallback, hf_revision))
     if backend == "vllm":
         from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
 

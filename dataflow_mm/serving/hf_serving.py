@@ -20,7 +20,7 @@ from typing import Any
 from PIL import Image
 
 from dataflow_mm.deps import is_importable, require
-from dataflow_mm.errors import ModelNotAvailableError, RowError, ServingError, UserError, row_error_text
+from dataflow_mm.errors import ConfigError, ModelNotAvailableError, RowError, ServingError, UserError, row_error_text
 from dataflow_mm.logger import get_logger
 from dataflow_mm.serving.base import FINISH_LENGTH, Completion, Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import split_images, to_pil
@@ -62,7 +62,7 @@ def _resolve_dtype(dtype: str, device: str) -> Any:
     if name == "auto":
         name = "bfloat16" if device.startswith("cuda") else "float32"
     if name not in _DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}; use auto, {', '.join(sorted(set(_DTYPES.values())))}")
+        raise ConfigError(f"dtype must be one of auto, {', '.join(sorted(set(_DTYPES.values())))}, not {dtype!r}")
     return getattr(torch, _DTYPES[name])
 
 
@@ -99,9 +99,9 @@ class LocalModelVLMServing_hf(VLMServing):
     ) -> None:
         super().__init__(SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed))
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be an integer >= 1, not {batch_size!r}")
         if max_model_len is not None and max_model_len < 1:
-            raise ValueError(f"max_model_len must be >= 1, got {max_model_len}")
+            raise ConfigError(f"max_model_len must be an integer >= 1 (or None), not {max_model_len!r}")
         self.hf_model_name_or_path = hf_model_name_or_path
         self.hf_cache_dir = hf_cache_dir
         self.hf_local_dir = hf_local_dir

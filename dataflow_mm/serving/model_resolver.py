@@ -3,6 +3,11 @@
 Order: a local folder as given; ``<local_dir>/<hub id>``; the Hugging Face cache (no network);
 then, unless offline (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``), a download. Every failure
 is a ``ModelNotAvailableError`` that lists what was tried and how to fix it.
+
+Without an explicit cache folder the hub's own resolution applies (``HF_HUB_CACHE``, else
+``HF_HOME/hub``, else ``~/.cache/huggingface/hub``), so a model downloaded the usual way is found.
+A download fetches only ``MODEL_FILE_PATTERNS`` (weights, configs, tokenizer and processor files)
+at the requested revision.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ CONFIG_HASH_FILES = (
     "chat_template.jinja",
     "tokenizer_config.json",
 )
+# What a model needs to load: safetensors weights, configs (incl. sub-module folders), tokenizer
+# and processor files, chat templates. Not: *.bin/*.pt duplicates, ONNX/GGUF exports, images, code.
+MODEL_FILE_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -64,16 +72,21 @@ def _has_config(folder: Path) -> bool:
     return (folder / CONFIG_FILE).is_file()
 
 
-def _fix_hint(name: str) -> str:
+def _fix_hint(name: str, revision: str | None = None) -> str:
+    at = f" --revision {revision}" if revision else ""
     return (
-        f"Fix: on a machine with network run `huggingface-cli download {name} --local-dir <folder>` "
+        f"Fix: on a machine with network run `hf download {name}{at} --local-dir <folder>` "
         "(or copy the model folder here) and pass that folder with --model_path <folder>."
     )
 
 
-def resolve_model_path(name_or_path: str, cache_dir: str | None = None, local_dir: str | None = None) -> Path:
+def resolve_model_path(
+    name_or_path: str, cache_dir: str | None = None, local_dir: str | None = None, revision: str | None = None
+) -> Path:
     """A local folder holding ``config.json`` for ``name_or_path`` (folder or hub id).
 
+    ``cache_dir`` None means the hub's own cache (``HF_HUB_CACHE`` / ``HF_HOME`` honoured);
+    ``revision`` (branch, tag or commit) picks the cached snapshot and the download.
     Raises ``ModelNotAvailableError`` when the model is neither local, nor cached, nor
     downloadable. Never touches the network when offline.
     """
@@ -99,7 +112,7 @@ def resolve_model_path(name_or_path: str, cache_dir: str | None = None, local_di
         tried.append(f"{candidate}: {'no ' + CONFIG_FILE if candidate.is_dir() else 'missing'}")
 
     cache = hf_cache_dir(cache_dir)
-    found, reason = _from_cache(name, cache)
+    found, reason = _from_cache(name, cache, revision)
     if found is not None:
         return found
     tried.append(f"Hugging Face cache at {cache}: {reason}")
@@ -107,21 +120,21 @@ def resolve_model_path(name_or_path: str, cache_dir: str | None = None, local_di
     if is_offline():
         tried.append("download: skipped, offline (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)")
     else:
-        found, reason = _download(name, cache, local_dir)
+        found, reason = _download(name, cache, local_dir, revision)
         if found is not None:
             return found
         tried.append(f"download failed: {reason}")
     raise ModelNotAvailableError(
-        f"Model '{name}' is not available. Tried: " + "; ".join(tried) + ". " + _fix_hint(name)
+        f"Model '{name}' is not available. Tried: " + "; ".join(tried) + ". " + _fix_hint(name, revision)
     )
 
 
-def _from_cache(repo_id: str, cache: Path) -> tuple[Path | None, str]:
-    """The cached snapshot of ``repo_id`` (no network), or None and why not."""
+def _from_cache(repo_id: str, cache: Path, revision: str | None = None) -> tuple[Path | None, str]:
+    """The cached snapshot of ``repo_id`` at ``revision`` (no network), or None and why not."""
     from huggingface_hub import snapshot_download
 
     try:
-        folder = Path(snapshot_download(repo_id, cache_dir=str(cache), local_files_only=True))
+        folder = Path(snapshot_download(repo_id, cache_dir=str(cache), revision=revision, local_files_only=True))
     except Exception as exc:  # LocalEntryNotFoundError, HFValidationError, ...
         return None, f"not cached ({type(exc).__name__})"
     if not _has_config(folder):
@@ -129,13 +142,21 @@ def _from_cache(repo_id: str, cache: Path) -> tuple[Path | None, str]:
     return folder, ""
 
 
-def _download(repo_id: str, cache: Path, local_dir: str | None) -> tuple[Path | None, str]:
-    """Download ``repo_id`` into ``<local_dir>/<id with __>`` or the cache; None and why on failure."""
+def _download(repo_id: str, cache: Path, local_dir: str | None, revision: str | None = None) -> tuple[Path | None, str]:
+    """Download ``repo_id``'s model files into ``<local_dir>/<id with __>`` or the cache; None and why on failure."""
     from huggingface_hub import snapshot_download
 
     target = Path(local_dir).expanduser() / repo_id.replace("/", "__") if local_dir else None
     try:
-        folder = Path(snapshot_download(repo_id, cache_dir=str(cache), local_dir=str(target) if target else None))
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                cache_dir=str(cache),
+                local_dir=str(target) if target else None,
+                revision=revision,
+                allow_patterns=list(MODEL_FILE_PATTERNS),
+            )
+        )
     except Exception as exc:
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
     if not _has_config(folder):

@@ -2,8 +2,23 @@
 
 Reading streams in chunks. JSONL is read line by line so one malformed or non-UTF-8 line is
 rejected (with its line number and reason) instead of failing the whole table. Values keep
-their JSON types (object columns), so an integer stays an integer through every step.
-Writing goes to a temporary file in the target folder and is renamed into place on success.
+their types (object columns), so an integer stays an integer through every step.
+
+Values round-trip exactly in every format (floats bit for bit, ints beyond 2**53, booleans,
+nulls, nested lists and dicts):
+
+* JSON/JSONL are written by ``jsoncodec`` (exact floats, no ``\\/``) and read by the stdlib.
+* CSV cells hold text, so a cell that is not a plain string is written as JSON (``3``, ``true``,
+  ``1e-12``, ``[1, 2]``), a string that would read as JSON is written as a JSON string
+  (``"3"`` stays the text 3), and every cell that parses as JSON is read back as that value.
+  A cell of a user's CSV that is valid JSON (``3``, ``true``) is therefore read as a number or
+  boolean; an empty cell is a null.
+* Parquet columns get Arrow types; a column Arrow cannot hold exactly (``1`` in one row and
+  ``"text"`` in another, ints mixed with floats, ints beyond 64 bits) is stored as JSON text
+  and named in the file's metadata (``dataflow_mm.json_columns``), so it reads back as it was.
+
+Writing goes through the one atomic writer (``storage.atomic``): a temp file in the target
+folder, renamed into place on success.
 """
 
 from __future__ import annotations
@@ -11,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +34,8 @@ from typing import Any
 import pandas as pd
 
 from dataflow_mm.errors import StorageError
-from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage import jsoncodec
+from dataflow_mm.storage.atomic import AtomicFile, write_bytes_atomic
 from dataflow_mm.surrogates import may_hold_surrogates, replace_lone_surrogates
 
 SUPPORTED_TYPES = ("jsonl", "json", "csv", "parquet")
@@ -67,18 +82,120 @@ def check_table_type(cache_type: str) -> str:
     return cache_type
 
 
+_JSON_STARTS = frozenset('-0123456789[{"tfn')
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN/Infinity cells stay text
+
+
+def _csv_json(text: str) -> Any:
+    """The JSON value of a CSV cell; ValueError when it is not strict JSON."""
+    if text[:1] not in _JSON_STARTS:
+        raise ValueError("not JSON")
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except RecursionError as exc:
+        raise ValueError("too deep") from exc
+
+
+def _reads_as_json(text: str) -> bool:
+    try:
+        _csv_json(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _encode_csv_cell(value: Any) -> Any:
-    """Lists and dicts go into CSV cells as JSON, so they come back as lists and dicts."""
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
+    """A CSV cell that reads back as ``value`` (see the module docstring); None/NaN give an empty cell."""
+    if isinstance(value, str):
+        return jsoncodec.dumps(value).decode("utf-8") if value == "" or _reads_as_json(value) else value
+    plain = jsoncodec.to_plain(value)
+    return None if plain is None else jsoncodec.dumps(plain).decode("utf-8")
 
 
 def _decode_csv_cell(value: Any) -> Any:
-    if isinstance(value, str) and value[:1] in ("[", "{"):
+    if isinstance(value, str):
         try:
-            return json.loads(value)
-        except json.JSONDecodeError:
+            return _csv_json(value)
+        except ValueError:
             return value
     return value
+
+
+JSON_COLUMNS_KEY = b"dataflow_mm.json_columns"
+
+
+def _has_int(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_has_int(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_int(v) for v in value.values())
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _has_float_type(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_floating(arrow_type):
+        return True
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return _has_float_type(arrow_type.value_type)
+    if pa.types.is_struct(arrow_type):
+        return any(_has_float_type(arrow_type.field(i).type) for i in range(arrow_type.num_fields))
+    return False
+
+
+def _arrow_column(series: pd.Series) -> tuple[Any, bool]:
+    """An Arrow array for ``series`` and whether it had to be stored as JSON text to stay exact."""
+    import pyarrow as pa
+
+    if series.dtype != object:
+        return pa.Array.from_pandas(series), False
+    values = series.tolist()
+    try:
+        array = pa.array(values, from_pandas=True)
+        exact = not (_has_float_type(array.type) and any(_has_int(v) for v in values))
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        exact = False
+    if exact:
+        return array, False
+    texts = [None if (p := jsoncodec.to_plain(v)) is None else jsoncodec.dumps(p).decode("utf-8") for v in values]
+    return pa.array(texts, type=pa.string()), True
+
+
+def frame_to_arrow(frame: pd.DataFrame) -> Any:
+    """A pyarrow Table for ``frame``; columns Arrow cannot hold exactly become JSON text (named in metadata)."""
+    import pyarrow as pa
+
+    arrays, json_columns = [], []
+    for name in frame.columns:
+        array, as_json = _arrow_column(frame[name])
+        arrays.append(array)
+        if as_json:
+            json_columns.append(str(name))
+    table = pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
+    if json_columns:
+        table = table.replace_schema_metadata({JSON_COLUMNS_KEY: json.dumps(json_columns).encode("utf-8")})
+    return table
+
+
+def _parquet_json_columns(parquet_file: Any) -> set[str]:
+    metadata = parquet_file.schema_arrow.metadata or {}
+    raw = metadata.get(JSON_COLUMNS_KEY)
+    return set(json.loads(raw)) if raw else set()
+
+
+def _batch_frame(batch: Any, json_columns: set[str]) -> pd.DataFrame:
+    """A record batch as an object frame of plain Python values (lists stay lists, ints stay ints)."""
+    data = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        values = column.to_pylist()
+        if name in json_columns:
+            values = [None if v is None else json.loads(v) for v in values]
+        data[name] = values
+    return pd.DataFrame(data, dtype=object) if data else pd.DataFrame(index=range(batch.num_rows))
 
 
 def check_readable(path: Path) -> Path:
@@ -221,8 +338,10 @@ def iter_table(
         import pyarrow.parquet as pq
 
         try:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
-                yield Chunk(batch.to_pandas(integer_object_nulls=True).astype(object))
+            parquet_file = pq.ParquetFile(path)
+            json_columns = _parquet_json_columns(parquet_file)
+            for batch in parquet_file.iter_batches(batch_size=chunk_size):
+                yield Chunk(_batch_frame(batch, json_columns))
         except pa.ArrowException as exc:
             raise StorageError(f"Cannot read Parquet '{path}' (corrupt or not Parquet): {exc}") from exc
     else:
@@ -267,40 +386,47 @@ def find_columns(path: str | os.PathLike, wanted: list[str], table_type: str | N
     return [key for key in wanted if key in found]
 
 
-def frame_to_jsonl(frame: pd.DataFrame) -> str:
-    """JSON lines for a frame (NaN becomes null; unicode kept as is)."""
+def _check_columns(frame: pd.DataFrame) -> None:
     if frame.columns.has_duplicates:
         dupes = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
         raise StorageError(f"Cannot write a table with duplicate column names: {dupes}")
-    if frame.empty:
-        return ""
-    text = frame.to_json(orient="records", lines=True, force_ascii=False, date_format="iso")
-    return text if text.endswith("\n") else text + "\n"
+
+
+def frame_to_jsonl(frame: pd.DataFrame) -> bytes:
+    """JSON lines (UTF-8) for a frame: exact floats, NaN as null, unicode kept as is."""
+    _check_columns(frame)
+    return jsoncodec.records_jsonl(frame)
 
 
 class AtomicTableWriter:
-    """Writes a table chunk by chunk into a temp file, renamed into place by ``commit``.
+    """Writes a table chunk by chunk into the atomic writer's temp file, renamed into place by ``commit``.
 
-    JSONL and CSV stream to disk; JSON and Parquet are assembled at commit (one object each).
+    JSONL, JSON and CSV stream to disk; Parquet is assembled at commit (one Arrow table).
     Used as a context manager, an exception discards the temp file and leaves the target untouched.
     """
 
     def __init__(self, path: str | os.PathLike, table_type: str | None = None) -> None:
         self.path = Path(path)
         self.table_type = table_type or table_type_of(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._file = AtomicFile(self.path)
+        self._tmp = self._file.tmp
         self._held: list[pd.DataFrame] = []
         self._csv_header = True
+        self._json_rows = 0
         self.rows = 0
 
     def append(self, frame: pd.DataFrame) -> None:
         self.rows += len(frame)
         if self.table_type == "jsonl":
-            with self._tmp.open("a", encoding="utf-8") as handle:
+            with self._tmp.open("ab") as handle:
                 handle.write(frame_to_jsonl(frame))
+        elif self.table_type == "json":
+            _check_columns(frame)
+            with self._tmp.open("ab") as handle:
+                for record in jsoncodec.frame_records(frame):
+                    handle.write(b"[\n" if self._json_rows == 0 else b",\n")
+                    handle.write(jsoncodec.dumps(record))
+                    self._json_rows += 1
         elif self.table_type == "csv":
             frame.map(_encode_csv_cell).to_csv(self._tmp, mode="a", header=self._csv_header, index=False)
             self._csv_header = self._csv_header and frame.empty
@@ -314,21 +440,19 @@ class AtomicTableWriter:
             yield handle
 
     def commit(self) -> Path:
-        if self.table_type in ("json", "parquet"):
+        if self.table_type == "json":
+            with self._tmp.open("ab") as handle:
+                handle.write(b"\n]\n" if self._json_rows else b"[]\n")
+        elif self.table_type == "parquet":
+            import pyarrow.parquet as pq
+
             frame = pd.concat(self._held, ignore_index=True) if self._held else pd.DataFrame()
-            if self.table_type == "json":
-                records = json.loads(frame.to_json(orient="records", force_ascii=False)) if len(frame) else []
-                self._tmp.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
-            else:
-                frame.to_parquet(self._tmp, index=False)
-        with self._tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self._tmp, self.path)
-        return self.path
+            _check_columns(frame)
+            pq.write_table(frame_to_arrow(frame), self._tmp)
+        return self._file.commit()
 
     def discard(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._tmp.unlink()
+        self._file.discard()
 
     def __enter__(self) -> AtomicTableWriter:
         return self

@@ -56,6 +56,8 @@ class StepManifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     extra_outputs: list[str] = field(default_factory=list)
     media: dict[str, Any] = field(default_factory=dict)  # the media files read: path -> stamp (media_stamps)
+    # sha256 of each extra output as written, so a skipped step can tell a missing or stale copy.
+    extra_output_sha256: dict[str, str] = field(default_factory=dict)
 
     def save(self, step_file: str | os.PathLike) -> Path:
         return write_json_atomic(asdict(self), manifest_path(step_file))

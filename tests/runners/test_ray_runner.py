@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import ray
 
 from dataflow_mm import LocalModelVLMServing_hf, PromptedVQAGenerator
 from dataflow_mm.errors import ModelNotAvailableError
@@ -29,8 +30,6 @@ from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.templates import load_pipeline_script
 from dataflow_mm.testing.fake_serving import FakeVLMServing
 from dataflow_mm.testing.sample_data import write_jsonl, write_region_caption_table
-
-ray = pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "gpu_pipelines" / "image_region_caption_pipeline.py"

