@@ -68,3 +68,9 @@ def tiny_blip_dir(tiny_models_dir: Path) -> Path:
 def tiny_clip_dir(tiny_models_dir: Path) -> Path:
     """A tiny CLIP folder (CLIPModel)."""
     return tiny_model_path("clip", root=tiny_models_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_owlv2_dir(tiny_models_dir: Path) -> Path:
+    """A tiny OWLv2 open-vocabulary detection folder (Owlv2ForObjectDetection)."""
+    return tiny_model_path("owlv2", root=tiny_models_dir)
