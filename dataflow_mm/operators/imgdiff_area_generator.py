@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from dataflow_mm.errors import ERROR_COLUMN, MissingFieldError, RowError
+from dataflow_mm.errors import ERROR_COLUMN, MissingFieldError, RowError, UserError
 from dataflow_mm.imaging.bbox import from_xyxy
 from dataflow_mm.imaging.crop import crop_box
 from dataflow_mm.imaging.nms import non_max_suppression
@@ -74,6 +74,7 @@ PAIR_SIMILARITY_KEY = "image_pair_similarity"
 CHANGED_NOUNS_KEY = "changed_nouns"
 SOURCE_GENERATED = "generated"
 NO_DIFFERENCE: list[list[int]] = [[0, 0, 0, 0]]
+PROPOSERS = ("pixel", "model", "auto")
 
 # Where a candidate was dropped (``dropped_at``), in order.
 STEP_ITM = "image_text_matching"
@@ -110,6 +111,24 @@ def merged_args(name: str, defaults: Mapping[str, Any], given: Mapping[str, Any]
     if unknown:
         raise ValueError(f"{name}: unknown key(s) {', '.join(unknown)}; expected {', '.join(defaults)}")
     return {**defaults, **given}
+
+
+def choose_proposer(choice: str, storage: FileStorage, caption_keys: tuple[str, str]) -> str:
+    """``"pixel"`` or ``"model"``: ``auto`` is "model" when the input's first rows carry both caption columns.
+
+    Real Img-Diff pairs come with the two captions they were generated from; edited copies usually
+    do not, and the pixel-difference proposer is the right tool for them.
+    """
+    if choice not in PROPOSERS:
+        raise UserError(f"unknown proposer {choice!r}; expected one of {', '.join(PROPOSERS)}")
+    if choice != "auto":
+        return choice
+    try:
+        chunk = next(storage.iter_chunks(chunk_size=16), None)
+    except UserError:
+        return "pixel"  # the run's own checks report an unreadable input
+    has_captions = chunk is not None and all(key in chunk.frame.columns for key in caption_keys)
+    return "model" if has_captions else "pixel"
 
 
 def _drop_summary(decisions: list[dict[str, Any]]) -> str:
