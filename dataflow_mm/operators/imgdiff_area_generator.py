@@ -27,6 +27,7 @@ them (``bbox_source`` "input"); generated rows say "generated".
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -143,6 +144,21 @@ def _drop_summary(decisions: list[dict[str, Any]]) -> str:
 
 def _bounds(low: float, high: float) -> str:
     return f"[{low:g}, {high:g}]"
+
+
+@dataclass
+class _Row:
+    """One generated row while its chunk goes through the steps; ``reason`` set = no difference, stop."""
+
+    position: int
+    pair: ImagePair
+    caption1: str
+    caption2: str
+    pair_similarity: float | None = None
+    nouns: dict[str, list[str]] = field(default_factory=dict)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    crops: list[tuple[Image.Image, Image.Image]] = field(default_factory=list)
+    reason: str | None = None
 
 
 class ImgDiffDifferenceAreaGenerator(OperatorABC):
@@ -319,7 +335,7 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
         loaded = self.images.load_pairs(
             [out[input_image1_key].iloc[p] for p in todo], [out[input_image2_key].iloc[p] for p in todo]
         )
-        pairs: dict[int, ImagePair] = {}
+        rows: list[_Row] = []
         for position, pair in zip(todo, loaded, strict=True):
             missing = [key for key, v in ((input_caption1_key, captions1[position]), (input_caption2_key,
                        captions2[position])) if not isinstance(v, str) or not v.strip()]  # fmt: skip
@@ -330,110 +346,30 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
                 set_row_errors(errors, position, error)
                 boxes[position], sources[position] = None, None
                 continue
-            pairs[position] = pair  # type: ignore[assignment]
-            sources[position], decisions[position] = SOURCE_GENERATED, []
+            rows.append(_Row(position, pair, captions1[position], captions2[position]))  # type: ignore[arg-type]
 
-        def no_difference(position: int, reason: str) -> None:
-            reasons[position] = reason
-            pairs.pop(position, None)
+        active = self._pair_similarity(rows)
+        active = self._changed_nouns(active)
+        active = self._detect(active)
+        self._match_crops(active)
+        self._crop_similarity(active)
+        self._suppress_overlaps(active)
 
-        # 1. whole-pair similarity (one call for the chunk)
-        active = list(pairs)
-        similarities = self.image_similarity.similarity([pairs[p][0] for p in active], [pairs[p][1] for p in active])
-        low, high = self.pair_args["min_score_1"], self.pair_args["max_score_1"]
-        for position, raw in zip(active, similarities, strict=True):
-            score = round(raw, 6)
-            pair_scores[position] = score
-            if not in_range(score, low, high):
-                no_difference(position, f"image pair similarity {score:.4f} outside {_bounds(low, high)}")
-
-        # 2. changed nouns (no model)
-        for position in list(pairs):
-            only1, only2 = changed_nouns(captions1[position], captions2[position])
-            nouns[position] = {"caption1": only1, "caption2": only2}
-            if not only1 or not only2:
-                side = " and ".join(k for k, v in (("caption1", only1), ("caption2", only2)) if not v)
-                no_difference(position, f"no changed noun found in {side}")
-
-        # 3. candidates: each image queried with its own changed nouns (one call for the chunk)
-        active = list(pairs)
-        queries = [nouns[p][key] for p in active for key in ("caption1", "caption2")]  # type: ignore[index]
-        found = self.detector.detect([image for p in active for image in pairs[p]], queries)
-        candidates: dict[int, list[tuple[dict[str, Any], Detection]]] = {}
-        for number, position in enumerate(active):
-            row: list[tuple[dict[str, Any], Detection]] = []
-            for source, detections in ((1, found[2 * number]), (2, found[2 * number + 1])):
-                for detection in detections:
-                    row.append((self._new_candidate(len(row), source, detection, pairs[position][0].size), detection))
-            decisions[position] = [c for c, _ in row]
-            candidates[position] = row
-            if not row:
-                no_difference(position, "the detector found no candidate for the changed nouns")
-
-        # 4. crops against the changed nouns (one ITM call for the chunk)
-        crops: dict[int, tuple[Image.Image, Image.Image]] = {}
-        itm_images: list[Image.Image] = []
-        itm_texts: list[str] = []
-        owners: list[tuple[dict[str, Any], int, str]] = []
-        for position in list(pairs):
-            for candidate, detection in candidates[position]:
-                crop1, crop2 = (crop_box(image, detection.box) for image in pairs[position])
-                crops[id(candidate)] = (crop1, crop2)
-                for which, crop in ((1, crop1), (2, crop2)):
-                    for noun in nouns[position][f"caption{which}"]:  # type: ignore[index]
-                        itm_images.append(crop)
-                        itm_texts.append(noun)
-                        owners.append((candidate, which, noun))
-        for (candidate, which, noun), raw in zip(owners, self.itm_scorer.score(itm_images, itm_texts), strict=True):
-            candidate[f"itm_scores{which}"][noun] = round(raw, 6)
-        low, high = self.itm_args["min_score"], self.itm_args["max_score"]
-        for position in list(pairs):
-            for candidate, _ in candidates[position]:
-                failed = []
-                for which in (1, 2):
-                    scores = candidate[f"itm_scores{which}"]
-                    candidate[f"itm_score{which}"] = max(scores.values())
-                    if not any(in_range(s, low, high) for s in scores.values()):
-                        failed.append(
-                            f"crop {which} matches none of {', '.join(scores)} (best {max(scores.values()):.4f})"
-                        )
-                if failed:
-                    drop(candidate, STEP_ITM, f"image-text match outside {_bounds(low, high)}: " + "; ".join(failed))
-
-        # 5. crop-pair similarity (one call for the chunk)
-        survivors = [c for p in pairs for c, _ in candidates[p] if c["kept"]]
-        crop_scores = self.image_similarity.similarity(
-            [crops[id(c)][0] for c in survivors], [crops[id(c)][1] for c in survivors]
-        )
-        low, high = self.pair_args["min_score_2"], self.pair_args["max_score_2"]
-        for candidate, raw in zip(survivors, crop_scores, strict=True):
-            score = round(raw, 6)
-            candidate["crop_similarity"] = score
-            if not in_range(score, low, high):
-                drop(candidate, STEP_CROP_SIMILARITY, f"crop pair similarity {score:.4f} outside {_bounds(low, high)}")
-
-        # 6. NMS (least similar crop pair first) and the row's boxes
-        for position in list(pairs):
-            row_kept = kept(decisions[position] or [])
-            self._suppress(row_kept)
-            final = kept(decisions[position] or [])
-            if not final:
-                no_difference(position, "no candidate passed the filters: " + _drop_summary(decisions[position] or []))
-                continue
-            final.sort(key=lambda d: (d["crop_similarity"], d["index"]))
-            boxes[position] = [d["bbox"] for d in final]
+        for row in rows:
+            final = sorted(kept(row.decisions), key=lambda d: (d["crop_similarity"], d["index"]))
+            if row.reason is None and not final:
+                row.reason = "no candidate passed the filters: " + _drop_summary(row.decisions)
+            p = row.position
+            sources[p], decisions[p], reasons[p] = SOURCE_GENERATED, row.decisions, row.reason
+            pair_scores[p], nouns[p] = row.pair_similarity, row.nouns
+            boxes[p] = [d["bbox"] for d in final] if row.reason is None else [list(b) for b in NO_DIFFERENCE]
             if dj:
-                metas[position] = with_dj_bboxes(metas[position], [d["bbox_dj"] for d in final])
-        for position, reason in enumerate(reasons):
-            if reason is not None:
-                boxes[position] = [list(b) for b in NO_DIFFERENCE]
-                if dj:
-                    metas[position] = with_dj_bboxes(metas[position], [list(b) for b in NO_DIFFERENCE])
+                dj_boxes = [d["bbox_dj"] for d in final] if row.reason is None else [list(b) for b in NO_DIFFERENCE]
+                metas[p] = with_dj_bboxes(metas[p], dj_boxes)
 
-        generated = sum(1 for s in sources if s == SOURCE_GENERATED)
-        with_boxes = sum(1 for p, s in enumerate(sources) if s == SOURCE_GENERATED and reasons[p] is None)
+        with_boxes = sum(1 for row in rows if row.reason is None)
         log.info(
-            f"difference areas generated for {generated} of {n} rows ({with_boxes} with boxes); "
+            f"difference areas generated for {len(rows)} of {n} rows ({with_boxes} with boxes); "
             f"model calls so far: CLIP {self.image_similarity.stats.calls}, detector {self.detector.stats.calls}, "
             f"ITM {self.itm_scorer.stats.calls}"
         )
@@ -447,6 +383,88 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
             out[DJ_META_KEY] = metas
         out[ERROR_COLUMN] = errors
         return out
+
+    # -- the six steps, each over all active rows of the chunk; a row that ends gets its reason --------
+    def _pair_similarity(self, rows: list[_Row]) -> list[_Row]:
+        """Step 1: whole-pair CLIP similarity (one call); pairs outside the range have no difference."""
+        scores = self.image_similarity.similarity([r.pair[0] for r in rows], [r.pair[1] for r in rows])
+        low, high = self.pair_args["min_score_1"], self.pair_args["max_score_1"]
+        for row, raw in zip(rows, scores, strict=True):
+            row.pair_similarity = round(raw, 6)
+            if not in_range(row.pair_similarity, low, high):
+                row.reason = f"image pair similarity {row.pair_similarity:.4f} outside {_bounds(low, high)}"
+        return [r for r in rows if r.reason is None]
+
+    def _changed_nouns(self, rows: list[_Row]) -> list[_Row]:
+        """Step 2: the nouns only in caption 1 and only in caption 2 (no model); both sides need one."""
+        for row in rows:
+            only1, only2 = changed_nouns(row.caption1, row.caption2)
+            row.nouns = {"caption1": only1, "caption2": only2}
+            if not only1 or not only2:
+                side = " and ".join(k for k, v in row.nouns.items() if not v)
+                row.reason = f"no changed noun found in {side}"
+        return [r for r in rows if r.reason is None]
+
+    def _detect(self, rows: list[_Row]) -> list[_Row]:
+        """Step 3: candidates in image 1 for caption 1's nouns and in image 2 for caption 2's (one call)."""
+        queries = [nouns for r in rows for nouns in r.nouns.values()]
+        found = self.detector.detect([image for r in rows for image in r.pair], queries)
+        for number, row in enumerate(rows):
+            for source, detections in ((1, found[2 * number]), (2, found[2 * number + 1])):
+                for detection in detections:
+                    decision = self._new_candidate(len(row.decisions), source, detection, row.pair[0].size)
+                    row.decisions.append(decision)
+                    row.crops.append(tuple(crop_box(image, detection.box) for image in row.pair))  # type: ignore[arg-type]
+            if not row.decisions:
+                row.reason = "the detector found no candidate for the changed nouns"
+        return [r for r in rows if r.reason is None]
+
+    def _match_crops(self, rows: list[_Row]) -> None:
+        """Step 4: each crop against its caption's changed nouns (one ITM call); each crop must match one."""
+        images: list[Image.Image] = []
+        texts: list[str] = []
+        owners: list[tuple[dict[str, Any], int, str]] = []
+        for row in rows:
+            for decision, crops in zip(row.decisions, row.crops, strict=True):
+                for which, crop in ((1, crops[0]), (2, crops[1])):
+                    for noun in row.nouns[f"caption{which}"]:
+                        images.append(crop)
+                        texts.append(noun)
+                        owners.append((decision, which, noun))
+        for (decision, which, noun), raw in zip(owners, self.itm_scorer.score(images, texts), strict=True):
+            decision[f"itm_scores{which}"][noun] = round(raw, 6)
+        low, high = self.itm_args["min_score"], self.itm_args["max_score"]
+        for decision in (d for row in rows for d in row.decisions):
+            failed = []
+            for which in (1, 2):
+                scores = decision[f"itm_scores{which}"]
+                decision[f"itm_score{which}"] = max(scores.values())
+                if not any(in_range(s, low, high) for s in scores.values()):
+                    failed.append(f"crop {which} matches none of {', '.join(scores)} (best {max(scores.values()):.4f})")
+            if failed:
+                drop(decision, STEP_ITM, f"image-text match outside {_bounds(low, high)}: " + "; ".join(failed))
+
+    def _crop_similarity(self, rows: list[_Row]) -> None:
+        """Step 5: CLIP similarity of the two crops of each surviving candidate (one call)."""
+        survivors = [(d, crops) for row in rows for d, crops in zip(row.decisions, row.crops, strict=True) if d["kept"]]
+        scores = self.image_similarity.similarity([c[0] for _, c in survivors], [c[1] for _, c in survivors])
+        low, high = self.pair_args["min_score_2"], self.pair_args["max_score_2"]
+        for (decision, _), raw in zip(survivors, scores, strict=True):
+            decision["crop_similarity"] = score = round(raw, 6)
+            if not in_range(score, low, high):
+                drop(decision, STEP_CROP_SIMILARITY, f"crop pair similarity {score:.4f} outside {_bounds(low, high)}")
+
+    def _suppress_overlaps(self, rows: list[_Row]) -> None:
+        """Step 6: NMS per row; the least similar (most changed) crop pair wins an overlap."""
+        for row in rows:
+            survivors = kept(row.decisions)
+            boxes = [d["bbox_xyxy"] for d in survivors]
+            scores = [-float(d["crop_similarity"]) for d in survivors]
+            for index, suppressor, overlap in non_max_suppression(boxes, scores, self.nms_iou):
+                if suppressor is not None:
+                    other = survivors[suppressor]["index"]
+                    reason = f"overlaps candidate {other} (IoU {overlap:.2f} > {self.nms_iou:g})"
+                    drop(survivors[index], STEP_NMS, reason)
 
     # -- helpers --------------------------------------------------------------------------------
     def _new_candidate(self, index: int, source: int, detection: Detection, size: tuple[int, int]) -> dict[str, Any]:
@@ -468,12 +486,3 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
             "dropped_at": None,
             "drop_reason": None,
         }
-
-    def _suppress(self, row_kept: list[dict[str, Any]]) -> None:
-        """Drop kept candidates that overlap a less similar (more changed) kept one by IoU > ``nms_iou``."""
-        boxes = [d["bbox_xyxy"] for d in row_kept]
-        scores = [-float(d["crop_similarity"]) for d in row_kept]
-        for index, suppressor, overlap in non_max_suppression(boxes, scores, self.nms_iou):
-            if suppressor is not None:
-                other = row_kept[suppressor]["index"]
-                drop(row_kept[index], STEP_NMS, f"overlaps candidate {other} (IoU {overlap:.2f} > {self.nms_iou:g})")
