@@ -7,7 +7,7 @@ time, so this module uses ``lemminflect`` instead, whose English lemma tables sh
 package (nothing is downloaded):
 
 * a word is a noun when lemminflect knows a NOUN reading of it (``getAllLemmas``), except the
-  colour and number words in ``NOT_OBJECTS`` (lemminflect lists "red" or "two" as nouns too,
+  colour, number and position words in ``NOT_OBJECTS`` (lemminflect lists "red" or "two" as nouns too,
   where a tagger reads them as adjectives/numerals in a caption), and "-ing" words that are
   also verb forms ("flying", "sitting": captions use them as participles);
 * its lemma is the NOUN lemma ("planes" -> "plane", "mice" -> "mouse").
@@ -25,53 +25,11 @@ from functools import lru_cache
 
 from dataflow_mm.deps import require
 
-NOT_OBJECTS = frozenset(
-    [
-        "red",
-        "orange",
-        "yellow",
-        "green",
-        "blue",
-        "purple",
-        "violet",
-        "pink",
-        "brown",
-        "black",
-        "white",
-        "gray",
-        "grey",
-        "silver",
-        "gold",
-        "golden",
-        "beige",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "dozen",
-        "hundred",
-        "thousand",
-        "first",
-        "second",
-        "third",
-        "left",
-        "right",
-        "top",
-        "bottom",
-        "middle",
-        "side",
-        "front",
-        "back",
-    ]
-)
+# Words lemminflect also lists as nouns that name no object in a caption (one string each: easier to read).
+COLOURS = "red orange yellow green blue purple violet pink brown black white gray grey silver gold golden beige".split()  # noqa: SIM905
+NUMBERS = "one two three four five six seven eight nine ten eleven twelve dozen hundred thousand".split()  # noqa: SIM905
+POSITIONS = "first second third left right top bottom middle side front back".split()  # noqa: SIM905
+NOT_OBJECTS = frozenset((*COLOURS, *NUMBERS, *POSITIONS))
 _NON_WORD = re.compile(r"[^\w\s]")
 
 
