@@ -8,7 +8,9 @@ Run it from the folder `dataflowmm init` made:
         --blip_model /path/to/blip-itm-base-coco --similarity_model /path/to/clip-vit-base-patch32
 
 Steps (one file each under --cache_path; re-running the same command skips completed steps):
-0. propose boxes from the pixel difference for rows without boxes (--no_propose to skip);
+0. boxes for rows without boxes (--no_propose to skip), by --proposer: "pixel" (the pixel difference:
+   edited copies), "model" (Data-Juicer's difference-area generator: CLIP, the changed nouns of
+   caption1/caption2, OWLv2, BLIP: generated pairs), "auto" (model when rows carry both captions);
 1. caption every box region in both images (one batched VLM call per chunk);
 2. crop the boxes and keep those whose crops match their captions (BLIP image-text matching);
 3. keep the boxes whose two captions' similarity is in range (CLIP text encoder or sentence-transformers);
@@ -24,6 +26,7 @@ Offline, unavailable models fall back to tiny random-weight models, and the run 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from dataflow_mm import FileStorage, PipelineABC, VLMServing
 from dataflow_mm.operators.data_juicer import (
@@ -31,6 +34,13 @@ from dataflow_mm.operators.data_juicer import (
     DataJuicerMetaWriter,
     bbox_key_for,
     uses_data_juicer_format,
+)
+from dataflow_mm.operators.imgdiff_area_generator import (
+    CAPTION1_KEY,
+    CAPTION2_KEY,
+    PROPOSERS,
+    ImgDiffDifferenceAreaGenerator,
+    choose_proposer,
 )
 from dataflow_mm.operators.imgdiff_area_proposer import ImgDiffDifferenceAreaProposer
 from dataflow_mm.operators.imgdiff_difference_caption_generator import ImgDiffDifferenceCaptionGenerator
@@ -50,6 +60,7 @@ from dataflow_mm.pipeline.script import (
     serving_from_args,
 )
 from dataflow_mm.scoring import DEFAULT_BLIP_ITM, DEFAULT_CLIP, BlipITMScorer, text_similarity_model
+from dataflow_mm.scoring.object_detection import DEFAULT_DETECTOR
 from dataflow_mm.storage.formats import peek_columns
 
 DEFAULT_VLM = "llava-hf/llava-v1.6-vicuna-7b-hf"
@@ -78,6 +89,12 @@ class ImgDiffPipeline(PipelineABC):
         bbox_format: str = "cxcywh",
         normalized: bool = False,
         propose_missing_boxes: bool = True,
+        proposer: str = "auto",
+        input_caption1_key: str = CAPTION1_KEY,
+        input_caption2_key: str = CAPTION2_KEY,
+        detector_model: str = DEFAULT_DETECTOR,
+        image_similarity_model: str = DEFAULT_CLIP,
+        area_args: dict[str, dict[str, Any]] | None = None,
         max_proposals: int = 5,
         max_box_area_ratio: float | None = 0.1,
         blip_model: str = DEFAULT_BLIP_ITM,
@@ -113,11 +130,6 @@ class ImgDiffPipeline(PipelineABC):
             "input_image2_key": input_image2_key,
         }
         self.input_bbox_key = input_bbox_key
-        self.proposer = (
-            ImgDiffDifferenceAreaProposer(bbox_format=bbox_format, normalized=normalized, max_boxes=max_proposals)
-            if propose_missing_boxes
-            else None
-        )
         self.itm_scorer = BlipITMScorer(
             blip_model,
             device=device,
@@ -126,6 +138,27 @@ class ImgDiffPipeline(PipelineABC):
             hf_cache_dir=hf_cache_dir,
             hf_local_dir=download_dir,
         )
+        self.caption_keys = {"input_caption1_key": input_caption1_key, "input_caption2_key": input_caption2_key}
+        self.proposer_kind = choose_proposer(proposer, self.storage, (input_caption1_key, input_caption2_key))
+        self.proposer: ImgDiffDifferenceAreaProposer | ImgDiffDifferenceAreaGenerator | None = None
+        if propose_missing_boxes and self.proposer_kind == "pixel":
+            self.proposer = ImgDiffDifferenceAreaProposer(
+                bbox_format=bbox_format, normalized=normalized, max_boxes=max_proposals
+            )
+        elif propose_missing_boxes:
+            models = {"device": device, "batch_size": scoring_batch_size, "allow_tiny_fallback": allow_tiny_fallback,
+                      "hf_cache_dir": hf_cache_dir, "hf_local_dir": download_dir}  # fmt: skip
+            args = area_args or {}
+            segment = {"model_path": detector_model, **args.get("image_segment_mapper_args", {})}
+            pair = {"hf_clip": image_similarity_model, **args.get("image_pair_similarity_filter_args", {})}
+            itm = {"hf_blip": blip_model, **args.get("image_text_matching_filter_args", {})}
+            self.proposer = ImgDiffDifferenceAreaGenerator(
+                pair, segment, itm,
+                itm_scorer=self.itm_scorer,
+                bbox_format=bbox_format,
+                normalized=normalized,
+                **models,
+            )  # fmt: skip
         self.similarity = text_similarity_model(
             similarity_model,
             device=device,
@@ -173,7 +206,16 @@ class ImgDiffPipeline(PipelineABC):
 
     def forward(self) -> None:
         bbox_key = bbox_key_for(self.input_columns(), self.input_bbox_key)  # or __dj__meta__.__dj__bbox__
-        if self.proposer is not None:
+        if isinstance(self.proposer, ImgDiffDifferenceAreaGenerator):
+            self.proposer.run(
+                storage=self.storage.step(),
+                input_bbox_key=bbox_key,
+                output_bbox_key=self.input_bbox_key,  # fill in the missing boxes in place
+                **self.keys,
+                **self.caption_keys,
+            )
+            bbox_key = self.input_bbox_key
+        elif self.proposer is not None:
             self.proposer.run(
                 storage=self.storage.step(),
                 input_bbox_key=bbox_key,
@@ -198,9 +240,18 @@ class ImgDiffPipeline(PipelineABC):
             notes.append(SCORES_MEANINGLESS.format(what="image-text matching (BLIP)", flag="--blip_model"))
         if self.similarity.is_smoke_test_model:
             notes.append(SCORES_MEANINGLESS.format(what="caption similarity", flag="--similarity_model"))
+        if isinstance(self.proposer, ImgDiffDifferenceAreaGenerator):
+            if self.proposer.image_similarity.is_smoke_test_model:
+                notes.append(SCORES_MEANINGLESS.format(what="image similarity (CLIP)", flag="--image_similarity_model"))
+            if self.proposer.detector.is_smoke_test_model:
+                notes.append(
+                    SCORES_MEANINGLESS.format(what="difference-area detection (OWLv2)", flag="--detector_model")
+                )
         return notes
 
     def cleanup(self) -> None:
+        if isinstance(self.proposer, ImgDiffDifferenceAreaGenerator):
+            self.proposer.cleanup()
         self.itm_scorer.cleanup()
         self.similarity.cleanup()
         self.serving.cleanup()
@@ -225,7 +276,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_bbox_format_arg(parser, default="cxcywh")
     parser.add_argument("--normalized", action="store_true", help="boxes are 0-1 fractions of the image size")
     parser.add_argument("--no_propose", action="store_true", help="do not propose boxes for rows without boxes")
-    parser.add_argument("--max_proposals", type=int, default=5, help="proposed boxes per pair at most")
+    parser.add_argument(
+        "--proposer",
+        choices=PROPOSERS,
+        default="auto",
+        help="boxes for rows without boxes: pixel difference (edited copies), model (generated pairs with "
+        "caption1/caption2: CLIP + OWLv2 + BLIP), auto (model when the rows carry both captions)",
+    )
+    parser.add_argument("--input_caption1_key", default=CAPTION1_KEY)
+    parser.add_argument("--input_caption2_key", default=CAPTION2_KEY)
+    parser.add_argument("--detector_model", default=DEFAULT_DETECTOR, help="OWLv2/OWL-ViT model (--proposer model)")
+    parser.add_argument(
+        "--image_similarity_model", default=DEFAULT_CLIP, help="CLIP model for image similarity (--proposer model)"
+    )
+    parser.add_argument("--max_proposals", type=int, default=5, help="proposed boxes per pair at most (pixel)")
     parser.add_argument(
         "--max_box_area_ratio", type=float, default=0.1, help="skip boxes larger than this share of the image"
     )
@@ -269,6 +333,11 @@ def main(argv: list[str] | None = None) -> None:
         bbox_format=args.bbox_format,
         normalized=args.normalized,
         propose_missing_boxes=not args.no_propose,
+        proposer=args.proposer,
+        input_caption1_key=args.input_caption1_key,
+        input_caption2_key=args.input_caption2_key,
+        detector_model=args.detector_model,
+        image_similarity_model=args.image_similarity_model,
         max_proposals=args.max_proposals,
         max_box_area_ratio=args.max_box_area_ratio,
         blip_model=args.blip_model,

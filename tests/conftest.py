@@ -87,3 +87,9 @@ def minilm_dir() -> Path:
     digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     assert digest == MINILM_WEIGHTS_SHA256, f"{folder}/model.safetensors is not the pinned MiniLM ({digest})"
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_owlv2_dir(tiny_models_dir: Path) -> Path:
+    """A tiny OWLv2 open-vocabulary detection folder (Owlv2ForObjectDetection)."""
+    return tiny_model_path("owlv2", root=tiny_models_dir)

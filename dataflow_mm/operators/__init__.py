@@ -2,6 +2,7 @@
 
 from dataflow_mm.operators.base import OperatorABC, StepResult
 from dataflow_mm.operators.image_bbox_generator import ExistingBBoxDataGenConfig, ImageBboxGenerator
+from dataflow_mm.operators.imgdiff_area_generator import ImgDiffDifferenceAreaGenerator
 from dataflow_mm.operators.imgdiff_area_proposer import ImgDiffDifferenceAreaProposer
 from dataflow_mm.operators.imgdiff_difference_caption_generator import ImgDiffDifferenceCaptionGenerator
 from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
@@ -15,6 +16,7 @@ __all__ = [
     "ExistingBBoxDataGenConfig",
     "ImageBboxGenerator",
     "ImgDiffCaptionSimilarityFilter",
+    "ImgDiffDifferenceAreaGenerator",
     "ImgDiffDifferenceAreaProposer",
     "ImgDiffDifferenceCaptionGenerator",
     "ImgDiffDifferenceCaptioner",

@@ -87,3 +87,40 @@ def write_imgdiff_table(
             row["bboxes"] = [[round(v, 2) for v in from_xyxy(b, bbox_format, size)] for b in boxes]  # type: ignore[arg-type]
         rows.append(row)
     return write_jsonl(folder / "table.jsonl", rows)
+
+
+# Caption pairs that differ by one object, as Img-Diff's generated pairs do (Prompt-to-Prompt).
+CAPTION_PAIRS = (
+    ("A red car parked on the street.", "A red bicycle parked on the street."),
+    ("A dog sleeping on a sofa.", "A cat sleeping on a sofa."),
+    ("A plane flying over the clouds.", "A boat sailing over the clouds."),
+    ("An apple on a wooden table.", "A cup on a wooden table."),
+)
+
+
+def write_captioned_pairs(
+    folder: str | Path,
+    n_pairs: int,
+    size: tuple[int, int] = (160, 120),
+    dj_meta: bool = False,
+    edit: str = "recolour",
+) -> Path:
+    """``n_pairs`` PNG pairs plus ``table.jsonl`` with ``caption1``/``caption2`` and no boxes (real Img-Diff input).
+
+    ``dj_meta``: every row also carries Data-Juicer's empty ``__dj__meta__`` dict.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for index in range(n_pairs):
+        first, second, _, _ = edited_pair(size, 4, seed=index, edit=edit)
+        path1, path2 = folder / f"cap{index:04d}_1.png", folder / f"cap{index:04d}_2.png"
+        first.save(path1)
+        second.save(path2)
+        caption1, caption2 = CAPTION_PAIRS[index % len(CAPTION_PAIRS)]
+        row: dict[str, Any] = {"id": index, "image_path1": str(path1), "image_path2": str(path2),
+                               "caption1": caption1, "caption2": caption2}  # fmt: skip
+        if dj_meta:
+            row["__dj__meta__"] = {}
+        rows.append(row)
+    return write_jsonl(folder / "table.jsonl", rows)

@@ -2,7 +2,7 @@
 
 Tests and smoke runs need models that exercise the real loading, chat-template, batching and
 decoding code, but nothing can be downloaded. These builders make Qwen2.5-VL, LLaVA-NeXT,
-BLIP image-text matching and CLIP folders (~1 MB each) with ``save_pretrained``: real
+BLIP image-text matching, CLIP and OWLv2 (open-vocabulary detection) folders (~1 MB each) with ``save_pretrained``: real
 configs shrunk to hidden size 64 and 2 layers, tokenizers (the architectures' own
 ``tokenizers``-backed classes) with merges learned from a few dozen sentences, processors built
 from their classes, and real-looking chat templates.
@@ -554,11 +554,53 @@ def build_tiny_clip(out_dir: str | Path) -> Path:
     return _save(out_dir, "clip", model, processor)
 
 
+def build_tiny_owlv2(out_dir: str | Path) -> Path:
+    """OWLv2 open-vocabulary detection (``Owlv2ForObjectDetection`` + ``Owlv2Processor``), 64 px images.
+
+    Patch 16 gives 16 candidate boxes per image, the 4x4 patch grid cells (the box head's last layer
+    is zero, so only OWLv2's box bias is left); queries are padded to 16 tokens, as the real
+    checkpoints' processors do. The class head needs ``projection_dim`` equal to the text hidden size.
+    """
+    transformers = require("transformers", "hf")
+    tokenizer = _clip_tokenizer()
+    tokenizer.model_max_length = 16
+    ids = tokenizer.convert_tokens_to_ids
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 16,
+        "bos_token_id": ids("<|startoftext|>"),
+        "eos_token_id": ids("<|endoftext|>"),
+        "pad_token_id": ids("<|endoftext|>"),
+    }
+    vision_config = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 64,
+        "patch_size": 16,
+    }
+    config = transformers.Owlv2Config(text_config=text_config, vision_config=vision_config, projection_dim=64)
+    model = _random_model(transformers.Owlv2ForObjectDetection, config)
+    torch = require("torch", "hf")
+    with torch.no_grad():  # boxes = the patch grid cells (the box bias), as from an untrained real box head
+        model.box_head.dense2.weight.zero_()
+        model.box_head.dense2.bias.zero_()
+    image_processor = transformers.Owlv2ImageProcessorPil(size={"height": 64, "width": 64})
+    processor = transformers.Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    return _save(out_dir, "owlv2", model, processor)
+
+
 BUILDERS: dict[str, Callable[[str | Path], Path]] = {
     "qwen2_5_vl": build_tiny_qwen2_5_vl,
     "llava_next": build_tiny_llava_next,
     "blip_itm": build_tiny_blip_itm,
     "clip": build_tiny_clip,
+    "owlv2": build_tiny_owlv2,
 }
 KINDS = tuple(BUILDERS)
 

@@ -129,3 +129,35 @@ def test_wrong_keys_fail_before_any_model_loads(tmp_path: Path) -> None:
     with pytest.raises(PipelineCompileError, match="input key 'boxes'"):
         pipeline.run()
     assert serving.calls == [] and not pipeline.itm_scorer.loaded and not pipeline.similarity.loaded
+
+
+def test_captioned_pairs_run_the_model_proposer_in_one_command_and_resume(
+    tmp_path: Path, tiny_llava_dir: Path, tiny_blip_dir: Path, tiny_clip_dir: Path, tiny_owlv2_dir: Path
+) -> None:
+    """Pairs with caption1/caption2 and no boxes -> generated areas -> difference captions (``--proposer auto``)."""
+    from dataflow_mm.testing.imgdiff_pairs import write_captioned_pairs
+
+    table = write_captioned_pairs(tmp_path / "pairs", 3)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "DATAFLOW_MM_TINY_DIR": str(tiny_llava_dir.parent),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [sys.executable, str(SCRIPT), "--backend", "hf", "--model_path", str(tiny_llava_dir), "--max_tokens", "4",
+           "--temperature", "0", "--first_entry_file", str(table), "--cache_path", str(tmp_path / "cache"),
+           "--blip_model", str(tiny_blip_dir), "--similarity_model", str(tiny_clip_dir), "--similarity_min_score", "-1",
+           "--detector_model", str(tiny_owlv2_dir), "--image_similarity_model", str(tiny_clip_dir),
+           "--no_tiny_fallback"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("MEANINGLESS") == 4  # BLIP, caption similarity, image similarity, detection
+    assert "ImgDiffDifferenceAreaGenerator" in done.stdout and "ImgDiffDifferenceAreaProposer" not in done.stdout
+    rows = read_rows(tmp_path / "cache" / "imgdiff_step5.jsonl")
+    assert [r["bbox_source"] for r in rows] == ["generated"] * 3
+    for row in rows:
+        check_row(row)
+        assert row["area_decisions"] and row["changed_nouns"]["caption1"]
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already complete, skipped") == 5

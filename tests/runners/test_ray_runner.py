@@ -375,3 +375,30 @@ def test_a_hugging_face_image_shard_runs_on_ray_as_in_process(ray_cluster: Any, 
         rows[name] = [r["image"] for r in read_jsonl(tmp_path / "cache" / f"{name}_step2.jsonl")]
     assert rows["ray"] == rows["local"]
     assert [Path(cell["path"]).read_bytes() for cell in rows["ray"]] == images
+
+
+def test_the_model_proposer_on_ray_equals_in_process(
+    ray_cluster: Any, tmp_path: Path, tiny_blip_dir: Path, tiny_clip_dir: Path, tiny_owlv2_dir: Path
+) -> None:
+    """Captioned pairs: the difference-area generator (CLIP, OWLv2, BLIP) and the four Img-Diff steps on Ray."""
+    from dataflow_mm.testing.imgdiff_pairs import write_captioned_pairs
+
+    table = write_captioned_pairs(tmp_path / "pairs", 4)
+    script = load_pipeline_script("imgdiff_pipeline")
+    rows = {}
+    for name in ("local", "ray"):
+        pipeline = script.ImgDiffPipeline(
+            FakeVLMServing(), first_entry_file=str(table), cache_path=str(tmp_path / "cache"), file_name_prefix=name,
+            chunk_size=2, proposer="model", blip_model=str(tiny_blip_dir), similarity_model=str(tiny_clip_dir),
+            detector_model=str(tiny_owlv2_dir), image_similarity_model=str(tiny_clip_dir), similarity_min_score=-1.0,
+        )  # fmt: skip
+        summary = pipeline.run(runner=RayRunner(actors_per_model_operator=1) if name == "ray" else "local")
+        assert summary.rows_out == 4 and summary.rows_with_error == 0
+        assert summary.steps[0].operator == "ImgDiffDifferenceAreaGenerator"
+        rows[name] = [
+            {k: v for k, v in row.items() if k != "provenance"}
+            for row in read_jsonl(tmp_path / "cache" / f"{name}_step5.jsonl")
+        ]
+        pipeline.cleanup()
+    assert rows["ray"] == rows["local"]
+    assert all(r["bbox_source"] == "generated" and r["area_decisions"] for r in rows["ray"])

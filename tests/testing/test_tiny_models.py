@@ -36,6 +36,7 @@ FIXTURES = {
     "llava_next": ("tiny_llava_dir", "LlavaNextForConditionalGeneration"),
     "blip_itm": ("tiny_blip_dir", "BlipForImageTextRetrieval"),
     "clip": ("tiny_clip_dir", "CLIPModel"),
+    "owlv2": ("tiny_owlv2_dir", "Owlv2ForObjectDetection"),
 }
 
 

@@ -1,0 +1,103 @@
+"""Image-pair similarity: cosine of CLIP image embeddings, batched (Data-Juicer's ``image_pair_similarity_filter``).
+
+``ClipImageSimilarity("openai/clip-vit-base-patch32").similarity(images_a, images_b)`` embeds all
+images of both lists together (``batch_size`` per forward pass of the vision tower, one model call
+each, counted in ``stats.calls``) and returns the cosine of each pair, in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from dataflow_mm.deps import require
+from dataflow_mm.errors import UserError
+from dataflow_mm.logger import get_logger
+from dataflow_mm.scoring._common import LazyScorer, batches, resolve_scorer_model
+from dataflow_mm.scoring.device import resolve_device
+from dataflow_mm.scoring.text_similarity import DEFAULT_CLIP
+
+log = get_logger("scoring.image_similarity")
+
+
+class ClipImageSimilarity(LazyScorer):
+    """Cosine similarity of CLIP image embeddings (``get_image_features``, the projected embedding)."""
+
+    def __init__(
+        self,
+        model_name_or_path: str | Path = DEFAULT_CLIP,
+        device: str = "auto",
+        batch_size: int = 32,
+        allow_tiny_fallback: bool = False,
+        hf_cache_dir: str | None = None,
+        hf_local_dir: str | None = None,
+    ) -> None:
+        super().__init__(model_name_or_path, device, batch_size, allow_tiny_fallback, hf_cache_dir, hf_local_dir)
+        self._processor: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "scorer": "clip_image",
+            "model": self.model_name_or_path,
+            "device": self.device,
+            "smoke_test_model": self.is_smoke_test_model,
+        }
+
+    def load(self) -> None:
+        """Resolve the folder and load the image processor and model once (no-op when loaded)."""
+        if self._model is not None:
+            return
+        transformers = require("transformers", "scoring")
+        self.device_in_use = resolve_device(self.device)
+        self._folder = resolve_scorer_model(
+            self.model_name_or_path, "clip", self.allow_tiny_fallback, self.hf_cache_dir, self.hf_local_dir
+        )
+        log.info(f"loading CLIP image encoder {self.model_name_or_path} from {self._folder} on {self.device_in_use}")
+        self._processor = transformers.AutoImageProcessor.from_pretrained(str(self._folder))
+        model = transformers.AutoModel.from_pretrained(str(self._folder))
+        if not hasattr(model, "get_image_features"):
+            raise UserError(f"{self._folder} holds a {type(model).__name__}, which has no CLIP image encoder")
+        self._model = model.to(self.device_in_use).eval()
+        self.stats.loads += 1
+
+    def cleanup(self) -> None:
+        """Release the model; the next call loads it again."""
+        if self._model is None:
+            return
+        self._model = None
+        self._processor = None
+        gc.collect()
+        torch = require("torch", "scoring")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def similarity(self, images_a: Sequence[Image.Image], images_b: Sequence[Image.Image]) -> list[float]:
+        """Cosine similarity of each ``(images_a[i], images_b[i])`` pair's embeddings, in order."""
+        if len(images_a) != len(images_b):
+            raise ValueError(f"similarity needs two lists of equal length, got {len(images_a)} and {len(images_b)}")
+        if not images_a:
+            return []
+        self.load()
+        torch = require("torch", "scoring")
+        images = [*images_a, *images_b]
+        vectors = [self._embed(chunk) for chunk in batches(images, self.batch_size)]
+        table = torch.nn.functional.normalize(torch.cat(vectors).float(), dim=-1)
+        n = len(images_a)
+        cosine = (table[:n] * table[n:]).sum(dim=-1).clamp(-1.0, 1.0)
+        return [0.0 if math.isnan(v) else float(v) for v in cosine.cpu().tolist()]
+
+    def _embed(self, images: list[Image.Image]) -> Any:
+        torch = require("torch", "scoring")
+        rgb = [image if image.mode == "RGB" else image.convert("RGB") for image in images]
+        inputs = self._processor(images=rgb, return_tensors="pt").to(self.device_in_use)
+        with torch.inference_mode():
+            features = self._model.get_image_features(**inputs)
+        self.stats.calls += 1
+        self.stats.items += len(images)
+        # transformers 5 returns an output object whose pooler_output is the projected embedding.
+        return getattr(features, "pooler_output", features)

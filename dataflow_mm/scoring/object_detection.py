@@ -1,0 +1,166 @@
+"""Open-vocabulary detection: boxes for text queries with OWLv2 / OWL-ViT through transformers, batched.
+
+``OwlDetector("google/owlv2-base-patch16-ensemble").detect(images, queries)`` finds, in each image,
+boxes for that image's own queries (e.g. the nouns that changed between two captions). All
+images go through the model ``batch_size`` at a time (one forward pass, one model call each,
+counted in ``stats.calls``), queries padded per batch by the processor. Each image gets at most
+``max_boxes`` detections scored at least ``threshold``, after class-agnostic NMS at ``iou``.
+
+Boxes come back in pixel xyxy of the image as given: OWLv2's processor pads each image to a
+square (bottom/right) before resizing, so its normalized boxes are scaled by the long side;
+OWL-ViT's resizes without padding, so by width and height.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from dataflow_mm.deps import require
+from dataflow_mm.errors import InvalidBoxError, UserError
+from dataflow_mm.imaging.bbox import Box, clip_box
+from dataflow_mm.imaging.nms import kept_indices
+from dataflow_mm.logger import get_logger
+from dataflow_mm.scoring._common import LazyScorer, batches, resolve_scorer_model
+from dataflow_mm.scoring.device import resolve_device
+
+log = get_logger("scoring.detection")
+DEFAULT_DETECTOR = "google/owlv2-base-patch16-ensemble"
+DETECTOR_MODEL_TYPES = ("owlv2", "owlvit")
+MIN_BOX_SIDE = 2.0  # pixels: thinner boxes (slivers at the padding's edge) are no object
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected box: pixel xyxy, the detector's score and the query it answers."""
+
+    box: Box
+    score: float
+    label: str
+
+
+class OwlDetector(LazyScorer):
+    """Text-queried boxes from an OWLv2 or OWL-ViT model (hub id or local folder)."""
+
+    def __init__(
+        self,
+        model_name_or_path: str | Path = DEFAULT_DETECTOR,
+        device: str = "auto",
+        batch_size: int = 16,
+        allow_tiny_fallback: bool = False,
+        hf_cache_dir: str | None = None,
+        hf_local_dir: str | None = None,
+        threshold: float = 0.05,
+        iou: float = 0.5,
+        max_boxes: int = 10,
+    ) -> None:
+        if str(model_name_or_path).endswith(".pt"):
+            raise UserError(
+                f"{model_name_or_path} looks like a FastSAM/YOLO checkpoint; this generator detects with an "
+                f"OWLv2 or OWL-ViT model loaded through transformers (default {DEFAULT_DETECTOR})"
+            )
+        if max_boxes < 1:
+            raise ValueError(f"max_boxes must be at least 1, not {max_boxes}")
+        super().__init__(model_name_or_path, device, batch_size, allow_tiny_fallback, hf_cache_dir, hf_local_dir)
+        self.threshold = float(threshold)
+        self.iou = float(iou)
+        self.max_boxes = int(max_boxes)
+        self._processor: Any = None
+        self._pads_to_square = True
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "detector": "owl",
+            "model": self.model_name_or_path,
+            "device": self.device,
+            "threshold": self.threshold,
+            "iou": self.iou,
+            "max_boxes": self.max_boxes,
+            "smoke_test_model": self.is_smoke_test_model,
+        }
+
+    def load(self) -> None:
+        """Resolve the folder and load processor and model once (no-op when loaded)."""
+        if self._model is not None:
+            return
+        transformers = require("transformers", "scoring")
+        self.device_in_use = resolve_device(self.device)
+        self._folder = resolve_scorer_model(
+            self.model_name_or_path, "owlv2", self.allow_tiny_fallback, self.hf_cache_dir, self.hf_local_dir
+        )
+        config = transformers.AutoConfig.from_pretrained(str(self._folder))
+        if config.model_type not in DETECTOR_MODEL_TYPES:
+            raise UserError(
+                f"{self._folder} holds a {config.model_type!r} model; the detector needs one of "
+                f"{', '.join(DETECTOR_MODEL_TYPES)} (OWLv2 / OWL-ViT)"
+            )
+        log.info(f"loading detector {self.model_name_or_path} from {self._folder} on {self.device_in_use}")
+        self._pads_to_square = config.model_type == "owlv2"
+        self._processor = transformers.AutoProcessor.from_pretrained(str(self._folder))
+        model = transformers.AutoModelForZeroShotObjectDetection.from_pretrained(str(self._folder))
+        self._model = model.to(self.device_in_use).eval()
+        self.stats.loads += 1
+
+    def cleanup(self) -> None:
+        """Release the model; the next call loads it again."""
+        if self._model is None:
+            return
+        self._model = None
+        self._processor = None
+        gc.collect()
+        torch = require("torch", "scoring")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def detect(self, images: Sequence[Image.Image], queries: Sequence[Sequence[str]]) -> list[list[Detection]]:
+        """For each image, the boxes of its queries (best first); images without queries get ``[]``."""
+        if len(images) != len(queries):
+            raise ValueError(f"detect needs one query list per image, got {len(images)} and {len(queries)}")
+        results: list[list[Detection]] = [[] for _ in images]
+        todo = [i for i, q in enumerate(queries) if len(q)]
+        if not todo:
+            return results
+        self.load()
+        for chunk in batches(todo, self.batch_size):
+            found = self._forward([images[i] for i in chunk], [[str(q) for q in queries[i]] for i in chunk])
+            for i, detections in zip(chunk, found, strict=True):
+                results[i] = detections
+        return results
+
+    def _forward(self, images: list[Image.Image], queries: list[list[str]]) -> list[list[Detection]]:
+        torch = require("torch", "scoring")
+        rgb = [image if image.mode == "RGB" else image.convert("RGB") for image in images]
+        inputs = self._processor(text=queries, images=rgb, return_tensors="pt", truncation=True)
+        inputs = inputs.to(self.device_in_use)
+        with torch.inference_mode():
+            output = self._model(**inputs)
+        self.stats.calls += 1
+        self.stats.items += len(images)
+        logits = output.logits.float().sigmoid().cpu()
+        boxes = output.pred_boxes.float().cpu()
+        return [self._select(logits[i], boxes[i], image.size, queries[i]) for i, image in enumerate(rgb)]
+
+    def _select(self, probs: Any, boxes: Any, size: tuple[int, int], queries: list[str]) -> list[Detection]:
+        """Threshold, best query per box, pixel boxes, NMS and the top ``max_boxes``."""
+        width, height = size
+        scale_x, scale_y = (max(size), max(size)) if self._pads_to_square else (width, height)
+        best, label = probs[:, : len(queries)].max(dim=-1)
+        candidates: list[Detection] = []
+        for score, query, (cx, cy, w, h) in zip(best.tolist(), label.tolist(), boxes.tolist(), strict=True):
+            if score < self.threshold:
+                continue
+            xyxy = ((cx - w / 2) * scale_x, (cy - h / 2) * scale_y, (cx + w / 2) * scale_x, (cy + h / 2) * scale_y)
+            try:
+                box = clip_box(xyxy, size)
+            except InvalidBoxError:  # empty, or outside the image (in OWLv2's padding)
+                continue
+            if min(box[2] - box[0], box[3] - box[1]) < MIN_BOX_SIDE:
+                continue
+            candidates.append(Detection(box, round(float(score), 6), queries[query]))
+        keep = kept_indices([c.box for c in candidates], [c.score for c in candidates], self.iou)
+        return [candidates[i] for i in keep[: self.max_boxes]]
