@@ -24,6 +24,7 @@ from dataflow_mm import (
     PipelineABC,
     PromptedVQAGenerator,
     RegionCaptionParser,
+    RegionCaptionVerifier,
     VLMServing,
 )
 from dataflow_mm.operators.image_bbox_generator import DEFAULT_REGION_PROMPT
@@ -37,11 +38,13 @@ from dataflow_mm.pipeline.script import (
     runner_from_args,
     serving_from_args,
 )
+from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM
 
 
 class ImageRegionCaptionPipeline(PipelineABC):
     """Three operators on one storage: ImageBboxGenerator (step 1), PromptedVQAGenerator (step 2),
-    RegionCaptionParser (step 3: ``region_captions``, one caption per box)."""
+    RegionCaptionParser (step 3: ``region_captions``, one caption per box); with ``verify_regions``,
+    RegionCaptionVerifier (step 4: ``region_caption_scores``, regions below ``min_region_score`` dropped)."""
 
     def __init__(
         self,
@@ -58,6 +61,10 @@ class ImageRegionCaptionPipeline(PipelineABC):
         chunk_size: int = 512,
         bbox_format: str = "xywh",
         structured_answer: bool = False,
+        verify_regions: bool = False,
+        min_region_score: float | None = None,
+        blip_model: str = DEFAULT_BLIP_ITM,
+        allow_tiny_fallback: bool = True,
     ) -> None:
         self.storage = FileStorage(
             first_entry_file_name=first_entry_file,
@@ -77,6 +84,13 @@ class ImageRegionCaptionPipeline(PipelineABC):
         self.bbox_generator = ImageBboxGenerator(config=self.cfg, prompt_template=prompt)
         self.caption_generator = PromptedVQAGenerator(serving=self.serving)
         self.region_parser = RegionCaptionParser()
+        self.region_verifier = (
+            RegionCaptionVerifier(
+                min_region_score=min_region_score, hf_blip=blip_model, allow_tiny_fallback=allow_tiny_fallback
+            )
+            if verify_regions
+            else None
+        )
         self.input_image_key = input_image_key
         self.input_bbox_key = input_bbox_key
 
@@ -96,6 +110,13 @@ class ImageRegionCaptionPipeline(PipelineABC):
             input_answer_key="answer",
             input_count_key="valid_bboxes_num",
         )
+        if self.region_verifier is not None:
+            self.region_verifier.run(
+                storage=self.storage.step(),
+                input_image_key=self.input_image_key,
+                input_bbox_key="normalized_bbox",
+                input_captions_key="region_captions",
+            )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -123,7 +144,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="append an instruction asking for one '<regionK>: ...' line per region (reliable region_captions)",
     )
-    return parser.parse_args(argv)
+    verify = parser.add_argument_group("region verification")
+    verify.add_argument(
+        "--verify_regions",
+        action="store_true",
+        help="score each region caption against its box's crop with BLIP image-text matching (step 4)",
+    )
+    verify.add_argument(
+        "--min_region_score",
+        type=float,
+        default=None,
+        help="regions whose caption scores below this (0-1) move to bbox_dropped; implies --verify_regions",
+    )
+    verify.add_argument("--blip_model", default=DEFAULT_BLIP_ITM, help="BLIP ITM model (hub id or folder)")
+    args = parser.parse_args(argv)
+    if args.min_region_score is not None:
+        if not 0.0 <= args.min_region_score <= 1.0:
+            parser.error(f"--min_region_score must be within [0, 1], not {args.min_region_score}")
+        args.verify_regions = True  # a threshold implies verification
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,11 +181,17 @@ def main(argv: list[str] | None = None) -> None:
         chunk_size=args.chunk_size,
         bbox_format=args.bbox_format,
         structured_answer=args.structured_answer,
+        verify_regions=args.verify_regions,
+        min_region_score=args.min_region_score,
+        blip_model=args.blip_model,
+        allow_tiny_fallback=not args.no_tiny_fallback,
     )
     try:
         pipeline.run(runner=runner_from_args(args))
     finally:
         pipeline.serving.cleanup()
+        if pipeline.region_verifier is not None:
+            pipeline.region_verifier.scorer.cleanup()
 
 
 if __name__ == "__main__":
