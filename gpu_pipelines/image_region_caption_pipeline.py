@@ -8,7 +8,8 @@ Run it from the folder `dataflowmm init` made:
 Re-running the same command skips completed steps; change a parameter and it reruns from there.
 The answer about all regions is also split into ``region_captions`` (one caption per box); the
 run summary reports the share of regions that got one. ``--structured_answer`` asks the model for
-one ``<regionK>: ...`` line per region, which makes that split reliable (the default prompt is the
+one ``<regionK>: ...`` line per region, which makes that split reliable; ``--structured_answer json``
+constrains the answer to a JSON object with one caption per region (the default prompt is the
 seed's, unchanged).
 """
 
@@ -28,7 +29,12 @@ from dataflow_mm import (
     VLMServing,
 )
 from dataflow_mm.operators.image_bbox_generator import DEFAULT_REGION_PROMPT
-from dataflow_mm.operators.region_captions import STRUCTURED_ANSWER_INSTRUCTION
+from dataflow_mm.operators.region_captions import (
+    STRUCTURED_ANSWER_FORMATS,
+    STRUCTURED_ANSWER_INSTRUCTION,
+    STRUCTURED_JSON_INSTRUCTION,
+    RegionAnswerSchema,
+)
 from dataflow_mm.pipeline.script import (
     add_bbox_format_arg,
     add_runner_args,
@@ -60,7 +66,8 @@ class ImageRegionCaptionPipeline(PipelineABC):
         output_image_with_bbox_path: str | None = "./cache/image_region_caption/image_with_bbox_result.jsonl",
         chunk_size: int = 512,
         bbox_format: str = "xywh",
-        structured_answer: bool = False,
+        structured_answer: bool | str | None = None,
+        max_caption_chars: int | None = None,
         verify_regions: bool = False,
         min_region_score: float | None = None,
         blip_model: str = DEFAULT_BLIP_ITM,
@@ -80,9 +87,18 @@ class ImageRegionCaptionPipeline(PipelineABC):
             bbox_format=bbox_format,
         )
         self.serving = serving
-        prompt = DEFAULT_REGION_PROMPT + (STRUCTURED_ANSWER_INSTRUCTION if structured_answer else "")
+        answer_format = "lines" if structured_answer is True else (structured_answer or None)
+        if answer_format not in (None, *STRUCTURED_ANSWER_FORMATS):
+            raise ValueError(f"structured_answer must be one of {STRUCTURED_ANSWER_FORMATS}, not {structured_answer!r}")
+        instruction = {None: "", "lines": STRUCTURED_ANSWER_INSTRUCTION, "json": STRUCTURED_JSON_INSTRUCTION}
+        prompt = DEFAULT_REGION_PROMPT + instruction[answer_format]
         self.bbox_generator = ImageBboxGenerator(config=self.cfg, prompt_template=prompt)
-        self.caption_generator = PromptedVQAGenerator(serving=self.serving)
+        schema = (
+            RegionAnswerSchema(serving.sampling.max_tokens, max_boxes, max_caption_chars)
+            if answer_format == "json"
+            else None
+        )
+        self.caption_generator = PromptedVQAGenerator(serving=self.serving, response_schema=schema)
         self.region_parser = RegionCaptionParser()
         self.region_verifier = (
             RegionCaptionVerifier(
@@ -141,8 +157,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--structured_answer",
-        action="store_true",
-        help="append an instruction asking for one '<regionK>: ...' line per region (reliable region_captions)",
+        nargs="?",
+        const="lines",
+        default=None,
+        choices=STRUCTURED_ANSWER_FORMATS,
+        help="lines (the flag alone): ask for one '<regionK>: ...' line per region; json: constrain the answer "
+        'to exactly {"region1": "...", ..., "regionN": "..."} (structured output, every backend)',
+    )
+    parser.add_argument(
+        "--max_caption_chars",
+        type=int,
+        default=None,
+        help="--structured_answer json: longest caption per region (default: as long as max_tokens allows, <= 300)",
     )
     verify = parser.add_argument_group("region verification")
     verify.add_argument(
@@ -181,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         chunk_size=args.chunk_size,
         bbox_format=args.bbox_format,
         structured_answer=args.structured_answer,
+        max_caption_chars=args.max_caption_chars,
         verify_regions=args.verify_regions,
         min_region_score=args.min_region_score,
         blip_model=args.blip_model,

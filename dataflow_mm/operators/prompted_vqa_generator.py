@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -10,6 +11,7 @@ from dataflow_mm.errors import ERROR_COLUMN, MissingFieldError, RowError, row_er
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.serving.base import Conversation, VLMServing
 from dataflow_mm.serving.messages import build_conversation
+from dataflow_mm.serving.structured import schema_text
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.media import resolve_media_path
 
@@ -54,12 +56,32 @@ def conversation_from_turns(turns: Any, images: list[Any], system_prompt: str) -
     return messages
 
 
-class PromptedVQAGenerator(OperatorABC):
-    """Answer each row's prompt (or conversation) about its image with the given serving."""
+class ResponseSchema(Protocol):
+    """Gives each row the JSON schema its answer must match (e.g. ``RegionAnswerSchema``)."""
 
-    def __init__(self, serving: VLMServing, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> None:
+    def for_row(self, row: dict[str, Any]) -> dict[str, Any] | None: ...
+
+    def input_columns(self) -> list[str]: ...
+
+    def params(self) -> dict[str, Any]: ...
+
+
+class PromptedVQAGenerator(OperatorABC):
+    """Answer each row's prompt (or conversation) about its image with the given serving.
+
+    With ``response_schema``, each row's answer is constrained to the JSON schema it gives that
+    row (structured output); rows sharing a schema go to the serving in one batched call.
+    """
+
+    def __init__(
+        self,
+        serving: VLMServing,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        response_schema: ResponseSchema | None = None,
+    ) -> None:
         self.serving = serving
         self.system_prompt = system_prompt
+        self.response_schema = response_schema
         self._media_root = None
 
     def run(
@@ -86,13 +108,16 @@ class PromptedVQAGenerator(OperatorABC):
         **_: Any,
     ) -> list[str]:
         text_key = input_conversation_key or input_prompt_key
-        return [k for k in (text_key, input_image_key) if k]
+        schema_keys = self.response_schema.input_columns() if self.response_schema else []
+        return [k for k in (text_key, input_image_key, *schema_keys) if k]
 
     def output_columns(self, output_answer_key: str = "answer", **_: Any) -> list[str]:
         return [output_answer_key]
 
     def params(self) -> dict[str, Any]:
-        return {"system_prompt": self.system_prompt}
+        if self.response_schema is None:
+            return {"system_prompt": self.system_prompt}
+        return {"system_prompt": self.system_prompt, "response_schema": self.response_schema.params()}
 
     def provenance(self) -> dict[str, Any]:
         return self.serving.describe()
@@ -111,19 +136,24 @@ class PromptedVQAGenerator(OperatorABC):
         out = frame.copy()
         errors = out[ERROR_COLUMN].tolist()
         answers: list[str | None] = [None] * len(out)
-        conversations: list[Conversation] = []
-        positions: list[int] = []
+        groups: dict[str, tuple[dict[str, Any] | None, list[int], list[Conversation]]] = {}
         for position, row in enumerate(out.to_dict(orient="records")):
             try:
-                conversations.append(self._conversation(row, input_prompt_key, input_image_key, input_conversation_key))
-                positions.append(position)
+                conversation = self._conversation(row, input_prompt_key, input_image_key, input_conversation_key)
             except RowError as exc:
                 errors[position] = row_error_text(exc)
-        for position, completion in zip(positions, self.serving.chat(conversations), strict=True):
-            if completion.ok:
-                answers[position] = completion.text
-            else:
-                errors[position] = completion.error
+                continue
+            schema = self.response_schema.for_row(row) if self.response_schema else None
+            group = groups.setdefault(schema_text(schema) if schema else "", (schema, [], []))
+            group[1].append(position)
+            group[2].append(conversation)
+        for schema, positions, conversations in groups.values():
+            sampling = replace(self.serving.sampling, response_schema=schema) if schema else None
+            for position, completion in zip(positions, self.serving.chat(conversations, sampling), strict=True):
+                if completion.ok:
+                    answers[position] = completion.text
+                else:
+                    errors[position] = completion.error
         out[output_answer_key] = answers
         out[ERROR_COLUMN] = errors
         return out

@@ -31,13 +31,19 @@ class SamplingParams:
     top_p: float = 0.9
     max_tokens: int = 512
     seed: int | None = None
+    # A JSON schema every answer must match (structured output), or None for free text.
+    # Each backend translates it in ``dataflow_mm.serving.structured``.
+    response_schema: dict[str, Any] | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data.get("response_schema") is None:
+            data.pop("response_schema", None)  # free text: the record stays as it was before schemas existed
+        return data
 
 
 @dataclass

@@ -22,6 +22,7 @@ from PIL import Image
 from dataflow_mm.deps import is_importable, require
 from dataflow_mm.errors import ModelNotAvailableError, RowError, ServingError, UserError, row_error_text
 from dataflow_mm.logger import get_logger
+from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import split_images, to_pil
 from dataflow_mm.serving.model_resolver import config_sha256, resolve_model_path
@@ -117,6 +118,7 @@ class LocalModelVLMServing_hf(VLMServing):
         self._counter: PromptTokenCounter | None = None
         self._model: Any = None
         self._processor: Any = None
+        self._grammars: structured.XGrammarProcessors | None = None
         self._torch_dtype: Any = None
 
     # ------------------------------------------------------------ properties
@@ -205,6 +207,7 @@ class LocalModelVLMServing_hf(VLMServing):
             return
         self._model = None
         self._processor = None
+        self._grammars = None
         self._counter = None
         gc.collect()
         torch = require("torch", "hf")
@@ -270,7 +273,16 @@ class LocalModelVLMServing_hf(VLMServing):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
+        if sampling.response_schema is not None:
+            kwargs["logits_processor"] = [self._structured_processors().processor(sampling.response_schema)]
         return kwargs
+
+    def _structured_processors(self) -> structured.XGrammarProcessors:
+        """Grammar processors for structured answers, built once per loaded model."""
+        if self._grammars is None:
+            vocab_size = self._model.config.get_text_config().vocab_size
+            self._grammars = structured.XGrammarProcessors(self._processor.tokenizer, vocab_size, self._eos_ids())
+        return self._grammars
 
     def _eos_ids(self) -> set[int]:
         eos = self._model.generation_config.eos_token_id

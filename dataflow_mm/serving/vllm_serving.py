@@ -35,6 +35,7 @@ from dataflow_mm.errors import (
     row_error_text,
 )
 from dataflow_mm.logger import get_logger
+from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import split_images, to_pil
 
@@ -194,6 +195,7 @@ class LocalModelVLMServing_vllm(VLMServing):
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "enforce_eager": self.enforce_eager,
             "limit_mm_per_prompt": {"image": self.limit_mm_per_prompt, "video": 0},
+            "structured_outputs_config": dict(structured.ENGINE_CONFIG),
         }
         if self.max_model_len is not None:
             args["max_model_len"] = int(self.max_model_len)
@@ -355,6 +357,8 @@ class LocalModelVLMServing_vllm(VLMServing):
             kwargs.update(temperature=float(sampling.temperature), top_p=float(sampling.top_p))
         if sampling.seed is not None:
             kwargs["seed"] = int(sampling.seed)
+        if sampling.response_schema is not None:
+            kwargs["structured_outputs"] = structured.vllm_structured_outputs(sampling.response_schema)
         return self._vllm.SamplingParams(**kwargs)
 
     def _generate(self, llm: Any, requests: list[dict[str, Any]], params: Any) -> list[Completion]:
