@@ -168,7 +168,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max_caption_chars",
         type=int,
         default=None,
-        help="--structured_answer json: longest caption per region (default: as long as max_tokens allows, <= 300)",
+        help="--structured_answer json: longest caption per region (default: as long as max_tokens allows, <= 128)",
     )
     verify = parser.add_argument_group("region verification")
     verify.add_argument(

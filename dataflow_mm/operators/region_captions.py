@@ -66,7 +66,7 @@ STRUCTURED_ANSWER_FORMATS = ("lines", "json")
 # so one character is one byte is at most one token (the length bound is a token bound).
 _CAPTION_FIRST = r"[!#-\[\]-~]"
 _CAPTION_REST = r"[ !#-\[\]-~]"
-MAX_CAPTION_CHARS = 300
+MAX_CAPTION_CHARS = 128  # xgrammar 0.2.8 fails to compile a longer bounded repetition inside a JSON schema
 MIN_CAPTION_CHARS = 16
 _REGION_KEY = re.compile(r"^region(\d{1,3})$")
 

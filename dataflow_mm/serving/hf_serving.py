@@ -243,6 +243,11 @@ class LocalModelVLMServing_hf(VLMServing):
         Images are decoded batch by batch, so memory holds one batch of images at a time.
         """
         self.load()
+        if sampling.response_schema is not None:
+            try:
+                self._structured_processors().compile(sampling.response_schema)
+            except ServingError as exc:  # every request of this call shares the schema
+                return [Completion(text=None, error=row_error_text(exc)) for _ in conversations]
         if sampling.seed is not None:
             require("torch", "hf").manual_seed(sampling.seed)
         results: list[Completion | None] = [None] * len(conversations)

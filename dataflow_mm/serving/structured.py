@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from dataflow_mm.deps import require
+from dataflow_mm.errors import ServingError
 
 # Passed to vllm.LLM (structured_outputs_config): xgrammar, no free whitespace.
 ENGINE_CONFIG: dict[str, Any] = {"backend": "xgrammar", "disable_any_whitespace": True}
@@ -73,11 +74,18 @@ class XGrammarProcessors:
         self._compiler = self._xgr.GrammarCompiler(info)
         self._compiled: dict[str, Any] = {}
 
+    def compile(self, schema: dict[str, Any]) -> Any:
+        """The compiled grammar of ``schema`` (cached); a ServingError when xgrammar cannot compile it."""
+        key = schema_text(schema)
+        if key not in self._compiled:
+            try:
+                self._compiled[key] = self._compiler.compile_json_schema(key, **_COMPACT)
+            except Exception as exc:  # xgrammar raises RuntimeError with its C++ check message
+                raise ServingError(f"xgrammar could not compile the answer schema: {str(exc)[:300]}") from exc
+        return self._compiled[key]
+
     def processor(self, schema: dict[str, Any]) -> Any:
         """A fresh processor for one ``generate`` call (xgrammar's processors hold per-call state)."""
         from xgrammar.contrib.hf import LogitsProcessor
 
-        key = schema_text(schema)
-        if key not in self._compiled:
-            self._compiled[key] = self._compiler.compile_json_schema(key, **_COMPACT)
-        return LogitsProcessor(self._compiled[key])
+        return LogitsProcessor(self.compile(schema))

@@ -67,11 +67,13 @@ def test_schema_size_fits_max_tokens_for_every_region_count() -> None:
     schema = RegionAnswerSchema(max_tokens=512, max_boxes=10)
     for n in range(1, 11):
         assert structured_answer_overhead(n) + n * schema.chars_for(n) <= 512
-    assert schema.chars_for(1) == 300 and schema.chars_for(10) == 36
+    assert schema.chars_for(1) == 128 and schema.chars_for(10) == 36
     with pytest.raises(UserError, match=r"max_tokens >= 312 \(got 100\)"):
         RegionAnswerSchema(max_tokens=100, max_boxes=10)
-    with pytest.raises(UserError, match="max_tokens >= 2152"):
-        RegionAnswerSchema(max_tokens=512, max_boxes=10, max_caption_chars=200)
+    with pytest.raises(UserError, match="max_tokens >= 1352"):
+        RegionAnswerSchema(max_tokens=512, max_boxes=10, max_caption_chars=120)
+    with pytest.raises(UserError, match=r"within 1\.\.128"):
+        RegionAnswerSchema(max_tokens=4096, max_boxes=1, max_caption_chars=200)
 
 
 def test_json_answers_are_read_by_key_and_free_text_still_parses() -> None:
@@ -130,3 +132,21 @@ def test_the_script_refuses_a_max_tokens_too_small_before_any_model_loads(tmp_pa
     assert exited.value.code == 2
     assert "max_tokens >= 312 (got 64)" in capsys.readouterr().err
     assert script.parse_args(["--structured_answer"]).structured_answer == "lines"
+
+
+@pytest.mark.slow
+def test_a_schema_xgrammar_cannot_compile_is_an_error_for_each_row_not_a_crash(tiny_qwen_dir: Path, tmp_path) -> None:
+    from PIL import Image
+
+    from dataflow_mm.serving.base import SamplingParams
+    from dataflow_mm.serving.messages import build_conversation
+
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "a.png")
+    serving = LocalModelVLMServing_hf(str(tiny_qwen_dir), device="cpu", dtype="float32", max_tokens=8)
+    too_long = region_answer_schema(1, 300)  # xgrammar 0.2.8 cannot compile {0,299} inside a JSON schema
+    answers = serving.chat(
+        [build_conversation("hi", [tmp_path / "a.png"])] * 2, SamplingParams(max_tokens=8, response_schema=too_long)
+    )
+    assert [a.text for a in answers] == [None, None]
+    assert all(a.error.startswith("ServingError: xgrammar could not compile the answer schema") for a in answers)
+    serving.cleanup()
