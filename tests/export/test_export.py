@@ -185,3 +185,38 @@ def test_a_table_with_nothing_to_export_is_one_line_and_exit_2(tmp_path: Path, c
     step = write_jsonl(tmp_path / "x_step1.jsonl", [{"image": "a.jpg"}])
     assert cli_main(["export", str(step), "--format", "llava", "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith("error: nothing to export")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep_panels", [True, False])
+def test_a_real_imgdiff_run_exports_one_sample_per_kept_box(
+    tmp_path: Path, tiny_blip_dir: Path, tiny_clip_dir: Path, keep_panels: bool
+) -> None:
+    from dataflow_mm.testing.fake_serving import FakeVLMServing
+    from dataflow_mm.testing.imgdiff_pairs import write_imgdiff_table
+
+    table = write_imgdiff_table(tmp_path / "pairs", n_pairs=3, n_boxes=2)
+    pipeline = load_pipeline_script("imgdiff_pipeline").ImgDiffPipeline(
+        FakeVLMServing(),
+        first_entry_file=str(table),
+        cache_path=str(tmp_path / "cache"),
+        blip_model=str(tiny_blip_dir),
+        similarity_model=str(tiny_clip_dir),
+        itm_min_score=0.0,
+        similarity_min_score=-1.0,
+        keep_difference_images=keep_panels,
+        allow_tiny_fallback=False,
+    )
+    pipeline.run()
+    pipeline.cleanup()
+    rows = [json.loads(line) for line in (tmp_path / "cache" / "imgdiff_step5.jsonl").read_text().splitlines()]
+    kept = sum(1 for row in rows for d in row["bbox_decisions"] if d["kept"])
+    stats = export_run(tmp_path / "cache", "llava", tmp_path / "out", copy_images=True)
+    assert stats.kind == "imgdiff" and stats.rows_in == 3 and stats.samples == kept > 0
+    data = datasets.load_dataset("json", data_files=str(tmp_path / "out" / "llava.json"), split="train")
+    for record in data:
+        images = record["image"] if isinstance(record["image"], list) else [record["image"]]
+        assert len(images) == (1 if keep_panels else 2)
+        assert all((tmp_path / "out" / image).is_file() for image in images)
+        question = record["conversations"][0]["value"]
+        assert question.count("<image>") == len(images) and "difference" in question
