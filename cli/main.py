@@ -1,4 +1,4 @@
-"""The ``dataflowmm`` command: init, env, list."""
+"""The ``dataflowmm`` command: init, env, list, report, export."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
+from cli.export import add_export_parser
 from cli.report import add_report_parser
 from cli.scaffold import init_workspace, template_files
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("env", help="show versions, GPU and the default backend").set_defaults(func=cmd_env)
     commands.add_parser("list", help="list pipelines, operators and backends").set_defaults(func=cmd_list)
     add_report_parser(commands)
+    add_export_parser(commands)
     return parser
 
 

@@ -17,6 +17,7 @@ _EXPORTS = {
     "ExistingBBoxDataGenConfig": "dataflow_mm.operators.image_bbox_generator",
     "PromptedVQAGenerator": "dataflow_mm.operators.prompted_vqa_generator",
     "RegionCaptionParser": "dataflow_mm.operators.region_captions",
+    "RegionCaptionVerifier": "dataflow_mm.operators.region_caption_verifier",
     "ImgDiffDifferenceCaptionGenerator": "dataflow_mm.operators.imgdiff_difference_caption_generator",
     "ImgDiffDifferenceAreaProposer": "dataflow_mm.operators.imgdiff_area_proposer",
     "ImgDiffRegionCaptioner": "dataflow_mm.operators.imgdiff_region_captioner",

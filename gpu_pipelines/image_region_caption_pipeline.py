@@ -8,7 +8,8 @@ Run it from the folder `dataflowmm init` made:
 Re-running the same command skips completed steps; change a parameter and it reruns from there.
 The answer about all regions is also split into ``region_captions`` (one caption per box); the
 run summary reports the share of regions that got one. ``--structured_answer`` asks the model for
-one ``<regionK>: ...`` line per region, which makes that split reliable (the default prompt is the
+one ``<regionK>: ...`` line per region, which makes that split reliable; ``--structured_answer json``
+constrains the answer to a JSON object with one caption per region (the default prompt is the
 seed's, unchanged).
 """
 
@@ -24,10 +25,16 @@ from dataflow_mm import (
     PipelineABC,
     PromptedVQAGenerator,
     RegionCaptionParser,
+    RegionCaptionVerifier,
     VLMServing,
 )
 from dataflow_mm.operators.image_bbox_generator import DEFAULT_REGION_PROMPT
-from dataflow_mm.operators.region_captions import STRUCTURED_ANSWER_INSTRUCTION
+from dataflow_mm.operators.region_captions import (
+    STRUCTURED_ANSWER_FORMATS,
+    STRUCTURED_ANSWER_INSTRUCTION,
+    STRUCTURED_JSON_INSTRUCTION,
+    RegionAnswerSchema,
+)
 from dataflow_mm.pipeline.arg_checks import check_args
 from dataflow_mm.pipeline.script import (
     add_bbox_format_arg,
@@ -38,11 +45,13 @@ from dataflow_mm.pipeline.script import (
     runner_from_args,
     serving_from_args,
 )
+from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM
 
 
 class ImageRegionCaptionPipeline(PipelineABC):
     """Three operators on one storage: ImageBboxGenerator (step 1), PromptedVQAGenerator (step 2),
-    RegionCaptionParser (step 3: ``region_captions``, one caption per box)."""
+    RegionCaptionParser (step 3: ``region_captions``, one caption per box); with ``verify_regions``,
+    RegionCaptionVerifier (step 4: ``region_caption_scores``, regions below ``min_region_score`` dropped)."""
 
     def __init__(
         self,
@@ -59,7 +68,12 @@ class ImageRegionCaptionPipeline(PipelineABC):
         chunk_size: int = 512,
         wait_for_lock: bool = False,
         bbox_format: str = "xywh",
-        structured_answer: bool = False,
+        structured_answer: bool | str | None = None,
+        max_caption_chars: int | None = None,
+        verify_regions: bool = False,
+        min_region_score: float | None = None,
+        blip_model: str = DEFAULT_BLIP_ITM,
+        allow_tiny_fallback: bool = True,
     ) -> None:
         self.storage = FileStorage(
             first_entry_file_name=first_entry_file,
@@ -76,10 +90,26 @@ class ImageRegionCaptionPipeline(PipelineABC):
             bbox_format=bbox_format,
         )
         self.serving = serving
-        prompt = DEFAULT_REGION_PROMPT + (STRUCTURED_ANSWER_INSTRUCTION if structured_answer else "")
+        answer_format = "lines" if structured_answer is True else (structured_answer or None)
+        if answer_format not in (None, *STRUCTURED_ANSWER_FORMATS):
+            raise ValueError(f"structured_answer must be one of {STRUCTURED_ANSWER_FORMATS}, not {structured_answer!r}")
+        instruction = {None: "", "lines": STRUCTURED_ANSWER_INSTRUCTION, "json": STRUCTURED_JSON_INSTRUCTION}
+        prompt = DEFAULT_REGION_PROMPT + instruction[answer_format]
         self.bbox_generator = ImageBboxGenerator(config=self.cfg, prompt_template=prompt)
-        self.caption_generator = PromptedVQAGenerator(serving=self.serving)
+        schema = (
+            RegionAnswerSchema(serving.sampling.max_tokens, max_boxes, max_caption_chars)
+            if answer_format == "json"
+            else None
+        )
+        self.caption_generator = PromptedVQAGenerator(serving=self.serving, response_schema=schema)
         self.region_parser = RegionCaptionParser()
+        self.region_verifier = (
+            RegionCaptionVerifier(
+                min_region_score=min_region_score, hf_blip=blip_model, allow_tiny_fallback=allow_tiny_fallback
+            )
+            if verify_regions
+            else None
+        )
         self.input_image_key = input_image_key
         self.input_bbox_key = input_bbox_key
 
@@ -99,6 +129,13 @@ class ImageRegionCaptionPipeline(PipelineABC):
             input_answer_key="answer",
             input_count_key="valid_bboxes_num",
         )
+        if self.region_verifier is not None:
+            self.region_verifier.run(
+                storage=self.storage.step(),
+                input_image_key=self.input_image_key,
+                input_bbox_key="normalized_bbox",
+                input_captions_key="region_captions",
+            )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -123,10 +160,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--structured_answer",
-        action="store_true",
-        help="append an instruction asking for one '<regionK>: ...' line per region (reliable region_captions)",
+        nargs="?",
+        const="lines",
+        default=None,
+        choices=STRUCTURED_ANSWER_FORMATS,
+        help="lines (the flag alone): ask for one '<regionK>: ...' line per region; json: constrain the answer "
+        'to exactly {"region1": "...", ..., "regionN": "..."} (structured output, every backend)',
     )
-    return check_args(parser.parse_args(argv))
+    parser.add_argument(
+        "--max_caption_chars",
+        type=int,
+        default=None,
+        help="--structured_answer json: longest caption per region (default: as long as max_tokens allows, <= 128)",
+    )
+    verify = parser.add_argument_group("region verification")
+    verify.add_argument(
+        "--verify_regions",
+        action="store_true",
+        help="score each region caption against its box's crop with BLIP image-text matching (step 4)",
+    )
+    verify.add_argument(
+        "--min_region_score",
+        type=float,
+        default=None,
+        help="regions whose caption scores below this (0-1) move to bbox_dropped; implies --verify_regions",
+    )
+    verify.add_argument("--blip_model", default=DEFAULT_BLIP_ITM, help="BLIP ITM model (hub id or folder)")
+    args = parser.parse_args(argv)
+    if args.min_region_score is not None:
+        if not 0.0 <= args.min_region_score <= 1.0:
+            parser.error(f"--min_region_score must be within [0, 1], not {args.min_region_score}")
+        args.verify_regions = True  # a threshold implies verification
+    return check_args(args)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,11 +211,18 @@ def main(argv: list[str] | None = None) -> None:
         wait_for_lock=args.wait_for_lock,
         bbox_format=args.bbox_format,
         structured_answer=args.structured_answer,
+        max_caption_chars=args.max_caption_chars,
+        verify_regions=args.verify_regions,
+        min_region_score=args.min_region_score,
+        blip_model=args.blip_model,
+        allow_tiny_fallback=not args.no_tiny_fallback,
     )
     try:
         pipeline.run(runner=runner_from_args(args))
     finally:
         pipeline.serving.cleanup()
+        if pipeline.region_verifier is not None:
+            pipeline.region_verifier.scorer.cleanup()
 
 
 if __name__ == "__main__":

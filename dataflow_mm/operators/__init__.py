@@ -10,6 +10,7 @@ from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFil
 from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
 from dataflow_mm.operators.prompted_vqa_generator import PromptedVQAGenerator
+from dataflow_mm.operators.region_caption_verifier import RegionCaptionVerifier
 from dataflow_mm.operators.region_captions import RegionCaptionParser, parse_region_captions
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "OperatorABC",
     "PromptedVQAGenerator",
     "RegionCaptionParser",
+    "RegionCaptionVerifier",
     "StepResult",
     "parse_region_captions",
 ]

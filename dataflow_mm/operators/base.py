@@ -17,6 +17,7 @@ columns, and which calls ``self.execute(storage, **keys)``. Everything else live
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from abc import ABC, abstractmethod
@@ -56,6 +57,9 @@ PROVENANCE_COLUMN = "provenance"
 NON_ERROR_VALUES_METRIC = "input_error_values_ignored"
 TRUNCATED_COLUMN = "truncated"  # True on rows whose model answer stopped at max_tokens
 RATE_SUFFIX = "_total"
+HISTOGRAM_MARK = "_hist"
+HISTOGRAM_BINS = 10
+_HISTOGRAM_KEY = re.compile(rf"^(?P<name>.+){HISTOGRAM_MARK}(?P<bin>\d{{2}})$")
 
 
 def count_non_error_values(frame: pd.DataFrame) -> int:
@@ -78,11 +82,37 @@ def metric_rates(metrics: dict[str, float]) -> dict[str, float]:
     }
 
 
+def histogram_metrics(name: str, values: list[float], bins: int = HISTOGRAM_BINS) -> dict[str, int]:
+    """Counts of ``values`` (in [0, 1]) in ``bins`` equal bins, as metrics ``{name}_hist00`` .. (summable per chunk)."""
+    counts = [0] * bins
+    for value in values:
+        counts[min(bins - 1, max(0, int(float(value) * bins)))] += 1
+    return {f"{name}{HISTOGRAM_MARK}{index:02d}": count for index, count in enumerate(counts)}
+
+
+def histograms(metrics: dict[str, float]) -> dict[str, list[int]]:
+    """The histograms among ``metrics`` (see :func:`histogram_metrics`): name -> counts per bin, in order."""
+    found: dict[str, dict[int, int]] = {}
+    for key, value in metrics.items():
+        match = _HISTOGRAM_KEY.match(key)
+        if match:
+            found.setdefault(match["name"], {})[int(match["bin"])] = int(value)
+    return {name: [bins.get(i, 0) for i in range(max(bins) + 1)] for name, bins in sorted(found.items())}
+
+
 def describe_metrics(metrics: dict[str, float]) -> str:
-    """``region_captions_parsed 7/9 (77.8%), other 3``: each ``X``/``X_total`` pair shown as a rate."""
-    parts = []
+    """``region_captions_parsed 7/9 (77.8%), other 3``: each ``X``/``X_total`` pair shown as a rate.
+
+    A histogram (``X_hist00`` ..) is shown as one item: ``X per 0.1 bin [0 2 5 ...]``.
+    """
+    parts = [
+        f"{name} per {1 / len(counts):g} bin [{' '.join(str(c) for c in counts)}]"
+        for name, counts in histograms(metrics).items()
+    ]
     for name, value in sorted(metrics.items()):
         if name.endswith(RATE_SUFFIX) and name[: -len(RATE_SUFFIX)] in metrics:
+            continue
+        if _HISTOGRAM_KEY.match(name):
             continue
         total = metrics.get(name + RATE_SUFFIX)
         if total is not None:

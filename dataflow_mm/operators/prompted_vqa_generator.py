@@ -6,7 +6,8 @@ Each answered row also gets ``truncated``: True when the answer stopped at ``max
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -22,6 +23,7 @@ from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import TRUNCATED_COLUMN, OperatorABC
 from dataflow_mm.serving.base import Conversation, VLMServing
 from dataflow_mm.serving.messages import build_conversation
+from dataflow_mm.serving.structured import schema_text
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.media import resolve_media_path
 
@@ -69,25 +71,39 @@ def conversation_from_turns(turns: Any, images: list[Any], system_prompt: str) -
     return messages
 
 
+class ResponseSchema(Protocol):
+    """Gives each row the JSON schema its answer must match (e.g. ``RegionAnswerSchema``)."""
+
+    def for_row(self, row: dict[str, Any]) -> dict[str, Any] | None: ...
+
+    def input_columns(self) -> list[str]: ...
+
+    def params(self) -> dict[str, Any]: ...
+
+
 class PromptedVQAGenerator(OperatorABC):
     """Answer each row's prompt (or conversation) about its image(s) with the given serving.
 
-    The image cell may hold any form :mod:`dataflow_mm.storage.media` reads; every image of a list
-    cell goes into the request, in order (DataFlow-MM's ``"image": ["./a.jpg", ...]`` rows).
-
-    Images: the image column may hold one path or a list of paths (DataFlow-MM's sample format);
-    every image of the list goes into the request, in order. Under the default key ``image``, a
-    table (or row) without an image is asked text-only; a key the caller named must hold an image.
-    ``prompt_template`` (DataFlow-MM's): a string, or an object with ``build_prompt()``, that
-    replaces the text of each conversation's first user turn.
+    Images: the image cell may hold any form :mod:`dataflow_mm.storage.media` reads; every image of
+    a list cell goes into the request, in order (DataFlow-MM's ``"image": ["./a.jpg", ...]`` rows).
+    Under the default key ``image``, a table (or row) without an image is asked text-only; a key the
+    caller named must hold an image. ``prompt_template`` (DataFlow-MM's): a string, or an object with
+    ``build_prompt()``, that replaces the text of each conversation's first user turn.
+    With ``response_schema``, each row's answer is constrained to the JSON schema it gives that
+    row (structured output); rows sharing a schema go to the serving in one batched call.
     """
 
     def __init__(
-        self, serving: VLMServing, system_prompt: str = DEFAULT_SYSTEM_PROMPT, prompt_template: Any = None
+        self,
+        serving: VLMServing,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        prompt_template: Any = None,
+        response_schema: ResponseSchema | None = None,
     ) -> None:
         self.serving = serving
         self.system_prompt = system_prompt
         self.template_text = _template_text(prompt_template)
+        self.response_schema = response_schema
         self._media_root = None
 
     def run(
@@ -123,7 +139,8 @@ class PromptedVQAGenerator(OperatorABC):
     ) -> list[str]:
         text_key = input_conversation_key or input_prompt_key
         image_key = input_image_key if input_image_key != DEFAULT_IMAGE_KEY else None  # default: optional
-        return [k for k in (text_key, image_key) if k]
+        schema_keys = self.response_schema.input_columns() if self.response_schema else []
+        return [k for k in (text_key, image_key, *schema_keys) if k]
 
     def output_columns(self, output_answer_key: str = "answer", **_: Any) -> list[str]:
         return [output_answer_key, TRUNCATED_COLUMN]
@@ -132,6 +149,8 @@ class PromptedVQAGenerator(OperatorABC):
         params: dict[str, Any] = {"system_prompt": self.system_prompt}
         if self.template_text is not None:
             params["prompt_template"] = self.template_text
+        if self.response_schema is not None:
+            params["response_schema"] = self.response_schema.params()
         return params
 
     def provenance(self) -> dict[str, Any]:
@@ -152,28 +171,33 @@ class PromptedVQAGenerator(OperatorABC):
         errors = out[ERROR_COLUMN].tolist()
         answers: list[str | None] = [None] * len(out)
         truncated: list[bool | None] = [None] * len(out)
-        conversations: list[Conversation] = []
-        positions: list[int] = []
+        groups: dict[str, tuple[dict[str, Any] | None, list[int], list[Conversation]]] = {}
         text_only = 0
         for position, row in enumerate(out.to_dict(orient="records")):
             try:
                 images = self._images(row, input_image_key)
-                text_only += 0 if images else 1
-                conversations.append(self._conversation(row, input_prompt_key, images, input_conversation_key))
-                positions.append(position)
+                conversation = self._conversation(row, input_prompt_key, images, input_conversation_key)
             except RowError as exc:
                 errors[position] = row_error_text(exc)
+                continue
+            text_only += 0 if images else 1
+            schema = self.response_schema.for_row(row) if self.response_schema else None
+            group = groups.setdefault(schema_text(schema) if schema else "", (schema, [], []))
+            group[1].append(position)
+            group[2].append(conversation)
         if text_only and input_image_key:
             log.warning(
                 f"{text_only} row(s) have no '{input_image_key}': asked text-only "
                 "(pass input_image_key=None for a text-only table)"
             )
-        for position, completion in zip(positions, self.serving.chat(conversations), strict=True):
-            if completion.ok:
-                answers[position] = completion.text
-                truncated[position] = completion.truncated
-            else:
-                errors[position] = completion.error
+        for schema, positions, conversations in groups.values():
+            sampling = replace(self.serving.sampling, response_schema=schema) if schema else None
+            for position, completion in zip(positions, self.serving.chat(conversations, sampling), strict=True):
+                if completion.ok:
+                    answers[position] = completion.text
+                    truncated[position] = completion.truncated
+                else:
+                    errors[position] = completion.error
         out[output_answer_key] = answers
         out[TRUNCATED_COLUMN] = truncated
         out[ERROR_COLUMN] = errors

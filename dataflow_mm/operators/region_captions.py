@@ -37,6 +37,7 @@ Decisions:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dataflow_mm.errors import UserError
 from dataflow_mm.operators.base import TRUNCATED_COLUMN, OperatorABC
 from dataflow_mm.storage.file_storage import FileStorage
 
@@ -54,6 +56,20 @@ STRUCTURED_ANSWER_INSTRUCTION = (
     " Answer with exactly one line per region, in order, each formatted as"
     " '<regionK>: description' (K from 1 to {n}), and nothing else."
 )
+
+# Appended by ``--structured_answer json`` (the answer is also constrained to this form).
+STRUCTURED_JSON_INSTRUCTION = (
+    ' Answer with only a JSON object {{"region1": "...", ..., "region{n}": "..."}}'
+    " holding one short description per region."
+)
+STRUCTURED_ANSWER_FORMATS = ("lines", "json")
+# Captions of a structured answer: printable ASCII without '"' and '\\', first character not a space,
+# so one character is one byte is at most one token (the length bound is a token bound).
+_CAPTION_FIRST = r"[!#-\[\]-~]"
+_CAPTION_REST = r"[ !#-\[\]-~]"
+MAX_CAPTION_CHARS = 128  # xgrammar 0.2.8 fails to compile a longer bounded repetition inside a JSON schema
+MIN_CAPTION_CHARS = 16
+_REGION_KEY = re.compile(r"^region(\d{1,3})$")
 
 _ORDINALS = {
     "first": 1,
@@ -242,16 +258,39 @@ def _join(parts: list[str]) -> str:
     return re.sub(r"\s+", " ", " ".join(p for p in parts if p)).strip()
 
 
+def _json_captions(answer: str, n: int) -> list[str] | None:
+    """Captions from a structured answer ``{"region1": "...", ...}``; None when the answer is not one."""
+    text = answer.strip()
+    if not (text.startswith("{") and text.endswith("}")):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not any(_REGION_KEY.match(str(k)) for k in data):
+        return None
+    captions = [""] * n
+    for key, value in data.items():
+        match = _REGION_KEY.match(str(key))
+        if match and 1 <= int(match.group(1)) <= n and isinstance(value, str):
+            captions[int(match.group(1)) - 1] = _capitalize(value)
+    return captions
+
+
 def parse_region_captions(answer: Any, n_regions: Any) -> list[str]:
     """One caption per region (``n_regions`` of them, ``""`` where the answer says nothing).
 
-    See the module docstring for the forms recognized and the rules applied.
+    A structured answer (a JSON object with ``regionK`` keys, see ``--structured_answer json``) is
+    read as such; otherwise see the module docstring for the forms recognized and the rules applied.
     """
     n = _count(n_regions)
     if n == 0:
         return []
     if not isinstance(answer, str) or not answer.strip():
         return [""] * n
+    structured = _json_captions(answer, n)
+    if structured is not None:
+        return structured
     units = _units(answer)
     anchors = {i: found for i, unit in enumerate(units) if (found := _label(unit)) is not None}
     if not anchors:
@@ -271,6 +310,85 @@ def _count(value: Any) -> int:
     except (TypeError, ValueError):
         return 0
     return int(number) if math.isfinite(number) and number > 0 else 0
+
+
+def structured_answer_overhead(n_regions: int) -> int:
+    """Tokens a structured answer needs besides its captions: the JSON punctuation and keys
+    (with the wider separators, counted as one token per byte) plus the end-of-sequence token."""
+    return len(json.dumps({f"region{k}": "" for k in range(1, n_regions + 1)})) + 1
+
+
+def region_answer_schema(n_regions: int, max_caption_chars: int) -> dict[str, Any]:
+    """The JSON schema of a structured answer: exactly ``region1`` .. ``regionN``, each a caption of
+    1 to ``max_caption_chars`` printable ASCII characters.
+
+    The length bound is written as the pattern's repetition bound, not ``maxLength``: xgrammar (the
+    grammar backend of vLLM and of the transformers backend here) cannot combine ``pattern`` with
+    ``minLength``/``maxLength``, and the pattern is what makes characters count as tokens.
+    """
+    caption = {"type": "string", "pattern": f"^{_CAPTION_FIRST}{_CAPTION_REST}{{0,{max_caption_chars - 1}}}$"}
+    keys = [f"region{k}" for k in range(1, n_regions + 1)]
+    return {
+        "type": "object",
+        "properties": {key: dict(caption) for key in keys},
+        "required": keys,
+        "additionalProperties": False,
+    }
+
+
+class RegionAnswerSchema:
+    """The per-row schema of ``--structured_answer json``, sized so that a complete answer always fits.
+
+    Each row with N regions gets captions of at most ``min(max_caption_chars, (max_tokens -
+    overhead(N)) // N)`` characters: since a caption character is one byte and every generated
+    token is at least one byte, the whole object fits in ``max_tokens``, even for a model that
+    rambles. ``check`` (called when the pipeline is built, before any model loads) refuses settings
+    under which rows with ``max_boxes`` regions could not get ``MIN_CAPTION_CHARS`` characters, or the
+    ``max_caption_chars`` asked for.
+    """
+
+    def __init__(
+        self, max_tokens: int, max_boxes: int, max_caption_chars: int | None = None, count_key: str = "valid_bboxes_num"
+    ) -> None:
+        self.max_tokens = int(max_tokens)
+        self.max_boxes = int(max_boxes)
+        self.max_caption_chars = max_caption_chars
+        self.count_key = count_key
+        if max_caption_chars is not None and not 1 <= max_caption_chars <= MAX_CAPTION_CHARS:
+            raise UserError(f"--max_caption_chars must be within 1..{MAX_CAPTION_CHARS}, not {max_caption_chars}")
+        self.check()
+
+    def chars_for(self, n_regions: int) -> int:
+        fits = (self.max_tokens - structured_answer_overhead(n_regions)) // max(1, n_regions)
+        return min(self.max_caption_chars or MAX_CAPTION_CHARS, fits)
+
+    def check(self) -> None:
+        worst = self.chars_for(self.max_boxes)
+        wanted = self.max_caption_chars or MIN_CAPTION_CHARS
+        if worst < wanted:
+            needed = structured_answer_overhead(self.max_boxes) + self.max_boxes * wanted
+            raise UserError(
+                f"--structured_answer json: with up to {self.max_boxes} regions per image, captions of {wanted} "
+                f"characters need max_tokens >= {needed} (got {self.max_tokens}); raise --max_tokens, lower "
+                f"--max_boxes{' or --max_caption_chars' if self.max_caption_chars else ''}"
+            )
+
+    def input_columns(self) -> list[str]:
+        return [self.count_key]
+
+    def for_row(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The row's schema (None for a row without regions: it is asked in free text)."""
+        n = _count(row.get(self.count_key))
+        return region_answer_schema(n, self.chars_for(n)) if n else None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "kind": "region_json",
+            "max_tokens": self.max_tokens,
+            "max_boxes": self.max_boxes,
+            "max_caption_chars": self.max_caption_chars,
+            "count_key": self.count_key,
+        }
 
 
 class RegionCaptionParser(OperatorABC):

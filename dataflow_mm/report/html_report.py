@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import quote
 
 from dataflow_mm.errors import ERROR_COLUMN, UserError
+from dataflow_mm.report.histogram import histograms_html
 from dataflow_mm.storage.formats import SUPPORTED_TYPES, iter_table
 from dataflow_mm.storage.manifest import StepManifest
 from dataflow_mm.storage.media import is_image_struct
@@ -622,6 +623,7 @@ def _header_html(
         parts.append(f'<div class="stats">{"".join(stat_cells)}</div>')
     elif not summary:
         parts.append('<p class="note">No run summary or manifest found: only the rows are shown.</p>')
+    parts.append(histograms_html(summary, [m.stats for _, m in sorted(manifests.items()) if m.stats]))
     servings = _servings(summary, manifests)
     if servings:
         rows = []

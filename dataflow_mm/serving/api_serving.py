@@ -63,6 +63,7 @@ from dataflow_mm.errors import (
 )
 from dataflow_mm.logger import get_logger
 from dataflow_mm.secrets import has_control_characters, register_secret, scrub, scrub_secrets
+from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.http_reply import (
     ACCEPT_ENCODING,
@@ -77,6 +78,8 @@ logger = get_logger("serving.api")
 PASS_THROUGH_PREFIXES = ("http://", "https://", "data:")
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 _MAX_MESSAGE_CHARS = 300
+# How a server that does not support structured outputs refuses a request carrying response_format.
+_SCHEMA_REJECTED = ("HTTP 400", "HTTP 422")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -544,6 +547,8 @@ class APIVLMServing_openai(VLMServing):
         if sampling.seed is not None:
             payload["seed"] = sampling.seed
         payload.update(sampling.extras())  # top_k, repetition_penalty, ...: vLLM/SGLang servers' extensions
+        if sampling.response_schema is not None:
+            payload["response_format"] = structured.openai_response_format(sampling.response_schema)
         payload.update(self.extra_body)
         return payload
 
@@ -588,6 +593,8 @@ class APIVLMServing_openai(VLMServing):
                 return Completion(text=None, error=error)
             if not self.retry.should_retry(attempts, result.retryable):
                 error = result.error_text(attempts)
+                if sampling.response_schema is not None and result.cause in _SCHEMA_REJECTED:
+                    error = structured.rejected_error(f"{result.cause}: {result.message}")
                 logger.warning("api request %d failed: %s", index, error)
                 return Completion(text=None, error=error)
             wait = self.retry.delay(attempts, result.retry_after, result.retry_after_ms)

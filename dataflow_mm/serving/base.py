@@ -50,6 +50,9 @@ class SamplingParams:
     repetition_penalty: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    # A JSON schema every answer must match (structured output), or None for free text.
+    # Each backend translates it in ``dataflow_mm.serving.structured``.
+    response_schema: dict[str, Any] | None = None
 
     @property
     def greedy(self) -> bool:
@@ -64,6 +67,8 @@ class SamplingParams:
         for name in EXTRA_SAMPLING_FIELDS:
             if data[name] is None:
                 del data[name]
+        if data.get("response_schema") is None:
+            data.pop("response_schema", None)  # free text: the record stays as it was before schemas existed
         return data
 
 

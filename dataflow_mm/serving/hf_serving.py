@@ -22,6 +22,7 @@ from PIL import Image
 from dataflow_mm.deps import is_importable, require
 from dataflow_mm.errors import ConfigError, ModelNotAvailableError, RowError, ServingError, UserError, row_error_text
 from dataflow_mm.logger import get_logger
+from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import FINISH_LENGTH, Completion, Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import split_images, to_pil
 from dataflow_mm.serving.model_resolver import config_sha256, resolve_model_path
@@ -117,6 +118,7 @@ class LocalModelVLMServing_hf(VLMServing):
         self._counter: PromptTokenCounter | None = None
         self._model: Any = None
         self._processor: Any = None
+        self._grammars: structured.XGrammarProcessors | None = None
         self._torch_dtype: Any = None
         self._image_tokens: list[str] | None = None
 
@@ -206,6 +208,7 @@ class LocalModelVLMServing_hf(VLMServing):
             return
         self._model = None
         self._processor = None
+        self._grammars = None
         self._counter = None
         self._image_tokens = None
         gc.collect()
@@ -251,6 +254,11 @@ class LocalModelVLMServing_hf(VLMServing):
         Images are decoded batch by batch, so memory holds one batch of images at a time.
         """
         self.load()
+        if sampling.response_schema is not None:
+            try:
+                self._structured_processors().compile(sampling.response_schema)
+            except ServingError as exc:  # every request of this call shares the schema
+                return [Completion(text=None, error=row_error_text(exc)) for _ in conversations]
         if sampling.seed is not None:
             require("torch", "hf").manual_seed(sampling.seed)
         results: list[Completion | None] = [None] * len(conversations)
@@ -288,7 +296,16 @@ class LocalModelVLMServing_hf(VLMServing):
         unsupported = [n for n in ("presence_penalty", "frequency_penalty") if getattr(sampling, n) is not None]
         if unsupported:
             raise UserError(f"the hf backend has no {' or '.join(unsupported)}; use vllm or api")
+        if sampling.response_schema is not None:
+            kwargs["logits_processor"] = [self._structured_processors().processor(sampling.response_schema)]
         return kwargs
+
+    def _structured_processors(self) -> structured.XGrammarProcessors:
+        """Grammar processors for structured answers, built once per loaded model."""
+        if self._grammars is None:
+            vocab_size = self._model.config.get_text_config().vocab_size
+            self._grammars = structured.XGrammarProcessors(self._processor.tokenizer, vocab_size, self._eos_ids())
+        return self._grammars
 
     def _eos_ids(self) -> set[int]:
         eos = self._model.generation_config.eos_token_id

@@ -39,6 +39,7 @@ from dataflow_mm.errors import (
     row_error_text,
 )
 from dataflow_mm.logger import get_logger
+from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import (
     Completion,
     Conversation,
@@ -277,6 +278,7 @@ class LocalModelVLMServing_vllm(VLMServing):
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "enforce_eager": self.enforce_eager,
             "limit_mm_per_prompt": {"image": self.limit_mm_per_prompt, "video": 0},
+            "structured_outputs_config": dict(structured.ENGINE_CONFIG),
         }
         max_model_len = self.effective_max_model_len()
         if max_model_len is not None:
@@ -465,6 +467,8 @@ class LocalModelVLMServing_vllm(VLMServing):
         if sampling.seed is not None and not sampling.greedy:  # a seed makes vLLM sample per request (slower)
             kwargs["seed"] = int(sampling.seed)
         kwargs.update(sampling.extras())
+        if sampling.response_schema is not None:
+            kwargs["structured_outputs"] = structured.vllm_structured_outputs(sampling.response_schema)
         return self._vllm.SamplingParams(**kwargs)
 
     def _raise_if_engine_dead(self, exc: Exception) -> None:

@@ -25,6 +25,10 @@ closes), ``gzip_bomb`` (200, ``Content-Encoding: gzip``, a body inflating to ``s
 ``echo_authorization=True`` makes every error message quote the ``Authorization`` header the
 server received (as some servers and proxies do), to test that a key never reaches a row or log.
 
+Structured outputs: a request with ``response_format = {"type": "json_schema", ...}`` is answered
+with JSON matching the schema (``answer_for_schema``), or refused with HTTP 400 as a server
+without structured outputs does (``structured_outputs=False``).
+
 Every request is recorded (``server.requests``: body, headers, arrival/finish times, what was
 answered) and ``server.max_in_flight`` is the largest number of requests being handled at once;
 ``delay`` makes every answer take that long, so that concurrency is observable.
@@ -40,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import socket
 import threading
 import time
@@ -176,6 +181,30 @@ def default_answer(body: Any) -> str:
     return f"answer to: {user_text(body)[:40]}"
 
 
+def answer_for_schema(schema: Any, text: str) -> Any:
+    """A value matching ``schema`` (objects, strings with maxLength or a length-bounding pattern,
+    numbers, booleans, arrays), its strings made of ``text`` as far as the schema allows."""
+    if not isinstance(schema, dict):
+        return text
+    kind = schema.get("type")
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {key: answer_for_schema(sub, f"{key} {text}") for key, sub in properties.items()}
+    if kind == "array":
+        return []
+    if kind in ("integer", "number"):
+        return 0
+    if kind == "boolean":
+        return False
+    value = "".join(ch for ch in text if 32 <= ord(ch) < 127 and ch not in '"\\').strip() or "x"
+    if schema.get("maxLength") is not None:
+        value = value[: int(schema["maxLength"])]
+    pattern = schema.get("pattern")
+    while pattern and len(value) > 1 and re.fullmatch(pattern, value) is None:
+        value = value[:-1]  # shorten until a length-bounding pattern accepts it
+    return value
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # threads are tracked and joined by OpenAITestServer.close()
@@ -258,11 +287,21 @@ class _Handler(BaseHTTPRequestHandler):
             message = "request body is not a JSON object"
             self._send_json(400, {"error": {"message": message, "type": "invalid_request_error"}}, record)
             return
+        response_format = record.body.get("response_format")
+        schema_wanted = isinstance(response_format, dict) and response_format.get("type") == "json_schema"
+        if fault is None and schema_wanted and not owner.structured_outputs:
+            record.fault = "response_format"
+            fault = Fault.http(400, message="response_format type 'json_schema' is not supported by this server")
         if fault is None:
-            answer = owner.answer_fn(record.body)  # None is sent as "content": null
+            if schema_wanted:
+                schema = (response_format.get("json_schema") or {}).get("schema")
+                answer = json.dumps(answer_for_schema(schema, default_answer(record.body)))
+            else:
+                answer = owner.answer_fn(record.body)  # None is sent as "content": null
             finish_reason = "stop" if answer is not None else "length"
             limit = record.body.get("max_tokens")
-            if answer is not None and isinstance(limit, int) and len(answer.split()) > limit:
+            over = answer is not None and isinstance(limit, int) and len(answer.split()) > limit
+            if over and not schema_wanted:
                 answer, finish_reason = " ".join(answer.split()[:limit]), "length"  # one word, one token
             prompt_tokens = len(json.dumps(record.body.get("messages", [])).split())
             completion_tokens = len(answer.split()) if answer else 0
@@ -379,9 +418,11 @@ class OpenAITestServer:
         api_key: str | None = None,
         answer_fn: Callable[[Any], str | None] = default_answer,
         echo_authorization: bool = False,
+        structured_outputs: bool = True,
     ) -> None:
         self.port = port
         self.echo_authorization = echo_authorization
+        self.structured_outputs = structured_outputs
         self.model = model
         self.delay = delay
         self.api_key = api_key

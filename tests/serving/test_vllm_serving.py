@@ -240,6 +240,58 @@ def test_vllm_greedy_tokens_equal_transformers_on_tiny_llava_next(
     assert out["describe"]["smoke_test_model"] is True and out["engine_started_after_cleanup"] is False
 
 
+STRUCTURED_MAX_TOKENS = 80
+
+
+def structured_calls(images: list[str]) -> list[dict[str, Any]]:
+    """One greedy call per region count (1 and 2 regions), with that count's schema, plus a sampled one."""
+    from dataflow_mm.operators.region_captions import RegionAnswerSchema
+
+    budget = RegionAnswerSchema(max_tokens=STRUCTURED_MAX_TOKENS, max_boxes=2)
+    calls = []
+    for n, temperature in ((1, 0.0), (2, 0.0), (2, 1.5)):
+        prompt = f"Describe the content of each marked region in the image. There are {n} regions."
+        conversations = [build_conversation(prompt, [image]) for image in images[:3]]
+        sampling = {"temperature": temperature, "top_p": 1.0, "max_tokens": STRUCTURED_MAX_TOKENS, "seed": 5}
+        calls.append(
+            {
+                "conversations": conversations,
+                "sampling": {**sampling, "response_schema": budget.for_row({"valid_bboxes_num": n})},
+            }
+        )
+    return calls
+
+
+@in_vllm_env
+def test_vllm_structured_answers_always_parse_and_equal_transformers_tokens(
+    vllm_python: Path, vllm_env: dict[str, str], tiny_qwen_dir: Path, image_files: list[str], tmp_path: Path
+) -> None:
+    """--structured_answer json on vLLM's CPU build: every answer is exactly the region object (greedy and
+    sampled at temperature 1.5), and greedy tokens equal the transformers backend's (both use xgrammar)."""
+    from dataflow_mm.operators.region_captions import parse_region_captions
+    from dataflow_mm.serving.base import SamplingParams
+    from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
+
+    calls = structured_calls(image_files)
+    out = run_serving_script(
+        vllm_python, vllm_env, tmp_path, {"serving": serving_kwargs(tiny_qwen_dir), "calls": calls}
+    )
+    for call, answers in zip(calls, out["calls"], strict=True):
+        n = len(call["sampling"]["response_schema"]["required"])
+        for row in answers:
+            assert row["error"] is None, row["error"]
+            assert list(json.loads(row["text"])) == [f"region{k}" for k in range(1, n + 1)]
+            assert all(parse_region_captions(row["text"], n))
+            assert row["completion_tokens"] <= STRUCTURED_MAX_TOKENS
+    hf = LocalModelVLMServing_hf(str(tiny_qwen_dir), device="cpu", dtype="float32", batch_size=8)
+    try:
+        for call, answers in list(zip(calls, out["calls"], strict=True))[:2]:
+            theirs = hf.chat(call["conversations"], SamplingParams(**call["sampling"]))
+            assert [a["token_ids"] for a in answers] == [c.token_ids for c in theirs]
+    finally:
+        hf.cleanup()
+
+
 @in_vllm_env
 def test_region_caption_pipeline_falls_back_to_the_tiny_model_with_vllm_backend(
     vllm_python: Path, vllm_env: dict[str, str], tiny_qwen_dir: Path, tmp_path: Path
@@ -364,6 +416,31 @@ def test_vllm_on_a_gpu_like_setup_bounded_memory_isolated_requests_image_tokens_
         assert row["truncated"] == (row["finish_reason"] == "length")
         assert row["completion_tokens"] <= max_tokens
     assert out["stats"]["truncated"] == sum(row["truncated"] for row in rows) > 0
+
+
+@in_vllm_env
+def test_region_caption_script_with_structured_json_answers_parses_every_region_on_vllm(
+    vllm_python: Path, vllm_env: dict[str, str], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    """``--structured_answer json --backend vllm`` on the demo data, sampled at temperature 1: the run's
+    parse rate is 100% and every answer is exactly the row's region object."""
+    shutil.copytree(DEMO_DATA, tmp_path / "data" / "image_region_caption")
+    cache = tmp_path / "cache"
+    command = [
+        str(vllm_python), str(PIPELINE_SCRIPT),
+        "--model_path", str(tiny_qwen_dir), "--backend", "vllm", "--cache_path", str(cache),
+        "--structured_answer", "json", "--max_boxes", "3", "--max_tokens", "160", "--temperature", "1.0",
+        "--seed", "0", "--max_model_len", "2048",
+    ]  # fmt: skip
+    done = run_bounded(command, vllm_env, cwd=tmp_path)
+    assert done.returncode == 0, f"pipeline failed:\n{done.stderr[-6000:]}"
+    summary = json.loads((cache / "region_caption_summary.json").read_text())
+    assert summary["metrics"]["region_captions_parsed_rate"] == 1.0
+    rows = [json.loads(line) for line in (cache / "region_caption_step3.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    for row in rows:
+        assert row["error"] is None, row["error"]
+        assert list(json.loads(row["answer"])) == [f"region{k}" for k in range(1, row["valid_bboxes_num"] + 1)]
 
 
 # ---------------------------------------------------------------- logic, against a stand-in vllm
@@ -512,6 +589,7 @@ def test_engine_is_lazy_started_with_the_constructor_settings_and_engine_kwargs(
         "gpu_memory_utilization": 0.5,
         "enforce_eager": True,
         "limit_mm_per_prompt": {"image": 3, "video": 0},
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         "max_model_len": 2048,
         # The Qwen-VL family default (1280*28*28) only lowers a cap: the tiny model's own 12544 stays.
         "mm_processor_kwargs": {"max_pixels": 12544},
