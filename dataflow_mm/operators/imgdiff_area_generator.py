@@ -43,6 +43,7 @@ from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
     IMAGE1_KEY,
     IMAGE2_KEY,
+    IMGDIFF_REPORT_VIEW,
     SOURCE_KEY,
     ImagePair,
     PairLoader,
@@ -163,6 +164,8 @@ class _Row:
 
 class ImgDiffDifferenceAreaGenerator(OperatorABC):
     """Boxes around the object that changed between two captioned images (Data-Juicer's generator)."""
+
+    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ from dataflow_mm.operators.imgdiff_common import (
     DROP_ITM,
     IMAGE1_KEY,
     IMAGE2_KEY,
+    IMGDIFF_REPORT_VIEW,
     PairLoader,
     check_score_range,
     decision_metrics,
@@ -40,6 +41,8 @@ from dataflow_mm.storage.file_storage import FileStorage
 
 class ImgDiffImageTextMatchingFilter(OperatorABC):
     """Keep a box when BLIP ITM says both crops match their region captions (within the score range)."""
+
+    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
 
     def __init__(
         self,

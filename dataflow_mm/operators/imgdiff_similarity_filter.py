@@ -17,6 +17,7 @@ from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     DECISIONS_KEY,
     DROP_SIMILARITY,
+    IMGDIFF_REPORT_VIEW,
     check_score_range,
     decision_metrics,
     decisions_column,
@@ -32,6 +33,8 @@ from dataflow_mm.storage.file_storage import FileStorage
 
 class ImgDiffCaptionSimilarityFilter(OperatorABC):
     """Keep a box when the similarity of its two region captions lies within the score range."""
+
+    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
 
     def __init__(
         self,
