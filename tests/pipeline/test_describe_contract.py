@@ -51,7 +51,9 @@ def _hf(dirs: dict[str, Path], server: OpenAITestServer) -> VLMServing:
 
 
 def _vllm(dirs: dict[str, Path], server: OpenAITestServer) -> VLMServing:
-    return LocalModelVLMServing_vllm(str(dirs["qwen"]), max_tokens=4, max_model_len=2048)
+    return LocalModelVLMServing_vllm(
+        str(dirs["qwen"]), vllm_dtype="float32", vllm_max_model_len=2048, vllm_enforce_eager=True, vllm_max_tokens=4
+    )
 
 
 def _api(dirs: dict[str, Path], server: OpenAITestServer) -> VLMServing:
@@ -91,14 +93,18 @@ def test_describe_is_the_same_before_and_after_loading(
     cls: type,
     tiny_models_dir: Path,
     tiny_qwen_dir: Path,
-    minilm_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     if cls is LocalModelVLMServing_vllm and not is_importable("vllm"):
         pytest.skip("vllm is not installed here (its CPU tests run in the vLLM environment)")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # a 1 GiB KV cache on the CPU build
     monkeypatch.setenv(ENV_TINY_DIR, str(tiny_models_dir))  # where the fallback finds the tiny models
     with OpenAITestServer() as server:
-        obj = CASES[cls]({"qwen": tiny_qwen_dir, "minilm": minilm_dir}, server)
+        dirs = {"qwen": tiny_qwen_dir}
+        if cls is SentenceTransformerSimilarity:  # the real MiniLM is a test dependency of the main env only
+            dirs["minilm"] = request.getfixturevalue("minilm_dir")
+        obj = CASES[cls](dirs, server)
         before = obj.describe()
         try:
             _load(obj)
