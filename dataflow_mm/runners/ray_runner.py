@@ -29,7 +29,11 @@ How one step runs (step k reads step file k and writes step file k+1, exactly as
    or finished, on the other.
 
 Every path (input table, cache folder, images) must be readable and writable under the same name
-on every node: one machine, or a shared filesystem (NFS, Lustre, a FUSE-mounted bucket).
+on every node: one machine, or a shared filesystem (NFS, Lustre, a FUSE-mounted bucket). Ray workers
+do not start in the driver's working folder, so the driver sends it (``driver_folder``) and every
+worker runs its chunks there, and the input table is given to Ray's reader as an absolute path: a
+relative path (input table, cache path, extra outputs, an image path in a row, the media root)
+means on every node what it means on the driver, and the step files equal the local runner's.
 """
 
 from __future__ import annotations
@@ -128,7 +132,10 @@ class _ChunkWorker:
         step: int,
         load_models: bool = False,
         actor_settings: dict[str, Any] | None = None,
+        driver_folder: str | None = None,
     ) -> None:
+        self.driver_folder = driver_folder
+        enter_driver_folder(driver_folder)
         self.operator = operator
         self.keys = keys
         self.parts = ChunkParts(storage.output_path, state)
@@ -176,6 +183,7 @@ class _ChunkWorker:
         return {path: {f: getattr(s.stats, f) for f in _STAT_FIELDS} for path, s in self._servings.items()}
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        enter_driver_folder(self.driver_folder)  # a task worker process may have run other code since
         results = []
         for index, payload, rejects_json in zip(batch["chunk"], batch["frame"], batch["rejects"], strict=True):
             frame = pickle.loads(payload)
@@ -213,6 +221,19 @@ class _ChunkWorker:
                 }
             )
         return pd.DataFrame(results, columns=["chunk", "rows_in", "worker", "stats", "user_error"])
+
+
+def enter_driver_folder(folder: str | None) -> None:
+    """Run in the driver's working folder, so relative paths resolve as on the driver.
+
+    Where that folder does not exist (a node that does not share it), the worker stays where it is:
+    absolute paths still work there, and a relative one fails as the missing file it is.
+    """
+    if not folder:
+        return
+    with contextlib.suppress(OSError):  # also: this process's own folder was removed
+        if os.getcwd() != folder:
+            os.chdir(folder)
 
 
 def _set_cpu_threads(threads: int) -> None:
@@ -495,7 +516,8 @@ class RayRunner(Runner):
         progress.update(sum((parts.done(i) or {}).get("rows_in", 0) for i in done))
         # The read is materialized, so one input file fans out over every worker instead of being fused
         # with the map into the single read task.
-        source = _step_datasource_class()(storage.input_path, storage.input_type, storage.chunk_size, done)
+        # Absolute: Ray's reader opens the file in a worker, which does not run in the driver's folder.
+        source = _step_datasource_class()(storage.input_path.absolute(), storage.input_type, storage.chunk_size, done)
         dataset = ray.data.read_datasource(source).materialize()
         model = holds_model(operator)
         if model:
@@ -505,7 +527,7 @@ class RayRunner(Runner):
             options = self.model_actor_options(operator)
             dataset = dataset.map_batches(
                 _ChunkWorker,
-                fn_constructor_args=(*args, step, True, options.pop("actor_settings")),
+                fn_constructor_args=(*args, step, True, options.pop("actor_settings"), os.getcwd()),
                 batch_size=1,
                 batch_format="pandas",
                 compute=ray.data.ActorPoolStrategy(
@@ -516,7 +538,7 @@ class RayRunner(Runner):
         else:
             dataset = dataset.map_batches(
                 _map_chunks_in_task,
-                fn_kwargs={"token": uuid.uuid4().hex, "args": (*args, step, False)},
+                fn_kwargs={"token": uuid.uuid4().hex, "args": (*args, step, False, None, os.getcwd())},
                 batch_size=1,
                 batch_format="pandas",
             )
