@@ -59,7 +59,7 @@ from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import OperatorABC, OperatorCall, StepResult
 from dataflow_mm.operators.progress import StepProgress, count_rows
 from dataflow_mm.runners.base import Runner
-from dataflow_mm.serving.base import EngineDiedError, VLMServing
+from dataflow_mm.serving.base import EngineDiedError, ServingStats, VLMServing
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.formats import Reject, iter_table
 from dataflow_mm.storage.manifest import StepManifest, file_sha256
@@ -179,8 +179,8 @@ class _ChunkWorker:
                 with contextlib.suppress(Exception):  # shutting down: nothing left to report to
                     value.cleanup()
 
-    def _stats(self) -> dict[str, dict[str, int]]:
-        return {path: {f: getattr(s.stats, f) for f in _STAT_FIELDS} for path, s in self._servings.items()}
+    def _stats(self) -> dict[str, dict[str, Any]]:
+        return {path: _counters(s.stats) for path, s in self._servings.items()}
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         enter_driver_folder(self.driver_folder)  # a task worker process may have run other code since
@@ -210,7 +210,7 @@ class _ChunkWorker:
                 break
             self.parts.write(int(index), out, rejects, counts)
             after = self._stats()
-            delta = {p: {f: after[p][f] - before[p][f] for f in _STAT_FIELDS} for p in after}
+            delta = {p: _counter_delta(after[p], before[p]) for p in after}
             results.append(
                 {
                     "chunk": int(index),
@@ -234,6 +234,40 @@ def enter_driver_folder(folder: str | None) -> None:
     with contextlib.suppress(OSError):  # also: this process's own folder was removed
         if os.getcwd() != folder:
             os.chdir(folder)
+
+
+def _counters(stats: ServingStats) -> dict[str, Any]:
+    """A serving's counters: the fixed fields and its ``extra`` ones (token budget, retry causes...)."""
+    return {**{f: getattr(stats, f) for f in _STAT_FIELDS}, "extra": copy.deepcopy(stats.extra)}
+
+
+def _counter_delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """What the numeric counters of ``after`` (nested dicts too) added since ``before``."""
+    delta: dict[str, Any] = {}
+    for name, value in after.items():
+        if isinstance(value, dict):
+            inner = _counter_delta(value, before.get(name) or {})
+            if inner:
+                delta[name] = inner
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value != before.get(name, 0):
+            delta[name] = value - before.get(name, 0)
+    return delta
+
+
+def _add_counters(target: dict[str, Any], delta: dict[str, Any]) -> None:
+    """Add a worker's counter delta into the driver's counters (``extra`` keys may be new there)."""
+    for name, value in delta.items():
+        if isinstance(value, dict):
+            _add_counters(target.setdefault(name, {}), value)
+        else:
+            target[name] = target.get(name, 0) + value
+
+
+def _add_serving_counters(stats: ServingStats, delta: dict[str, Any]) -> None:
+    """The driver's serving stats, plus what a worker's copy of the serving counted."""
+    for name in _STAT_FIELDS:
+        setattr(stats, name, getattr(stats, name) + delta.get(name, 0))
+    _add_counters(stats.extra, delta.get("extra", {}))
 
 
 def _set_cpu_threads(threads: int) -> None:
@@ -409,7 +443,7 @@ class RayRunner(Runner):
 
     @staticmethod
     def _warn_about_relative_paths(ray: Any, calls: list[OperatorCall]) -> None:
-        """On a multi-node cluster, workers resolve relative paths against their own folders."""
+        """On a multi-node cluster, relative paths need the driver's folder on every node."""
         if sum(1 for node in ray.nodes() if node.get("Alive")) < 2:
             return
         relative = sorted(
@@ -421,9 +455,9 @@ class RayRunner(Runner):
             }
         )
         if relative:
-            log.warning(
-                f"relative paths {relative} on a multi-node Ray cluster: every node resolves them in its own working "
-                "folder. Use absolute paths on a filesystem mounted at the same place on every node."
+            log.info(
+                f"relative paths {relative}: Ray workers run in the driver's folder '{os.getcwd()}', which must "
+                "be on a filesystem every node mounts at the same place"
             )
 
     # -- one step -----------------------------------------------------------------------------
@@ -551,8 +585,7 @@ class RayRunner(Runner):
                 workers.add(row["worker"])
                 for path, delta in json.loads(row["stats"]).items():
                     if path in servings:
-                        for name, value in delta.items():
-                            setattr(servings[path].stats, name, getattr(servings[path].stats, name) + value)
+                        _add_serving_counters(servings[path].stats, delta)
                 progress.update(int(row["rows_in"]))
         finally:
             progress.close()
