@@ -10,7 +10,7 @@ How one step runs (step k reads step file k and writes step file k+1, exactly as
    the operator's ``run_chunk`` on it. Operators that hold a model (a VLM serving or a scorer) run
    on their own Ray actors (``actors_per_model_operator`` of them), started once per run: each
    loads the model (starts its engine) when it starts, and keeps it until the operator's last step
-   of the run. The next step's actors start while the current step runs when the cluster keeps a
+   of the run. Later steps' actors start while the current step runs when the cluster keeps a
    CPU for it besides them, so models load in the background. Other operators run as Ray tasks,
    as many at once as the cluster has CPUs. ``prepare`` runs once per actor and step, or once per
    worker process for tasks. An actor of a vLLM operator reserves the engine's tensor
@@ -434,7 +434,7 @@ class RayRunner(Runner):
         try:
             results = []
             for index, call in enumerate(calls):
-                result = self._execute_call(ray, call, calls[index + 1] if index + 1 < len(calls) else None)
+                result = self._execute_call(ray, call, calls[index + 1 :])
                 log.info(result.describe())
                 results.append(result)
                 if last_step[id(call.operator)] == index:
@@ -468,7 +468,7 @@ class RayRunner(Runner):
             )
 
     # -- one step -----------------------------------------------------------------------------
-    def _execute_call(self, ray: Any, call: OperatorCall, next_call: OperatorCall | None) -> StepResult:
+    def _execute_call(self, ray: Any, call: OperatorCall, later: list[OperatorCall]) -> StepResult:
         """Ray fills the step's parts folder; then the operator's own ``execute`` joins them (or skips the step)."""
         operator, keys = call.operator, call.keys
         storage = call.storage
@@ -484,7 +484,7 @@ class RayRunner(Runner):
         ray_seconds = 0.0
         if manifest is None or not manifest.matches(current, input_sha, storage.output_path):
             started = time.perf_counter()
-            if next_call is not None:  # its actors load their models while this step runs, when they fit
+            for next_call in later:  # their actors load their models while this step runs, when they fit
                 self._prestart_pool(ray, next_call.operator)
             self._fill_parts(ray, call.operator, storage, keys, current, input_sha)
             ray_seconds = time.perf_counter() - started
@@ -561,7 +561,7 @@ class RayRunner(Runner):
         return self._pools[id(operator)][1]
 
     def _prestart_pool(self, ray: Any, operator: OperatorABC) -> None:
-        """Start the next step's actors now when the cluster keeps a CPU for this step's tasks besides them."""
+        """Start a later step's actors now when the cluster keeps a CPU for this step's tasks besides them."""
         if id(operator) in self._pools or not holds_model(operator):
             return
         options = self.model_actor_options(operator)
