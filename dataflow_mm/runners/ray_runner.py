@@ -50,6 +50,7 @@ import json
 import os
 import pickle
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -295,15 +296,16 @@ def _add_serving_counters(stats: ServingStats, delta: dict[str, Any]) -> None:
 
 
 def _set_cpu_threads(threads: int) -> None:
-    """Threads for image decoding/preprocessing in this actor (Ray pins a 1-CPU actor to 1 thread)."""
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = str(threads)  # inherited by the engine processes this actor starts
-    try:
-        import torch
+    """Threads for image decoding/preprocessing in this actor (Ray pins a 1-CPU actor to 1 thread).
 
+    torch reads ``OMP_NUM_THREADS`` when it is imported, so it is imported here only when something
+    already did: an actor whose serving never needs torch (the API backend) does not pay for it.
+    """
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)  # read by torch when imported, inherited by the engine's processes
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.set_num_threads(threads)
-    except ImportError:
-        pass
 
 
 def _tensor_parallel_placement(bundles: int) -> dict[str, Any]:
