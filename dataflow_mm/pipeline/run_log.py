@@ -47,7 +47,10 @@ def run_log(cache_path: str | os.PathLike) -> Iterator[RunLog]:
     """Copy the package log into a new file under ``cache_path`` for the duration of the block."""
     path = run_log_path(cache_path, datetime.now(UTC))
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="x", encoding="utf-8")  # "x": a run never reuses a file
+    path.open("x", encoding="utf-8").close()  # a run never reuses another run's file
+    # Appending: a library that closes every logging handler (vLLM's engine shutdown) makes the
+    # handler reopen the file on its next record, which must continue it, not fail or truncate it.
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
     handler.addFilter(ScrubbingFilter())
     root = get_logger()

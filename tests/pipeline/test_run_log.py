@@ -56,3 +56,17 @@ def test_each_run_writes_one_log_file_under_the_cache_that_the_summary_names(tmp
     assert len(logs) == 2 and logs[0] == log_file and second.log_path == str(logs[1])
     assert "skipped" in logs[1].read_text(encoding="utf-8")
     assert "calling https://api.example/v1" not in logs[1].read_text(encoding="utf-8")
+
+
+def test_the_log_file_survives_a_library_closing_every_handler(tmp_path: Path) -> None:
+    """vLLM's engine shutdown closes logging handlers; the next record reopens and continues the file."""
+    from dataflow_mm.pipeline.run_log import run_log
+
+    log = get_logger("pipeline.test")
+    with run_log(tmp_path) as opened:
+        log.info("before the close")
+        for handler in list(get_logger().handlers):
+            handler.close()
+        log.info("after the close")
+    text = opened.path.read_text(encoding="utf-8")
+    assert "before the close" in text and "after the close" in text
