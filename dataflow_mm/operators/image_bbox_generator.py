@@ -25,7 +25,7 @@ from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.imaging.naming import content_name
 from dataflow_mm.imaging.proposals import propose_boxes
 from dataflow_mm.operators.base import OperatorABC
-from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage.atomic import fsync_folder, write_bytes_atomic
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.media import resolve_media_path, several_images_note
 
@@ -152,6 +152,7 @@ class ImageBboxGenerator(OperatorABC):
         workers = self.config.num_workers or min(4, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             rendered = list(pool.map(self._render_row, images, boxes))
+        fsync_folder(self._image_dir)  # the chunk's new image names made durable at once, not per image
         notes = [several_images_note(value, input_image_key) for value in images]
         out = frame.copy()
         renamed = {
@@ -216,5 +217,5 @@ class ImageBboxGenerator(OperatorABC):
         assert self._image_dir is not None
         target = self._image_dir / content_name(f"{stem}_bbox_vis", data, ".jpg")
         if not target.exists():
-            write_bytes_atomic(data, target)
+            write_bytes_atomic(data, target, sync_folder=False)  # process() syncs the folder once per chunk
         return str(target)
