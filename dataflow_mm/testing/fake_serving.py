@@ -2,7 +2,8 @@
 
 It honours the serving contract (one Completion per request, in order; failures as errors,
 never as text), loads each image like a real backend would, and records the batched calls
-(``calls``: the last ``window`` of them at least; ``calls.total`` counts every call).
+(``calls``: the latest calls, holding at least the last ``window`` requests and at most twice
+that; ``calls.total`` counts every call).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class FakeVLMServing(VLMServing):
         super().__init__(sampling)
         self.fail_when = fail_when or (lambda _prompt: False)
         self.load_images = load_images
-        self.calls: BoundedLog = BoundedLog(window)  # recent batched calls, bounded for long benchmarks
+        self.calls: BoundedLog = BoundedLog(window, size=len)  # recent calls holding at least `window` requests
 
     @property
     def model_id(self) -> str:

@@ -25,12 +25,16 @@ def test_bounded_log_keeps_the_latest_window_and_counts_everything() -> None:
         BoundedLog(window=0)
 
 
-def test_fake_serving_records_a_bounded_window_of_calls() -> None:
+def test_fake_serving_records_a_bounded_window_of_requests() -> None:
     serving = FakeVLMServing(load_images=False, window=4)
     conversation = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
     for _ in range(50):
         serving.chat([conversation], SamplingParams())
     assert serving.calls.total == 50 and 4 <= len(serving.calls) <= 8
+    for _ in range(20):  # large batched calls: the requests held are bounded, not the calls
+        serving.chat([conversation] * 3, SamplingParams())
+    held = sum(len(call) for call in serving.calls)
+    assert serving.calls.total == 70 and 4 <= held <= 8 and len(serving.calls[-1]) == 3
 
 
 def test_fake_openai_server_records_a_bounded_window_and_keeps_numbering_calls() -> None:
