@@ -26,12 +26,12 @@ class BoundedLog(list):
             raise ValueError(f"window must be >= 1, got {window}")
         self.window = window
         self.total = 0
-        self._size = size or (lambda _entry: 1)
+        self._size = size  # None: every entry weighs 1 (kept picklable: no lambda)
         self._weights: list[int] = []
         self._held = 0
 
     def append(self, item: Any) -> None:
-        weight = self._size(item)
+        weight = self._size(item) if self._size is not None else 1
         super().append(item)
         self._weights.append(weight)
         self._held += weight

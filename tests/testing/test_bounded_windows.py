@@ -50,3 +50,12 @@ def test_fake_openai_server_records_a_bounded_window_and_keeps_numbering_calls()
                 assert json.loads(reply.read())["id"] == f"chatcmpl-{index}"  # call numbers keep counting
         assert server.requests.total == 7 and 2 <= len(server.requests) <= 4
         assert server.requests[-1].text == "row 6" and server.requests[-1].call == 6
+
+
+def test_the_recording_helpers_still_pickle_for_ray_workers() -> None:
+    import pickle
+
+    serving = FakeVLMServing(load_images=False, window=2)
+    serving.chat([[{"role": "user", "content": [{"type": "text", "text": "hi"}]}]], SamplingParams())
+    copy = pickle.loads(pickle.dumps(serving))
+    assert copy.calls == serving.calls and copy.calls.total == 1 and copy.calls.window == 2
