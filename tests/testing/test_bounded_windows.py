@@ -52,10 +52,13 @@ def test_fake_openai_server_records_a_bounded_window_and_keeps_numbering_calls()
         assert server.requests[-1].text == "row 6" and server.requests[-1].call == 6
 
 
-def test_the_recording_helpers_still_pickle_for_ray_workers() -> None:
+def test_a_bounded_log_pickles_with_its_window_and_totals() -> None:
     import pickle
 
-    serving = FakeVLMServing(load_images=False, window=2)
-    serving.chat([[{"role": "user", "content": [{"type": "text", "text": "hi"}]}]], SamplingParams())
-    copy = pickle.loads(pickle.dumps(serving))
-    assert copy.calls == serving.calls and copy.calls.total == 1 and copy.calls.window == 2
+    log = BoundedLog(window=2, size=len)  # as the fake serving holds its calls
+    for call in (["a"], ["b", "c"], ["d"], ["e", "f", "g"]):
+        log.append(call)
+    copy = pickle.loads(pickle.dumps(log))
+    assert copy == log and copy.total == 4 and copy.window == 2
+    copy.append(["h"])
+    assert copy[-1] == ["h"] and copy.total == 5
