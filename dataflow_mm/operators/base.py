@@ -18,8 +18,6 @@ columns, and which calls ``self.execute(storage, **keys)``. Everything else live
 from __future__ import annotations
 
 import re
-import shutil
-import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
@@ -34,21 +32,16 @@ import pandas as pd
 from dataflow_mm.errors import (
     ERROR_COLUMN,
     MissingFieldError,
-    PipelineCompileError,
     error_class_of,
     is_row_error,
     row_error_text,
 )
 from dataflow_mm.logger import get_logger
-from dataflow_mm.operators.progress import StepProgress, count_rows
-from dataflow_mm.storage.atomic import AtomicFile, remove_stale_temps
 from dataflow_mm.storage.file_storage import FileStorage, record_produced
-from dataflow_mm.storage.formats import Reject, check_readable, read_table, table_type_of, write_table
-from dataflow_mm.storage.manifest import StepManifest, file_sha256, fingerprint, manifest_path
+from dataflow_mm.storage.formats import Reject
+from dataflow_mm.storage.manifest import StepManifest, fingerprint
 from dataflow_mm.storage.media import externalize_media
-from dataflow_mm.storage.media_stamps import changed_media, media_stamps
-from dataflow_mm.storage.parts import ChunkParts
-from dataflow_mm.storage.paths import check_writes
+from dataflow_mm.storage.media_stamps import media_stamps
 
 log = get_logger("operators")
 
@@ -301,118 +294,23 @@ class OperatorABC(ABC):
         )
 
     def execute(self, storage: FileStorage, **keys: Any) -> StepResult | None:
-        """Run this operator on ``storage``'s current step (or record the call while compiling)."""
+        """Run this operator on ``storage``'s current step (or record the call while compiling).
+
+        The step itself is run by the step executor (``runners.step_executor``), the one loop every
+        runner shares.
+        """
         for path in self.extra_output_paths():
             record_produced(path, storage.output_path)
         calls = _recording.get()
         if calls is not None:
             calls.append(OperatorCall(self, storage, keys))
             return None
-        result = self._execute(storage, keys)
-        log.info(result.describe())
+        from dataflow_mm.runners.step_executor import execute_step  # runners execute operators
+
+        result = execute_step(OperatorCall(self, storage, keys))
         results = _results.get()
         if results is not None:
             results.append(result)
-        return result
-
-    def _execute(self, storage: FileStorage, keys: dict[str, Any]) -> StepResult:
-        step = storage.output_step
-        check_writes([(step, storage.input_path, storage.output_path, self.extra_output_paths())])
-        with storage.locked():
-            return self._execute_locked(storage, keys)
-
-    def _execute_locked(self, storage: FileStorage, keys: dict[str, Any]) -> StepResult:
-        storage.check_writable()
-        input_sha = file_sha256(check_readable(storage.input_path))
-        current = self.fingerprint(keys)
-        self._check_explicit_columns(storage, keys)
-        step = storage.output_step
-        manifest = StepManifest.load(storage.output_path)
-        if manifest is not None and manifest.matches(current, input_sha, storage.output_path):
-            hashes = self._sync_extra_outputs(storage.output_path, manifest.extra_output_sha256)
-            if hashes != manifest.extra_output_sha256:
-                manifest.extra_outputs = list(hashes)
-                manifest.extra_output_sha256 = hashes
-                manifest.save(storage.output_path)
-            ChunkParts(storage.output_path, {}).remove()  # left by a kill between manifest and cleanup
-            stats = manifest.stats
-            return StepResult(
-                step,
-                self.name,
-                str(storage.output_path),
-                stats.get("rows_in", 0),
-                stats.get("rows_out", 0),
-                stats.get("rejected", {}),
-                stats.get("row_errors", {}),
-                skipped=True,
-                provenance=manifest.provenance,
-                metrics=stats.get("metrics", {}),
-            )
-        return self._run_step(storage, keys, step, current, input_sha)
-
-    def _check_explicit_columns(self, storage: FileStorage, keys: dict[str, Any]) -> None:
-        """A column the caller named explicitly must exist in some row (also when ``forward()`` runs uncompiled)."""
-        for key in self.explicit_input_columns(**keys):
-            columns: list[str] = []
-            for chunk in storage.iter_chunks():
-                if key in chunk.frame.columns:
-                    break
-                columns += [str(c) for c in chunk.frame.columns if c not in columns]
-            else:
-                raise PipelineCompileError(
-                    f"{self.name} (reads '{storage.input_path}'): input key '{key}' exists in no row. "
-                    f"Available: {columns}"
-                )
-
-    def _run_step(
-        self, storage: FileStorage, keys: dict[str, Any], step: int, current: str, input_sha: str
-    ) -> StepResult:
-        """Process every chunk not done yet (or whose media changed since), then join the parts into the step."""
-        started = time.perf_counter()
-        result = StepResult(step, self.name, str(storage.output_path), provenance=self.provenance())
-        for written in (storage.output_path, storage.rejects_path, manifest_path(storage.output_path)):
-            remove_stale_temps(written)  # left by a run killed while writing this step
-        parts = ChunkParts(
-            storage.output_path, {"fingerprint": current, "input_sha256": input_sha, "chunk_size": storage.chunk_size}
-        )
-        resumed = parts.open()
-        if resumed:
-            log.info(f"step {step} {self.name}: resuming after {resumed} completed chunk(s)")
-        progress = StepProgress(f"step {step} {self.name}", count_rows(storage.input_path, storage.input_type))
-        self.bind_step(step, current)
-        self.bind_storage(storage)
-        self.prepare(storage)
-        try:
-            for index, chunk in enumerate(storage.iter_chunks()):
-                counts = parts.done(index)
-                if counts is None or changed_media(counts.get("media", {})):
-                    out, counts = self.run_chunk(chunk.frame, chunk.rejects, keys, storage.media_root)
-                    parts.write(index, out, chunk.rejects, counts)
-                progress.update(len(chunk.frame) + len(chunk.rejects))
-        finally:
-            progress.close()
-        rejects = self._merge_counts(parts, result)
-        media = {path: item for i in parts.indices() for path, item in (parts.done(i) or {}).get("media", {}).items()}
-        parts.assemble(storage.cache_type)
-        self._write_rejects(storage, rejects)
-        # Extra outputs before the manifest: a kill before the manifest is saved reruns the step
-        # (from its chunk parts, removed only once the manifest is there) and rewrites them.
-        extra_hashes = self._sync_extra_outputs(storage.output_path, None)
-        result.seconds = time.perf_counter() - started
-        StepManifest(
-            operator=self.name,
-            fingerprint=current,
-            params=self.params(),
-            input_path=str(storage.input_path),
-            input_sha256=input_sha,
-            output_sha256=file_sha256(storage.output_path),
-            stats=result.to_dict(),
-            provenance=result.provenance,
-            extra_outputs=list(extra_hashes),
-            extra_output_sha256=extra_hashes,
-            media=media,
-        ).save(storage.output_path)
-        parts.remove()
         return result
 
     def run_chunk(
@@ -425,28 +323,6 @@ class OperatorABC(ABC):
         if media:
             counts["media"] = media
         return out, counts
-
-    @staticmethod
-    def _merge_counts(parts: ChunkParts, result: StepResult) -> list[Reject]:
-        """Add up the chunk markers' counts into ``result``; return every reject in order."""
-        rejects: list[Reject] = []
-        rejected: Counter[str] = Counter()
-        row_errors: Counter[str] = Counter()
-        metrics: dict[str, float] = {}
-        for index in parts.indices():
-            counts = parts.done(index) or {}
-            result.rows_in += counts.get("rows_in", 0)
-            result.rows_out += counts.get("rows_out", 0)
-            row_errors.update(counts.get("row_errors", {}))
-            for name, value in counts.get("metrics", {}).items():
-                metrics[name] = metrics.get(name, 0) + value
-            for item in counts.get("rejects", []):
-                rejects.append(Reject(**item))
-                rejected[item["cause"]] += 1
-        result.rejected = dict(rejected)
-        result.row_errors = dict(row_errors)
-        result.metrics = metrics
-        return rejects
 
     def process_chunk(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         """``process`` on the rows without an error; rows with one pass through, order kept."""
@@ -482,34 +358,6 @@ class OperatorABC(ABC):
         for column in missing:
             frame[column] = None
         return frame
-
-    def _write_rejects(self, storage: FileStorage, rejects: list[Reject]) -> None:
-        path = storage.rejects_path
-        if rejects:
-            write_table(pd.DataFrame([r.to_dict() for r in rejects]), path, "jsonl")
-        else:
-            path.unlink(missing_ok=True)
-
-    def _sync_extra_outputs(self, step_file: Path, recorded: dict[str, str] | None) -> dict[str, str]:
-        """Write each extra output that is missing or differs from ``recorded``; return every one's sha256.
-
-        ``recorded`` is None on a fresh run (write them all). Each write is atomic, through the same
-        writer as the step files (same file mode), and temp files of killed runs are removed first.
-        """
-        hashes: dict[str, str] = {}
-        for target in self.extra_output_paths():
-            remove_stale_temps(target)
-            expected = (recorded or {}).get(str(target))
-            if expected and target.is_file() and file_sha256(target) == expected:
-                hashes[str(target)] = expected
-                continue
-            if table_type_of(target) != table_type_of(step_file):
-                write_table(read_table(step_file).frame, target)
-            else:
-                with AtomicFile(target) as atomic:
-                    shutil.copyfile(step_file, atomic.tmp)
-            hashes[str(target)] = file_sha256(target)
-        return hashes
 
 
 def _keep_input_of_failed_rows(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
