@@ -18,17 +18,18 @@ columns, and which calls ``self.execute(storage, **keys)``. Everything else live
 from __future__ import annotations
 
 import re
-from abc import ABC, abstractmethod
+from abc import ABC, ABCMeta, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
+from dataflow_mm.deps import check_available
 from dataflow_mm.errors import (
     ERROR_COLUMN,
     MissingFieldError,
@@ -37,6 +38,7 @@ from dataflow_mm.errors import (
     row_error_text,
 )
 from dataflow_mm.logger import get_logger
+from dataflow_mm.operators.keys import KeySpec, spec_run
 from dataflow_mm.storage.file_storage import FileStorage, record_produced
 from dataflow_mm.storage.formats import Reject
 from dataflow_mm.storage.manifest import StepManifest, fingerprint
@@ -204,26 +206,74 @@ def collecting_results() -> Iterator[list[StepResult]]:
         _results.reset(token)
 
 
-class OperatorABC(ABC):
-    """Base class of every operator."""
+class _OperatorMeta(ABCMeta):
+    """Checks an operator's own optional dependencies once it is constructed (whatever its ``__init__``)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        operator = super().__call__(*args, **kwargs)
+        operator.check_dependencies(own_only=True)
+        return operator
+
+
+class OperatorABC(ABC, metaclass=_OperatorMeta):
+    """Base class of every operator.
+
+    Declare the keys once in ``key_spec`` (see ``operators.keys``): the base class builds ``run``,
+    ``input_columns``, ``output_columns`` and ``explicit_input_columns`` from it. An operator that
+    writes its own ``run(storage, ...)`` calling ``self.execute(storage, **keys)`` (the older way)
+    keeps working; it then overrides the column methods it needs. ``holds_model``: whether it loads
+    a model (Ray gives such an operator long-lived actors; None: detected from its attributes).
+    ``requires``: optional modules it needs, as ``(module, pip extra)``, checked at construction; those
+    and the ones its servings and scorers declare (e.g. vLLM's) are checked by ``compile``, before any
+    step writes anything (a serving can be built, e.g. to plan GPUs, where its backend is missing).
+    """
+
+    key_spec: ClassVar[KeySpec | None] = None
+    holds_model: ClassVar[bool | None] = None
+    requires: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     # The row reference of the running step ({"step<k>": fingerprint}), set by ``bind_step``.
     _provenance_ref: dict[str, str] | None = None
     # Where image bytes and downloads of the running step go, set by ``bind_storage``.
     _media_cache: Path | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("key_spec") is not None and "run" not in cls.__dict__:
+            cls.run = spec_run(cls.__dict__["key_spec"])  # type: ignore[method-assign]
+
+    def run(self, storage: FileStorage, *args: Any, **keys: Any) -> Any:
+        """Run on ``storage``'s next step (built from ``key_spec``; an operator without one defines its own)."""
+        raise TypeError(
+            f"{self.name} has no run(): declare its keys once, e.g. key_spec = KeySpec(defaults={{'input_key': "
+            "'text', 'output_key': 'out'}, reads=('input_key',), writes=('output_key',)), or define "
+            "run(self, storage, input_key='text', ...) that calls self.execute(storage, input_key=input_key, ...)"
+        )
+
+    def dependencies(self, own_only: bool = False) -> list[tuple[str, str]]:
+        """The optional modules this operator needs: its own ``requires`` and its attributes' (servings, scorers)."""
+        found = list(self.requires)
+        for value in [] if own_only else vars(self).values():
+            found += [tuple(item) for item in getattr(type(value), "requires", ()) if isinstance(item, tuple)]
+        return list(dict.fromkeys(found))
+
+    def check_dependencies(self, own_only: bool = False) -> None:
+        """Raise MissingDependencyError (a user error: one line, exit 2) for a needed module not installed."""
+        for module, extra in self.dependencies(own_only):
+            check_available(module, extra)
+
     def input_columns(self, **keys: Any) -> list[str]:
         """Columns that must exist in the step this operator reads (checked by ``compile``)."""
-        return []
+        return self.key_spec.columns(self.key_spec.reads, keys) if self.key_spec else []
 
     def explicit_input_columns(self, **keys: Any) -> list[str]:
         """Optional input columns the caller named (a key other than its default): ``compile`` fails when
         one exists in no row, instead of the operator silently doing without it."""
-        return []
+        return self.key_spec.explicit(keys) if self.key_spec else []
 
     def output_columns(self, **keys: Any) -> list[str]:
         """Columns this operator adds (so ``compile`` knows what later steps can use)."""
-        return []
+        return self.key_spec.columns(self.key_spec.writes, keys) if self.key_spec else []
 
     def params(self) -> dict[str, Any]:
         """Parameters that change the output: part of the resume fingerprint and the manifest."""
@@ -242,7 +292,7 @@ class OperatorABC(ABC):
         """Other files that receive a copy of this step's rows (e.g. a config's output path)."""
         return []
 
-    def prepare(self, storage: FileStorage) -> None:  # noqa: B027 - optional hook
+    def prepare(self, storage: FileStorage) -> None:
         """Called once before the first chunk (e.g. to create output folders)."""
 
     def chunk_metrics(self, frame: pd.DataFrame, **keys: Any) -> dict[str, float]:
