@@ -10,11 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dataflow_mm import FileStorage, PipelineABC, PromptedVQAGenerator
+from dataflow_mm import FileStorage, KeySpec, PipelineABC, PromptedVQAGenerator
 from dataflow_mm.errors import MissingDependencyError, PipelineCompileError
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
-from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.storage.formats import read_table, write_table
 from dataflow_mm.testing.fake_serving import FakeVLMServing
 
