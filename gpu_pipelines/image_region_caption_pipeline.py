@@ -44,6 +44,7 @@ from dataflow_mm.pipeline.script import (
     run_main,
     runner_from_args,
     serving_from_args,
+    tiny_fallback_allowed,
 )
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM
 
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         verify_regions=args.verify_regions,
         min_region_score=args.min_region_score,
         blip_model=args.blip_model,
-        allow_tiny_fallback=not args.no_tiny_fallback,
+        allow_tiny_fallback=tiny_fallback_allowed(args, "blip_model", DEFAULT_BLIP_ITM),
     )
     try:
         pipeline.run(runner=runner_from_args(args))

@@ -26,6 +26,7 @@ Offline, unavailable models fall back to tiny random-weight models, and the run 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dataflow_mm import FileStorage, PipelineABC, VLMServing
@@ -58,6 +59,7 @@ from dataflow_mm.pipeline.script import (
     run_main,
     runner_from_args,
     serving_from_args,
+    tiny_fallback_allowed,
 )
 from dataflow_mm.scoring import DEFAULT_BLIP_ITM, DEFAULT_CLIP, BlipITMScorer, text_similarity_model
 from dataflow_mm.scoring.object_detection import DEFAULT_DETECTOR
@@ -106,7 +108,7 @@ class ImgDiffPipeline(PipelineABC):
         device: str = "auto",
         scoring_batch_size: int = 32,
         keep_difference_images: bool = False,
-        allow_tiny_fallback: bool = True,
+        allow_tiny_fallback: bool | Mapping[str, bool] = True,
         fused: bool = False,
         hf_cache_dir: str | None = None,
         download_dir: str | None = None,
@@ -125,6 +127,7 @@ class ImgDiffPipeline(PipelineABC):
             wait_for_lock=wait_for_lock,
         )
         self.serving = serving
+        fallback = _fallback_rule(allow_tiny_fallback)
         self.keys = {
             "input_image1_key": input_image1_key,
             "input_image2_key": input_image2_key,
@@ -134,7 +137,7 @@ class ImgDiffPipeline(PipelineABC):
             blip_model,
             device=device,
             batch_size=scoring_batch_size,
-            allow_tiny_fallback=allow_tiny_fallback,
+            allow_tiny_fallback=fallback("blip_model"),
             hf_cache_dir=hf_cache_dir,
             hf_local_dir=download_dir,
         )
@@ -146,7 +149,8 @@ class ImgDiffPipeline(PipelineABC):
                 bbox_format=bbox_format, normalized=normalized, max_boxes=max_proposals
             )
         elif propose_missing_boxes:
-            models = {"device": device, "batch_size": scoring_batch_size, "allow_tiny_fallback": allow_tiny_fallback,
+            area_fallback = fallback("detector_model") and fallback("image_similarity_model")
+            models = {"device": device, "batch_size": scoring_batch_size, "allow_tiny_fallback": area_fallback,
                       "hf_cache_dir": hf_cache_dir, "hf_local_dir": download_dir}  # fmt: skip
             args = area_args or {}
             segment = {"model_path": detector_model, **args.get("image_segment_mapper_args", {})}
@@ -163,7 +167,7 @@ class ImgDiffPipeline(PipelineABC):
             similarity_model,
             device=device,
             batch_size=scoring_batch_size,
-            allow_tiny_fallback=allow_tiny_fallback,
+            allow_tiny_fallback=fallback("similarity_model"),
             hf_cache_dir=hf_cache_dir,
             hf_local_dir=download_dir,
         )
@@ -255,6 +259,13 @@ class ImgDiffPipeline(PipelineABC):
         self.itm_scorer.cleanup()
         self.similarity.cleanup()
         self.serving.cleanup()
+
+
+def _fallback_rule(allow: bool | Mapping[str, bool]) -> Callable[[str], bool]:
+    """Whether the model named by a flag may fall back to a tiny stand-in: one rule, or one per flag."""
+    if isinstance(allow, Mapping):
+        return lambda flag: bool(allow.get(flag, True))
+    return lambda flag: bool(allow)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -349,7 +360,15 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         scoring_batch_size=args.scoring_batch_size,
         keep_difference_images=args.keep_difference_images,
-        allow_tiny_fallback=not args.no_tiny_fallback,
+        allow_tiny_fallback={
+            flag: tiny_fallback_allowed(args, flag, shipped)
+            for flag, shipped in (
+                ("blip_model", DEFAULT_BLIP_ITM),
+                ("similarity_model", DEFAULT_CLIP),
+                ("detector_model", DEFAULT_DETECTOR),
+                ("image_similarity_model", DEFAULT_CLIP),
+            )
+        },
         fused=args.fused,
         hf_cache_dir=args.hf_cache_dir,
         download_dir=args.download_dir,

@@ -264,7 +264,7 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
         rows = [copy_decisions(v) for v in frame[decisions_key].tolist()]
         metrics: dict[str, float] = {"area_candidates": sum(len(r) for r in rows)}
         for step in CANDIDATE_STEPS:
-            seen, kept_count = step_counts(step, rows)
+            seen, kept_count = step_counts(step, rows, CANDIDATE_STEPS)
             metrics[f"candidates_after_{step}"] = kept_count
             metrics[f"candidates_after_{step}_total"] = seen
         return metrics

@@ -209,16 +209,18 @@ def copy_decisions(value: Any) -> list[dict[str, Any]]:
     return [dict(d) for d in _as_list(value)]
 
 
-def step_counts(step: str, decisions_per_row: Sequence[Sequence[dict[str, Any]]]) -> tuple[int, int]:
+def step_counts(
+    step: str, decisions_per_row: Sequence[Sequence[dict[str, Any]]], steps: Sequence[str] = ALL_STEPS
+) -> tuple[int, int]:
     """(boxes this step saw, boxes it kept): a box is seen by every step up to the one that dropped it,
     and kept by every step before that one (so the fused operator, which sees all drops at once, counts
-    the same as the step-by-step pipeline)."""
-    order = ALL_STEPS.index(step)
+    the same as the step-by-step pipeline). ``steps`` is the order of the steps that drop boxes."""
+    order = steps.index(step)
     seen = kept_count = 0
     for decisions in decisions_per_row:
         for d in decisions:
             at = d.get("dropped_at")
-            dropped = -1 if d.get("kept") or at not in ALL_STEPS else ALL_STEPS.index(at)
+            dropped = -1 if d.get("kept") or at not in steps else steps.index(at)
             if dropped == -1 or dropped > order:
                 seen += 1
                 kept_count += 1

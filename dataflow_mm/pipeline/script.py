@@ -209,15 +209,18 @@ def add_bbox_format_arg(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--bbox_format", default=default, choices=BOX_FORMATS)
 
 
-def tiny_fallback_allowed(args: argparse.Namespace) -> bool:
-    """The tiny random-weight fallback stands in only for the shipped default model or with ``--smoke_test``.
+def tiny_fallback_allowed(args: argparse.Namespace, flag: str = "model_path", shipped: str | None = None) -> bool:
+    """The tiny random-weight fallback stands in only for a shipped default model or with ``--smoke_test``.
 
-    A model the user named (``--model_path /models/Qwen2.5-VL-3B-Instuct``) that cannot be loaded stops the
-    run with the resolver's message: running the job on a random model instead would be a silent substitution.
+    A model the user named (``--model_path /models/Qwen2.5-VL-3B-Instuct``, ``--blip_model ./blip``) that
+    cannot be loaded stops the run with the resolver's message: running the job on a random model instead
+    would be a silent substitution. ``flag`` is the option naming the model; ``shipped`` its default
+    (for ``--model_path``, the script's default model).
     """
     if args.no_tiny_fallback:
         return False
-    return bool(args.smoke_test) or args.model_path == getattr(args, "shipped_model_path", None)
+    default = shipped if flag != "model_path" else getattr(args, "shipped_model_path", None)
+    return bool(args.smoke_test) or getattr(args, flag) == default
 
 
 def serving_from_args(args: argparse.Namespace) -> VLMServing:

@@ -1,23 +1,24 @@
-"""The Ray Data runner: the same compiled pipeline, each operator a ``map_batches`` stage on a Ray cluster.
+"""The Ray runner: the same compiled pipeline, each operator's chunks run by Ray tasks or model actors.
 
 How one step runs (step k reads step file k and writes step file k+1, exactly as in-process):
 
-1. **Read.** A Ray file datasource reads the step's input with the project's own reader
-   (``iter_table``), so malformed JSONL lines become rejects with their line numbers instead of
-   failing the job, and rows are cut into the same chunks (``chunk_size`` rows) as in-process.
-   Each chunk travels as one dataset row (the pickled DataFrame plus its rejects), so an
-   operator sees exactly the frame it would see locally. The read is materialized before the
-   map, so one big input file still fans out over every worker.
-2. **Map.** ``map_batches(batch_format="pandas")`` calls the operator's ``process_chunk`` once per
-   chunk. Operators that hold a model (a VLM serving or a scorer) run in an actor pool
-   (``actors_per_model_operator`` actors), so each actor loads the model (starts its engine) when
-   it starts and keeps it; the others run as stateless tasks. ``prepare`` runs once per actor, or
-   once per worker process for tasks. An actor of a vLLM operator reserves the engine's tensor
+1. **Read.** The driver reads the step's input with the project's own reader (``iter_table``), as
+   in-process: malformed JSONL lines become rejects with their line numbers, rows are cut into the
+   same chunks (``chunk_size`` rows), and chunks are read only as workers take them (one chunk in
+   flight per worker), so a big input never sits whole in memory or in the object store.
+2. **Run.** Each chunk (its DataFrame plus its rejects) goes to the next free worker, which calls
+   the operator's ``run_chunk`` on it. Operators that hold a model (a VLM serving or a scorer) run
+   on their own Ray actors (``actors_per_model_operator`` of them), started once per run: each
+   loads the model (starts its engine) when it starts, and keeps it until the operator's last step
+   of the run. Later steps' actors start while the current step runs when the cluster keeps a
+   CPU for it besides them, so models load in the background. Other operators run as Ray tasks,
+   as many at once as the cluster has CPUs. ``prepare`` runs once per actor and step, or once per
+   worker process for tasks. An actor of a vLLM operator reserves the engine's tensor
    parallel size in GPUs (never 0: Ray does not hide the GPUs from a 0-GPU actor, so every engine
    would land on GPU 0); with tensor parallelism > 1 it reserves nothing itself and gets a
    placement group of one GPU bundle per rank (as ``ray.data.llm``'s vLLM stage does), which
    vLLM's Ray executor fills. Each actor sets its CPU threads (``cpu_threads_per_actor``) before
-   the model loads, shuts its engine down when the pool ends, and an actor whose engine died
+   the model loads, shuts its engine down when its pool ends, and an actor whose engine died
    exits so that Ray starts a fresh one (up to ``max_actor_restarts`` times) and retries its chunk.
 3. **Write.** Each worker writes its finished chunk into the step's parts folder, with the same
    done-markers the in-process runner writes. Then the operator's own ``execute`` runs on the
@@ -28,8 +29,16 @@ How one step runs (step k reads step file k and writes step file k+1, exactly as
    resume works across runners: a step completed, or stopped half-way, on one runner is skipped,
    or finished, on the other.
 
+Steps still run one after another: step k+1 reads step k's joined file, whose hash is part of the
+state its parts are kept under (resume); streaming chunks between steps needs the step executor
+of issue #14 first.
+
 Every path (input table, cache folder, images) must be readable and writable under the same name
-on every node: one machine, or a shared filesystem (NFS, Lustre, a FUSE-mounted bucket).
+on every node: one machine, or a shared filesystem (NFS, Lustre, a FUSE-mounted bucket). Ray workers
+do not start in the driver's working folder, so the driver sends it (``driver_folder``) and every
+worker runs its chunks there: a relative path (input table, cache path, extra outputs, an image
+path in a row, the media root) means on every node what it means on the driver, and the step files
+equal the local runner's.
 """
 
 from __future__ import annotations
@@ -40,14 +49,11 @@ import functools
 import json
 import os
 import pickle
-import socket
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import pandas as pd
 
 from dataflow_mm.deps import require
 from dataflow_mm.errors import ConfigError, StorageError, UserError
@@ -55,9 +61,20 @@ from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import OperatorABC, OperatorCall, StepResult
 from dataflow_mm.operators.progress import StepProgress, count_rows
 from dataflow_mm.runners.base import Runner
-from dataflow_mm.serving.base import EngineDiedError, VLMServing
+from dataflow_mm.runners.ray_workers import (
+    ModelActor,
+    add_serving_counters,
+    holds_model,
+    is_model_holder,
+    operator_attributes,
+    run_chunk_in_task,
+    servings_of,
+    submit_task,
+    submit_to_actor,
+    tensor_parallel_placement,
+)
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.storage.formats import Reject, iter_table
+from dataflow_mm.storage.formats import iter_table
 from dataflow_mm.storage.manifest import StepManifest, file_sha256
 from dataflow_mm.storage.media_stamps import changed_media
 from dataflow_mm.storage.parts import ChunkParts
@@ -68,236 +85,13 @@ if TYPE_CHECKING:
 log = get_logger("runners.ray")
 
 DEFAULT_CPU_THREADS_PER_ACTOR = 4  # image decoding and preprocessing threads of a model actor
-_STAT_FIELDS = ("calls", "requests", "failed", "retried", "truncated", "prompt_tokens", "completion_tokens")
-
-
-# ---------------------------------------------------------------- which operators hold a model
-
-
-def _is_model_holder(value: Any) -> bool:
-    """A VLM serving, or a scorer-like object that loads a model lazily (``load`` + ``cleanup``)."""
-    if isinstance(value, VLMServing):
-        return True
-    if isinstance(value, type):
-        return False
-    return callable(getattr(value, "load", None)) and callable(getattr(value, "cleanup", None))
-
-
-def _attributes(operator: OperatorABC) -> Iterator[tuple[str, Any]]:
-    """``(path, value)`` of the operator's attributes and of its sub-operators' (one level down)."""
-    for name, value in sorted(vars(operator).items()):
-        yield name, value
-        if isinstance(value, OperatorABC):
-            for sub_name, sub_value in sorted(vars(value).items()):
-                yield f"{name}.{sub_name}", sub_value
-
-
-def holds_model(operator: OperatorABC) -> bool:
-    """True when ``operator`` should run in an actor pool that keeps its model loaded.
-
-    An operator may say so itself with a ``holds_model`` attribute (bool); otherwise it is
-    True when it (or a sub-operator) has a VLM serving or a lazily loading scorer.
-    """
-    declared = getattr(operator, "holds_model", None)
-    if isinstance(declared, bool):
-        return declared
-    return any(_is_model_holder(value) for _, value in _attributes(operator))
-
-
-def _servings(operator: OperatorABC) -> dict[str, VLMServing]:
-    """The operator's VLM servings by attribute path (so worker-side stats map back to the driver's)."""
-    return {path: value for path, value in _attributes(operator) if isinstance(value, VLMServing)}
-
-
-# ---------------------------------------------------------------- the worker side
-
-
-class _ChunkWorker:
-    """Runs one operator on whole chunks inside a Ray worker, writing each finished chunk as a part.
-
-    Ray Data creates one per actor (model operators: the model loads once per actor and stays) or
-    one per worker process (task operators, through ``_map_chunks_in_task``). ``prepare`` runs once.
-    """
-
-    def __init__(
-        self,
-        operator: OperatorABC,
-        storage: FileStorage,
-        keys: dict[str, Any],
-        state: dict[str, Any],
-        step: int,
-        load_models: bool = False,
-        actor_settings: dict[str, Any] | None = None,
-    ) -> None:
-        self.operator = operator
-        self.keys = keys
-        self.parts = ChunkParts(storage.output_path, state)
-        self.media_root = storage.media_root
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._servings = _servings(operator)
-        self._startup_error: UserError | None = None
-        self._is_actor = load_models
-        settings = actor_settings or {}
-        if settings.get("cpu_threads"):
-            _set_cpu_threads(int(settings["cpu_threads"]))
-        for serving in self._servings.values():
-            if settings.get("distributed_executor_backend") and getattr(serving, "tensor_parallel_size", 1) > 1:
-                serving.engine_kwargs.setdefault(
-                    "distributed_executor_backend", settings["distributed_executor_backend"]
-                )
-        try:
-            operator.bind_step(step, state["fingerprint"])
-            operator.bind_storage(storage)
-            operator.prepare(storage)
-            if load_models:  # an actor loads its models (starts its engine) before it takes work
-                for _, value in _attributes(operator):
-                    if _is_model_holder(value) and callable(getattr(value, "load", None)):
-                        value.load()
-        except EngineDiedError as exc:
-            self._engine_died(exc)
-        except UserError as exc:  # reported with the first chunk, as the project's own error
-            self._startup_error = exc
-
-    def _engine_died(self, exc: EngineDiedError) -> None:
-        """An actor whose engine died exits: Ray starts a fresh actor and retries its chunk there."""
-        if not self._is_actor:
-            raise exc
-        log.error(f"{self.worker}: {exc}; this actor exits so that Ray replaces it")
-        os._exit(3)
-
-    def __del__(self) -> None:
-        """When the pool ends (Ray Data drops its actors), release every model the operator holds."""
-        for _, value in _attributes(self.operator):
-            if _is_model_holder(value):
-                with contextlib.suppress(Exception):  # shutting down: nothing left to report to
-                    value.cleanup()
-
-    def _stats(self) -> dict[str, dict[str, int]]:
-        return {path: {f: getattr(s.stats, f) for f in _STAT_FIELDS} for path, s in self._servings.items()}
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        results = []
-        for index, payload, rejects_json in zip(batch["chunk"], batch["frame"], batch["rejects"], strict=True):
-            frame = pickle.loads(payload)
-            rejects = [Reject(**item) for item in json.loads(rejects_json)]
-            before = self._stats()
-            try:
-                if self._startup_error is not None:
-                    raise self._startup_error
-                out, counts = self.operator.run_chunk(frame, rejects, self.keys, self.media_root)
-            except EngineDiedError as exc:
-                self._engine_died(exc)
-                raise
-            except UserError as exc:
-                # Ray keeps only the text of a worker's exception; the driver re-raises this one as it is.
-                results.append(
-                    {
-                        "chunk": int(index),
-                        "rows_in": 0,
-                        "worker": self.worker,
-                        "stats": "{}",
-                        "user_error": _pickled_error(exc),
-                    }
-                )
-                break
-            self.parts.write(int(index), out, rejects, counts)
-            after = self._stats()
-            delta = {p: {f: after[p][f] - before[p][f] for f in _STAT_FIELDS} for p in after}
-            results.append(
-                {
-                    "chunk": int(index),
-                    "rows_in": counts["rows_in"],
-                    "worker": self.worker,
-                    "stats": json.dumps(delta),
-                    "user_error": None,
-                }
-            )
-        return pd.DataFrame(results, columns=["chunk", "rows_in", "worker", "stats", "user_error"])
-
-
-def _set_cpu_threads(threads: int) -> None:
-    """Threads for image decoding/preprocessing in this actor (Ray pins a 1-CPU actor to 1 thread)."""
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = str(threads)  # inherited by the engine processes this actor starts
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-    except ImportError:
-        pass
-
-
-def _tensor_parallel_placement(bundles: int) -> dict[str, Any]:
-    """Ray remote args of one actor of a tensor-parallel engine: its own placement group of one
-    ``{"GPU": 1, "CPU": 1}`` bundle per rank, packed, that the engine's Ray workers are placed in."""
-    import ray
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    group = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * bundles, strategy="PACK")
-    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)}
-
-
-def _pickled_error(exc: UserError) -> bytes:
-    try:
-        data = pickle.dumps(exc)
-        pickle.loads(data)
-        return data
-    except Exception:
-        return pickle.dumps(UserError(f"{type(exc).__name__}: {exc}"))
-
-
-_TASK_WORKERS: dict[str, _ChunkWorker] = {}
-
-
-def _map_chunks_in_task(batch: pd.DataFrame, token: str, args: tuple[Any, ...]) -> pd.DataFrame:
-    """Task-pool stage: one ``_ChunkWorker`` per worker process and step (so ``prepare`` runs once there)."""
-    worker = _TASK_WORKERS.get(token)
-    if worker is None:
-        _TASK_WORKERS.clear()  # a worker process only ever needs the step it is running now
-        worker = _TASK_WORKERS[token] = _ChunkWorker(*args)
-    return worker(batch)
-
-
-# ---------------------------------------------------------------- reading a step
-
-
-@functools.lru_cache(maxsize=1)
-def _step_datasource_class() -> type:
-    """A Ray file datasource that reads a step table with the project's reader, one dataset row per chunk."""
-    from ray.data.datasource import FileBasedDatasource
-
-    class StepTableDatasource(FileBasedDatasource):
-        def __init__(self, path: Path, table_type: str, chunk_size: int, skip: frozenset[int]) -> None:
-            super().__init__(str(path))
-            self._local_path = Path(path)
-            self._table_type = table_type
-            self._chunk_size = chunk_size
-            self._skip = skip
-
-        def get_name(self) -> str:
-            return "StepTable"
-
-        def _read_stream(self, f: Any, path: str) -> Iterator[pd.DataFrame]:
-            # The project's reader, not Ray's: same parsing, same rejects (with line numbers), same chunks.
-            for index, chunk in enumerate(iter_table(self._local_path, self._table_type, self._chunk_size)):
-                if index in self._skip:
-                    continue
-                yield pd.DataFrame(
-                    {
-                        "chunk": [index],
-                        "frame": [pickle.dumps(chunk.frame, protocol=pickle.HIGHEST_PROTOCOL)],
-                        "rejects": [json.dumps([r.to_dict() for r in chunk.rejects], ensure_ascii=False)],
-                    }
-                )
-
-    return StepTableDatasource
 
 
 # ---------------------------------------------------------------- the runner
 
 
 class RayRunner(Runner):
-    """Executes a compiled pipeline on Ray Data; the operators are the same objects as in-process.
+    """Executes a compiled pipeline on Ray; the operators are the same objects as in-process.
 
     Args:
         address: Ray cluster to join ("auto", "ray://host:10001", ...); None starts a local Ray.
@@ -310,7 +104,7 @@ class RayRunner(Runner):
         cpu_threads_per_actor: CPU threads of each model actor (torch, OpenMP) for image preprocessing;
             default ``max(num_cpus_per_actor, DEFAULT_CPU_THREADS_PER_ACTOR)``.
         max_actor_restarts: how often Ray replaces a model actor that died (e.g. its engine did).
-        batch_size: rows per ``map_batches`` call, i.e. per batched model call; default: the storage's
+        batch_size: rows per chunk sent to a worker, i.e. per batched model call; default: the storage's
             ``chunk_size``, which keeps chunk-level resume compatible with the in-process runner.
         ray_init_kwargs: more ``ray.init`` arguments (``runtime_env``, ``object_store_memory``...).
         shutdown: shut Ray down after the run when this runner started it.
@@ -357,7 +151,6 @@ class RayRunner(Runner):
     def _connect(self) -> tuple[Any, bool]:
         """Ray, and whether this call started it."""
         ray = require("ray", extra="ray", package="ray[data]")
-        require("ray.data", extra="ray", package="ray[data]")
         if ray.is_initialized():
             return ray, False
         kwargs: dict[str, Any] = {"address": self.address, **self.ray_init_kwargs}
@@ -373,13 +166,20 @@ class RayRunner(Runner):
     def execute(self, pipeline: PipelineABC, calls: list[OperatorCall]) -> list[StepResult]:
         ray, started = self._connect()
         self._warn_about_relative_paths(ray, calls)
+        # A model operator's actors, kept until its last step of the run (by operator identity).
+        self._pools: dict[int, tuple[OperatorABC, list[Any]]] = {}
+        last_step = {id(call.operator): index for index, call in enumerate(calls)}
         try:
             results = []
-            for call in calls:
-                result = self._execute_call(ray, call)
+            for index, call in enumerate(calls):
+                result = self._execute_call(ray, call, calls[index + 1 :])
                 log.info(result.describe())
                 results.append(result)
+                if last_step[id(call.operator)] == index:
+                    self._release_pool(ray, call.operator)
         finally:
+            for operator in [call.operator for call in calls]:
+                self._release_pool(ray, operator)
             for call in calls:
                 call.storage.reset()
             if started and self.shutdown:
@@ -388,7 +188,7 @@ class RayRunner(Runner):
 
     @staticmethod
     def _warn_about_relative_paths(ray: Any, calls: list[OperatorCall]) -> None:
-        """On a multi-node cluster, workers resolve relative paths against their own folders."""
+        """On a multi-node cluster, relative paths need the driver's folder on every node."""
         if sum(1 for node in ray.nodes() if node.get("Alive")) < 2:
             return
         relative = sorted(
@@ -400,13 +200,13 @@ class RayRunner(Runner):
             }
         )
         if relative:
-            log.warning(
-                f"relative paths {relative} on a multi-node Ray cluster: every node resolves them in its own working "
-                "folder. Use absolute paths on a filesystem mounted at the same place on every node."
+            log.info(
+                f"relative paths {relative}: Ray workers run in the driver's folder '{os.getcwd()}', which must "
+                "be on a filesystem every node mounts at the same place"
             )
 
     # -- one step -----------------------------------------------------------------------------
-    def _execute_call(self, ray: Any, call: OperatorCall) -> StepResult:
+    def _execute_call(self, ray: Any, call: OperatorCall, later: list[OperatorCall]) -> StepResult:
         """Ray fills the step's parts folder; then the operator's own ``execute`` joins them (or skips the step)."""
         operator, keys = call.operator, call.keys
         storage = call.storage
@@ -422,6 +222,8 @@ class RayRunner(Runner):
         ray_seconds = 0.0
         if manifest is None or not manifest.matches(current, input_sha, storage.output_path):
             started = time.perf_counter()
+            for next_call in later:  # their actors load their models while this step runs, when they fit
+                self._prestart_pool(ray, next_call.operator)
             self._fill_parts(ray, call.operator, storage, keys, current, input_sha)
             ray_seconds = time.perf_counter() - started
         # Every chunk is done now, so this only joins the parts into the step file, writes rejects, manifest
@@ -432,10 +234,10 @@ class RayRunner(Runner):
         return result
 
     def model_actor_options(self, operator: OperatorABC) -> dict[str, Any]:
-        """The ``map_batches`` resource options of a model operator's actors, and the settings each actor
+        """The Ray resource options of a model operator's actors, and the settings each actor
         applies when it starts (``actor_settings``: CPU threads, vLLM's executor for tensor parallelism)."""
         tensor_parallel = max(
-            (s.tensor_parallel_size for s in _servings(operator).values() if s.backend_name == "vllm"), default=0
+            (s.tensor_parallel_size for s in servings_of(operator).values() if s.backend_name == "vllm"), default=0
         )
         threads = self.cpu_threads_per_actor or max(int(self.num_cpus_per_actor), DEFAULT_CPU_THREADS_PER_ACTOR)
         options: dict[str, Any] = {
@@ -447,7 +249,7 @@ class RayRunner(Runner):
             # As ray.data.llm's vLLM stage: the actor reserves no GPU itself; its placement group holds one
             # GPU bundle per rank, and vLLM's Ray executor places the engine's workers in it.
             options["num_gpus"] = 0
-            options["ray_remote_args_fn"] = functools.partial(_tensor_parallel_placement, tensor_parallel)
+            options["ray_remote_args_fn"] = functools.partial(tensor_parallel_placement, tensor_parallel)
             options["actor_settings"]["distributed_executor_backend"] = "ray"
         elif tensor_parallel == 1:
             if self.num_gpus_per_actor == 0:
@@ -461,22 +263,93 @@ class RayRunner(Runner):
         return options
 
     @staticmethod
-    def _worker_args(
-        ray: Any, operator: OperatorABC, storage: FileStorage, keys: dict[str, Any], state: dict[str, Any]
-    ) -> tuple[Any, ...]:
-        """What each worker receives; checked to pickle here, so a failure names the operator."""
-        for _, value in _attributes(operator):
-            if _is_model_holder(value):
+    def _checked_for_workers(ray: Any, operator: OperatorABC, payload: Any) -> None:
+        """Release the driver's models and check ``payload`` pickles here, so that a failure names the operator."""
+        for _, value in operator_attributes(operator):
+            if is_model_holder(value):
                 value.cleanup()  # the driver never needs the model: workers load their own copy
-        args = (operator, storage, keys, state)
         try:
-            ray.cloudpickle.dumps(args)
+            ray.cloudpickle.dumps(payload)
         except Exception as exc:
             raise UserError(
                 f"{operator.name} cannot be sent to Ray workers ({type(exc).__name__}: {exc}). Its attributes "
                 "(serving, scorer, ...) must be picklable before they load anything: no open locks, clients or models."
             ) from exc
-        return args
+
+    # -- model actors, kept for the run ------------------------------------------------------
+    def _pool(self, ray: Any, operator: OperatorABC) -> list[Any]:
+        """The operator's actors, started now if needed (each loads the model in its constructor)."""
+        if id(operator) not in self._pools:
+            self._checked_for_workers(ray, operator, operator)
+            options = self.model_actor_options(operator)
+            settings = options.pop("actor_settings")
+            remote_args_fn = options.pop("ray_remote_args_fn", None)
+            # An actor whose engine died exits; Ray restarts it and retries the chunk it had (max_task_retries).
+            options["max_task_retries"] = options["max_restarts"]
+            actor_class = ray.remote(ModelActor)
+            self._pools[id(operator)] = (
+                operator,
+                [
+                    actor_class.options(**options, **(remote_args_fn() if remote_args_fn else {})).remote(
+                        operator, settings, os.getcwd()
+                    )
+                    for _ in range(self.actors_per_model_operator)
+                ],
+            )
+        return self._pools[id(operator)][1]
+
+    def _prestart_pool(self, ray: Any, operator: OperatorABC) -> None:
+        """Start a later step's actors now when the cluster keeps a CPU for this step's tasks besides them."""
+        if id(operator) in self._pools or not holds_model(operator):
+            return
+        options = self.model_actor_options(operator)
+        if "ray_remote_args_fn" in options:
+            return  # tensor parallelism: placement groups are only reserved when the step comes
+        wanted = {"CPU": 1.0, "GPU": 0.0}
+        for other in [operator, *(owner for owner, _ in self._pools.values())]:
+            other_options = self.model_actor_options(other)
+            wanted["CPU"] += self.actors_per_model_operator * other_options["num_cpus"]
+            wanted["GPU"] += self.actors_per_model_operator * other_options["num_gpus"]
+        total = ray.cluster_resources()
+        if all(total.get(name, 0.0) >= amount for name, amount in wanted.items()):
+            self._pool(ray, operator)
+
+    def _release_pool(self, ray: Any, operator: OperatorABC) -> None:
+        """Stop the operator's actors, each releasing its model first."""
+        _, actors = self._pools.pop(id(operator), (operator, []))
+        if not actors:
+            return
+        with contextlib.suppress(Exception):  # an actor that cannot answer is killed all the same
+            ray.get([actor.release.remote() for actor in actors], timeout=60)
+        for actor in actors:
+            ray.kill(actor)
+
+    def _ready_actors(self, ray: Any, operator: OperatorABC) -> list[Any]:
+        """The operator's actors once every one has loaded its model (so each gets its share of chunks)."""
+        actors = self._pool(ray, operator)
+        try:
+            ray.get([actor.ready.remote() for actor in actors], timeout=self.actor_start_timeout_s)
+        except ray.exceptions.GetTimeoutError as exc:
+            raise UserError(
+                f"{operator.name}: its {len(actors)} Ray actor(s) did not start within {self.actor_start_timeout_s} s; "
+                "the cluster may not have the CPUs/GPUs they reserve"
+            ) from exc
+        return actors
+
+    @staticmethod
+    def _dispatch(ray: Any, slots: list[Any], chunks: Iterator[tuple[Any, ...]]) -> Iterator[dict[str, Any]]:
+        """Each chunk to the next free slot (``slot(chunk)`` submits it), at most one chunk per slot in flight,
+        so chunks are read as the workers take them and no chunk waits behind a busy actor."""
+        idle, running = list(slots), {}
+        while True:
+            while idle and (item := next(chunks, None)) is not None:
+                slot = idle.pop()
+                running[slot(item)] = slot
+            if not running:
+                return
+            (ready,), _ = ray.wait(list(running), num_returns=1)
+            idle.append(running.pop(ready))
+            yield ray.get(ready)
 
     def _fill_parts(
         self, ray: Any, operator: OperatorABC, storage: FileStorage, keys: dict[str, Any], current: str, input_sha: str
@@ -485,7 +358,6 @@ class RayRunner(Runner):
         step = storage.output_step
         # The parts state of OperatorABC._run_step: the parts written here are the ones it finds done.
         state = {"fingerprint": current, "input_sha256": input_sha, "chunk_size": storage.chunk_size}
-        args = self._worker_args(ray, operator, storage, keys, state)
         parts = ChunkParts(storage.output_path, state)
         done = frozenset(parts.indices()) if parts.open() else frozenset()
         done = frozenset(i for i in done if not changed_media((parts.done(i) or {}).get("media", {})))
@@ -493,44 +365,38 @@ class RayRunner(Runner):
             log.info(f"step {step} {operator.name}: resuming after {len(done)} completed chunk(s)")
         progress = StepProgress(f"step {step} {operator.name}", count_rows(storage.input_path, storage.input_type))
         progress.update(sum((parts.done(i) or {}).get("rows_in", 0) for i in done))
-        # The read is materialized, so one input file fans out over every worker instead of being fused
-        # with the map into the single read task.
-        source = _step_datasource_class()(storage.input_path, storage.input_type, storage.chunk_size, done)
-        dataset = ray.data.read_datasource(source).materialize()
         model = holds_model(operator)
+        # The driver reads the chunks (as in-process) as the workers take them; each worker writes its parts.
+        chunks = (
+            (index, chunk.frame, chunk.rejects)
+            for index, chunk in enumerate(iter_table(storage.input_path, storage.input_type, storage.chunk_size))
+            if index not in done
+        )
+        token = uuid.uuid4().hex
         if model:
-            # Chunks go to actors only once every actor has loaded its model, one chunk at a time each,
-            # so a slow-starting actor still gets its share and no chunk waits behind a busy actor.
-            dataset.context.wait_for_min_actors_s = self.actor_start_timeout_s
-            options = self.model_actor_options(operator)
-            dataset = dataset.map_batches(
-                _ChunkWorker,
-                fn_constructor_args=(*args, step, True, options.pop("actor_settings")),
-                batch_size=1,
-                batch_format="pandas",
-                compute=ray.data.ActorPoolStrategy(
-                    size=self.actors_per_model_operator, max_tasks_in_flight_per_actor=1
-                ),
-                **options,
-            )
+            self._checked_for_workers(ray, operator, (storage, keys, state))
+            context = ray.put((storage, keys, state, step))
+            slots = [
+                functools.partial(submit_to_actor, actor, token, context) for actor in self._ready_actors(ray, operator)
+            ]
         else:
-            dataset = dataset.map_batches(
-                _map_chunks_in_task,
-                fn_kwargs={"token": uuid.uuid4().hex, "args": (*args, step, False)},
-                batch_size=1,
-                batch_format="pandas",
-            )
-        servings = _servings(operator)
+            payload = (operator, storage, keys, state, step, os.getcwd())
+            self._checked_for_workers(ray, operator, payload)
+            context = ray.put(payload)
+            task = ray.remote(run_chunk_in_task)
+            width = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            slots = [functools.partial(submit_task, task, token, context)] * width
+        rows = self._dispatch(ray, slots, chunks)
+        servings = servings_of(operator)
         workers: set[str] = set()
         try:
-            for row in dataset.iter_rows():
+            for row in rows:
                 if row["user_error"] is not None:
                     raise pickle.loads(row["user_error"])
                 workers.add(row["worker"])
                 for path, delta in json.loads(row["stats"]).items():
                     if path in servings:
-                        for name, value in delta.items():
-                            setattr(servings[path].stats, name, getattr(servings[path].stats, name) + value)
+                        add_serving_counters(servings[path].stats, delta)
                 progress.update(int(row["rows_in"]))
         finally:
             progress.close()

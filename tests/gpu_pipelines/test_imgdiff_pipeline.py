@@ -161,3 +161,24 @@ def test_captioned_pairs_run_the_model_proposer_in_one_command_and_resume(
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already complete, skipped") == 5
+
+
+def test_a_scoring_model_the_user_named_that_cannot_load_stops_with_exit_2(
+    tmp_path: Path, tiny_llava_dir: Path
+) -> None:
+    """Only a shipped default model may fall back to a tiny stand-in: a typo in --blip_model stops the run."""
+    workspace = tmp_path / "ws"
+    shutil.copytree(DEMO, workspace / "data" / "imgdiff")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "DATAFLOW_MM_TINY_DIR": str(tiny_llava_dir.parent),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    typo = tmp_path / "models" / "blip-itm-bsae-coco"
+    cmd = [sys.executable, str(SCRIPT), "--backend", "hf", "--model_path", str(tiny_llava_dir), "--max_tokens", "4",
+           "--temperature", "0", "--blip_model", str(typo)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert str(typo) in done.stderr and "Traceback" not in done.stderr
+    assert "MEANINGLESS" not in done.stdout + done.stderr

@@ -147,3 +147,31 @@ def test_actors_start_their_engine_set_threads_stop_it_at_the_end_and_are_replac
     while time.monotonic() < deadline and [starts[1][0]] not in _lines(logs / "stops.log"):
         time.sleep(0.2)
     assert [starts[1][0]] in _lines(logs / "stops.log")
+
+
+class TwoSteps(PipelineABC):
+    """One model operator asked twice (step 2 answers step 1's answers), as a pipeline with a repeated stage."""
+
+    def __init__(self, operator: PromptedVQAGenerator, table: Path, cache: Path) -> None:
+        self.operator = operator
+        self.storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="two", chunk_size=2)
+
+    def forward(self) -> None:
+        self.operator.run(storage=self.storage.step(), input_image_key=None, output_answer_key="first")
+        self.operator.run(
+            storage=self.storage.step(), input_image_key=None, input_prompt_key="first", output_answer_key="second"
+        )
+
+
+def test_a_model_operators_actors_are_kept_for_the_whole_run(ray_cluster: Any, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "died").write_text("no death in this test")
+    table = write_jsonl(tmp_path / "table.jsonl", [{"id": i, "prompt": f"question {i}"} for i in range(4)])
+    runner = RayRunner(actors_per_model_operator=1)
+    summary = TwoSteps(PromptedVQAGenerator(EngineServing(str(logs))), table, tmp_path / "cache").run(runner=runner)
+    assert [s.rows_out for s in summary.steps] == [4, 4] and summary.rows_with_error == 0
+    # One actor served both steps: its model loaded once for the run, and was released once at its end.
+    assert len(_lines(logs / "starts.log")) == 1
+    assert runner.workers_by_step[1] == runner.workers_by_step[2] and len(runner.workers_by_step[1]) == 1
+    assert _lines(logs / "stops.log") == [[_lines(logs / "starts.log")[0][0]]]

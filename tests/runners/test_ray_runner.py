@@ -309,14 +309,15 @@ def test_runner_choice_is_one_flag() -> None:
 
 
 def test_the_api_backend_runs_on_ray_against_a_real_server(ray_cluster: Any, tmp_path: Path) -> None:
-    """The OpenAI-compatible backend pickles to Ray actors; rows come back answered, in order, as in-process."""
+    """The OpenAI-compatible backend pickles to Ray actors; rows come back answered, in order, as in-process,
+    and the serving's extra counters (HTTP requests, retry causes) come back from the actors too."""
     from dataflow_mm.serving.api_serving import APIVLMServing_openai
     from dataflow_mm.testing.openai_test_server import OpenAITestServer
 
     table = write_region_caption_table(tmp_path / "imgs", n_rows=4, size=(64, 48), n_boxes=1)
-    with OpenAITestServer() as server:
-        answers = {}
-        for name in ("local", "ray"):
+    answers, extras = {}, {}
+    for name in ("local", "ray"):
+        with OpenAITestServer(fail_first_n=(503, 1, "0")) as server:  # one retry per run
             serving = APIVLMServing_openai(server.base_url, "test-model", api_key_env=None, max_workers=2)
             pipeline = load_script().ImageRegionCaptionPipeline(
                 serving, first_entry_file=str(table), cache_path=str(tmp_path / "cache"), file_name_prefix=name,
@@ -325,8 +326,11 @@ def test_the_api_backend_runs_on_ray_against_a_real_server(ray_cluster: Any, tmp
             summary = pipeline.run(runner=RayRunner(actors_per_model_operator=1) if name == "ray" else "local")
             assert summary.rows_out == 4 and summary.rows_with_error == 0
             answers[name] = [r["answer"] for r in read_jsonl(tmp_path / "cache" / f"{name}_step2.jsonl")]
+            extras[name] = summary.servings[0].stats.extra
             serving.cleanup()
     assert answers["ray"] == answers["local"] and all(answers["ray"])
+    assert extras["ray"] == extras["local"]
+    assert extras["ray"]["http_requests"] == 5 and sum(extras["ray"]["retry_causes"].values()) == 1
 
 
 def test_the_imgdiff_pipeline_on_ray_equals_in_process(

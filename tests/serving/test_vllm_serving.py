@@ -815,7 +815,7 @@ def test_dataflow_mm_vllm_sampling_names_are_sampling_settings_not_engine_args(
     serving.chat([build_conversation("hi")])
     (llm,) = fake_vllm.instances
     assert not any(key.startswith("vllm_") or key == "top_k" for key in llm.kwargs)
-    params = llm.calls[0][1].kwargs
+    params = llm.enqueued[0][1].kwargs
     assert (params["top_k"], params["repetition_penalty"], params["min_p"], params["presence_penalty"]) == (
         5, 1.2, 0.05, 0.3
     )  # fmt: skip
