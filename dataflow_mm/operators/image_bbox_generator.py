@@ -7,7 +7,6 @@ never overwrite each other's files and an identical re-run reuses them.
 
 from __future__ import annotations
 
-import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -22,13 +21,11 @@ from dataflow_mm.errors import ERROR_COLUMN, ConfigError, InvalidBoxError, RowEr
 from dataflow_mm.imaging.bbox import BOX_FORMATS, from_xyxy, normalize_xyxy, pad_boxes, parse_boxes
 from dataflow_mm.imaging.draw import draw_numbered_boxes
 from dataflow_mm.imaging.loading import load_image
-from dataflow_mm.imaging.naming import content_name
 from dataflow_mm.imaging.proposals import propose_boxes
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.keys import KeySpec
-from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.storage.media import resolve_media_path, several_images_note
+from dataflow_mm.storage.media import resolve_media_path, several_images_note, write_jpeg
 
 DEFAULT_REGION_PROMPT = (
     "Describe the content of each marked region in the image. There are {n} regions: <region1> to <region{n}>."
@@ -200,11 +197,5 @@ class ImageBboxGenerator(OperatorABC):
         }
 
     def _save(self, drawn: Image.Image, stem: str) -> str:
-        buffer = io.BytesIO()
-        drawn.save(buffer, format="JPEG", quality=self.config.jpeg_quality)
-        data = buffer.getvalue()
         assert self._image_dir is not None
-        target = self._image_dir / content_name(f"{stem}_bbox_vis", data, ".jpg")
-        if not target.exists():
-            write_bytes_atomic(data, target)
-        return str(target)
+        return write_jpeg(drawn, self._image_dir, f"{stem}_bbox_vis", self.config.jpeg_quality)

@@ -15,7 +15,6 @@ kept box gets the seed's empty result: ``[""]``, ``[""]``, ``[[0, 0, 0, 0]]``, `
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from PIL import Image
 from dataflow_mm.checks import check_choice, check_int
 from dataflow_mm.errors import ERROR_COLUMN, RowError
 from dataflow_mm.imaging.draw import draw_red_box, side_by_side
-from dataflow_mm.imaging.naming import content_name
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     CAPTION1_KEY,
@@ -51,8 +49,8 @@ from dataflow_mm.operators.imgdiff_common import (
 from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.serving.base import Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import build_conversation
-from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.file_storage import FileStorage
+from dataflow_mm.storage.media import write_jpeg
 
 DEFAULT_DIFFERENCE_PROMPT = (
     "Analyse the left image and the right image (separated by the black vertical bar). "
@@ -244,12 +242,6 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         )
 
     def _save(self, panel: Image.Image, stem: str, index: int) -> str:
-        buffer = io.BytesIO()
-        panel.save(buffer, format="JPEG", quality=self.jpeg_quality)
-        data = buffer.getvalue()
         if self._image_dir is None:
             self._image_dir = Path(DIFFERENCE_IMAGE_DIR)
-        target = self._image_dir / content_name(f"{stem}_diff{index}", data, ".jpg")
-        if not target.exists():
-            write_bytes_atomic(data, target)
-        return str(target)
+        return write_jpeg(panel, self._image_dir, f"{stem}_diff{index}", self.jpeg_quality)

@@ -196,3 +196,20 @@ def externalize_media(
     for name in touched:
         out[name] = [_externalized(v, folder) for v in out[name].tolist()]
     return out
+
+
+def write_jpeg(image: Any, folder: Path, stem: str, quality: int) -> str:
+    """Store a drawn image (boxes, a difference panel) as ``{folder}/{stem}_{content hash}.jpg``; its path.
+
+    The one way operators write media: encoded once, named by its bytes (the same drawing is one file,
+    so a resumed or repeated step rewrites nothing), written atomically only when absent.
+    """
+    from dataflow_mm.imaging.naming import content_name  # naming sits above storage (it writes through atomic)
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    data = buffer.getvalue()
+    target = Path(folder) / content_name(stem, data, ".jpg")
+    if not target.exists():
+        write_bytes_atomic(data, target)
+    return str(target)
