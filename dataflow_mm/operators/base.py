@@ -1,13 +1,13 @@
-"""The operator contract: ``run`` reads a step, a pure batch method transforms it, the next step is written.
+"""The operator contract: an operator declares its keys and transforms a DataFrame; runners do the rest.
 
-Subclasses implement ``process(frame, **keys) -> frame`` (pure: a DataFrame in, the same rows
-out with new columns) and a ``run(storage, ...)`` whose explicit keyword arguments name the
-columns, and which calls ``self.execute(storage, **keys)``. Everything else lives here, once:
+Subclasses implement ``process(frame, **keys) -> frame`` (pure: a DataFrame in, the same rows out
+with new columns) and declare their keys once in ``key_spec`` (``operators.keys``), from which the
+base class builds ``run(storage, ...)`` (or, the older way, write a ``run`` that calls
+``self.execute(storage, **keys)``). The step itself (chunks, resume, rejects, manifest, extra outputs,
+streaming into the next step) is run by ``runners.step_executor`` through the storage's step
+transaction (``storage.step``). What stays here, once, is the per-chunk contract:
 
-* chunked streaming of the input, one ``process`` call per chunk;
 * rows that already carry an ``error`` pass through untouched; rows that fail get one;
-* records the reader could not parse go to a rejects file, counted in the stats;
-* resume: a step whose manifest proves it is current is skipped (and says so);
 * compile: while a pipeline is being compiled, ``execute`` records the call instead of running it;
 * metrics: ``chunk_metrics`` (optional) gives numbers per chunk, summed into the step's stats;
 * provenance: rows answered by a step whose ``provenance()`` is not empty (a model step) get
@@ -17,13 +17,12 @@ columns, and which calls ``self.execute(storage, **keys)``. Everything else live
 
 from __future__ import annotations
 
-import re
 from abc import ABC, ABCMeta, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,6 +38,16 @@ from dataflow_mm.errors import (
 )
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.keys import KeySpec, spec_run
+from dataflow_mm.operators.results import (  # noqa: F401 - their home before results.py
+    HISTOGRAM_BINS,
+    HISTOGRAM_MARK,
+    RATE_SUFFIX,
+    StepResult,
+    describe_metrics,
+    histogram_metrics,
+    histograms,
+    metric_rates,
+)
 from dataflow_mm.storage.file_storage import FileStorage, record_produced
 from dataflow_mm.storage.formats import Reject
 from dataflow_mm.storage.manifest import StepManifest, fingerprint
@@ -51,10 +60,6 @@ PROVENANCE_COLUMN = "provenance"
 # Input rows whose ``error`` field held a value that is not an error ("", false, 0, [], {}): processed as usual.
 NON_ERROR_VALUES_METRIC = "input_error_values_ignored"
 TRUNCATED_COLUMN = "truncated"  # True on rows whose model answer stopped at max_tokens
-RATE_SUFFIX = "_total"
-HISTOGRAM_MARK = "_hist"
-HISTOGRAM_BINS = 10
-_HISTOGRAM_KEY = re.compile(rf"^(?P<name>.+){HISTOGRAM_MARK}(?P<bin>\d{{2}})$")
 
 
 def count_non_error_values(frame: pd.DataFrame) -> int:
@@ -68,56 +73,6 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
-def metric_rates(metrics: dict[str, float]) -> dict[str, float]:
-    """``X_rate = X / X_total`` for every metric ``X`` that has an ``X_total`` (and a non-zero one)."""
-    return {
-        f"{name}_rate": round(value / metrics[name + RATE_SUFFIX], 4)
-        for name, value in metrics.items()
-        if metrics.get(name + RATE_SUFFIX)
-    }
-
-
-def histogram_metrics(name: str, values: list[float], bins: int = HISTOGRAM_BINS) -> dict[str, int]:
-    """Counts of ``values`` (in [0, 1]) in ``bins`` equal bins, as metrics ``{name}_hist00`` .. (summable per chunk)."""
-    counts = [0] * bins
-    for value in values:
-        counts[min(bins - 1, max(0, int(float(value) * bins)))] += 1
-    return {f"{name}{HISTOGRAM_MARK}{index:02d}": count for index, count in enumerate(counts)}
-
-
-def histograms(metrics: dict[str, float]) -> dict[str, list[int]]:
-    """The histograms among ``metrics`` (see :func:`histogram_metrics`): name -> counts per bin, in order."""
-    found: dict[str, dict[int, int]] = {}
-    for key, value in metrics.items():
-        match = _HISTOGRAM_KEY.match(key)
-        if match:
-            found.setdefault(match["name"], {})[int(match["bin"])] = int(value)
-    return {name: [bins.get(i, 0) for i in range(max(bins) + 1)] for name, bins in sorted(found.items())}
-
-
-def describe_metrics(metrics: dict[str, float]) -> str:
-    """``region_captions_parsed 7/9 (77.8%), other 3``: each ``X``/``X_total`` pair shown as a rate.
-
-    A histogram (``X_hist00`` ..) is shown as one item: ``X per 0.1 bin [0 2 5 ...]``.
-    """
-    parts = [
-        f"{name} per {1 / len(counts):g} bin [{' '.join(str(c) for c in counts)}]"
-        for name, counts in histograms(metrics).items()
-    ]
-    for name, value in sorted(metrics.items()):
-        if name.endswith(RATE_SUFFIX) and name[: -len(RATE_SUFFIX)] in metrics:
-            continue
-        if _HISTOGRAM_KEY.match(name):
-            continue
-        total = metrics.get(name + RATE_SUFFIX)
-        if total is not None:
-            share = f" ({100 * value / total:.1f}%)" if total else ""
-            parts.append(f"{name} {value:g}/{total:g}{share}")
-        else:
-            parts.append(f"{name} {value:g}")
-    return ", ".join(parts)
-
-
 @dataclass
 class OperatorCall:
     """One ``run`` call seen while compiling: which operator, on which step, with which keys."""
@@ -125,59 +80,6 @@ class OperatorCall:
     operator: OperatorABC
     storage: FileStorage
     keys: dict[str, Any]
-
-
-@dataclass
-class StepResult:
-    """What one operator did to one step: counts, causes and time (datatrove-style stats)."""
-
-    step: int
-    operator: str
-    output_path: str
-    rows_in: int = 0
-    rows_out: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    row_errors: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    skipped: bool = False
-    provenance: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def rows_rejected(self) -> int:
-        return sum(self.rejected.values())
-
-    def describe(self) -> str:
-        if self.skipped:
-            done = f"{self.rows_out} rows in {self.output_path}"
-            metrics = f"; {describe_metrics(self.metrics)}" if self.metrics else ""
-            return f"step {self.step} {self.operator}: already complete, skipped ({done}{metrics})"
-        text = f"step {self.step} {self.operator}: {self.rows_in} rows in, {self.rows_out} out"
-        if self.row_errors:
-            causes = ", ".join(f"{k} x{v}" for k, v in sorted(self.row_errors.items()))
-            text += f" ({sum(self.row_errors.values())} with error: {causes})"
-        if self.rejected:
-            causes = ", ".join(f"{k} x{v}" for k, v in sorted(self.rejected.items()))
-            text += f", {self.rows_rejected} rejected ({causes})"
-        if self.metrics:
-            text += f"; {describe_metrics(self.metrics)}"
-        return text + f", {self.seconds:.2f} s -> {self.output_path}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "operator": self.operator,
-            "output_path": self.output_path,
-            "rows_in": self.rows_in,
-            "rows_out": self.rows_out,
-            "rows_rejected": self.rows_rejected,
-            "rejected": self.rejected,
-            "row_errors": self.row_errors,
-            "seconds": round(self.seconds, 3),
-            "skipped": self.skipped,
-            "metrics": self.metrics,
-            "rates": metric_rates(self.metrics),
-        }
 
 
 _recording: ContextVar[list[OperatorCall] | None] = ContextVar("dataflow_mm_recording", default=None)
