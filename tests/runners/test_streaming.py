@@ -125,3 +125,86 @@ def test_sigkill_while_two_steps_stream_then_rerun_equals_a_clean_run(
     assert step_bytes(cache) == step_bytes(tmp_path / "clean")
     summary = json.loads((cache / "st_summary.json").read_text())
     assert summary["rows_in"] == summary["rows_out"] == 9
+
+
+@pytest.mark.parametrize("script", ["image_region_caption_pipeline", "imgdiff_pipeline"])
+def test_both_scripts_stream_unless_told_not_to(script: str) -> None:
+    from dataflow_mm.pipeline.script import runner_from_args
+    from dataflow_mm.templates import load_pipeline_script
+
+    parse_args = load_pipeline_script(script).parse_args
+    assert runner_from_args(parse_args([])).streaming is True
+    assert runner_from_args(parse_args(["--no_streaming"])).streaming is False
+
+
+class _Watched:
+    """A fake serving that counts how many calls are inside it at once (a model two steps share)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        import threading
+
+        from dataflow_mm.testing.fake_serving import FakeVLMServing
+
+        watched = self
+
+        class Serving(FakeVLMServing):
+            def _chat_batch(self, conversations, sampling):  # type: ignore[no-untyped-def]
+                with watched.lock:
+                    watched.inside += 1
+                    watched.most = max(watched.most, watched.inside)
+                try:
+                    time.sleep(0.05)
+                    if fail:
+                        from dataflow_mm.errors import UserError
+
+                        raise UserError("the backend refused the run")
+                    return super()._chat_batch(conversations, sampling)
+                finally:
+                    with watched.lock:
+                        watched.inside -= 1
+
+        self.lock, self.inside, self.most = threading.Lock(), 0, 0
+        self.serving = Serving(load_images=False)
+
+
+def _two_steps_on(serving: object, table: Path, cache: Path):  # type: ignore[no-untyped-def]
+    from dataflow_mm import FileStorage, PipelineABC, PromptedVQAGenerator
+
+    class TwoSteps(PipelineABC):
+        def __init__(self) -> None:
+            self.storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="sh", chunk_size=1)
+            self.first = PromptedVQAGenerator(serving)
+            self.second = PromptedVQAGenerator(serving)
+
+        def forward(self) -> None:
+            self.first.run(self.storage.step(), input_image_key=None, output_answer_key="a1")
+            self.second.run(self.storage.step(), input_prompt_key="a1", input_image_key=None, output_answer_key="a2")
+
+    return TwoSteps()
+
+
+@pytest.fixture
+def prompts(tmp_path: Path) -> Path:
+    import pandas as pd
+
+    from dataflow_mm.storage.formats import write_table
+
+    return write_table(pd.DataFrame({"prompt": [f"q{i}" for i in range(6)]}), tmp_path / "prompts.jsonl")
+
+
+def test_a_model_two_steps_share_serves_one_step_at_a_time(tmp_path: Path, prompts: Path) -> None:
+    watched = _Watched()
+    summary = _two_steps_on(watched.serving, prompts, tmp_path / "cache").run()
+    assert summary.rows_out == 6 and len(watched.serving.calls) == 12
+    assert watched.most == 1
+
+
+def test_a_failing_step_stops_the_streaming_run_with_its_own_error(tmp_path: Path, prompts: Path) -> None:
+    from dataflow_mm.errors import UserError
+
+    watched = _Watched(fail=True)
+    started = time.monotonic()
+    with pytest.raises(UserError, match="the backend refused the run"):
+        _two_steps_on(watched.serving, prompts, tmp_path / "cache").run()
+    assert time.monotonic() - started < 30  # no step thread is left waiting
+    assert not (tmp_path / "cache" / "sh_step1.jsonl").exists()
