@@ -102,6 +102,7 @@ class LocalModelVLMServing_vllm(VLMServing):
     """
 
     backend_name = "vllm"
+    requires = (("vllm", "vllm"),)  # checked by compile, before any step writes
 
     def __init__(
         self,
