@@ -28,6 +28,7 @@ _EXPORTS = {
     "ClipTextSimilarity": "dataflow_mm.scoring.text_similarity",
     "SentenceTransformerSimilarity": "dataflow_mm.scoring.text_similarity",
     "OperatorABC": "dataflow_mm.operators.base",
+    "KeySpec": "dataflow_mm.operators.keys",
     "PipelineABC": "dataflow_mm.pipeline.base",
     "RunSummary": "dataflow_mm.pipeline.summary",
     "VLMServing": "dataflow_mm.serving.base",

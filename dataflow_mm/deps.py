@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from dataflow_mm.errors import MissingDependencyError
@@ -27,3 +28,17 @@ def is_importable(module: str) -> bool:
     except Exception:
         return False
     return True
+
+
+def check_available(module: str, extra: str, package: str | None = None) -> None:
+    """Raise MissingDependencyError (as ``require``) when ``module`` is not installed, without importing it."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        pkg = package or module.split(".")[0]
+        raise MissingDependencyError(
+            f"'{module}' is needed by this pipeline but is not installed. "
+            f"Install it with: pip install 'dataflow-mm[{extra}]'  (or: pip install {pkg})"
+        )

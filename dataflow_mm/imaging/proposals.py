@@ -32,10 +32,10 @@ def propose_boxes(image: Image.Image, max_boxes: int = 10, min_area_ratio: float
     ``[]``; any other image gives at least one box (the whole image if nothing stands out).
     """
     rgb = to_rgb(image)
-    work, scale = _downscale(rgb)
-    if float(np.ptp(work.reshape(-1, 3), axis=0).max()) <= UNIFORM_RANGE:
+    pixels, scale = _downscale(rgb)
+    if _is_uniform(pixels):
         return []
-    mask = _fill(_foreground_mask(work))
+    mask = _fill(_foreground_mask(pixels.astype(np.float32)))
     boxes = _component_boxes(mask, scale, rgb.size, min_area_ratio)
     boxes = _merge(boxes)[:max_boxes]
     if not boxes and max_boxes > 0:
@@ -60,8 +60,9 @@ def difference_boxes(
     second = to_rgb(image2)
     if second.size != first.size:
         second = second.resize(first.size, Image.Resampling.BILINEAR)
-    work1, scale = _downscale(first)
-    work2, _ = _downscale(second)
+    pixels1, scale = _downscale(first)
+    pixels2, _ = _downscale(second)
+    work1, work2 = pixels1.astype(np.float32), pixels2.astype(np.float32)
     distance = ndimage.median_filter(np.linalg.norm(work1 - work2, axis=2), size=3)
     limit = max(threshold, 3.0 * float(np.median(distance)))
     mask = _fill(distance > limit)
@@ -70,12 +71,23 @@ def difference_boxes(
 
 
 def _downscale(image: Image.Image) -> tuple[np.ndarray, tuple[float, float]]:
-    """Float RGB array of ``image`` with its long side at most ``WORK_SIZE``, and the (sx, sy) scale back."""
+    """uint8 RGB array of ``image`` with its long side at most ``WORK_SIZE``, and the (sx, sy) scale back."""
     width, height = image.size
     factor = min(1.0, WORK_SIZE / max(width, height))
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     small = image if size == image.size else image.resize(size, Image.Resampling.BOX)
-    return np.asarray(small, dtype=np.float32), (width / size[0], height / size[1])
+    return np.asarray(small, dtype=np.uint8), (width / size[0], height / size[1])
+
+
+def _is_uniform(pixels: np.ndarray) -> bool:
+    """Whether every channel of the uint8 work image varies by at most ``UNIFORM_RANGE``.
+
+    Min and max per channel on the uint8 array (one pass each, no float copy): ``np.ptp`` on the
+    float image was 14.7% of the non-serving CPU of a run.
+    """
+    flat = pixels.reshape(-1, 3)
+    spread = flat.max(axis=0).astype(np.int16) - flat.min(axis=0)
+    return int(spread.max()) <= UNIFORM_RANGE
 
 
 def _foreground_mask(work: np.ndarray) -> np.ndarray:

@@ -1,13 +1,13 @@
-"""The operator contract: ``run`` reads a step, a pure batch method transforms it, the next step is written.
+"""The operator contract: an operator declares its keys and transforms a DataFrame; runners do the rest.
 
-Subclasses implement ``process(frame, **keys) -> frame`` (pure: a DataFrame in, the same rows
-out with new columns) and a ``run(storage, ...)`` whose explicit keyword arguments name the
-columns, and which calls ``self.execute(storage, **keys)``. Everything else lives here, once:
+Subclasses implement ``process(frame, **keys) -> frame`` (pure: a DataFrame in, the same rows out
+with new columns) and declare their keys once in ``key_spec`` (``operators.keys``), from which the
+base class builds ``run(storage, ...)`` (or, the older way, write a ``run`` that calls
+``self.execute(storage, **keys)``). The step itself (chunks, resume, rejects, manifest, extra outputs,
+streaming into the next step) is run by ``runners.step_executor`` through the storage's step
+transaction (``storage.step``). What stays here, once, is the per-chunk contract:
 
-* chunked streaming of the input, one ``process`` call per chunk;
 * rows that already carry an ``error`` pass through untouched; rows that fail get one;
-* records the reader could not parse go to a rejects file, counted in the stats;
-* resume: a step whose manifest proves it is current is skipped (and says so);
 * compile: while a pipeline is being compiled, ``execute`` records the call instead of running it;
 * metrics: ``chunk_metrics`` (optional) gives numbers per chunk, summed into the step's stats;
 * provenance: rows answered by a step whose ``provenance()`` is not empty (a model step) get
@@ -17,38 +17,42 @@ columns, and which calls ``self.execute(storage, **keys)``. Everything else live
 
 from __future__ import annotations
 
-import re
-import shutil
-import time
-from abc import ABC, abstractmethod
+from abc import ABC, ABCMeta, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
+from dataflow_mm.deps import check_available
 from dataflow_mm.errors import (
     ERROR_COLUMN,
     MissingFieldError,
-    PipelineCompileError,
     error_class_of,
     is_row_error,
     row_error_text,
 )
 from dataflow_mm.logger import get_logger
-from dataflow_mm.operators.progress import StepProgress, count_rows
-from dataflow_mm.storage.atomic import AtomicFile, remove_stale_temps
+from dataflow_mm.operators.keys import KeySpec, spec_run
+from dataflow_mm.operators.results import (  # noqa: F401 - their home before results.py
+    HISTOGRAM_BINS,
+    HISTOGRAM_MARK,
+    RATE_SUFFIX,
+    StepResult,
+    describe_metrics,
+    histogram_metrics,
+    histograms,
+    metric_rates,
+)
 from dataflow_mm.storage.file_storage import FileStorage, record_produced
-from dataflow_mm.storage.formats import Reject, check_readable, read_table, table_type_of, write_table
-from dataflow_mm.storage.manifest import StepManifest, file_sha256, fingerprint, manifest_path
+from dataflow_mm.storage.formats import Reject
+from dataflow_mm.storage.manifest import StepManifest, fingerprint
 from dataflow_mm.storage.media import externalize_media
-from dataflow_mm.storage.media_stamps import changed_media, media_stamps
-from dataflow_mm.storage.parts import ChunkParts
-from dataflow_mm.storage.paths import check_writes
+from dataflow_mm.storage.media_stamps import media_stamps
 
 log = get_logger("operators")
 
@@ -56,10 +60,6 @@ PROVENANCE_COLUMN = "provenance"
 # Input rows whose ``error`` field held a value that is not an error ("", false, 0, [], {}): processed as usual.
 NON_ERROR_VALUES_METRIC = "input_error_values_ignored"
 TRUNCATED_COLUMN = "truncated"  # True on rows whose model answer stopped at max_tokens
-RATE_SUFFIX = "_total"
-HISTOGRAM_MARK = "_hist"
-HISTOGRAM_BINS = 10
-_HISTOGRAM_KEY = re.compile(rf"^(?P<name>.+){HISTOGRAM_MARK}(?P<bin>\d{{2}})$")
 
 
 def count_non_error_values(frame: pd.DataFrame) -> int:
@@ -73,56 +73,6 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
-def metric_rates(metrics: dict[str, float]) -> dict[str, float]:
-    """``X_rate = X / X_total`` for every metric ``X`` that has an ``X_total`` (and a non-zero one)."""
-    return {
-        f"{name}_rate": round(value / metrics[name + RATE_SUFFIX], 4)
-        for name, value in metrics.items()
-        if metrics.get(name + RATE_SUFFIX)
-    }
-
-
-def histogram_metrics(name: str, values: list[float], bins: int = HISTOGRAM_BINS) -> dict[str, int]:
-    """Counts of ``values`` (in [0, 1]) in ``bins`` equal bins, as metrics ``{name}_hist00`` .. (summable per chunk)."""
-    counts = [0] * bins
-    for value in values:
-        counts[min(bins - 1, max(0, int(float(value) * bins)))] += 1
-    return {f"{name}{HISTOGRAM_MARK}{index:02d}": count for index, count in enumerate(counts)}
-
-
-def histograms(metrics: dict[str, float]) -> dict[str, list[int]]:
-    """The histograms among ``metrics`` (see :func:`histogram_metrics`): name -> counts per bin, in order."""
-    found: dict[str, dict[int, int]] = {}
-    for key, value in metrics.items():
-        match = _HISTOGRAM_KEY.match(key)
-        if match:
-            found.setdefault(match["name"], {})[int(match["bin"])] = int(value)
-    return {name: [bins.get(i, 0) for i in range(max(bins) + 1)] for name, bins in sorted(found.items())}
-
-
-def describe_metrics(metrics: dict[str, float]) -> str:
-    """``region_captions_parsed 7/9 (77.8%), other 3``: each ``X``/``X_total`` pair shown as a rate.
-
-    A histogram (``X_hist00`` ..) is shown as one item: ``X per 0.1 bin [0 2 5 ...]``.
-    """
-    parts = [
-        f"{name} per {1 / len(counts):g} bin [{' '.join(str(c) for c in counts)}]"
-        for name, counts in histograms(metrics).items()
-    ]
-    for name, value in sorted(metrics.items()):
-        if name.endswith(RATE_SUFFIX) and name[: -len(RATE_SUFFIX)] in metrics:
-            continue
-        if _HISTOGRAM_KEY.match(name):
-            continue
-        total = metrics.get(name + RATE_SUFFIX)
-        if total is not None:
-            share = f" ({100 * value / total:.1f}%)" if total else ""
-            parts.append(f"{name} {value:g}/{total:g}{share}")
-        else:
-            parts.append(f"{name} {value:g}")
-    return ", ".join(parts)
-
-
 @dataclass
 class OperatorCall:
     """One ``run`` call seen while compiling: which operator, on which step, with which keys."""
@@ -130,59 +80,6 @@ class OperatorCall:
     operator: OperatorABC
     storage: FileStorage
     keys: dict[str, Any]
-
-
-@dataclass
-class StepResult:
-    """What one operator did to one step: counts, causes and time (datatrove-style stats)."""
-
-    step: int
-    operator: str
-    output_path: str
-    rows_in: int = 0
-    rows_out: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    row_errors: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    skipped: bool = False
-    provenance: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def rows_rejected(self) -> int:
-        return sum(self.rejected.values())
-
-    def describe(self) -> str:
-        if self.skipped:
-            done = f"{self.rows_out} rows in {self.output_path}"
-            metrics = f"; {describe_metrics(self.metrics)}" if self.metrics else ""
-            return f"step {self.step} {self.operator}: already complete, skipped ({done}{metrics})"
-        text = f"step {self.step} {self.operator}: {self.rows_in} rows in, {self.rows_out} out"
-        if self.row_errors:
-            causes = ", ".join(f"{k} x{v}" for k, v in sorted(self.row_errors.items()))
-            text += f" ({sum(self.row_errors.values())} with error: {causes})"
-        if self.rejected:
-            causes = ", ".join(f"{k} x{v}" for k, v in sorted(self.rejected.items()))
-            text += f", {self.rows_rejected} rejected ({causes})"
-        if self.metrics:
-            text += f"; {describe_metrics(self.metrics)}"
-        return text + f", {self.seconds:.2f} s -> {self.output_path}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "operator": self.operator,
-            "output_path": self.output_path,
-            "rows_in": self.rows_in,
-            "rows_out": self.rows_out,
-            "rows_rejected": self.rows_rejected,
-            "rejected": self.rejected,
-            "row_errors": self.row_errors,
-            "seconds": round(self.seconds, 3),
-            "skipped": self.skipped,
-            "metrics": self.metrics,
-            "rates": metric_rates(self.metrics),
-        }
 
 
 _recording: ContextVar[list[OperatorCall] | None] = ContextVar("dataflow_mm_recording", default=None)
@@ -211,26 +108,74 @@ def collecting_results() -> Iterator[list[StepResult]]:
         _results.reset(token)
 
 
-class OperatorABC(ABC):
-    """Base class of every operator."""
+class _OperatorMeta(ABCMeta):
+    """Checks an operator's own optional dependencies once it is constructed (whatever its ``__init__``)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        operator = super().__call__(*args, **kwargs)
+        operator.check_dependencies(own_only=True)
+        return operator
+
+
+class OperatorABC(ABC, metaclass=_OperatorMeta):
+    """Base class of every operator.
+
+    Declare the keys once in ``key_spec`` (see ``operators.keys``): the base class builds ``run``,
+    ``input_columns``, ``output_columns`` and ``explicit_input_columns`` from it. An operator that
+    writes its own ``run(storage, ...)`` calling ``self.execute(storage, **keys)`` (the older way)
+    keeps working; it then overrides the column methods it needs. ``holds_model``: whether it loads
+    a model (Ray gives such an operator long-lived actors; None: detected from its attributes).
+    ``requires``: optional modules it needs, as ``(module, pip extra)``, checked at construction; those
+    and the ones its servings and scorers declare (e.g. vLLM's) are checked by ``compile``, before any
+    step writes anything (a serving can be built, e.g. to plan GPUs, where its backend is missing).
+    """
+
+    key_spec: ClassVar[KeySpec | None] = None
+    holds_model: ClassVar[bool | None] = None
+    requires: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     # The row reference of the running step ({"step<k>": fingerprint}), set by ``bind_step``.
     _provenance_ref: dict[str, str] | None = None
     # Where image bytes and downloads of the running step go, set by ``bind_storage``.
     _media_cache: Path | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("key_spec") is not None and "run" not in cls.__dict__:
+            cls.run = spec_run(cls.__dict__["key_spec"])  # type: ignore[method-assign]
+
+    def run(self, storage: FileStorage, *args: Any, **keys: Any) -> Any:
+        """Run on ``storage``'s next step (built from ``key_spec``; an operator without one defines its own)."""
+        raise TypeError(
+            f"{self.name} has no run(): declare its keys once, e.g. key_spec = KeySpec(defaults={{'input_key': "
+            "'text', 'output_key': 'out'}, reads=('input_key',), writes=('output_key',)), or define "
+            "run(self, storage, input_key='text', ...) that calls self.execute(storage, input_key=input_key, ...)"
+        )
+
+    def dependencies(self, own_only: bool = False) -> list[tuple[str, str]]:
+        """The optional modules this operator needs: its own ``requires`` and its attributes' (servings, scorers)."""
+        found = list(self.requires)
+        for value in [] if own_only else vars(self).values():
+            found += [tuple(item) for item in getattr(type(value), "requires", ()) if isinstance(item, tuple)]
+        return list(dict.fromkeys(found))
+
+    def check_dependencies(self, own_only: bool = False) -> None:
+        """Raise MissingDependencyError (a user error: one line, exit 2) for a needed module not installed."""
+        for module, extra in self.dependencies(own_only):
+            check_available(module, extra)
+
     def input_columns(self, **keys: Any) -> list[str]:
         """Columns that must exist in the step this operator reads (checked by ``compile``)."""
-        return []
+        return self.key_spec.columns(self.key_spec.reads, keys) if self.key_spec else []
 
     def explicit_input_columns(self, **keys: Any) -> list[str]:
         """Optional input columns the caller named (a key other than its default): ``compile`` fails when
         one exists in no row, instead of the operator silently doing without it."""
-        return []
+        return self.key_spec.explicit(keys) if self.key_spec else []
 
     def output_columns(self, **keys: Any) -> list[str]:
         """Columns this operator adds (so ``compile`` knows what later steps can use)."""
-        return []
+        return self.key_spec.columns(self.key_spec.writes, keys) if self.key_spec else []
 
     def params(self) -> dict[str, Any]:
         """Parameters that change the output: part of the resume fingerprint and the manifest."""
@@ -249,7 +194,7 @@ class OperatorABC(ABC):
         """Other files that receive a copy of this step's rows (e.g. a config's output path)."""
         return []
 
-    def prepare(self, storage: FileStorage) -> None:  # noqa: B027 - optional hook
+    def prepare(self, storage: FileStorage) -> None:
         """Called once before the first chunk (e.g. to create output folders)."""
 
     def chunk_metrics(self, frame: pd.DataFrame, **keys: Any) -> dict[str, float]:
@@ -301,118 +246,23 @@ class OperatorABC(ABC):
         )
 
     def execute(self, storage: FileStorage, **keys: Any) -> StepResult | None:
-        """Run this operator on ``storage``'s current step (or record the call while compiling)."""
+        """Run this operator on ``storage``'s current step (or record the call while compiling).
+
+        The step itself is run by the step executor (``runners.step_executor``), the one loop every
+        runner shares.
+        """
         for path in self.extra_output_paths():
             record_produced(path, storage.output_path)
         calls = _recording.get()
         if calls is not None:
             calls.append(OperatorCall(self, storage, keys))
             return None
-        result = self._execute(storage, keys)
-        log.info(result.describe())
+        from dataflow_mm.runners.step_executor import execute_step  # runners execute operators
+
+        result = execute_step(OperatorCall(self, storage, keys))
         results = _results.get()
         if results is not None:
             results.append(result)
-        return result
-
-    def _execute(self, storage: FileStorage, keys: dict[str, Any]) -> StepResult:
-        step = storage.output_step
-        check_writes([(step, storage.input_path, storage.output_path, self.extra_output_paths())])
-        with storage.locked():
-            return self._execute_locked(storage, keys)
-
-    def _execute_locked(self, storage: FileStorage, keys: dict[str, Any]) -> StepResult:
-        storage.check_writable()
-        input_sha = file_sha256(check_readable(storage.input_path))
-        current = self.fingerprint(keys)
-        self._check_explicit_columns(storage, keys)
-        step = storage.output_step
-        manifest = StepManifest.load(storage.output_path)
-        if manifest is not None and manifest.matches(current, input_sha, storage.output_path):
-            hashes = self._sync_extra_outputs(storage.output_path, manifest.extra_output_sha256)
-            if hashes != manifest.extra_output_sha256:
-                manifest.extra_outputs = list(hashes)
-                manifest.extra_output_sha256 = hashes
-                manifest.save(storage.output_path)
-            ChunkParts(storage.output_path, {}).remove()  # left by a kill between manifest and cleanup
-            stats = manifest.stats
-            return StepResult(
-                step,
-                self.name,
-                str(storage.output_path),
-                stats.get("rows_in", 0),
-                stats.get("rows_out", 0),
-                stats.get("rejected", {}),
-                stats.get("row_errors", {}),
-                skipped=True,
-                provenance=manifest.provenance,
-                metrics=stats.get("metrics", {}),
-            )
-        return self._run_step(storage, keys, step, current, input_sha)
-
-    def _check_explicit_columns(self, storage: FileStorage, keys: dict[str, Any]) -> None:
-        """A column the caller named explicitly must exist in some row (also when ``forward()`` runs uncompiled)."""
-        for key in self.explicit_input_columns(**keys):
-            columns: list[str] = []
-            for chunk in storage.iter_chunks():
-                if key in chunk.frame.columns:
-                    break
-                columns += [str(c) for c in chunk.frame.columns if c not in columns]
-            else:
-                raise PipelineCompileError(
-                    f"{self.name} (reads '{storage.input_path}'): input key '{key}' exists in no row. "
-                    f"Available: {columns}"
-                )
-
-    def _run_step(
-        self, storage: FileStorage, keys: dict[str, Any], step: int, current: str, input_sha: str
-    ) -> StepResult:
-        """Process every chunk not done yet (or whose media changed since), then join the parts into the step."""
-        started = time.perf_counter()
-        result = StepResult(step, self.name, str(storage.output_path), provenance=self.provenance())
-        for written in (storage.output_path, storage.rejects_path, manifest_path(storage.output_path)):
-            remove_stale_temps(written)  # left by a run killed while writing this step
-        parts = ChunkParts(
-            storage.output_path, {"fingerprint": current, "input_sha256": input_sha, "chunk_size": storage.chunk_size}
-        )
-        resumed = parts.open()
-        if resumed:
-            log.info(f"step {step} {self.name}: resuming after {resumed} completed chunk(s)")
-        progress = StepProgress(f"step {step} {self.name}", count_rows(storage.input_path, storage.input_type))
-        self.bind_step(step, current)
-        self.bind_storage(storage)
-        self.prepare(storage)
-        try:
-            for index, chunk in enumerate(storage.iter_chunks()):
-                counts = parts.done(index)
-                if counts is None or changed_media(counts.get("media", {})):
-                    out, counts = self.run_chunk(chunk.frame, chunk.rejects, keys, storage.media_root)
-                    parts.write(index, out, chunk.rejects, counts)
-                progress.update(len(chunk.frame) + len(chunk.rejects))
-        finally:
-            progress.close()
-        rejects = self._merge_counts(parts, result)
-        media = {path: item for i in parts.indices() for path, item in (parts.done(i) or {}).get("media", {}).items()}
-        parts.assemble(storage.cache_type)
-        self._write_rejects(storage, rejects)
-        # Extra outputs before the manifest: a kill before the manifest is saved reruns the step
-        # (from its chunk parts, removed only once the manifest is there) and rewrites them.
-        extra_hashes = self._sync_extra_outputs(storage.output_path, None)
-        result.seconds = time.perf_counter() - started
-        StepManifest(
-            operator=self.name,
-            fingerprint=current,
-            params=self.params(),
-            input_path=str(storage.input_path),
-            input_sha256=input_sha,
-            output_sha256=file_sha256(storage.output_path),
-            stats=result.to_dict(),
-            provenance=result.provenance,
-            extra_outputs=list(extra_hashes),
-            extra_output_sha256=extra_hashes,
-            media=media,
-        ).save(storage.output_path)
-        parts.remove()
         return result
 
     def run_chunk(
@@ -425,28 +275,6 @@ class OperatorABC(ABC):
         if media:
             counts["media"] = media
         return out, counts
-
-    @staticmethod
-    def _merge_counts(parts: ChunkParts, result: StepResult) -> list[Reject]:
-        """Add up the chunk markers' counts into ``result``; return every reject in order."""
-        rejects: list[Reject] = []
-        rejected: Counter[str] = Counter()
-        row_errors: Counter[str] = Counter()
-        metrics: dict[str, float] = {}
-        for index in parts.indices():
-            counts = parts.done(index) or {}
-            result.rows_in += counts.get("rows_in", 0)
-            result.rows_out += counts.get("rows_out", 0)
-            row_errors.update(counts.get("row_errors", {}))
-            for name, value in counts.get("metrics", {}).items():
-                metrics[name] = metrics.get(name, 0) + value
-            for item in counts.get("rejects", []):
-                rejects.append(Reject(**item))
-                rejected[item["cause"]] += 1
-        result.rejected = dict(rejected)
-        result.row_errors = dict(row_errors)
-        result.metrics = metrics
-        return rejects
 
     def process_chunk(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         """``process`` on the rows without an error; rows with one pass through, order kept."""
@@ -482,34 +310,6 @@ class OperatorABC(ABC):
         for column in missing:
             frame[column] = None
         return frame
-
-    def _write_rejects(self, storage: FileStorage, rejects: list[Reject]) -> None:
-        path = storage.rejects_path
-        if rejects:
-            write_table(pd.DataFrame([r.to_dict() for r in rejects]), path, "jsonl")
-        else:
-            path.unlink(missing_ok=True)
-
-    def _sync_extra_outputs(self, step_file: Path, recorded: dict[str, str] | None) -> dict[str, str]:
-        """Write each extra output that is missing or differs from ``recorded``; return every one's sha256.
-
-        ``recorded`` is None on a fresh run (write them all). Each write is atomic, through the same
-        writer as the step files (same file mode), and temp files of killed runs are removed first.
-        """
-        hashes: dict[str, str] = {}
-        for target in self.extra_output_paths():
-            remove_stale_temps(target)
-            expected = (recorded or {}).get(str(target))
-            if expected and target.is_file() and file_sha256(target) == expected:
-                hashes[str(target)] = expected
-                continue
-            if table_type_of(target) != table_type_of(step_file):
-                write_table(read_table(step_file).frame, target)
-            else:
-                with AtomicFile(target) as atomic:
-                    shutil.copyfile(step_file, atomic.tmp)
-            hashes[str(target)] = file_sha256(target)
-        return hashes
 
 
 def _keep_input_of_failed_rows(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:

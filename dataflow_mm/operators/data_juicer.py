@@ -35,7 +35,7 @@ from dataflow_mm.operators.imgdiff_common import (
     copy_decisions,
     kept,
 )
-from dataflow_mm.storage.file_storage import FileStorage
+from dataflow_mm.operators.keys import KeySpec
 
 DJ_META = "__dj__meta__"
 DJ_BBOX = "__dj__bbox__"
@@ -184,34 +184,16 @@ class DataJuicerMetaWriter(OperatorABC):
     a row with an error passes through with its meta unchanged.
     """
 
-    def run(
-        self,
-        storage: FileStorage,
-        bbox_key: str = BBOX_KEY,
-        caption1_key: str = CAPTION1_KEY,
-        caption2_key: str = CAPTION2_KEY,
-        difference_key: str = DIFFERENCE_KEY,
-        decisions_key: str = DECISIONS_KEY,
-    ) -> None:
-        self.execute(
-            storage,
-            bbox_key=bbox_key,
-            caption1_key=caption1_key,
-            caption2_key=caption2_key,
-            difference_key=difference_key,
-            decisions_key=decisions_key,
-        )
-
-    def input_columns(
-        self,
-        bbox_key: str = BBOX_KEY,
-        caption1_key: str = CAPTION1_KEY,
-        caption2_key: str = CAPTION2_KEY,
-        difference_key: str = DIFFERENCE_KEY,
-        decisions_key: str = DECISIONS_KEY,
-        **_: Any,
-    ) -> list[str]:
-        return [bbox_key, caption1_key, caption2_key, difference_key, decisions_key]
+    key_spec = KeySpec(
+        defaults={
+            "bbox_key": BBOX_KEY,
+            "caption1_key": CAPTION1_KEY,
+            "caption2_key": CAPTION2_KEY,
+            "difference_key": DIFFERENCE_KEY,
+            "decisions_key": DECISIONS_KEY,
+        },
+        reads=("bbox_key", "caption1_key", "caption2_key", "difference_key", "decisions_key"),
+    )
 
     def output_columns(self, **_: Any) -> list[str]:
         return [DJ_META]

@@ -7,7 +7,6 @@ never overwrite each other's files and an identical re-run reuses them.
 
 from __future__ import annotations
 
-import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -22,13 +21,13 @@ from dataflow_mm.errors import ERROR_COLUMN, ConfigError, InvalidBoxError, RowEr
 from dataflow_mm.imaging.bbox import BOX_FORMATS, from_xyxy, normalize_xyxy, pad_boxes, parse_boxes
 from dataflow_mm.imaging.draw import draw_numbered_boxes
 from dataflow_mm.imaging.loading import load_image
-from dataflow_mm.imaging.naming import content_name
 from dataflow_mm.imaging.proposals import propose_boxes
 from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.operators.report_view import ReportView
-from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage.atomic import fsync_folder
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.storage.media import resolve_media_path, several_images_note
+from dataflow_mm.storage.media import resolve_media_path, several_images_note, write_jpeg
 
 DEFAULT_REGION_PROMPT = (
     "Describe the content of each marked region in the image. There are {n} regions: <region1> to <region{n}>."
@@ -99,6 +98,20 @@ class ImageBboxGenerator(OperatorABC):
         },
         identifies=(("image_with_bbox",),),
     )
+    key_spec = KeySpec(
+        defaults={
+            "input_image_key": "image",
+            "input_bbox_key": DEFAULT_BBOX_KEY,
+            "output_image_key": "image_with_bbox",
+            "output_prompt_key": "prompt",
+        },
+        reads=("input_image_key",),
+        writes=("output_image_key", "output_prompt_key"),
+        # rows without boxes get proposed ones; a box column the caller named must exist, or every row
+        # would silently get proposals instead of the caller's boxes
+        optional=("input_bbox_key",),
+    )
+    holds_model = False
 
     def __init__(self, config: ExistingBBoxDataGenConfig | None = None, prompt_template: str = DEFAULT_REGION_PROMPT):
         self.config = config or ExistingBBoxDataGenConfig()
@@ -109,34 +122,8 @@ class ImageBboxGenerator(OperatorABC):
         self._image_dir = Path(self.config.image_output_dir) if self.config.image_output_dir else None
         self._media_root: Path | None = None
 
-    def run(
-        self,
-        storage: FileStorage,
-        input_image_key: str = "image",
-        input_bbox_key: str = "bbox",
-        output_image_key: str = "image_with_bbox",
-        output_prompt_key: str = "prompt",
-    ) -> None:
-        self.execute(
-            storage,
-            input_image_key=input_image_key,
-            input_bbox_key=input_bbox_key,
-            output_image_key=output_image_key,
-            output_prompt_key=output_prompt_key,
-        )
-
-    def input_columns(self, input_image_key: str = "image", **_: Any) -> list[str]:
-        return [input_image_key]
-
-    def explicit_input_columns(self, input_bbox_key: str | None = DEFAULT_BBOX_KEY, **_: Any) -> list[str]:
-        # Rows without boxes get proposed ones; a box column the caller named must exist, or every row
-        # would silently get proposals instead of the caller's boxes.
-        return [input_bbox_key] if input_bbox_key and input_bbox_key != DEFAULT_BBOX_KEY else []
-
-    def output_columns(
-        self, output_image_key: str = "image_with_bbox", output_prompt_key: str = "prompt", **_: Any
-    ) -> list[str]:
-        return [*OUTPUT_FIELDS, output_image_key, output_prompt_key]
+    def output_columns(self, **keys: Any) -> list[str]:
+        return [*OUTPUT_FIELDS, *super().output_columns(**keys)]
 
     def params(self) -> dict[str, Any]:
         config = asdict(self.config)
@@ -167,6 +154,7 @@ class ImageBboxGenerator(OperatorABC):
         workers = self.config.num_workers or min(4, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             rendered = list(pool.map(self._render_row, images, boxes))
+        fsync_folder(self._image_dir)  # the chunk's new image names made durable at once, not per image
         notes = [several_images_note(value, input_image_key) for value in images]
         out = frame.copy()
         renamed = {
@@ -225,11 +213,6 @@ class ImageBboxGenerator(OperatorABC):
         }
 
     def _save(self, drawn: Image.Image, stem: str) -> str:
-        buffer = io.BytesIO()
-        drawn.save(buffer, format="JPEG", quality=self.config.jpeg_quality)
-        data = buffer.getvalue()
         assert self._image_dir is not None
-        target = self._image_dir / content_name(f"{stem}_bbox_vis", data, ".jpg")
-        if not target.exists():
-            write_bytes_atomic(data, target)
-        return str(target)
+        # process() syncs the folder once per chunk, not once per image
+        return write_jpeg(drawn, self._image_dir, f"{stem}_bbox_vis", self.config.jpeg_quality, sync_folder=False)

@@ -62,6 +62,7 @@ from dataflow_mm.operators.imgdiff_common import (
     step_counts,
 )
 from dataflow_mm.operators.imgdiff_dj_meta import DJ_META_KEY, dj_bboxes, uses_dj_format, with_dj_bboxes
+from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.scoring.image_similarity import ClipImageSimilarity
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMScorer
 from dataflow_mm.scoring.object_detection import DEFAULT_DETECTOR, Detection, OwlDetector
@@ -166,6 +167,21 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
     """Boxes around the object that changed between two captioned images (Data-Juicer's generator)."""
 
     report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
+    key_spec = KeySpec(
+        defaults={
+            "input_image1_key": IMAGE1_KEY,
+            "input_image2_key": IMAGE2_KEY,
+            "input_caption1_key": CAPTION1_KEY,
+            "input_caption2_key": CAPTION2_KEY,
+            "input_bbox_key": BBOX_KEY,
+            "output_bbox_key": BBOX_KEY,
+            "output_source_key": SOURCE_KEY,
+            "decisions_key": AREA_DECISIONS_KEY,
+        },
+        reads=("input_image1_key", "input_image2_key", "input_caption1_key", "input_caption2_key"),
+        writes=("output_bbox_key", "output_source_key", "decisions_key"),
+    )
+    holds_model = True
 
     def __init__(
         self,
@@ -220,49 +236,8 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
         self.images = PairLoader()
 
     # -- the operator contract ------------------------------------------------------------------
-    def run(
-        self,
-        storage: FileStorage,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        input_caption1_key: str = CAPTION1_KEY,
-        input_caption2_key: str = CAPTION2_KEY,
-        input_bbox_key: str = BBOX_KEY,
-        output_bbox_key: str = BBOX_KEY,
-        output_source_key: str = SOURCE_KEY,
-        decisions_key: str = AREA_DECISIONS_KEY,
-    ) -> None:
-        self.execute(
-            storage,
-            input_image1_key=input_image1_key,
-            input_image2_key=input_image2_key,
-            input_caption1_key=input_caption1_key,
-            input_caption2_key=input_caption2_key,
-            input_bbox_key=input_bbox_key,
-            output_bbox_key=output_bbox_key,
-            output_source_key=output_source_key,
-            decisions_key=decisions_key,
-        )
-
-    def input_columns(
-        self,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        input_caption1_key: str = CAPTION1_KEY,
-        input_caption2_key: str = CAPTION2_KEY,
-        **_: Any,
-    ) -> list[str]:
-        return [input_image1_key, input_image2_key, input_caption1_key, input_caption2_key]
-
-    def output_columns(
-        self,
-        output_bbox_key: str = BBOX_KEY,
-        output_source_key: str = SOURCE_KEY,
-        decisions_key: str = AREA_DECISIONS_KEY,
-        **_: Any,
-    ) -> list[str]:
-        return [output_bbox_key, output_source_key, decisions_key, AREA_REASON_KEY, PAIR_SIMILARITY_KEY,
-                CHANGED_NOUNS_KEY]  # fmt: skip
+    def output_columns(self, **keys: Any) -> list[str]:
+        return [*super().output_columns(**keys), AREA_REASON_KEY, PAIR_SIMILARITY_KEY, CHANGED_NOUNS_KEY]
 
     def params(self) -> dict[str, Any]:
         return {

@@ -37,6 +37,7 @@ from dataflow_mm.operators.imgdiff_common import (
     plain_numbers,
     set_row_errors,
 )
+from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.storage.file_storage import FileStorage
 
 
@@ -44,6 +45,17 @@ class ImgDiffDifferenceAreaProposer(OperatorABC):
     """Fill in boxes around the differing areas of image pairs for rows that have none."""
 
     report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
+    key_spec = KeySpec(
+        defaults={
+            "input_image1_key": IMAGE1_KEY,
+            "input_image2_key": IMAGE2_KEY,
+            "input_bbox_key": BBOX_KEY,
+            "output_bbox_key": BBOX_KEY,
+            "output_source_key": SOURCE_KEY,
+        },
+        reads=("input_image1_key", "input_image2_key"),  # the box column may be absent: every row is then proposed
+        writes=("output_bbox_key", "output_source_key"),
+    )
 
     def __init__(
         self,
@@ -66,37 +78,9 @@ class ImgDiffDifferenceAreaProposer(OperatorABC):
         self.propose_for_zero_boxes = propose_for_zero_boxes
         self.images = PairLoader()
 
-    def run(
-        self,
-        storage: FileStorage,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        input_bbox_key: str = BBOX_KEY,
-        output_bbox_key: str = BBOX_KEY,
-        output_source_key: str = SOURCE_KEY,
-    ) -> None:
-        self.execute(
-            storage,
-            input_image1_key=input_image1_key,
-            input_image2_key=input_image2_key,
-            input_bbox_key=input_bbox_key,
-            output_bbox_key=output_bbox_key,
-            output_source_key=output_source_key,
-        )
-
-    def input_columns(
-        self, input_image1_key: str = IMAGE1_KEY, input_image2_key: str = IMAGE2_KEY, **_: Any
-    ) -> list[str]:
-        return [input_image1_key, input_image2_key]  # the box column may be absent: every row is then proposed
-
     def explicit_input_columns(self, input_bbox_key: str = BBOX_KEY, **_: Any) -> list[str]:
         # ... but a box column the caller named must exist, or every row would silently get proposals.
         return [key_column(input_bbox_key)] if input_bbox_key and input_bbox_key != BBOX_KEY else []
-
-    def output_columns(
-        self, output_bbox_key: str = BBOX_KEY, output_source_key: str = SOURCE_KEY, **_: Any
-    ) -> list[str]:
-        return [output_bbox_key, output_source_key]
 
     def params(self) -> dict[str, Any]:
         return {

@@ -48,6 +48,7 @@ from dataflow_mm.operators.imgdiff_difference_captioner import EMPTY_RESULTS, Im
 from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
 from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
+from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.scoring.image_text_matching import BlipITMScorer
 from dataflow_mm.scoring.text_similarity import TextSimilarity, text_similarity_model
 from dataflow_mm.serving.base import SamplingParams, VLMServing
@@ -126,6 +127,20 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
     """The seed's fused Img-Diff operator: region captions, ITM filter, caption similarity, difference captions."""
 
     report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
+    key_spec = KeySpec(
+        defaults={
+            "input_image1_key": IMAGE1_KEY,
+            "input_image2_key": IMAGE2_KEY,
+            "input_bbox_key": BBOX_KEY,
+            "output_bbox_key": BBOX_KEY,
+            "output_caption1_key": CAPTION1_KEY,
+            "output_caption2_key": CAPTION2_KEY,
+            "output_difference_key": DIFFERENCE_KEY,
+            "output_image_key": DIFFERENCE_IMAGES_KEY,
+            "decisions_key": DECISIONS_KEY,
+        }
+    )
+    holds_model = True
 
     def __init__(
         self,
@@ -258,32 +273,6 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
     @property
     def text_similarity(self) -> TextSimilarity:
         return self.similarity_filter.similarity
-
-    def run(
-        self,
-        storage: FileStorage,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        input_bbox_key: str = BBOX_KEY,
-        output_bbox_key: str = BBOX_KEY,
-        output_caption1_key: str = CAPTION1_KEY,
-        output_caption2_key: str = CAPTION2_KEY,
-        output_difference_key: str = DIFFERENCE_KEY,
-        output_image_key: str = DIFFERENCE_IMAGES_KEY,
-        decisions_key: str = DECISIONS_KEY,
-    ) -> None:
-        self.execute(
-            storage,
-            input_image1_key=input_image1_key,
-            input_image2_key=input_image2_key,
-            input_bbox_key=input_bbox_key,
-            output_bbox_key=output_bbox_key,
-            output_caption1_key=output_caption1_key,
-            output_caption2_key=output_caption2_key,
-            output_difference_key=output_difference_key,
-            output_image_key=output_image_key,
-            decisions_key=decisions_key,
-        )
 
     def input_columns(self, **keys: Any) -> list[str]:
         return self.region_captioner.input_columns(**keys)

@@ -15,7 +15,6 @@ kept box gets the seed's empty result: ``[""]``, ``[""]``, ``[[0, 0, 0, 0]]``, `
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from PIL import Image
 from dataflow_mm.checks import check_choice, check_int
 from dataflow_mm.errors import ERROR_COLUMN, RowError
 from dataflow_mm.imaging.draw import draw_red_box, side_by_side
-from dataflow_mm.imaging.naming import content_name
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     CAPTION1_KEY,
@@ -49,10 +47,11 @@ from dataflow_mm.operators.imgdiff_common import (
     set_row_errors,
     vlm_provenance,
 )
+from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.serving.base import Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import build_conversation
-from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.file_storage import FileStorage
+from dataflow_mm.storage.media import write_jpeg
 
 DEFAULT_DIFFERENCE_PROMPT = (
     "Analyse the left image and the right image (separated by the black vertical bar). "
@@ -82,6 +81,27 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
     """Ask the VLM what differs inside each kept box (all boxes of a chunk in one call); write the final columns."""
 
     report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
+    key_spec = KeySpec(
+        defaults={
+            "input_image1_key": IMAGE1_KEY,
+            "input_image2_key": IMAGE2_KEY,
+            "decisions_key": DECISIONS_KEY,
+            "output_bbox_key": "bboxes",
+            "output_caption1_key": CAPTION1_KEY,
+            "output_caption2_key": CAPTION2_KEY,
+            "output_difference_key": DIFFERENCE_KEY,
+            "output_image_key": DIFFERENCE_IMAGES_KEY,
+        },
+        reads=("input_image1_key", "input_image2_key", "decisions_key"),
+        writes=(
+            "output_caption1_key",
+            "output_caption2_key",
+            "output_bbox_key",
+            "output_difference_key",
+            "decisions_key",
+        ),
+    )
+    holds_model = True
 
     def __init__(
         self,
@@ -117,50 +137,8 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         self.images = PairLoader()
         self._image_dir: Path | None = Path(image_output_dir) if image_output_dir else None
 
-    def run(
-        self,
-        storage: FileStorage,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        decisions_key: str = DECISIONS_KEY,
-        output_bbox_key: str = "bboxes",
-        output_caption1_key: str = CAPTION1_KEY,
-        output_caption2_key: str = CAPTION2_KEY,
-        output_difference_key: str = DIFFERENCE_KEY,
-        output_image_key: str = DIFFERENCE_IMAGES_KEY,
-    ) -> None:
-        self.execute(
-            storage,
-            input_image1_key=input_image1_key,
-            input_image2_key=input_image2_key,
-            decisions_key=decisions_key,
-            output_bbox_key=output_bbox_key,
-            output_caption1_key=output_caption1_key,
-            output_caption2_key=output_caption2_key,
-            output_difference_key=output_difference_key,
-            output_image_key=output_image_key,
-        )
-
-    def input_columns(
-        self,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        decisions_key: str = DECISIONS_KEY,
-        **_: Any,
-    ) -> list[str]:
-        return [input_image1_key, input_image2_key, decisions_key]
-
-    def output_columns(
-        self,
-        decisions_key: str = DECISIONS_KEY,
-        output_bbox_key: str = "bboxes",
-        output_caption1_key: str = CAPTION1_KEY,
-        output_caption2_key: str = CAPTION2_KEY,
-        output_difference_key: str = DIFFERENCE_KEY,
-        output_image_key: str = DIFFERENCE_IMAGES_KEY,
-        **_: Any,
-    ) -> list[str]:
-        columns = [output_caption1_key, output_caption2_key, output_bbox_key, output_difference_key, decisions_key]
+    def output_columns(self, output_image_key: str = DIFFERENCE_IMAGES_KEY, **keys: Any) -> list[str]:
+        columns = super().output_columns(**keys)
         return [*columns, output_image_key] if self.keep_difference_images else columns
 
     def params(self) -> dict[str, Any]:
@@ -266,12 +244,6 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         )
 
     def _save(self, panel: Image.Image, stem: str, index: int) -> str:
-        buffer = io.BytesIO()
-        panel.save(buffer, format="JPEG", quality=self.jpeg_quality)
-        data = buffer.getvalue()
         if self._image_dir is None:
             self._image_dir = Path(DIFFERENCE_IMAGE_DIR)
-        target = self._image_dir / content_name(f"{stem}_diff{index}", data, ".jpg")
-        if not target.exists():
-            write_bytes_atomic(data, target)
-        return str(target)
+        return write_jpeg(panel, self._image_dir, f"{stem}_diff{index}", self.jpeg_quality)

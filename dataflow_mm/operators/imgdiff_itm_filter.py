@@ -35,6 +35,7 @@ from dataflow_mm.operators.imgdiff_common import (
     log,
     set_row_errors,
 )
+from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMScorer
 from dataflow_mm.storage.file_storage import FileStorage
 
@@ -43,6 +44,12 @@ class ImgDiffImageTextMatchingFilter(OperatorABC):
     """Keep a box when BLIP ITM says both crops match their region captions (within the score range)."""
 
     report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
+    key_spec = KeySpec(
+        defaults={"input_image1_key": IMAGE1_KEY, "input_image2_key": IMAGE2_KEY, "decisions_key": DECISIONS_KEY},
+        reads=("input_image1_key", "input_image2_key", "decisions_key"),
+        writes=("decisions_key",),
+    )
+    holds_model = True
 
     def __init__(
         self,
@@ -62,29 +69,6 @@ class ImgDiffImageTextMatchingFilter(OperatorABC):
         self.min_score = float(min_score)
         self.max_score = float(max_score)
         self.images = PairLoader()
-
-    def run(
-        self,
-        storage: FileStorage,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        decisions_key: str = DECISIONS_KEY,
-    ) -> None:
-        self.execute(
-            storage, input_image1_key=input_image1_key, input_image2_key=input_image2_key, decisions_key=decisions_key
-        )
-
-    def input_columns(
-        self,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        decisions_key: str = DECISIONS_KEY,
-        **_: Any,
-    ) -> list[str]:
-        return [input_image1_key, input_image2_key, decisions_key]
-
-    def output_columns(self, decisions_key: str = DECISIONS_KEY, **_: Any) -> list[str]:
-        return [decisions_key]
 
     def params(self) -> dict[str, Any]:
         return {"min_score": self.min_score, "max_score": self.max_score}

@@ -41,6 +41,7 @@ from dataflow_mm.operators.imgdiff_common import (
     set_row_errors,
     vlm_provenance,
 )
+from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.serving.base import Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import build_conversation
 from dataflow_mm.storage.file_storage import FileStorage
@@ -59,6 +60,17 @@ class ImgDiffRegionCaptioner(OperatorABC):
     """Caption every candidate box region in image 1 and image 2 (all rows of a chunk in one VLM call)."""
 
     report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
+    key_spec = KeySpec(
+        defaults={
+            "input_image1_key": IMAGE1_KEY,
+            "input_image2_key": IMAGE2_KEY,
+            "input_bbox_key": BBOX_KEY,
+            "decisions_key": DECISIONS_KEY,
+        },
+        reads=("input_image1_key", "input_image2_key"),
+        writes=("decisions_key",),
+    )
+    holds_model = True
 
     def __init__(
         self,
@@ -83,33 +95,8 @@ class ImgDiffRegionCaptioner(OperatorABC):
         self.sampling = sampling  # None: the serving's own sampling settings
         self.images = PairLoader()
 
-    def run(
-        self,
-        storage: FileStorage,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        input_bbox_key: str = BBOX_KEY,
-        decisions_key: str = DECISIONS_KEY,
-    ) -> None:
-        self.execute(
-            storage,
-            input_image1_key=input_image1_key,
-            input_image2_key=input_image2_key,
-            input_bbox_key=input_bbox_key,
-            decisions_key=decisions_key,
-        )
-
-    def input_columns(
-        self,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        input_bbox_key: str = BBOX_KEY,
-        **_: Any,
-    ) -> list[str]:
-        return [input_image1_key, input_image2_key, key_column(input_bbox_key)]
-
-    def output_columns(self, decisions_key: str = DECISIONS_KEY, **_: Any) -> list[str]:
-        return [decisions_key]
+    def input_columns(self, input_bbox_key: str = BBOX_KEY, **keys: Any) -> list[str]:
+        return [*super().input_columns(**keys), key_column(input_bbox_key)]
 
     def params(self) -> dict[str, Any]:
         return {

@@ -27,14 +27,16 @@ from dataflow_mm.operators.imgdiff_common import (
     kept,
     log,
 )
+from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.scoring.text_similarity import DEFAULT_CLIP, TextSimilarity, text_similarity_model
-from dataflow_mm.storage.file_storage import FileStorage
 
 
 class ImgDiffCaptionSimilarityFilter(OperatorABC):
     """Keep a box when the similarity of its two region captions lies within the score range."""
 
     report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
+    key_spec = KeySpec(defaults={"decisions_key": DECISIONS_KEY}, reads=("decisions_key",), writes=("decisions_key",))
+    holds_model = True
 
     def __init__(
         self,
@@ -53,15 +55,6 @@ class ImgDiffCaptionSimilarityFilter(OperatorABC):
         )
         self.min_score = float(min_score)
         self.max_score = float(max_score)
-
-    def run(self, storage: FileStorage, decisions_key: str = DECISIONS_KEY) -> None:
-        self.execute(storage, decisions_key=decisions_key)
-
-    def input_columns(self, decisions_key: str = DECISIONS_KEY, **_: Any) -> list[str]:
-        return [decisions_key]
-
-    def output_columns(self, decisions_key: str = DECISIONS_KEY, **_: Any) -> list[str]:
-        return [decisions_key]
 
     def params(self) -> dict[str, Any]:
         return {"min_score": self.min_score, "max_score": self.max_score}

@@ -28,6 +28,7 @@ from dataflow_mm.errors import ERROR_COLUMN, InvalidBoxError, RowError, row_erro
 from dataflow_mm.imaging.crop import crop_box
 from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.operators.base import OperatorABC, histogram_metrics
+from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMScorer
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.media import resolve_media_path
@@ -53,6 +54,18 @@ def _pixel_box(normalized: Any, size: tuple[int, int]) -> list[float]:
 class RegionCaptionVerifier(OperatorABC):
     """Score each region caption against its box's crop; with ``min_region_score``, drop the regions below it."""
 
+    key_spec = KeySpec(
+        defaults={
+            "input_image_key": "image",
+            "input_bbox_key": "normalized_bbox",
+            "input_captions_key": "region_captions",
+            "output_scores_key": SCORES_KEY,
+            "output_kept_key": KEPT_KEY,
+        },
+        reads=("input_image_key", "input_bbox_key", "input_captions_key"),
+        writes=("output_scores_key", "output_kept_key"),
+    )
+
     def __init__(
         self,
         scorer: BlipITMScorer | None = None,
@@ -70,37 +83,8 @@ class RegionCaptionVerifier(OperatorABC):
         self.min_region_score = None if min_region_score is None else float(min_region_score)
         self._media_root = None
 
-    def run(
-        self,
-        storage: FileStorage,
-        input_image_key: str = "image",
-        input_bbox_key: str = "normalized_bbox",
-        input_captions_key: str = "region_captions",
-        output_scores_key: str = SCORES_KEY,
-        output_kept_key: str = KEPT_KEY,
-    ) -> None:
-        self.execute(
-            storage,
-            input_image_key=input_image_key,
-            input_bbox_key=input_bbox_key,
-            input_captions_key=input_captions_key,
-            output_scores_key=output_scores_key,
-            output_kept_key=output_kept_key,
-        )
-
-    def input_columns(
-        self,
-        input_image_key: str = "image",
-        input_bbox_key: str = "normalized_bbox",
-        input_captions_key: str = "region_captions",
-        **_: Any,
-    ) -> list[str]:
-        return [input_image_key, input_bbox_key, input_captions_key]
-
-    def output_columns(
-        self, output_scores_key: str = SCORES_KEY, output_kept_key: str = KEPT_KEY, **_: Any
-    ) -> list[str]:
-        return [output_scores_key, output_kept_key, DROPPED_KEY]
+    def output_columns(self, **keys: Any) -> list[str]:
+        return [*super().output_columns(**keys), DROPPED_KEY]
 
     def params(self) -> dict[str, Any]:
         return {"min_region_score": self.min_region_score}

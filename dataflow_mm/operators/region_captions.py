@@ -19,8 +19,8 @@ import pandas as pd
 
 from dataflow_mm.errors import UserError
 from dataflow_mm.operators.base import TRUNCATED_COLUMN, OperatorABC
+from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.operators.region_caption_parsing import PARSER_VERSION, parse_region_captions, region_count
-from dataflow_mm.storage.file_storage import FileStorage
 
 # Appended to the seed's prompt by ``--structured_answer``: one labelled line per region.
 STRUCTURED_ANSWER_INSTRUCTION = (
@@ -133,22 +133,11 @@ class RegionCaptionParser(OperatorABC):
     / ``..._total``, so truncation does not pass for a parser failure.
     """
 
-    def run(
-        self,
-        storage: FileStorage,
-        input_answer_key: str = "answer",
-        input_count_key: str = "valid_bboxes_num",
-        output_key: str = "region_captions",
-    ) -> None:
-        self.execute(storage, input_answer_key=input_answer_key, input_count_key=input_count_key, output_key=output_key)
-
-    def input_columns(
-        self, input_answer_key: str = "answer", input_count_key: str = "valid_bboxes_num", **_: Any
-    ) -> list[str]:
-        return [input_answer_key, input_count_key]
-
-    def output_columns(self, output_key: str = "region_captions", **_: Any) -> list[str]:
-        return [output_key]
+    key_spec = KeySpec(
+        defaults={"input_answer_key": "answer", "input_count_key": "valid_bboxes_num", "output_key": "region_captions"},
+        reads=("input_answer_key", "input_count_key"),
+        writes=("output_key",),
+    )
 
     def params(self) -> dict[str, Any]:
         return {"parser_version": PARSER_VERSION}

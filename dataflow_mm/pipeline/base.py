@@ -65,6 +65,8 @@ class PipelineABC(ABC):
             self.forward()
         for call in calls:
             call.storage.reset()
+        for call in calls:  # e.g. a vllm serving where vllm is not installed: stop before step 1 writes
+            call.operator.check_dependencies()
         problems: list[str] = write_conflicts(
             [
                 (

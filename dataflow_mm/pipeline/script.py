@@ -14,7 +14,7 @@ from typing import Any
 
 from dataflow_mm.errors import UserError
 from dataflow_mm.imaging.bbox import BOX_FORMATS
-from dataflow_mm.runners import RUNNERS, Runner, get_runner
+from dataflow_mm.runners import RUNNERS, LocalRunner, Runner
 from dataflow_mm.serving.api_serving import DEFAULT_MAX_RESPONSE_BYTES
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.serving.factory import BACKENDS, create_serving
@@ -146,6 +146,11 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
         "--runner", choices=RUNNERS, default="local", help="local: in this process; ray: Ray Data (pip extra 'ray')"
     )
     group.add_argument(
+        "--no_streaming",
+        action="store_true",
+        help="local runner: run the steps one after another instead of streaming chunks from step to step",
+    )
+    group.add_argument(
         "--ray_address",
         default=None,
         help="Ray cluster to join ('auto' after `ray start --head`); default: start a local one",
@@ -170,7 +175,7 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
 def runner_from_args(args: argparse.Namespace) -> Runner:
     """The runner the flags describe (Ray is imported only when it is chosen)."""
     if args.runner != "ray":
-        return get_runner(args.runner)
+        return LocalRunner(streaming=not args.no_streaming)
     from dataflow_mm.runners.ray_runner import RayRunner
 
     return RayRunner(

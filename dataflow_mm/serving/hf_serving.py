@@ -13,7 +13,9 @@ Before generating, every request is counted with the processor (images included)
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from dataflow_mm.models.tiny import is_tiny_model
 from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import FINISH_LENGTH, Completion, Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import split_images, to_pil
+from dataflow_mm.serving.prefetch import prefetched
 from dataflow_mm.serving.token_budget import PromptTokenCounter, fit_to_budget, max_len_from_config
 from dataflow_mm.serving.token_budget import limit_side as _shrink
 
@@ -47,6 +50,17 @@ _DTYPES = {
 
 # One prepared request: (index in the call, prompt text, its images in order).
 _Prepared = tuple[int, str, list[Image.Image]]
+
+
+@dataclass
+class _Batch:
+    """Up to ``batch_size`` requests ready for ``generate``: their indexes in the call and processor inputs."""
+
+    positions: list[int]
+    inputs: Any
+
+    def __len__(self) -> int:
+        return len(self.positions)
 
 
 def _resolve_dtype(dtype: str, device: str) -> Any:
@@ -114,6 +128,9 @@ class LocalModelVLMServing_hf(VLMServing):
         self._grammars: structured.XGrammarProcessors | None = None
         self._torch_dtype: Any = None
         self._image_tokens: list[str] | None = None
+        # The tokenizer mutates its padding state per call: the prefetch thread and the decoding
+        # of answers never use it at the same time.
+        self._tokenizer_lock = threading.Lock()
 
     # ------------------------------------------------------------ properties
 
@@ -241,6 +258,7 @@ class LocalModelVLMServing_hf(VLMServing):
             return list(conversations)
         if self._counter is None or self._counter.processor is not self._processor:
             self._counter = PromptTokenCounter(self._processor)
+        self._counter.forget_renders()
         checked, report = fit_to_budget(
             self._counter,
             conversations,
@@ -255,7 +273,8 @@ class LocalModelVLMServing_hf(VLMServing):
     def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
         """Prepare requests in order and generate each time ``batch_size`` of them are ready.
 
-        Images are decoded batch by batch, so memory holds one batch of images at a time.
+        The next batch (images decoded, chat template, processor) is prepared in a background
+        thread while ``generate`` runs on this one, so memory holds about two batches of images.
         """
         self.load()
         if sampling.response_schema is not None:
@@ -266,6 +285,18 @@ class LocalModelVLMServing_hf(VLMServing):
         if sampling.seed is not None:
             require("torch", "hf").manual_seed(sampling.seed)
         results: list[Completion | None] = [None] * len(conversations)
+        try:
+            for batch in prefetched(self._batches(conversations, results), name="hf-prepare"):
+                for position, completion in zip(batch.positions, self._generate(batch, sampling), strict=True):
+                    results[position] = completion
+        finally:
+            if self._counter is not None:
+                self._counter.forget_renders()
+        missing = row_error_text(ServingError("no answer"))
+        return [c if c is not None else Completion(text=None, error=missing) for c in results]
+
+    def _batches(self, conversations: Sequence[Conversation], results: list[Completion | None]) -> Iterator[_Batch]:
+        """Batches of ``batch_size`` prepared requests; one that cannot be prepared gets its error in ``results``."""
         pending: list[_Prepared] = []
         for index, conversation in enumerate(conversations):
             try:
@@ -273,18 +304,25 @@ class LocalModelVLMServing_hf(VLMServing):
             except RowError as exc:
                 results[index] = Completion(text=None, error=row_error_text(exc))
             if len(pending) == self.batch_size or (pending and index == len(conversations) - 1):
-                for (position, _, _), completion in zip(pending, self._generate(pending, sampling), strict=True):
-                    results[position] = completion
+                yield self._processed(pending)
                 pending = []
-        missing = row_error_text(ServingError("no answer"))
-        return [c if c is not None else Completion(text=None, error=missing) for c in results]
 
     def _prepare(self, index: int, conversation: Conversation) -> _Prepared:
         """Prompt text from the model's own chat template, plus the request's images in memory."""
         template_messages, sources = split_images(conversation)
         images = [_shrink(to_pil(source), self.max_image_side) for source in sources]
+        if self._counter is not None:  # the budget check rendered it already
+            return index, self._counter.render(template_messages), images
         prompt = self._processor.apply_chat_template(template_messages, add_generation_prompt=True, tokenize=False)
         return index, prompt, images
+
+    def _processed(self, chunk: list[_Prepared]) -> _Batch:
+        """One left-padded batch of processor inputs (on the CPU) for ``chunk``."""
+        texts = [prompt for _, prompt, _ in chunk]
+        images = [image for _, _, request_images in chunk for image in request_images]
+        with self._tokenizer_lock:
+            inputs = self._processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        return _Batch([position for position, _, _ in chunk], inputs)
 
     def _generation_kwargs(self, sampling: SamplingParams) -> dict[str, Any]:
         tokenizer = self._processor.tokenizer
@@ -319,13 +357,10 @@ class LocalModelVLMServing_hf(VLMServing):
             return set()
         return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
-    def _generate(self, chunk: list[_Prepared], sampling: SamplingParams) -> list[Completion]:
+    def _generate(self, batch: _Batch, sampling: SamplingParams) -> list[Completion]:
         """One left-padded ``model.generate`` call for up to ``batch_size`` prepared requests."""
         torch = require("torch", "hf")
-        texts = [prompt for _, prompt, _ in chunk]
-        images = [image for _, _, request_images in chunk for image in request_images]
-        inputs = self._processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-        inputs = inputs.to(self._model.device)
+        inputs = batch.inputs.to(self._model.device)
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self._torch_dtype)
         with torch.inference_mode():
@@ -336,7 +371,8 @@ class LocalModelVLMServing_hf(VLMServing):
         completions = []
         for row, new_ids in enumerate(output[:, prompt_length:].tolist()):
             token_ids = _trim(new_ids, eos_ids, pad_id)
-            text = self._processor.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+            with self._tokenizer_lock:
+                text = self._processor.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
             completions.append(
                 Completion(
                     text=text,

@@ -18,6 +18,7 @@ a tokenization.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,11 +69,24 @@ class PromptTokenCounter:
         self.processor_kwargs = dict(processor_kwargs or {})
         self._can_estimate = callable(getattr(processor, "_get_num_multimodal_tokens", None))
         self._image_offset: int | None = None  # exact - text tokens - image tokens, per image
+        self._renders: dict[str, str] = {}  # template messages (as JSON) -> prompt text
 
     def render(self, template_messages: list[dict[str, Any]]) -> str:
-        """The prompt text the model's chat template makes of the messages."""
-        prompt = self.processor.apply_chat_template(template_messages, add_generation_prompt=True, tokenize=False)
-        return prompt[0] if isinstance(prompt, list) else prompt
+        """The prompt text the model's chat template makes of the messages.
+
+        Remembered until ``forget_renders``, so the backend that checked a request's budget sends
+        it with the same text without rendering the template a second time.
+        """
+        key = json.dumps(template_messages, sort_keys=True)
+        prompt = self._renders.get(key)
+        if prompt is None:
+            rendered = self.processor.apply_chat_template(template_messages, add_generation_prompt=True, tokenize=False)
+            prompt = self._renders[key] = rendered[0] if isinstance(rendered, list) else rendered
+        return prompt
+
+    def forget_renders(self) -> None:
+        """Drop the remembered prompt texts (a backend calls it once its call is answered)."""
+        self._renders.clear()
 
     def exact(self, text: str, images: Sequence[Image.Image]) -> int:
         """Prompt tokens as the processor makes them (images expanded to their placeholder tokens)."""

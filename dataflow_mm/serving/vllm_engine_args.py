@@ -20,6 +20,9 @@ DEFAULT_MAX_MODEL_LEN = 8192
 AUTO_FIT_MAX_MODEL_LEN = -1  # vLLM's own value: the longest context the KV cache memory allows
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 DEFAULT_MAX_REQUESTS_IN_FLIGHT = 64  # requests decoded and in the engine at once (host memory bound)
+# vLLM >= 0.10 (V1) enables it for generative models anyway; older V0 builds default to off.
+# ``engine_kwargs={"enable_prefix_caching": False}`` turns it off.
+DEFAULT_ENABLE_PREFIX_CACHING = True
 
 # Qwen's own recommended cap (1280 visual tokens of 28x28 pixels): a 4000x3000 photo becomes
 # ~1,230 image tokens instead of ~15,300.

@@ -7,8 +7,14 @@ template plus its images, decoded in memory::
     {"prompt": "<|im_start|>user\\n<|vision_start|><|image_pad|>...", "multi_modal_data": {"image": pil}}
 
 Requests are submitted one by one (``LLM.enqueue``), at most ``vllm_max_requests_in_flight`` at
-a time, and each is built (its images decoded) only when it is submitted: host memory does not
-grow with the chunk, and a request vLLM refuses fails alone (``serving.vllm_submit``).
+a time, and each is built (its images decoded, by two threads working ahead while the engine
+generates) shortly before it is submitted: host memory does not grow with the chunk, and a
+request vLLM refuses fails alone (``serving.vllm_submit``). Images reach vLLM as ``uint8`` arrays,
+the form its parser and processor take without another conversion (``_engine_image``); the chat
+template is rendered once per request (the budget check's text is the one sent). Prefix caching is
+on by default (``DEFAULT_ENABLE_PREFIX_CACHING``): every request of a step shares its system prompt
+and instructions. The engine stays up until ``cleanup``: steps that share this serving object
+share one engine.
 
 A request whose image cannot be loaded (or that holds more images than
 ``vllm_limit_mm_per_prompt``) is answered with an error Completion and never sent to the engine.
@@ -28,6 +34,9 @@ import gc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from dataflow_mm.deps import require
 from dataflow_mm.errors import (
@@ -55,6 +64,7 @@ from dataflow_mm.serving.base import (
 from dataflow_mm.serving.messages import split_images, to_pil
 from dataflow_mm.serving.vllm_engine_args import (
     AUTO_FIT_MAX_MODEL_LEN,
+    DEFAULT_ENABLE_PREFIX_CACHING,
     DEFAULT_GPU_MEMORY_UTILIZATION,
     DEFAULT_MAX_REQUESTS_IN_FLIGHT,
     default_max_model_len,
@@ -96,6 +106,7 @@ class LocalModelVLMServing_vllm(VLMServing):
     """
 
     backend_name = "vllm"
+    requires = (("vllm", "vllm"),)  # checked by compile, before any step writes
 
     def __init__(
         self,
@@ -271,6 +282,8 @@ class LocalModelVLMServing_vllm(VLMServing):
             "enforce_eager": self.enforce_eager,
             "limit_mm_per_prompt": {"image": self.limit_mm_per_prompt, "video": 0},
             "structured_outputs_config": dict(structured.ENGINE_CONFIG),
+            # Every request of a step shares the system prompt and instructions: their KV cache is reused.
+            "enable_prefix_caching": DEFAULT_ENABLE_PREFIX_CACHING,
         }
         max_model_len = self.effective_max_model_len()
         if max_model_len is not None:
@@ -342,6 +355,7 @@ class LocalModelVLMServing_vllm(VLMServing):
             return list(conversations)
         if self._counter is None or self._counter.processor is not self._processor:
             self._counter = PromptTokenCounter(self._processor, self.mm_processor_kwargs())
+        self._counter.forget_renders()
         checked, report = fit_to_budget(
             self._counter,
             conversations,
@@ -371,6 +385,9 @@ class LocalModelVLMServing_vllm(VLMServing):
         except Exception as exc:
             self._raise_if_engine_dead(exc)
             raise
+        finally:
+            if self._counter is not None:
+                self._counter.forget_renders()
         completions = []
         for index, outcome in enumerate(outcomes):
             if isinstance(outcome, RowError):
@@ -421,13 +438,18 @@ class LocalModelVLMServing_vllm(VLMServing):
         images = []
         for source in sources:
             try:
-                images.append(to_pil(source))
+                images.append(_engine_image(to_pil(source)))
             except RowError:
                 raise
             except Exception as exc:  # anything else from decoding is still this row's problem
                 raise ImageLoadError(f"{type(exc).__name__}: {exc}") from exc
         try:
-            prompt = self._processor.apply_chat_template(template_messages, add_generation_prompt=True, tokenize=False)
+            if self._counter is not None:  # the budget check rendered it already
+                prompt = self._counter.render(template_messages)
+            else:
+                prompt = self._processor.apply_chat_template(
+                    template_messages, add_generation_prompt=True, tokenize=False
+                )
         except Exception as exc:
             raise ServingError(f"the chat template failed for this conversation: {exc}") from exc
         if isinstance(prompt, list):  # some processors return one string per conversation
@@ -498,6 +520,19 @@ class LocalModelVLMServing_vllm(VLMServing):
         )
         logger.warning("vllm request failed: %s", row_error_text(error))
         return Completion(text=None, error=row_error_text(error))
+
+
+def _engine_image(image: Image.Image) -> Any:
+    """A decoded RGB image in the form vLLM takes as it is: a ``uint8`` HxWx3 array.
+
+    Given a PIL image, vLLM's parser applies the EXIF orientation (a full copy, even when there is
+    none) and the processor converts it to an array (another copy), in the thread that feeds the
+    engine. The array is made here instead, in the build threads. Images with a side of at most 3
+    pixels stay PIL images: an array that small has an ambiguous channel axis for the processor.
+    """
+    if min(image.size) <= 3:
+        return image
+    return np.asarray(image)
 
 
 def _engine_max_model_len(llm: Any) -> int | None:

@@ -57,16 +57,22 @@ class AtomicFile:
         # 0o666 & ~umask: the mode a plain open() would give, so step files follow the user's umask.
         os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
-    def commit(self) -> Path:
-        """fsync the temp file, rename it over the target, fsync the folder."""
+    def commit(self, synced: bool = False, sync_folder: bool = True) -> Path:
+        """fsync the temp file (unless the writer did: ``synced``), rename it over the target, fsync the folder.
+
+        ``sync_folder=False`` leaves the folder's fsync to the caller, who makes many renames in
+        one folder durable with one ``fsync_folder`` (drawn images: once per chunk, not per image).
+        """
         try:
-            with self.tmp.open("rb+") as handle:
-                os.fsync(handle.fileno())
+            if not synced:
+                with self.tmp.open("rb+") as handle:
+                    os.fsync(handle.fileno())
             os.replace(self.tmp, self.path)
         except BaseException:
             self.discard()
             raise
-        fsync_folder(self.path.parent)
+        if sync_folder:
+            fsync_folder(self.path.parent)
         return self.path
 
     def discard(self) -> None:
@@ -83,11 +89,22 @@ class AtomicFile:
             self.discard()
 
 
-def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
-    with AtomicFile(path) as target:
-        target.tmp.write_bytes(data)
-    return target.path
+def write_bytes_atomic(data: bytes, path: str | os.PathLike, sync_folder: bool = True) -> Path:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+
+    The data is fsynced through the handle that wrote it (one open, not two); ``sync_folder``
+    as in ``AtomicFile.commit``.
+    """
+    target = AtomicFile(path)
+    try:
+        with target.tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        target.discard()
+        raise
+    return target.commit(synced=True, sync_folder=sync_folder)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -32,6 +32,7 @@ from dataflow_mm.storage.lock import cache_lock
 from dataflow_mm.storage.media import externalize_media, media_cache_dir
 from dataflow_mm.storage.paths import check_file_name_prefix
 from dataflow_mm.storage.sources import resolve_first_entry
+from dataflow_mm.storage.step import StepIdentity, StepTransaction
 
 REJECTS_SUFFIX = ".rejects.jsonl"
 
@@ -173,6 +174,13 @@ class FileStorage:
     def locked(self) -> AbstractContextManager[None]:
         """Hold the cache folder for this run (see ``storage.lock``); waits when ``wait_for_lock``."""
         return cache_lock(self.cache_path, wait=self.wait_for_lock)
+
+    def open_step(self, identity: StepIdentity, streamed: bool = False) -> StepTransaction:
+        """The transaction that writes the current step (parts, markers, rejects, extra outputs, manifest).
+
+        ``streamed``: the input is still being written by the step before; its chunks come from it.
+        """
+        return StepTransaction(self, identity, streamed)
 
     # -- data ---------------------------------------------------------------------------------
     def iter_chunks(self, chunk_size: int | None = None) -> Iterator[Chunk]:

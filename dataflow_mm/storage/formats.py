@@ -24,9 +24,10 @@ folder, renamed into place on success.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class Chunk:
 
     frame: pd.DataFrame
     rejects: list[Reject] = field(default_factory=list)
+    sha256: str | None = None  # of the raw lines read (JSONL only): identifies the chunk across runs
 
 
 def table_type_of(path: str | os.PathLike) -> str:
@@ -292,22 +294,33 @@ def _parse_jsonl_line(raw: bytes, line_no: int) -> dict[str, Any] | Reject | Non
 
 def iter_jsonl(path: Path, chunk_size: int) -> Iterator[Chunk]:
     """Chunks of a JSONL file; bad lines become Rejects, blank lines are skipped."""
+    with path.open("rb") as handle:
+        yield from iter_jsonl_lines(handle, chunk_size)
+
+
+def iter_jsonl_lines(lines: Iterable[bytes], chunk_size: int) -> Iterator[Chunk]:
+    """Chunks of JSONL lines (a file handle, or lines streamed from another step), parsed as ``iter_jsonl``.
+
+    Each chunk's ``sha256`` is the hash of the raw lines it was read from, so a chunk can be matched
+    with the same chunk of an earlier run however its lines arrived.
+    """
     records: list[dict[str, Any]] = []
     rejects: list[Reject] = []
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            parsed = _parse_jsonl_line(raw.rstrip(b"\r\n"), line_no)
-            if parsed is None:
-                continue
-            if isinstance(parsed, Reject):
-                rejects.append(parsed)
-            else:
-                records.append(parsed)
-            if len(records) >= chunk_size:
-                yield Chunk(_records_frame(records), rejects)
-                records, rejects = [], []
+    digest = hashlib.sha256()
+    for line_no, raw in enumerate(lines, start=1):
+        digest.update(raw)
+        parsed = _parse_jsonl_line(raw.rstrip(b"\r\n"), line_no)
+        if parsed is None:
+            continue
+        if isinstance(parsed, Reject):
+            rejects.append(parsed)
+        else:
+            records.append(parsed)
+        if len(records) >= chunk_size:
+            yield Chunk(_records_frame(records), rejects, digest.hexdigest())
+            records, rejects, digest = [], [], hashlib.sha256()
     if records or rejects:
-        yield Chunk(_records_frame(records), rejects)
+        yield Chunk(_records_frame(records), rejects, digest.hexdigest())
 
 
 def _iter_frame(frame: pd.DataFrame, chunk_size: int) -> Iterator[Chunk]:

@@ -19,6 +19,7 @@ small text and Parquet step files keep the struct column readable by ``datasets`
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from dataflow_mm.errors import MissingFieldError
+from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.downloads import download_image
 from dataflow_mm.storage.media_bytes import fallback_cache_dir, store_bytes
 
@@ -162,3 +164,21 @@ def externalize_media(
     for name in touched:
         out[name] = [_externalized(v, folder) for v in out[name].tolist()]
     return out
+
+
+def write_jpeg(image: Any, folder: Path, stem: str, quality: int, sync_folder: bool = True) -> str:
+    """Store a drawn image (boxes, a difference panel) as ``{folder}/{stem}_{content hash}.jpg``; its path.
+
+    The one way operators write media: encoded once, named by its bytes (the same drawing is one file,
+    so a resumed or repeated step rewrites nothing), written atomically only when absent. A caller
+    writing many images may pass ``sync_folder=False`` and sync the folder once itself.
+    """
+    from dataflow_mm.imaging.naming import content_name  # naming sits above storage (it writes through atomic)
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    data = buffer.getvalue()
+    target = Path(folder) / content_name(stem, data, ".jpg")
+    if not target.exists():
+        write_bytes_atomic(data, target, sync_folder=sync_folder)
+    return str(target)

@@ -3,9 +3,11 @@
 While step k runs, each finished chunk is written to ``.<step file>.parts/chunk_NNNNNN.jsonl``
 and then marked done by ``chunk_NNNNNN.done.json`` (its counts and rejects); both appear
 atomically, so after a kill (SIGKILL included) a chunk is either wholly done or not at all.
-The folder is tied to the operator fingerprint, the input's hash and the chunk size: if any
-of them changes, old parts are discarded. When every chunk is done, the parts are joined into
-the step file and the folder is removed.
+The folder is tied to the operator fingerprint, the input's hash and the chunk size: if the
+fingerprint or the chunk size changes, old parts are discarded; if only the input's hash differs
+(or was unknown: a step streamed from the one before), a part is reused only when its marker
+records the hash of the very input lines it was made from (``verify``). When every chunk is
+done, the parts are joined into the step file and the folder is removed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class ChunkParts:
         self.step_file = Path(step_file)
         self.folder = self.step_file.with_name(f".{self.step_file.name}.parts")
         self.state = state
+        self.verify = False  # parts kept from another input state: each must prove its input lines
 
     def open(self) -> int:
         """Keep parts made under the same state (returns how many chunks are done); otherwise start afresh."""
@@ -39,7 +42,10 @@ class ChunkParts:
             previous = json.loads(state_path.read_text(encoding="utf-8"))
         except (FileNotFoundError, json.JSONDecodeError):
             previous = None
-        if previous != self.state:
+        self.verify = previous != self.state
+        if self.verify and isinstance(previous, dict) and _same_work(previous, self.state):
+            write_json_atomic(self.state, state_path)
+        elif self.verify:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder.mkdir(parents=True)
             write_json_atomic(self.state, state_path)
@@ -62,6 +68,15 @@ class ChunkParts:
         """Store a finished chunk: data first, then the marker that makes it count."""
         write_bytes_atomic(frame_to_jsonl(frame), self._data(index))
         write_json_atomic({**counts, "rejects": [r.to_dict() for r in rejects]}, self._marker(index))
+
+    def data(self, index: int) -> bytes:
+        """The stored rows of chunk ``index`` as JSON lines (as they appear in a JSONL step file)."""
+        return self._data(index).read_bytes()
+
+    def discard(self, index: int) -> None:
+        """Forget chunk ``index`` (a part of an earlier input that this run's input does not have)."""
+        self._marker(index).unlink(missing_ok=True)
+        self._data(index).unlink(missing_ok=True)
 
     def indices(self) -> list[int]:
         return sorted(int(p.name[6:12]) for p in self.folder.glob("chunk_*.done.json"))
@@ -90,3 +105,8 @@ class ChunkParts:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _same_work(previous: dict[str, Any], state: dict[str, Any]) -> bool:
+    """Parts made by the same operator fingerprint and chunk size (their input is checked per chunk)."""
+    return all(previous.get(k) == state.get(k) for k in ("fingerprint", "chunk_size"))

@@ -1,7 +1,9 @@
 """A fast, deterministic stand-in for a VLM backend, for testing operator logic and benchmarks.
 
 It honours the serving contract (one Completion per request, in order; failures as errors,
-never as text), loads each image like a real backend would, and records every batched call.
+never as text), loads each image like a real backend would, and records the batched calls
+(``calls``: the latest calls, holding at least the last ``window`` requests and at most twice
+that; ``calls.total`` counts every call).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataflow_mm.errors import RowError, ServingError, row_error_text
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import split_images, to_pil
+from dataflow_mm.testing.bounded_log import DEFAULT_WINDOW, BoundedLog
 
 
 class FakeVLMServing(VLMServing):
@@ -23,11 +26,12 @@ class FakeVLMServing(VLMServing):
         fail_when: Callable[[str], bool] | None = None,
         load_images: bool = True,
         sampling: SamplingParams | None = None,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         super().__init__(sampling)
         self.fail_when = fail_when or (lambda _prompt: False)
         self.load_images = load_images
-        self.calls: list[list[Conversation]] = []
+        self.calls: BoundedLog = BoundedLog(window, size=len)  # recent calls holding at least `window` requests
 
     @property
     def model_id(self) -> str:

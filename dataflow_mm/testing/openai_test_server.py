@@ -29,8 +29,10 @@ Structured outputs: a request with ``response_format = {"type": "json_schema", .
 with JSON matching the schema (``answer_for_schema``), or refused with HTTP 400 as a server
 without structured outputs does (``structured_outputs=False``).
 
-Every request is recorded (``server.requests``: body, headers, arrival/finish times, what was
-answered) and ``server.max_in_flight`` is the largest number of requests being handled at once;
+Requests are recorded (``server.requests``: body, headers, arrival/finish times, what was
+answered; the last ``window`` requests at least, so a long benchmark's memory stays flat;
+``server.requests.total`` counts them all) and ``server.max_in_flight`` is the largest number of
+requests being handled at once;
 ``delay`` makes every answer take that long, so that concurrency is observable.
 
 Shutdown (``close()`` / leaving the ``with`` block) releases hanging handlers, drops open
@@ -53,6 +55,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from dataflow_mm.testing.bounded_log import DEFAULT_WINDOW, BoundedLog
 
 DEFAULT_MODEL = "test-model"
 
@@ -419,6 +423,7 @@ class OpenAITestServer:
         answer_fn: Callable[[Any], str | None] = default_answer,
         echo_authorization: bool = False,
         structured_outputs: bool = True,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         self.port = port
         self.echo_authorization = echo_authorization
@@ -436,7 +441,7 @@ class OpenAITestServer:
         self._call_plan = call_plan
         self._text_faults: list[list[Any]] = [[s, f, 0] for s, f in (faults_by_text or {}).items()]
         self._text_faults += [[s, Fault.http(code), 0] for s, code in (status_for_text or {}).items()]
-        self.requests: list[RecordedRequest] = []
+        self.requests: BoundedLog = BoundedLog(window)  # recent requests; .total counts all
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -515,7 +520,7 @@ class OpenAITestServer:
         lowered = {k.lower(): v for k, v in headers.items()}
         with self._lock:
             record = RecordedRequest(
-                call=len(self.requests),
+                call=self.requests.total,
                 path=path,
                 headers=lowered,
                 body=body,

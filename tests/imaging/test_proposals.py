@@ -144,3 +144,19 @@ def test_difference_boxes_several_edits_and_max_boxes():
 def test_identical_images_have_no_difference():
     base = photo_like(seed=3)
     assert difference_boxes(base, base.copy()) == []
+
+
+def test_uniformity_is_checked_on_the_uint8_work_image_without_wrapping() -> None:
+    from dataflow_mm.imaging.proposals import UNIFORM_RANGE, _downscale, _is_uniform
+
+    pixels, _ = _downscale(Image.new("RGB", (600, 400), (200, 10, 250)))
+    assert pixels.dtype == np.uint8 and max(pixels.shape[:2]) == 256  # no float copy of the work image
+    assert _is_uniform(pixels)
+    spread = np.full((4, 4, 3), 100, dtype=np.uint8)
+    spread[0, 0, 1] = 100 + int(UNIFORM_RANGE)
+    assert _is_uniform(spread)  # within the range
+    spread[0, 0, 1] += 1
+    assert not _is_uniform(spread)  # just beyond it
+    extremes = np.zeros((2, 2, 3), dtype=np.uint8)
+    extremes[1, 1] = 255
+    assert not _is_uniform(extremes)  # 255 - 0 does not wrap around in uint8

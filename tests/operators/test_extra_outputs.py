@@ -55,13 +55,13 @@ def test_a_skipped_step_rewrites_an_extra_output_left_stale_by_a_killed_copy(tmp
 def test_extra_output_is_written_before_the_manifest(tmp_path: Path, table: Path, monkeypatch) -> None:
     """A failure while writing the extra output leaves no manifest, so the next run redoes the step."""
     extra = tmp_path / "boxes.jsonl"
-    import dataflow_mm.operators.base as base
+    import dataflow_mm.storage.step as step_transaction  # where the step writes its extra outputs
 
     def broken_copy(src: object, dst: object) -> None:
         Path(dst).write_bytes(b"partial")
         raise KeyboardInterrupt  # stands for the kill
 
-    monkeypatch.setattr(base.shutil, "copyfile", broken_copy)
+    monkeypatch.setattr(step_transaction.shutil, "copyfile", broken_copy)
     with pytest.raises(KeyboardInterrupt):
         run_boxes(table, tmp_path / "cache", extra)
     assert not manifest_path(tmp_path / "cache" / "rc_step1.jsonl").exists() and not extra.exists()

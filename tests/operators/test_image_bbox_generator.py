@@ -161,3 +161,30 @@ def test_a_box_key_the_caller_named_must_exist_in_some_row(tmp_path: Path) -> No
     with pytest.raises(PipelineCompileError, match=r"input key 'bboxes' exists in no row.*'bbox'"):
         ImageBboxGenerator().run(storage=storage.step(), input_image_key="image", input_bbox_key="bboxes")
     assert not (tmp_path / "cache" / "t_step1.jsonl").exists()
+
+
+def test_drawn_images_are_synced_once_each_and_their_folder_once_per_chunk(tmp_path: Path, monkeypatch) -> None:
+    """Each image's data is fsynced through the handle that wrote it; the folder's renames once per chunk."""
+    import os
+
+    from dataflow_mm.operators import image_bbox_generator
+
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=6, n_boxes=2)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    generator = ImageBboxGenerator()
+    generator._image_dir = cache
+    folder_syncs: list[Path] = []
+    file_syncs: list[int] = []
+    sync_folder = image_bbox_generator.fsync_folder
+    monkeypatch.setattr(image_bbox_generator, "fsync_folder", lambda p: folder_syncs.append(p) or sync_folder(p))
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: file_syncs.append(fd) or fsync(fd))
+    frame = pd.read_json(table, lines=True)
+    frame["error"] = None
+
+    out = generator.process(frame)
+
+    assert out["error"].isna().all() and len(set(out["image_with_bbox"])) == 6
+    assert folder_syncs == [cache]  # one folder sync for the chunk
+    assert len(file_syncs) == 6 + 1  # one per image written (never reopened for it), plus the folder's

@@ -747,3 +747,46 @@ def test_extra_sampling_settings_are_sent_only_when_set() -> None:
     assert "top_k" not in plain and "repetition_penalty" not in plain
     assert (tuned["top_k"], tuned["repetition_penalty"], tuned["temperature"]) == (20, 1.05, 0.5)
     assert SamplingParams().to_dict() == {"temperature": 0.7, "top_p": 0.9, "max_tokens": 512, "seed": None}
+
+
+def test_images_that_already_fit_are_sent_as_their_file_bytes(backends, tmp_path):
+    """A JPEG/PNG within the size limit, without rotation or alpha, is sent byte for byte (no decode)."""
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (400, 300), (90, 120, 30)).save(photo, quality=77)
+    chart = tmp_path / "chart.png"
+    Image.new("RGB", (200, 100), (255, 255, 255)).save(chart)
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    Image.new("RGB", (400, 300), "white").save(rotated, exif=exif)
+    oversize = tmp_path / "oversize.jpg"
+    Image.new("RGB", (900, 300), "white").save(oversize)
+    webp = tmp_path / "image.webp"
+    Image.new("RGB", (64, 64), "white").save(webp)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(photo.read_bytes()[:-200])
+    with OpenAITestServer() as server:
+        backend = make_backend(server, max_image_side=512, max_workers=1)
+        backends.append(backend)
+        rows = [
+            build_conversation("photo", [str(photo)]),
+            build_conversation("chart", [chart]),
+            build_conversation("bytes", [photo.read_bytes()]),
+            build_conversation("rotated", [str(rotated)]),
+            build_conversation("oversize", [str(oversize)]),
+            build_conversation("webp", [str(webp)]),
+            build_conversation("truncated", [str(truncated)]),
+        ]
+        out = backend.chat(rows)
+        sent = {r.text: image_urls(r.body)[0] for r in server.requests}
+    as_sent = {text: base64.b64decode(url.split(",", 1)[1]) for text, url in sent.items()}
+    assert as_sent["photo"] == photo.read_bytes() and sent["photo"].startswith("data:image/jpeg;")
+    assert as_sent["chart"] == chart.read_bytes() and sent["chart"].startswith("data:image/png;")
+    assert as_sent["bytes"] == photo.read_bytes()
+    # these go through the decoder: turned upright, downscaled, re-encoded as JPEG
+    assert decode_data_url(sent["rotated"])[1].size == (300, 400)
+    assert decode_data_url(sent["oversize"])[1].size == (512, 171)
+    mime, img = decode_data_url(sent["webp"])
+    assert (mime, img.format) == ("image/jpeg", "JPEG") and as_sent["webp"] != webp.read_bytes()
+    assert out[-1].text is None and error_class_of(out[-1].error) == "ImageDecodeError"  # never sent
+    assert "truncated" not in sent

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import math
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,47 @@ def test_generate_called_once_per_batch(
 
     assert len(spy.batch_sizes) == math.ceil(len(requests) / serving.batch_size)
     assert spy.batch_sizes == [2, 2, 1]
+
+
+def test_next_batch_is_prepared_while_generate_runs_and_each_template_renders_once(
+    serving: LocalModelVLMServing_hf, image_sources: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch i+1's decode, template and processor run in another thread during batch i's ``generate``."""
+    serving.load()
+    events: list[tuple[str, str, float]] = []
+    generate, processed = serving.model.generate, serving._processed
+
+    def slow_generate(**kwargs: Any) -> Any:
+        events.append(("generate start", threading.current_thread().name, time.monotonic()))
+        time.sleep(0.3)  # a model that takes a while: preparing the next batch fits inside it
+        out = generate(**kwargs)
+        events.append(("generate end", threading.current_thread().name, time.monotonic()))
+        return out
+
+    def spy_processed(chunk: Any) -> Any:
+        events.append(("prepared", threading.current_thread().name, time.monotonic()))
+        return processed(chunk)
+
+    renders: list[int] = []
+    template = serving.processor.apply_chat_template
+    monkeypatch.setattr(serving.model, "generate", slow_generate)
+    monkeypatch.setattr(serving, "_processed", spy_processed)
+    monkeypatch.setattr(
+        serving.processor, "apply_chat_template", lambda *a, **k: renders.append(1) or template(*a, **k)
+    )
+    requests = _requests(image_sources)
+
+    prefetched = serving.chat(requests, GREEDY)
+
+    assert len(renders) == len(requests)  # once per request: the budget check's text is the one sent
+    kinds = [kind for kind, _, _ in events]
+    assert kinds.count("prepared") == 3 and kinds.count("generate start") == 3
+    first_end = next(t for kind, _, t in events if kind == "generate end")
+    second_prepared = [t for kind, _, t in events if kind == "prepared"][1]
+    assert second_prepared < first_end  # prepared during the first generate
+    assert {name for kind, name, _ in events if kind == "prepared"} != {threading.current_thread().name}
+    monkeypatch.undo()
+    assert [c.token_ids for c in prefetched] == [serving.chat([r], GREEDY)[0].token_ids for r in requests]
 
 
 def test_unloadable_image_fails_only_its_request(

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -590,6 +591,7 @@ def test_engine_is_lazy_started_with_the_constructor_settings_and_engine_kwargs(
         "enforce_eager": True,
         "limit_mm_per_prompt": {"image": 3, "video": 0},
         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+        "enable_prefix_caching": True,  # on by default: every request shares the system prompt
         "max_model_len": 2048,
         # The Qwen-VL family default (1280*28*28) only lowers a cap: the tiny model's own 12544 stays.
         "mm_processor_kwargs": {"max_pixels": 12544},
@@ -684,8 +686,9 @@ def test_each_request_is_enqueued_once_with_chat_template_prompts_and_in_memory_
             split_images(conversation)[0], add_generation_prompt=True, tokenize=False
         )
         assert request["prompt"] == expected
-    assert isinstance(requests[0]["multi_modal_data"]["image"], Image.Image)
-    assert requests[0]["multi_modal_data"]["image"].mode == "RGB"
+    image = requests[0]["multi_modal_data"]["image"]  # decoded RGB pixels, the form vLLM takes as is
+    assert isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape[2] == 3
+    assert np.array_equal(image, np.asarray(Image.open(image_files[0]).convert("RGB")))
     assert "multi_modal_data" not in requests[2]
 
     assert [c.text for c in completions] == ["answer 0", None, "answer 1", None, "answer 2"]
@@ -705,6 +708,62 @@ def test_at_most_the_window_of_requests_is_decoded_and_in_flight(
     assert [c.ok for c in completions] == [True] * 10
     assert [c.text for c in completions] == [f"answer {i}" for i in range(10)]  # in order
     assert llm.most_in_flight == 3 and len(llm.enqueued) == 10
+
+
+def test_images_are_decoded_ahead_in_build_threads_and_each_template_renders_once(
+    fake_vllm: type[FakeLLM], tiny_qwen_dir: Path, image_files: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from dataflow_mm.serving import vllm_serving
+
+    serving = fake_serving(tiny_qwen_dir, vllm_max_requests_in_flight=2)
+    serving.chat([build_conversation("warm up")])  # one-off renders (finding the image tokens) happen here
+    decoded_in: list[str] = []
+    to_pil = vllm_serving.to_pil
+    monkeypatch.setattr(
+        vllm_serving, "to_pil", lambda source: decoded_in.append(threading.current_thread().name) or to_pil(source)
+    )
+    renders: list[int] = []
+    template = serving._processor.apply_chat_template
+    monkeypatch.setattr(
+        serving._processor, "apply_chat_template", lambda *a, **k: renders.append(1) or template(*a, **k)
+    )
+    conversations = [build_conversation(f"row {i}", [image_files[i % 3]], system_prompt="Be brief.") for i in range(8)]
+
+    completions = serving.chat(conversations)
+
+    assert [c.text for c in completions] == [f"answer {i + 1}" for i in range(8)]  # enqueued and answered in order
+    assert fake_vllm.instances[0].most_in_flight == 2
+    assert len(decoded_in) == 8 and all(name.startswith("vllm-build") for name in decoded_in)
+    assert len(renders) == 8  # once per request: the text the budget counted is the one sent
+    serving.cleanup()
+
+
+def test_steps_that_share_a_serving_object_share_one_engine(
+    fake_vllm: type[FakeLLM], tiny_qwen_dir: Path, image_files: list[str], tmp_path: Path
+) -> None:
+    from dataflow_mm import FileStorage, PipelineABC, PromptedVQAGenerator
+    from dataflow_mm.testing.sample_data import write_jsonl
+
+    table = write_jsonl(tmp_path / "rows.jsonl", [{"image": image_files[i % 3], "q": f"row {i}"} for i in range(5)])
+
+    class TwoAsks(PipelineABC):
+        def __init__(self) -> None:
+            self.storage = FileStorage(str(table), cache_path=str(tmp_path / "cache"), file_name_prefix="two")
+            self.serving = fake_serving(tiny_qwen_dir, vllm_max_tokens=4)
+            self.first = PromptedVQAGenerator(self.serving)
+            self.second = PromptedVQAGenerator(self.serving, system_prompt="Answer again.")
+
+        def forward(self) -> None:
+            self.first.run(self.storage.step(), input_prompt_key="q", input_image_key="image", output_answer_key="a1")
+            self.second.run(self.storage.step(), input_prompt_key="q", input_image_key="image", output_answer_key="a2")
+
+    pipeline = TwoAsks()
+    pipeline.forward()
+    assert len(fake_vllm.instances) == 1 and fake_vllm.instances[0].shutdowns == 0  # started once, still up
+    assert len(fake_vllm.instances[0].enqueued) == 10  # both steps asked the one engine
+    pipeline.serving.cleanup()
 
 
 def test_sampling_greedy_and_seeded_with_the_model_repetition_penalty(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,16 @@ def test_a_custom_operator_writing_bytes_through_file_storage(tmp_path: Path) ->
     written = json.loads(Path(step.write(frame)).read_text())
     assert written["image"]["bytes"] is None and Path(written["image"]["path"]).read_bytes() == RED
     assert Path(written["raw"]).read_bytes() == BLUE and Path(written["raw"]).parent == tmp_path / "cache" / "media"
+
+
+def test_write_jpeg_names_a_drawing_by_its_bytes_and_writes_it_once(tmp_path) -> None:
+    from PIL import Image
+
+    from dataflow_mm.storage.media import write_jpeg
+
+    red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
+    first = write_jpeg(red, tmp_path, "a b/c", 90)
+    mtime = os.stat(first).st_mtime_ns
+    assert write_jpeg(red, tmp_path, "a b/c", 90) == first and os.stat(first).st_mtime_ns == mtime
+    assert write_jpeg(blue, tmp_path, "a b/c", 90) != first
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".jpg", ".jpg"]

@@ -1,0 +1,162 @@
+"""The step executor: runs one recorded operator call over its step, chunk by chunk.
+
+It owns the loop every runner shares: the lock, the resume check (a step whose manifest proves it
+current is skipped), the chunks not done yet (one ``operator.run_chunk`` each, written through the
+storage's step transaction), and the commit (step file, rejects, extra outputs, manifest). The
+operator only transforms a chunk; the storage only keeps files.
+
+For streaming (see ``runners.streaming``) a step can take its chunks from the step before
+(``source``) and hand each finished chunk on to the step after (``outlet``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Protocol
+
+from dataflow_mm.errors import PipelineCompileError
+from dataflow_mm.logger import get_logger
+from dataflow_mm.operators.progress import StepProgress, count_rows
+from dataflow_mm.operators.results import StepResult
+from dataflow_mm.storage.formats import Chunk
+from dataflow_mm.storage.manifest import StepManifest
+from dataflow_mm.storage.paths import check_writes
+from dataflow_mm.storage.step import StepIdentity, StepTransaction
+
+if TYPE_CHECKING:  # operators.base calls this module: importing it back at run time would be a cycle
+    from dataflow_mm.operators.base import OperatorCall
+
+log = get_logger("operators")
+
+
+class StepOutlet(Protocol):
+    """Where a step tells the step after it what happened (the streaming runner's channel)."""
+
+    def opened(self, streaming: bool) -> None:
+        """The step is complete already (False: read its file) or runs now (True: chunks follow)."""
+
+    def chunk(self, data: bytes) -> None:
+        """One finished chunk's rows, as the JSON lines of the step file, in chunk order."""
+
+    def committed(self) -> None:
+        """The step file, its rejects, extra outputs and manifest are written."""
+
+
+def identity_of(call: OperatorCall) -> StepIdentity:
+    """What produces ``call``'s step (its manifest's operator, fingerprint, params, provenance, extra outputs)."""
+    operator = call.operator
+    return StepIdentity(
+        operator.name,
+        operator.fingerprint(call.keys),
+        operator.params(),
+        operator.provenance(),
+        tuple(operator.extra_output_paths()),
+    )
+
+
+def execute_step(
+    call: OperatorCall,
+    source: Iterable[Chunk] | None = None,
+    outlet: StepOutlet | None = None,
+    model_lock: AbstractContextManager[object] | None = None,
+) -> StepResult:
+    """Run ``call`` on its step (or skip it when complete) and return what it did.
+
+    ``source``: the input chunks as the step before streams them (None: read the input file).
+    ``model_lock``: held around each chunk's transform (models shared with another step's thread).
+    """
+    operator, storage = call.operator, call.storage
+    check_writes([(storage.output_step, storage.input_path, storage.output_path, operator.extra_output_paths())])
+    with storage.locked():
+        storage.check_writable()
+        streamed = source is not None
+        if not streamed:
+            check_explicit_columns(call)
+        step = storage.open_step(identity_of(call), streamed)
+        manifest = step.current_manifest()
+        if manifest is not None:
+            if outlet is not None:
+                outlet.opened(False)
+                outlet.committed()
+            result = _skipped(call, manifest)
+        else:
+            if outlet is not None:
+                outlet.opened(True)
+            result = _run_chunks(call, step, source, outlet, model_lock or nullcontext())
+    log.info(result.describe())
+    return result
+
+
+def _skipped(call: OperatorCall, manifest: StepManifest) -> StepResult:
+    stats = manifest.stats
+    return StepResult(
+        call.storage.output_step,
+        call.operator.name,
+        str(call.storage.output_path),
+        stats.get("rows_in", 0),
+        stats.get("rows_out", 0),
+        stats.get("rejected", {}),
+        stats.get("row_errors", {}),
+        skipped=True,
+        provenance=manifest.provenance,
+        metrics=stats.get("metrics", {}),
+    )
+
+
+def _run_chunks(
+    call: OperatorCall,
+    step: StepTransaction,
+    source: Iterable[Chunk] | None,
+    outlet: StepOutlet | None,
+    model_lock: AbstractContextManager[object],
+) -> StepResult:
+    """Process every chunk not done yet (or whose media or input lines changed since), then commit the step."""
+    operator, storage, keys = call.operator, call.storage, call.keys
+    number = storage.output_step
+    started = time.perf_counter()
+    result = StepResult(number, operator.name, str(storage.output_path), provenance=step.identity.provenance)
+    if step.open():
+        log.info(f"step {number} {operator.name}: resuming after {step.resumed} completed chunk(s)")
+    total = None if source is not None else count_rows(storage.input_path, storage.input_type)
+    progress = StepProgress(f"step {number} {operator.name}", total)
+    operator.bind_step(number, step.identity.fingerprint)
+    operator.bind_storage(storage)
+    operator.prepare(storage)
+    try:
+        for chunk in step.chunks(source):
+            if chunk.done is None:
+                with model_lock:
+                    out, counts = operator.run_chunk(chunk.frame, chunk.rejects, keys, storage.media_root)
+                step.write(chunk, out, counts)
+            if outlet is not None:
+                outlet.chunk(step.data(chunk.index))
+            progress.update(len(chunk.frame) + len(chunk.rejects))
+    finally:
+        progress.close()
+    totals, rejects = step.totals()
+    result.rows_in, result.rows_out = totals.rows_in, totals.rows_out
+    result.rejected, result.row_errors, result.metrics = totals.rejected, totals.row_errors, totals.metrics
+    result.seconds = time.perf_counter() - started
+    step.commit(result.to_dict(), rejects)
+    result.seconds = time.perf_counter() - started
+    if outlet is not None:
+        outlet.committed()
+    return result
+
+
+def check_explicit_columns(call: OperatorCall) -> None:
+    """A column the caller named explicitly must exist in some row (also when ``forward()`` runs uncompiled)."""
+    storage = call.storage
+    for key in call.operator.explicit_input_columns(**call.keys):
+        columns: list[str] = []
+        for chunk in storage.iter_chunks():
+            if key in chunk.frame.columns:
+                break
+            columns += [str(c) for c in chunk.frame.columns if c not in columns]
+        else:
+            raise PipelineCompileError(
+                f"{call.operator.name} (reads '{storage.input_path}'): input key '{key}' exists in no row. "
+                f"Available: {columns}"
+            )

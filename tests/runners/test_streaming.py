@@ -1,0 +1,210 @@
+"""Streaming between steps (local runner): step 2 works on a chunk before step 1 has finished its file,
+and every step file equals, byte for byte, the one of a sequential (``--no_streaming``) run, also after
+a ``kill -9`` in the middle of both steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from dataflow_mm.testing.sample_data import write_region_caption_table
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
+    from dataflow_mm.runners import LocalRunner
+    from dataflow_mm.testing.fake_serving import FakeVLMServing
+
+    class SlowServing(FakeVLMServing):
+        def __init__(self, seconds, watch=None):
+            super().__init__()
+            self.seconds, self.watch, self.saw_step1_file = seconds, watch, []
+
+        def _chat_batch(self, conversations, sampling):
+            if self.watch is not None:
+                self.saw_step1_file.append(Path(self.watch).exists())
+            time.sleep(self.seconds)
+            return super()._chat_batch(conversations, sampling)
+
+    class TwoModelSteps(PipelineABC):
+        def __init__(self, table, cache):
+            self.storage = FileStorage(table, cache_path=cache, file_name_prefix="st", chunk_size=2)
+            self.boxes = ImageBboxGenerator()
+            self.first = PromptedVQAGenerator(SlowServing(0.3))
+            self.second = PromptedVQAGenerator(SlowServing(0.3, watch=Path(cache) / "st_step2.jsonl"))
+
+        def forward(self):
+            self.boxes.run(self.storage.step())
+            self.first.run(self.storage.step(), input_image_key="image_with_bbox", output_answer_key="first")
+            self.second.run(self.storage.step(), input_image_key="image_with_bbox", output_answer_key="second")
+
+    if __name__ == "__main__":
+        pipeline = TwoModelSteps(sys.argv[1], sys.argv[2])
+        pipeline.run(LocalRunner(streaming=sys.argv[3] == "streaming"))
+        print("SAW_STEP2_FILE", pipeline.second.serving.saw_step1_file)
+    """
+)
+STEP_FILES = ("st_step1.jsonl", "st_step2.jsonl", "st_step3.jsonl")
+
+
+def start(script: Path, table: Path, cache: Path, mode: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(script), str(table), str(cache), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def finish(process: subprocess.Popen) -> str:
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err
+    return out
+
+
+def step_bytes(cache: Path) -> dict[str, bytes]:
+    marker = json.dumps(str(cache))[1:-1].encode()
+    return {name: (cache / name).read_bytes().replace(marker, b"<cache>") for name in STEP_FILES}
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path]:
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=9, size=(96, 72), n_boxes=2)
+    script = tmp_path / "two_model_steps.py"
+    script.write_text(SCRIPT)
+    return script, table
+
+
+def test_streaming_overlaps_steps_and_writes_the_sequential_files(tmp_path: Path, setup: tuple[Path, Path]) -> None:
+    script, table = setup
+    sequential = finish(start(script, table, tmp_path / "sequential", "no_streaming"))
+    streaming = finish(start(script, table, tmp_path / "streaming", "streaming"))
+    # Sequentially, step 3 only starts once step 2's file exists; streaming, it starts on step 2's first chunk.
+    assert "SAW_STEP2_FILE [True, True, True, True, True]" in sequential
+    assert "SAW_STEP2_FILE [False," in streaming
+    assert step_bytes(tmp_path / "streaming") == step_bytes(tmp_path / "sequential")
+    for name in STEP_FILES:  # the manifests record the same step (the hashes differ only by the cache path)
+        seq = json.loads((tmp_path / "sequential" / f"{name}.manifest.json").read_text())
+        got = json.loads((tmp_path / "streaming" / f"{name}.manifest.json").read_text())
+        assert (got["fingerprint"], got["operator"]) == (seq["fingerprint"], seq["operator"])
+        assert (got["stats"]["rows_in"], got["stats"]["rows_out"]) == (9, 9)
+    assert not list((tmp_path / "streaming").glob(".*.parts"))
+
+
+@pytest.mark.parametrize("rerun", ["streaming", "no_streaming"])
+def test_sigkill_while_two_steps_stream_then_rerun_equals_a_clean_run(
+    tmp_path: Path, setup: tuple[Path, Path], rerun: str
+) -> None:
+    script, table = setup
+    finish(start(script, table, tmp_path / "clean", "no_streaming"))
+    cache = tmp_path / "killed"
+    victim = start(script, table, cache, "streaming")
+    deadline = time.monotonic() + 90
+    while not list((cache / ".st_step3.jsonl.parts").glob("chunk_*.done.json")):
+        assert time.monotonic() < deadline, "the run never reached the kill point"
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert not (cache / "st_step2.jsonl").exists(), "step 2 was still running when step 3 had a chunk done"
+
+    resumed = start(script, table, cache, rerun)
+    _, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err
+    assert "step 2 PromptedVQAGenerator: resuming after" in err
+    assert step_bytes(cache) == step_bytes(tmp_path / "clean")
+    summary = json.loads((cache / "st_summary.json").read_text())
+    assert summary["rows_in"] == summary["rows_out"] == 9
+
+
+@pytest.mark.parametrize("script", ["image_region_caption_pipeline", "imgdiff_pipeline"])
+def test_both_scripts_stream_unless_told_not_to(script: str) -> None:
+    from dataflow_mm.pipeline.script import runner_from_args
+    from dataflow_mm.templates import load_pipeline_script
+
+    parse_args = load_pipeline_script(script).parse_args
+    assert runner_from_args(parse_args([])).streaming is True
+    assert runner_from_args(parse_args(["--no_streaming"])).streaming is False
+
+
+class _Watched:
+    """A fake serving that counts how many calls are inside it at once (a model two steps share)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        import threading
+
+        from dataflow_mm.testing.fake_serving import FakeVLMServing
+
+        watched = self
+
+        class Serving(FakeVLMServing):
+            def _chat_batch(self, conversations, sampling):  # type: ignore[no-untyped-def]
+                with watched.lock:
+                    watched.inside += 1
+                    watched.most = max(watched.most, watched.inside)
+                try:
+                    time.sleep(0.05)
+                    if fail:
+                        from dataflow_mm.errors import UserError
+
+                        raise UserError("the backend refused the run")
+                    return super()._chat_batch(conversations, sampling)
+                finally:
+                    with watched.lock:
+                        watched.inside -= 1
+
+        self.lock, self.inside, self.most = threading.Lock(), 0, 0
+        self.serving = Serving(load_images=False)
+
+
+def _two_steps_on(serving: object, table: Path, cache: Path):  # type: ignore[no-untyped-def]
+    from dataflow_mm import FileStorage, PipelineABC, PromptedVQAGenerator
+
+    class TwoSteps(PipelineABC):
+        def __init__(self) -> None:
+            self.storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="sh", chunk_size=1)
+            self.first = PromptedVQAGenerator(serving)
+            self.second = PromptedVQAGenerator(serving)
+
+        def forward(self) -> None:
+            self.first.run(self.storage.step(), input_image_key=None, output_answer_key="a1")
+            self.second.run(self.storage.step(), input_prompt_key="a1", input_image_key=None, output_answer_key="a2")
+
+    return TwoSteps()
+
+
+@pytest.fixture
+def prompts(tmp_path: Path) -> Path:
+    import pandas as pd
+
+    from dataflow_mm.storage.formats import write_table
+
+    return write_table(pd.DataFrame({"prompt": [f"q{i}" for i in range(6)]}), tmp_path / "prompts.jsonl")
+
+
+def test_a_model_two_steps_share_serves_one_step_at_a_time(tmp_path: Path, prompts: Path) -> None:
+    watched = _Watched()
+    summary = _two_steps_on(watched.serving, prompts, tmp_path / "cache").run()
+    assert summary.rows_out == 6 and len(watched.serving.calls) == 12
+    assert watched.most == 1
+
+
+def test_a_failing_step_stops_the_streaming_run_with_its_own_error(tmp_path: Path, prompts: Path) -> None:
+    from dataflow_mm.errors import UserError
+
+    watched = _Watched(fail=True)
+    started = time.monotonic()
+    with pytest.raises(UserError, match="the backend refused the run"):
+        _two_steps_on(watched.serving, prompts, tmp_path / "cache").run()
+    assert time.monotonic() - started < 30  # no step thread is left waiting
+    assert not (tmp_path / "cache" / "sh_step1.jsonl").exists()
