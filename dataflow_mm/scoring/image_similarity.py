@@ -58,7 +58,10 @@ class ClipImageSimilarity(LazyScorer):
         self.device_in_use = resolve_device(self.device)
         folder = self.folder
         log.info(f"loading CLIP image encoder {self.model_name_or_path} from {folder} on {self.device_in_use}")
-        self._processor = transformers.AutoImageProcessor.from_pretrained(str(folder))
+        # AutoProcessor, not AutoImageProcessor: the latter needs torchvision in transformers < 5.2x, while the
+        # processor falls back to the PIL image processor (tested on the declared minimum, 5.5).
+        processor = transformers.AutoProcessor.from_pretrained(str(folder))
+        self._processor = getattr(processor, "image_processor", processor)
         model = transformers.AutoModel.from_pretrained(str(folder))
         if not hasattr(model, "get_image_features"):
             raise UserError(f"{folder} holds a {type(model).__name__}, which has no CLIP image encoder")
