@@ -132,6 +132,16 @@ class LocalModelVLMServing_hf(VLMServing):
         # of answers never use it at the same time.
         self._tokenizer_lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (e.g. to ship to Ray workers before loading): the lock stays behind."""
+        state = self.__dict__.copy()
+        state.pop("_tokenizer_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._tokenizer_lock = threading.Lock()
+
     # ------------------------------------------------------------ properties
 
     @property

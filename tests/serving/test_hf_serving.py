@@ -233,3 +233,15 @@ def test_describe_is_the_same_before_and_after_loading(tiny_qwen_dir: Path) -> N
     serving.load()
     assert serving.describe() == before
     serving.cleanup()
+
+
+def test_the_serving_pickles_before_loading_with_a_fresh_lock(tiny_qwen_dir: Path) -> None:
+    """Ray ships servings to its workers by pickling them: the prefetch thread's lock must not travel."""
+    import pickle
+
+    from dataflow_mm import LocalModelVLMServing_hf
+
+    serving = LocalModelVLMServing_hf(str(tiny_qwen_dir), max_tokens=4)
+    copy = pickle.loads(pickle.dumps(serving))
+    assert copy.describe() == serving.describe()
+    assert copy._tokenizer_lock is not serving._tokenizer_lock and copy._tokenizer_lock.acquire(blocking=False)
