@@ -109,21 +109,22 @@ def test_chunks_finishing_out_of_order_are_written_in_chunk_order(
     assert step_bytes(tmp_path / "uneven") == step_bytes(tmp_path / "one_at_a_time")
 
 
-class FailingSecondChunk(UnevenServing):
-    """The second chunk's call fails (a bug or a dead engine), while the first one is still running."""
+class FailingSecondChunk(FakeVLMServing):
+    """With chunks of 5 rows: the second chunk's call (4 rows) fails at once (a bug or a dead engine),
+    while the first one is still running."""
 
     concurrent_chunks = 2
 
     def _chat_batch(self, conversations, sampling):  # type: ignore[no-untyped-def]
-        if self._calls == 1:
-            self._calls += 1
+        if len(conversations) == 4:
             raise RuntimeError("engine lost")
+        time.sleep(0.3)
         return super()._chat_batch(conversations, sampling)
 
 
 def test_a_chunk_that_fails_stops_the_step_after_the_chunks_before_it_are_written(tmp_path: Path, table: Path) -> None:
     cache = tmp_path / "failing"
     with pytest.raises(RuntimeError, match="engine lost"):
-        RegionCaptions(table, cache, FailingSecondChunk()).run(LocalRunner(streaming=False))
+        RegionCaptions(table, cache, FailingSecondChunk(), chunk_size=5).run(LocalRunner(streaming=False))
     markers = sorted(p.name for p in (cache / ".rc_step2.jsonl.parts").glob("chunk_*.done.json"))
     assert len(markers) == 1 and not (cache / "rc_step2.jsonl").exists()
