@@ -1,7 +1,7 @@
 """How much of a region-caption run is spent outside the serving call.
 
-    .venv/bin/python benchmarks/overhead.py [--rows 2000] [--hf_rows 2000] [--delays 0 0.05] [--no_streaming]
-        [--concurrent_chunks K]
+    .venv/bin/python benchmarks/overhead.py [--rows 2000] [--hf_rows 2000] [--delays 0 0.05]
+        [--no_streaming] [--chunk_size 512] [--concurrent_chunks K]
 
 The pipeline of the README (``ImageBboxGenerator`` draws the numbered boxes, ``PromptedVQAGenerator``
 asks about them) on a table of ``--rows`` rows, against the fake OpenAI server with no delay and
@@ -56,14 +56,14 @@ class Timed:
         serving.chat = timed_chat
 
 
-def run_pipeline(table: Path, cache: Path, serving: Any, streaming: bool) -> tuple[float, float]:
+def run_pipeline(table: Path, cache: Path, serving: Any, streaming: bool, chunk_size: int = 512) -> tuple[float, float]:
     """(wall seconds, seconds inside the serving call) of the two-step region-caption pipeline."""
     from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
     from dataflow_mm.runners import LocalRunner
 
     class RegionCaptions(PipelineABC):
         def __init__(self) -> None:
-            self.storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="rc", chunk_size=512)
+            self.storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="rc", chunk_size=chunk_size)
             self.boxes = ImageBboxGenerator()
             self.captions = PromptedVQAGenerator(serving)
 
@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--hf_rows", type=int, default=2000, help="0 skips the transformers backend")
     parser.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.05])
     parser.add_argument("--no_streaming", action="store_true", help="run the steps one after another")
+    parser.add_argument("--chunk_size", type=int, default=512)
     parser.add_argument(
         "--concurrent_chunks", type=int, default=None, help="API chunks in flight at once (1: one chunk at a time)"
     )
@@ -112,7 +113,9 @@ def main() -> None:
                 serving = APIVLMServing_openai(server.base_url, "test-model", api_key_env=None, max_workers=8)
                 if args.concurrent_chunks is not None:
                     serving.concurrent_chunks = args.concurrent_chunks
-                wall, inside = run_pipeline(table, workdir / f"api_{delay}", serving, not args.no_streaming)
+                wall, inside = run_pipeline(
+                    table, workdir / f"api_{delay}", serving, not args.no_streaming, args.chunk_size
+                )
                 serving.cleanup()
             report(f"api, fake server {delay * 1000:.0f} ms/request", args.rows, wall, inside)
         if args.hf_rows:
@@ -125,7 +128,7 @@ def main() -> None:
                 str(tiny_model_path("qwen2_5_vl")), device="cpu", batch_size=8, temperature=0.0, max_tokens=8
             )
             serving.load()
-            wall, inside = run_pipeline(hf_table, workdir / "hf_cache", serving, not args.no_streaming)
+            wall, inside = run_pipeline(hf_table, workdir / "hf_cache", serving, not args.no_streaming, args.chunk_size)
             serving.cleanup()
             report("hf, tiny Qwen2.5-VL (random weights)", args.hf_rows, wall, inside)
 
