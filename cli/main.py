@@ -63,7 +63,13 @@ def cmd_list(_: argparse.Namespace) -> int:
     for path in template_files():
         if path.parts[0] == "gpu_pipelines" and path.suffix == ".py":
             print(f"  {path}")
-    print("operators: ImageBboxGenerator, PromptedVQAGenerator")
+    from dataflow_mm.operators.registry import operator_classes, summary_line
+
+    operators = operator_classes()
+    print(f"operators ({len(operators)}):")
+    width = max(map(len, operators), default=0)
+    for name, cls in operators.items():
+        print(f"  {name:<{width}}  {summary_line(cls)}")
     print(
         "serving backends: LocalModelVLMServing_vllm (vllm), LocalModelVLMServing_hf (hf), APIVLMServing_openai (api)"
     )

@@ -8,6 +8,7 @@ import sys
 from dataflow_mm.secrets import ScrubbingFilter
 
 _LOGGER_NAME = "dataflow_mm"
+LOG_FORMAT = "%(asctime)s | %(levelname)-7s | %(message)s"  # stderr and the run log files
 
 
 def get_logger(name: str | None = None) -> logging.Logger:
@@ -15,7 +16,7 @@ def get_logger(name: str | None = None) -> logging.Logger:
     root = logging.getLogger(_LOGGER_NAME)
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(message)s", "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
         handler.addFilter(ScrubbingFilter())  # no key reaches the log (dataflow_mm.secrets)
         root.addHandler(handler)
         root.setLevel(logging.INFO)

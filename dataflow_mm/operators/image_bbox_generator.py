@@ -24,6 +24,7 @@ from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.imaging.proposals import propose_boxes
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.report_view import ReportView
 from dataflow_mm.storage.atomic import fsync_folder
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.media import resolve_media_path, several_images_note, write_jpeg
@@ -84,6 +85,19 @@ class ImageBboxGenerator(OperatorABC):
     drawn from its first image, and the row's ``warning`` says how many there were (else null).
     """
 
+    # What the HTML report's region-caption page shows of the output (column names: the defaults).
+    report_view = ReportView(
+        "region_caption",
+        roles={
+            "image": "image_with_bbox",
+            "original": "image",
+            "boxes": "bbox",
+            "normalizedBoxes": "normalized_bbox",
+            "prompt": "prompt",
+            "dropped": "bbox_dropped",
+        },
+        identifies=(("image_with_bbox",),),
+    )
     key_spec = KeySpec(
         defaults={
             "input_image_key": "image",

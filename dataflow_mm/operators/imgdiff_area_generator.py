@@ -43,6 +43,7 @@ from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
     IMAGE1_KEY,
     IMAGE2_KEY,
+    IMGDIFF_REPORT_VIEW,
     SOURCE_KEY,
     ImagePair,
     PairLoader,
@@ -165,6 +166,7 @@ class _Row:
 class ImgDiffDifferenceAreaGenerator(OperatorABC):
     """Boxes around the object that changed between two captioned images (Data-Juicer's generator)."""
 
+    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
             "input_image1_key": IMAGE1_KEY,

@@ -26,6 +26,7 @@ from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
     IMAGE1_KEY,
     IMAGE2_KEY,
+    IMGDIFF_REPORT_VIEW,
     SOURCE_KEY,
     PairLoader,
     check_bbox_format,
@@ -43,6 +44,7 @@ from dataflow_mm.storage.file_storage import FileStorage
 class ImgDiffDifferenceAreaProposer(OperatorABC):
     """Fill in boxes around the differing areas of image pairs for rows that have none."""
 
+    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
             "input_image1_key": IMAGE1_KEY,

@@ -40,6 +40,7 @@ from dataflow_mm.errors import ERROR_COLUMN, ConfigError, RowError, UserError, r
 from dataflow_mm.imaging.bbox import BOX_FORMATS, parse_boxes
 from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.logger import get_logger
+from dataflow_mm.operators.report_view import ReportView
 from dataflow_mm.serving.base import SamplingParams, VLMServing
 from dataflow_mm.storage.media import resolve_media_path
 
@@ -54,6 +55,20 @@ CAPTION2_KEY = "region_caption2"
 DIFFERENCE_KEY = "bbox_difference_captions"
 DIFFERENCE_IMAGES_KEY = "difference_images"
 SOURCE_KEY = "bbox_source"
+# What the report's Img-Diff page shows, declared once for every Img-Diff operator (their ``report_view``).
+IMGDIFF_REPORT_VIEW = ReportView(
+    "imgdiff",
+    roles={
+        "image1": IMAGE1_KEY,
+        "image2": IMAGE2_KEY,
+        "boxes": (BBOX_KEY, "bbox", "boxes"),
+        "caption1": CAPTION1_KEY,
+        "caption2": CAPTION2_KEY,
+        "diff": DIFFERENCE_KEY,
+        "decisions": DECISIONS_KEY,
+    },
+    identifies=((IMAGE1_KEY, IMAGE2_KEY), (DIFFERENCE_KEY,)),
+)
 
 # Where a box was dropped (the ``dropped_at`` values), in pipeline order.
 DROP_PARSE = "parse"

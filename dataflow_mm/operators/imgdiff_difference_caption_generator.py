@@ -40,6 +40,7 @@ from dataflow_mm.operators.imgdiff_common import (
     DIFFERENCE_KEY,
     IMAGE1_KEY,
     IMAGE2_KEY,
+    IMGDIFF_REPORT_VIEW,
     check_bbox_format,
     decision_metrics,
 )
@@ -125,6 +126,7 @@ def sampling_from_mllm_args(args: dict[str, Any]) -> SamplingParams:
 class ImgDiffDifferenceCaptionGenerator(OperatorABC):
     """The seed's fused Img-Diff operator: region captions, ITM filter, caption similarity, difference captions."""
 
+    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
             "input_image1_key": IMAGE1_KEY,

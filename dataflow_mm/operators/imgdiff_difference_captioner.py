@@ -34,6 +34,7 @@ from dataflow_mm.operators.imgdiff_common import (
     DROP_DIFFERENCE,
     IMAGE1_KEY,
     IMAGE2_KEY,
+    IMGDIFF_REPORT_VIEW,
     PairLoader,
     decision_metrics,
     decisions_column,
@@ -79,6 +80,7 @@ def difference_panel(
 class ImgDiffDifferenceCaptioner(OperatorABC):
     """Ask the VLM what differs inside each kept box (all boxes of a chunk in one call); write the final columns."""
 
+    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
             "input_image1_key": IMAGE1_KEY,

@@ -22,6 +22,7 @@ from dataflow_mm.operators.imgdiff_common import (
     DROP_ITM,
     IMAGE1_KEY,
     IMAGE2_KEY,
+    IMGDIFF_REPORT_VIEW,
     PairLoader,
     check_score_range,
     decision_metrics,
@@ -42,6 +43,7 @@ from dataflow_mm.storage.file_storage import FileStorage
 class ImgDiffImageTextMatchingFilter(OperatorABC):
     """Keep a box when BLIP ITM says both crops match their region captions (within the score range)."""
 
+    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={"input_image1_key": IMAGE1_KEY, "input_image2_key": IMAGE2_KEY, "decisions_key": DECISIONS_KEY},
         reads=("input_image1_key", "input_image2_key", "decisions_key"),

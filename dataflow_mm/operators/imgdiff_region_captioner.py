@@ -26,6 +26,7 @@ from dataflow_mm.operators.imgdiff_common import (
     DROP_REGION_CAPTION,
     IMAGE1_KEY,
     IMAGE2_KEY,
+    IMGDIFF_REPORT_VIEW,
     PairLoader,
     candidate_decisions,
     check_bbox_format,
@@ -58,6 +59,7 @@ def normalized_box_text(xyxy: list[float], size: tuple[int, int]) -> str:
 class ImgDiffRegionCaptioner(OperatorABC):
     """Caption every candidate box region in image 1 and image 2 (all rows of a chunk in one VLM call)."""
 
+    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
             "input_image1_key": IMAGE1_KEY,

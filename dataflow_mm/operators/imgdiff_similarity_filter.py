@@ -17,6 +17,7 @@ from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     DECISIONS_KEY,
     DROP_SIMILARITY,
+    IMGDIFF_REPORT_VIEW,
     check_score_range,
     decision_metrics,
     decisions_column,
@@ -33,6 +34,7 @@ from dataflow_mm.scoring.text_similarity import DEFAULT_CLIP, TextSimilarity, te
 class ImgDiffCaptionSimilarityFilter(OperatorABC):
     """Keep a box when the similarity of its two region captions lies within the score range."""
 
+    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(defaults={"decisions_key": DECISIONS_KEY}, reads=("decisions_key",), writes=("decisions_key",))
     holds_model = True
 

@@ -21,6 +21,7 @@ from dataflow_mm.errors import (
 )
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import TRUNCATED_COLUMN, OperatorABC
+from dataflow_mm.operators.report_view import ReportView
 from dataflow_mm.serving.base import Conversation, VLMServing
 from dataflow_mm.serving.messages import build_conversation
 from dataflow_mm.serving.structured import schema_text
@@ -92,6 +93,11 @@ class PromptedVQAGenerator(OperatorABC):
     With ``response_schema``, each row's answer is constrained to the JSON schema it gives that
     row (structured output); rows sharing a schema go to the serving in one batched call.
     """
+
+    # The report shows the answer beside the row's image on the region-caption page.
+    report_view = ReportView(
+        "region_caption", roles={"answer": "answer", "prompt": "prompt"}, identifies=(("answer",),)
+    )
 
     def __init__(
         self,

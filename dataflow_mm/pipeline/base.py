@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from dataflow_mm.errors import ERROR_COLUMN, PipelineCompileError, StorageError
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import OperatorCall, recording_calls
+from dataflow_mm.pipeline.run_log import run_log
 from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.report import report_after_run
 from dataflow_mm.serving.base import VLMServing
@@ -155,11 +156,14 @@ class PipelineABC(ABC):
             folders = {os.path.abspath(c.storage.cache_path): c.storage for c in calls}
             for folder in sorted(folders):  # one order everywhere: two runs never hold one lock each
                 held.enter_context(folders[folder].locked())
+            logged = held.enter_context(run_log(calls[-1].storage.cache_path)) if calls else None
             results = get_runner(runner).execute(self, calls)
-            summary = RunSummary(results, self.servings())
+            summary = RunSummary(results, self.servings(), log_path=str(logged.path) if logged else None)
             if calls:
                 storage = calls[-1].storage
                 summary.save(os.path.join(storage.cache_path, f"{storage.file_name_prefix}_summary.json"))
             print(summary.text(), flush=True)
+            if logged:
+                logged.write(summary.text())
             report_after_run(calls[-1].storage if calls else None)
         return summary

@@ -88,7 +88,7 @@ def share_gpu_with_scorers(
 
 def cuda_total_bytes(device: str) -> int | None:
     """The total memory of the CUDA device the scorers will use, or None when they run elsewhere."""
-    from dataflow_mm.scoring.device import resolve_device
+    from dataflow_mm.models.device import resolve_device
 
     resolved = resolve_device(device)
     if not resolved.startswith("cuda"):

@@ -22,6 +22,7 @@ class RunSummary:
 
     steps: list[StepResult]
     servings: list[VLMServing] = field(default_factory=list)
+    log_path: str | None = None  # this run's log file under {cache_path}/logs/
 
     @property
     def rows_in(self) -> int:
@@ -68,6 +69,7 @@ class RunSummary:
             "steps": [step.to_dict() for step in self.steps],
             "servings": [{**s.describe(), "stats": vars(s.stats)} for s in self.servings],
             "smoke_test_model": self.smoke_test,
+            "log_path": self.log_path,
         }
 
     def text(self) -> str:
@@ -95,6 +97,8 @@ class RunSummary:
             )
         if self.output_path:
             lines.append(f"output: {self.output_path}")
+        if self.log_path:
+            lines.append(f"log: {self.log_path}")
         if self.smoke_test:
             lines.append("WARNING: " + SMOKE_TEST_WARNING)
         return "\n".join(lines)

@@ -20,18 +20,21 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
 from dataflow_mm.errors import PipelineCompileError
 from dataflow_mm.logger import get_logger
-from dataflow_mm.operators.base import OperatorCall, StepResult
 from dataflow_mm.operators.progress import StepProgress, count_rows
+from dataflow_mm.operators.results import StepResult
 from dataflow_mm.storage.formats import Chunk
 from dataflow_mm.storage.manifest import StepManifest
 from dataflow_mm.storage.paths import check_writes
 from dataflow_mm.storage.step import StepChunk, StepIdentity, StepTransaction
+
+if TYPE_CHECKING:  # operators.base calls this module: importing it back at run time would be a cycle
+    from dataflow_mm.operators.base import OperatorCall
 
 log = get_logger("operators")
 

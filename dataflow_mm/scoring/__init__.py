@@ -4,7 +4,7 @@ Each loads its model lazily once, runs on CUDA when available (``device="auto"``
 items per forward pass and counts its model calls in ``.stats``.
 """
 
-from dataflow_mm.scoring.device import resolve_device
+from dataflow_mm.models.device import resolve_device
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMScorer
 from dataflow_mm.scoring.text_similarity import (
     DEFAULT_CLIP,

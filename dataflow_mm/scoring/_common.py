@@ -8,6 +8,7 @@ from typing import Any
 
 from dataflow_mm.errors import ConfigError, ModelNotAvailableError
 from dataflow_mm.logger import get_logger
+from dataflow_mm.models.fallback import is_smoke_test_folder, resolve_or_tiny
 
 log = get_logger("scoring")
 
@@ -32,27 +33,14 @@ def resolve_scorer_model(
     local_dir: str | None = None,
 ) -> Path:
     """The local folder of a scoring model; a tiny random-weight ``tiny_kind`` model when unavailable and allowed."""
-    from dataflow_mm.serving.model_resolver import resolve_model_path
-
-    try:
-        return resolve_model_path(str(name_or_path), cache_dir=cache_dir, local_dir=local_dir)
-    except ModelNotAvailableError as exc:
-        if not (allow_tiny_fallback and tiny_kind):
-            raise
-        from dataflow_mm.testing.tiny_models import tiny_model_path
-
-        log.warning(f"{exc}")
-        log.warning(
-            f"Falling back to a locally built tiny random-weight {tiny_kind} model for scoring. "
-            "Its SCORES ARE MEANINGLESS: keep/drop decisions are smoke-test output only."
-        )
-        return tiny_model_path(tiny_kind)
-
-
-def is_smoke_test_folder(folder: Path | None) -> bool:
-    from dataflow_mm.testing.tiny_models import is_tiny_model
-
-    return is_tiny_model(folder)
+    return resolve_or_tiny(
+        name_or_path,
+        tiny_kind,
+        allow_tiny_fallback,
+        cache_dir=cache_dir,
+        local_dir=local_dir,
+        meaningless="its SCORES ARE MEANINGLESS, keep/drop decisions are smoke-test output only",
+    )
 
 
 def batches(items: list[Any], size: int) -> list[list[Any]]:
@@ -62,6 +50,8 @@ def batches(items: list[Any], size: int) -> list[list[Any]]:
 
 class LazyScorer:
     """The state every scorer shares: the model setting, device, batch size, call counts and a lazy model."""
+
+    tiny_kind: str | None = None  # the tiny model that stands in under ``allow_tiny_fallback``
 
     def __init__(
         self,
@@ -90,5 +80,19 @@ class LazyScorer:
         return self._model is not None
 
     @property
+    def folder(self) -> Path:
+        """The model folder (tiny fallback applied), resolved once: ``describe`` and ``load`` see the same one."""
+        if self._folder is None:
+            self._folder = resolve_scorer_model(
+                self.model_name_or_path, self.tiny_kind, self.allow_tiny_fallback, self.hf_cache_dir, self.hf_local_dir
+            )
+        return self._folder
+
+    @property
     def is_smoke_test_model(self) -> bool:
-        return is_smoke_test_folder(self._folder or Path(self.model_name_or_path).expanduser())
+        """True for a tiny random-weight folder (the resolved one; as given while it cannot be found)."""
+        try:
+            folder = self.folder
+        except ModelNotAvailableError:
+            folder = Path(self.model_name_or_path).expanduser()
+        return is_smoke_test_folder(folder)

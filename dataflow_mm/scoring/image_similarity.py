@@ -18,8 +18,8 @@ from PIL import Image
 from dataflow_mm.deps import require
 from dataflow_mm.errors import UserError
 from dataflow_mm.logger import get_logger
-from dataflow_mm.scoring._common import LazyScorer, batches, resolve_scorer_model
-from dataflow_mm.scoring.device import resolve_device
+from dataflow_mm.models.device import resolve_device
+from dataflow_mm.scoring._common import LazyScorer, batches
 from dataflow_mm.scoring.text_similarity import DEFAULT_CLIP
 
 log = get_logger("scoring.image_similarity")
@@ -27,6 +27,8 @@ log = get_logger("scoring.image_similarity")
 
 class ClipImageSimilarity(LazyScorer):
     """Cosine similarity of CLIP image embeddings (``get_image_features``, the projected embedding)."""
+
+    tiny_kind = "clip"
 
     def __init__(
         self,
@@ -54,14 +56,15 @@ class ClipImageSimilarity(LazyScorer):
             return
         transformers = require("transformers", "scoring")
         self.device_in_use = resolve_device(self.device)
-        self._folder = resolve_scorer_model(
-            self.model_name_or_path, "clip", self.allow_tiny_fallback, self.hf_cache_dir, self.hf_local_dir
-        )
-        log.info(f"loading CLIP image encoder {self.model_name_or_path} from {self._folder} on {self.device_in_use}")
-        self._processor = transformers.AutoImageProcessor.from_pretrained(str(self._folder))
-        model = transformers.AutoModel.from_pretrained(str(self._folder))
+        folder = self.folder
+        log.info(f"loading CLIP image encoder {self.model_name_or_path} from {folder} on {self.device_in_use}")
+        # AutoProcessor, not AutoImageProcessor: the latter needs torchvision in transformers < 5.2x, while the
+        # processor falls back to the PIL image processor (tested on the declared minimum, 5.5).
+        processor = transformers.AutoProcessor.from_pretrained(str(folder))
+        self._processor = getattr(processor, "image_processor", processor)
+        model = transformers.AutoModel.from_pretrained(str(folder))
         if not hasattr(model, "get_image_features"):
-            raise UserError(f"{self._folder} holds a {type(model).__name__}, which has no CLIP image encoder")
+            raise UserError(f"{folder} holds a {type(model).__name__}, which has no CLIP image encoder")
         self._model = model.to(self.device_in_use).eval()
         self.stats.loads += 1
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 from dataflow_mm.deps import require
 from dataflow_mm.logger import get_logger
-from dataflow_mm.scoring._common import LazyScorer, batches, resolve_scorer_model
-from dataflow_mm.scoring.device import resolve_device
+from dataflow_mm.models.device import resolve_device
+from dataflow_mm.scoring._common import LazyScorer, batches
 
 log = get_logger("scoring.itm")
 DEFAULT_BLIP_ITM = "Salesforce/blip-itm-base-coco"
@@ -26,6 +26,8 @@ DEFAULT_BLIP_ITM = "Salesforce/blip-itm-base-coco"
 
 class BlipITMScorer(LazyScorer):
     """Image-text match probabilities from a BLIP ITM model (hub id or local folder)."""
+
+    tiny_kind = "blip_itm"
 
     def __init__(
         self,
@@ -55,12 +57,10 @@ class BlipITMScorer(LazyScorer):
             return
         transformers = require("transformers", "scoring")
         self.device_in_use = resolve_device(self.device)
-        self._folder = resolve_scorer_model(
-            self.model_name_or_path, "blip_itm", self.allow_tiny_fallback, self.hf_cache_dir, self.hf_local_dir
-        )
-        log.info(f"loading BLIP ITM {self.model_name_or_path} from {self._folder} on {self.device_in_use}")
-        self._processor = transformers.AutoProcessor.from_pretrained(str(self._folder))
-        model = transformers.BlipForImageTextRetrieval.from_pretrained(str(self._folder))
+        folder = self.folder
+        log.info(f"loading BLIP ITM {self.model_name_or_path} from {folder} on {self.device_in_use}")
+        self._processor = transformers.AutoProcessor.from_pretrained(str(folder))
+        model = transformers.BlipForImageTextRetrieval.from_pretrained(str(folder))
         self._model = model.to(self.device_in_use).eval()
         self.stats.loads += 1
 

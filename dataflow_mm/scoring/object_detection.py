@@ -26,8 +26,8 @@ from dataflow_mm.errors import InvalidBoxError, UserError
 from dataflow_mm.imaging.bbox import Box, clip_box
 from dataflow_mm.imaging.nms import kept_indices
 from dataflow_mm.logger import get_logger
-from dataflow_mm.scoring._common import LazyScorer, batches, resolve_scorer_model
-from dataflow_mm.scoring.device import resolve_device
+from dataflow_mm.models.device import resolve_device
+from dataflow_mm.scoring._common import LazyScorer, batches
 
 log = get_logger("scoring.detection")
 DEFAULT_DETECTOR = "google/owlv2-base-patch16-ensemble"
@@ -46,6 +46,8 @@ class Detection:
 
 class OwlDetector(LazyScorer):
     """Text-queried boxes from an OWLv2 or OWL-ViT model (hub id or local folder)."""
+
+    tiny_kind = "owlv2"
 
     def __init__(
         self,
@@ -90,19 +92,17 @@ class OwlDetector(LazyScorer):
             return
         transformers = require("transformers", "scoring")
         self.device_in_use = resolve_device(self.device)
-        self._folder = resolve_scorer_model(
-            self.model_name_or_path, "owlv2", self.allow_tiny_fallback, self.hf_cache_dir, self.hf_local_dir
-        )
-        config = transformers.AutoConfig.from_pretrained(str(self._folder))
+        folder = self.folder
+        config = transformers.AutoConfig.from_pretrained(str(folder))
         if config.model_type not in DETECTOR_MODEL_TYPES:
             raise UserError(
-                f"{self._folder} holds a {config.model_type!r} model; the detector needs one of "
+                f"{folder} holds a {config.model_type!r} model; the detector needs one of "
                 f"{', '.join(DETECTOR_MODEL_TYPES)} (OWLv2 / OWL-ViT)"
             )
-        log.info(f"loading detector {self.model_name_or_path} from {self._folder} on {self.device_in_use}")
+        log.info(f"loading detector {self.model_name_or_path} from {folder} on {self.device_in_use}")
         self._pads_to_square = config.model_type == "owlv2"
-        self._processor = transformers.AutoProcessor.from_pretrained(str(self._folder))
-        model = transformers.AutoModelForZeroShotObjectDetection.from_pretrained(str(self._folder))
+        self._processor = transformers.AutoProcessor.from_pretrained(str(folder))
+        model = transformers.AutoModelForZeroShotObjectDetection.from_pretrained(str(folder))
         self._model = model.to(self.device_in_use).eval()
         self.stats.loads += 1
 

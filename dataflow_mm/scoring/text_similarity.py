@@ -22,8 +22,8 @@ from typing import Any
 from dataflow_mm.deps import require
 from dataflow_mm.errors import UserError
 from dataflow_mm.logger import get_logger
-from dataflow_mm.scoring._common import LazyScorer, batches, resolve_scorer_model
-from dataflow_mm.scoring.device import resolve_device
+from dataflow_mm.models.device import resolve_device
+from dataflow_mm.scoring._common import LazyScorer, batches
 
 log = get_logger("scoring.similarity")
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -50,7 +50,7 @@ class TextSimilarity(LazyScorer):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "scorer": self.kind,
+            "scorer": type(self).kind,  # the configured kind: fixed, even when "auto" picks one on load
             "model": self.model_name_or_path,
             "device": self.device,
             "smoke_test_model": self.is_smoke_test_model,
@@ -61,12 +61,8 @@ class TextSimilarity(LazyScorer):
         if self._model is not None:
             return
         self.device_in_use = resolve_device(self.device)
-        if self._folder is None:
-            self._folder = resolve_scorer_model(
-                self.model_name_or_path, self.tiny_kind, self.allow_tiny_fallback, self.hf_cache_dir, self.hf_local_dir
-            )
-        self._load(self._folder)
-        log.info(f"loaded {self.kind} {self.model_name_or_path} from {self._folder} on {self.device_in_use}")
+        self._load(self.folder)
+        log.info(f"loaded {self.kind} {self.model_name_or_path} from {self.folder} on {self.device_in_use}")
         self.stats.loads += 1
 
     def cleanup(self) -> None:

@@ -21,11 +21,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dataflow_mm.errors import UserError
+from dataflow_mm.serving.messages import Conversation, build_conversation
 from dataflow_mm.surrogates import replace_lone_surrogates
 
-Message = dict[str, Any]
 FINISH_LENGTH = "length"  # the finish_reason of an answer cut off by max_tokens (vLLM and OpenAI name)
-Conversation = list[Message]
 
 
 class EngineDiedError(UserError):
@@ -201,8 +200,6 @@ class VLMServing(ABC):
         input_image_paths: Sequence[Any] | None = None,
     ) -> list[str | None]:
         """DataFlow-style convenience: one prompt (and optional image) per request, texts back."""
-        from dataflow_mm.serving.messages import build_conversation
-
         images = list(input_image_paths) if input_image_paths is not None else [None] * len(user_inputs)
         conversations = [
             build_conversation(prompt, [image] if image is not None else [], system_prompt)

@@ -12,23 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from dataflow_mm.deps import is_importable
-from dataflow_mm.errors import ModelNotAvailableError, UserError
+from dataflow_mm.errors import UserError
 from dataflow_mm.logger import get_logger
+from dataflow_mm.models.device import cuda_available
+from dataflow_mm.models.fallback import resolve_or_tiny
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.serving.vllm_engine_args import AUTO_FIT_MAX_MODEL_LEN
 
 log = get_logger("serving")
 BACKENDS = ("auto", "vllm", "hf", "api")
 FALLBACK_TINY_KIND = "qwen2_5_vl"
-
-
-def cuda_available() -> bool:
-    """True when torch is installed and sees a CUDA device."""
-    if not is_importable("torch"):
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 def default_backend() -> str:
@@ -44,21 +37,15 @@ def resolve_or_fallback(
     revision: str | None = None,
 ) -> Path:
     """The model folder to load, or a tiny smoke-test model when the real one is unavailable."""
-    from dataflow_mm.serving.model_resolver import resolve_model_path
-
-    try:
-        return resolve_model_path(model_path, cache_dir=hf_cache_dir, local_dir=download_dir, revision=revision)
-    except ModelNotAvailableError as exc:
-        if not allow_tiny_fallback:
-            raise
-        from dataflow_mm.testing.tiny_models import tiny_model_path
-
-        log.warning(f"{exc}")
-        log.warning(
-            "Falling back to a locally built tiny random-weight model so the pipeline can run end to end. "
-            "Its answers are MEANINGLESS smoke-test output, not captions."
-        )
-        return tiny_model_path(FALLBACK_TINY_KIND)
+    return resolve_or_tiny(
+        model_path,
+        FALLBACK_TINY_KIND,
+        allow_tiny_fallback,
+        cache_dir=hf_cache_dir,
+        local_dir=download_dir,
+        revision=revision,
+        meaningless="its answers are MEANINGLESS smoke-test output, not captions",
+    )
 
 
 def create_serving(

@@ -24,15 +24,16 @@ from PIL import Image
 from dataflow_mm.deps import is_importable, require
 from dataflow_mm.errors import ConfigError, ModelNotAvailableError, RowError, ServingError, UserError, row_error_text
 from dataflow_mm.logger import get_logger
+from dataflow_mm.models.device import resolve_device
+from dataflow_mm.models.processor_loading import load_processor
+from dataflow_mm.models.resolver import config_sha256, resolve_model_path
+from dataflow_mm.models.tiny import is_tiny_model
 from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import FINISH_LENGTH, Completion, Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import split_images, to_pil
-from dataflow_mm.serving.model_resolver import config_sha256, resolve_model_path
 from dataflow_mm.serving.prefetch import prefetched
-from dataflow_mm.serving.processor_loading import load_processor
 from dataflow_mm.serving.token_budget import PromptTokenCounter, fit_to_budget, max_len_from_config
 from dataflow_mm.serving.token_budget import limit_side as _shrink
-from dataflow_mm.testing.tiny_models import is_tiny_model
 
 logger = get_logger("serving.hf")
 
@@ -60,14 +61,6 @@ class _Batch:
 
     def __len__(self) -> int:
         return len(self.positions)
-
-
-def _resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else as given."""
-    if device != "auto":
-        return device
-    torch = require("torch", "hf")
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _resolve_dtype(dtype: str, device: str) -> Any:
@@ -146,9 +139,23 @@ class LocalModelVLMServing_hf(VLMServing):
         return self.hf_model_name_or_path
 
     @property
+    def model_dir(self) -> Path:
+        """The local model folder, resolved once (first of ``describe`` or ``load``): both see the same one."""
+        if self._model_dir is None:
+            self._model_dir = Path(resolve_model_path(self.hf_model_name_or_path, self.hf_cache_dir, self.hf_local_dir))
+        return self._model_dir
+
+    def _known_dir(self) -> Path | None:
+        """``model_dir``, or None while the model cannot be found (describe never raises for it)."""
+        try:
+            return self.model_dir
+        except ModelNotAvailableError:
+            return None
+
+    @property
     def is_smoke_test_model(self) -> bool:
-        """True for a tiny random-weight folder (checked without resolving, so without network)."""
-        return is_tiny_model(self._model_dir or Path(self.hf_model_name_or_path).expanduser())
+        """True for a tiny random-weight folder (the resolved one; as given while it cannot be found)."""
+        return is_tiny_model(self._known_dir() or Path(self.hf_model_name_or_path).expanduser())
 
     @property
     def model(self) -> Any:
@@ -175,11 +182,8 @@ class LocalModelVLMServing_hf(VLMServing):
     def config_sha256(self) -> str | None:
         """Hash of the model folder's config files (None while the model cannot be found)."""
         if self._config_sha256 is None:
-            try:
-                folder = self._model_dir or resolve_model_path(
-                    self.hf_model_name_or_path, self.hf_cache_dir, self.hf_local_dir
-                )
-            except ModelNotAvailableError:
+            folder = self._known_dir()
+            if folder is None:
                 return None
             self._config_sha256 = config_sha256(folder)
         return self._config_sha256
@@ -197,21 +201,21 @@ class LocalModelVLMServing_hf(VLMServing):
         if self._model is not None:
             return
         transformers = require("transformers", "hf")
-        self._device = _resolve_device(self.device)
+        self._device = resolve_device(self.device, "hf")
         self._torch_dtype = _resolve_dtype(self.dtype, self._device)
-        self._model_dir = resolve_model_path(self.hf_model_name_or_path, self.hf_cache_dir, self.hf_local_dir)
-        logger.info("Loading %s from %s (%s, %s)", self.model_id, self._model_dir, self._device, self._torch_dtype)
-        processor = load_processor(self._model_dir)
+        model_dir = self.model_dir
+        logger.info("Loading %s from %s (%s, %s)", self.model_id, model_dir, self._device, self._torch_dtype)
+        processor = load_processor(model_dir)
         if not (getattr(processor, "chat_template", None) or processor.tokenizer.chat_template):
             raise UserError(
-                f"{self.model_id} ({self._model_dir}) has no chat template: use an instruction-tuned "
+                f"{self.model_id} ({model_dir}) has no chat template: use an instruction-tuned "
                 "model folder whose processor or tokenizer ships one."
             )
         self._processor = processor
         # device_map loads weights straight onto the GPU but needs accelerate; without it, move after.
         direct = self._device != "cpu" and is_importable("accelerate")
         model = transformers.AutoModelForImageTextToText.from_pretrained(
-            str(self._model_dir), dtype=self._torch_dtype, device_map=self._device if direct else None
+            str(model_dir), dtype=self._torch_dtype, device_map=self._device if direct else None
         )
         if not direct and self._device != "cpu":
             model = model.to(self._device)

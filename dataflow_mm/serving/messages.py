@@ -1,16 +1,18 @@
-"""Build and take apart OpenAI-style chat messages that carry images."""
+"""Build and take apart OpenAI-style chat messages that carry images.
+
+The message types live here, below ``serving.base`` (which imports them): one direction only.
+"""
 
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image
 
-from dataflow_mm.serving.base import Conversation, Message
-
+Message = dict[str, Any]
+Conversation = list[Message]
 ImageLike = Any  # str | os.PathLike | PIL.Image.Image | bytes
 
 
@@ -66,11 +68,3 @@ def to_pil(image: ImageLike) -> Image.Image:
     from dataflow_mm.imaging.loading import load_image
 
     return load_image(image)
-
-
-def image_to_data_url(image: Image.Image, fmt: str = "PNG") -> str:
-    """Encode a PIL image as a ``data:`` URL."""
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    mime = "image/png" if fmt.upper() == "PNG" else f"image/{fmt.lower()}"
-    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"

@@ -41,6 +41,7 @@ from PIL import Image
 from dataflow_mm.deps import require
 from dataflow_mm.errors import (
     ImageLoadError,
+    ModelNotAvailableError,
     PromptTooLongError,
     RowError,
     ServingError,
@@ -48,6 +49,9 @@ from dataflow_mm.errors import (
     row_error_text,
 )
 from dataflow_mm.logger import get_logger
+from dataflow_mm.models.fallback import is_smoke_test_folder
+from dataflow_mm.models.resolver import config_sha256 as folder_config_sha256
+from dataflow_mm.models.resolver import resolve_model_path
 from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import (
     Completion,
@@ -193,8 +197,6 @@ class LocalModelVLMServing_vllm(VLMServing):
     def model_dir(self) -> Path:
         """The local model folder (resolved, and downloaded if allowed, on first use)."""
         if self._model_dir is None:
-            from dataflow_mm.serving.model_resolver import resolve_model_path
-
             self._model_dir = Path(
                 resolve_model_path(self.hf_model_name_or_path, cache_dir=self.hf_cache_dir, local_dir=self.hf_local_dir)
             )
@@ -202,18 +204,11 @@ class LocalModelVLMServing_vllm(VLMServing):
 
     @property
     def is_smoke_test_model(self) -> bool:
-        from dataflow_mm.testing.tiny_models import is_tiny_model
-
-        folder = self._model_dir
-        if folder is None:
-            candidate = Path(self.hf_model_name_or_path).expanduser()
-            if not candidate.is_dir():
-                return False
-            folder = candidate
         try:
-            return bool(is_tiny_model(folder))
-        except Exception:
-            return False
+            folder = self.model_dir
+        except ModelNotAvailableError:
+            folder = Path(self.hf_model_name_or_path).expanduser()
+        return is_smoke_test_folder(folder)
 
     @property
     def engine_started(self) -> bool:
@@ -242,11 +237,8 @@ class LocalModelVLMServing_vllm(VLMServing):
     def config_sha256(self) -> str | None:
         """Hash of the model folder's config files (None while the model cannot be found)."""
         if self._config_sha256 is None:
-            from dataflow_mm.errors import ModelNotAvailableError
-            from dataflow_mm.serving.model_resolver import config_sha256
-
             try:
-                self._config_sha256 = config_sha256(self.model_dir)
+                self._config_sha256 = folder_config_sha256(self.model_dir)
             except ModelNotAvailableError:
                 return None
         return self._config_sha256
@@ -415,7 +407,7 @@ class LocalModelVLMServing_vllm(VLMServing):
         if self._llm is not None:
             return self._llm
         self._vllm = require("vllm", extra="vllm")
-        from dataflow_mm.serving.processor_loading import load_processor
+        from dataflow_mm.models.processor_loading import load_processor
 
         model_dir = self.model_dir
         if self._processor is None:

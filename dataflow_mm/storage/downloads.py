@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from dataflow_mm.errors import ImageDownloadError
 from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage.media_bytes import store_bytes
 
 DOWNLOAD_TIMEOUT_S = 60.0
 DOWNLOAD_MAX_RETRIES = 3
@@ -90,7 +91,6 @@ def download_image(
     ``max_bytes`` defaults to ``MAX_DOWNLOAD_BYTES`` (read at call time).
     """
     from dataflow_mm.serving.api_serving import RetryPolicy
-    from dataflow_mm.storage.media import store_bytes
 
     cache_dir = Path(cache_dir)
     found = cached_download(url, cache_dir)

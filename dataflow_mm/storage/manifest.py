@@ -17,19 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from dataflow_mm.storage.formats import write_json_atomic
+from dataflow_mm.storage.hashing import file_sha256
 from dataflow_mm.storage.media_stamps import changed_media
 
 MANIFEST_SUFFIX = ".manifest.json"
-_HASH_BLOCK = 1 << 20
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Content hash of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(data: Any) -> str:

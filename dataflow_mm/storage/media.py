@@ -19,10 +19,8 @@ small text and Parquet step files keep the struct column readable by ``datasets`
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,22 +29,18 @@ import pandas as pd
 
 from dataflow_mm.errors import MissingFieldError
 from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage.downloads import download_image
+from dataflow_mm.storage.media_bytes import fallback_cache_dir, store_bytes
 
 MEDIA_DIR_NAME = "media"
 URL_PREFIXES = ("http://", "https://")
 STRUCT_KEYS = frozenset({"bytes", "path"})
 _BYTES = (bytes, bytearray, memoryview)
-_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
 
 def media_cache_dir(cache_path: str | os.PathLike) -> Path:
     """The folder under a cache path that holds images stored from bytes and downloads."""
     return Path(cache_path) / MEDIA_DIR_NAME
-
-
-def _fallback_cache_dir() -> Path:
-    """Where media go when an operator runs outside a storage (direct ``process`` calls)."""
-    return Path(tempfile.gettempdir()) / "dataflow_mm_media"
 
 
 def is_image_struct(value: Any) -> bool:
@@ -67,30 +61,6 @@ def image_count(value: Any) -> int:
     if _is_list(value):
         return len(value)
     return 0 if _is_empty(value) else 1
-
-
-def suffix_of(data: bytes) -> str:
-    """File suffix for image bytes, from their header (``.bin`` when Pillow does not know them)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return _SUFFIXES.get(str(image.format), ".bin")
-    except Exception:  # not an image: the loader reports it as a row error later
-        return ".bin"
-
-
-def store_bytes(data: bytes, cache_dir: Path | None, name_hint: str | None = None) -> Path:
-    """Write image bytes once to ``{cache_dir}/{stem}_{sha256[:16]}{suffix}`` and return that path."""
-    from dataflow_mm.imaging.naming import safe_stem
-
-    data = bytes(data)
-    folder = Path(cache_dir) if cache_dir is not None else _fallback_cache_dir()
-    stem = safe_stem(Path(name_hint).stem if name_hint else "image")
-    target = folder / f"{stem}_{hashlib.sha256(data).hexdigest()[:16]}{suffix_of(data)}"
-    if not target.exists():
-        write_bytes_atomic(data, target)
-    return target
 
 
 def _local_path(value: str | Path, media_root: Path | None) -> Path:
@@ -143,9 +113,7 @@ def resolve_media_path(value: object, media_root: Path | None = None, cache_dir:
             raise MissingFieldError("the image field holds 0 bytes")
         return store_bytes(value, cache_dir)
     if isinstance(value, str) and value.lower().startswith(URL_PREFIXES):
-        from dataflow_mm.storage.downloads import download_image
-
-        return download_image(value, cache_dir if cache_dir is not None else _fallback_cache_dir())
+        return download_image(value, cache_dir if cache_dir is not None else fallback_cache_dir())
     if not isinstance(value, (str, Path)):
         raise MissingFieldError(
             f"the image field must be a path, a list of paths, bytes, a URL or a {{'bytes', 'path'}} struct, "
@@ -191,7 +159,7 @@ def externalize_media(
     touched = [c for c in names if any(_holds_bytes(v) for v in frame[c].tolist())]
     if not touched:
         return frame
-    folder = Path(cache_dir) if cache_dir is not None else _fallback_cache_dir()
+    folder = Path(cache_dir) if cache_dir is not None else fallback_cache_dir()
     out = frame.copy()
     for name in touched:
         out[name] = [_externalized(v, folder) for v in out[name].tolist()]

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dataflow_mm.storage.hashing import file_sha256
 from dataflow_mm.storage.media import resolve_media_path
 
 Stamp = list[Any] | None  # [size, mtime_ns, sha256]
@@ -44,8 +45,6 @@ def _resolve(value: str, media_root: Path | None) -> str | None:
 
 def stamp(path: str) -> Stamp:
     """``[size, mtime_ns, sha256]`` of a regular file, or None when it cannot be read."""
-    from dataflow_mm.storage.manifest import file_sha256
-
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):

@@ -79,6 +79,7 @@ def test_init_works_from_an_installed_wheel(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert f"dataflow_mm/_templates/{PIPELINE.as_posix()}" in names
     assert f"dataflow_mm/_templates/{DEMO_TABLE.as_posix()}" in names
+    assert {"dataflow_mm/report/assets/report.js", "dataflow_mm/report/assets/report.css"} <= set(names)
     subprocess.run(
         [
             sys.executable,
