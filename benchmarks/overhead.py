@@ -1,11 +1,13 @@
 """How much of a region-caption run is spent outside the serving call.
 
     .venv/bin/python benchmarks/overhead.py [--rows 2000] [--hf_rows 2000] [--delays 0 0.05]
+        [--no_streaming] [--chunk_size 512] [--concurrent_chunks K]
 
 The pipeline of the README (``ImageBboxGenerator`` draws the numbered boxes, ``PromptedVQAGenerator``
 asks about them) on a table of ``--rows`` rows, against the fake OpenAI server with no delay and
 with ``--delays`` seconds per request (the API backend, 8 requests in flight), and with the
-transformers backend on the tiny random-weight Qwen2.5-VL. The serving's ``chat`` is timed;
+transformers backend on the tiny random-weight Qwen2.5-VL, as a pipeline on the local runner
+(steps streaming into each other; ``--no_streaming``: one after another). The serving's ``chat`` is timed;
 everything else (reading the table, decoding and drawing, writing step files, building requests)
 is the framework's share: ``(wall - serving) / wall``. Targets (issue #15): <= 25% with no delay,
 <= 5% at 50 ms per request.
@@ -14,9 +16,12 @@ is the framework's share: ``(wall - serving) / wall``. Targets (issue #15): <= 2
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,31 +30,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 class Timed:
-    """Wraps a serving's ``chat`` to add up the seconds spent inside it."""
+    """Wraps a serving's ``chat`` to add up the seconds in which at least one call is inside it
+    (calls of two chunks in flight at once are counted once, not twice)."""
 
     def __init__(self, serving: Any) -> None:
         self.seconds = 0.0
+        self._inside = 0
+        self._since = 0.0
+        self._lock = threading.Lock()
         chat = serving.chat
 
         def timed_chat(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            with self._lock:
+                if self._inside == 0:
+                    self._since = time.perf_counter()
+                self._inside += 1
             try:
                 return chat(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - started
+                with self._lock:
+                    self._inside -= 1
+                    if self._inside == 0:
+                        self.seconds += time.perf_counter() - self._since
 
         serving.chat = timed_chat
 
 
-def run_pipeline(table: Path, cache: Path, serving: Any) -> tuple[float, float]:
+def run_pipeline(table: Path, cache: Path, serving: Any, streaming: bool, chunk_size: int = 512) -> tuple[float, float]:
     """(wall seconds, seconds inside the serving call) of the two-step region-caption pipeline."""
-    from dataflow_mm import FileStorage, ImageBboxGenerator, PromptedVQAGenerator
+    from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
+    from dataflow_mm.runners import LocalRunner
+
+    class RegionCaptions(PipelineABC):
+        def __init__(self) -> None:
+            self.storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="rc", chunk_size=chunk_size)
+            self.boxes = ImageBboxGenerator()
+            self.captions = PromptedVQAGenerator(serving)
+
+        def forward(self) -> None:
+            self.boxes.run(self.storage.step())
+            self.captions.run(self.storage.step(), input_image_key="image_with_bbox")
 
     timed = Timed(serving)
-    storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="rc", chunk_size=512)
+    pipeline = RegionCaptions()
     started = time.perf_counter()
-    ImageBboxGenerator().run(storage.step())
-    PromptedVQAGenerator(serving).run(storage.step(), input_image_key="image_with_bbox")
+    with contextlib.redirect_stdout(io.StringIO()):  # the run summary
+        pipeline.run(LocalRunner(streaming=streaming))
     return time.perf_counter() - started, timed.seconds
 
 
@@ -64,6 +90,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--hf_rows", type=int, default=2000, help="0 skips the transformers backend")
     parser.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.05])
+    parser.add_argument("--no_streaming", action="store_true", help="run the steps one after another")
+    parser.add_argument("--chunk_size", type=int, default=512)
+    parser.add_argument(
+        "--concurrent_chunks", type=int, default=None, help="API chunks in flight at once (1: one chunk at a time)"
+    )
     args = parser.parse_args()
 
     from scale import make_table
@@ -80,7 +111,11 @@ def main() -> None:
         for delay in args.delays:
             with OpenAITestServer(delay=delay) as server:
                 serving = APIVLMServing_openai(server.base_url, "test-model", api_key_env=None, max_workers=8)
-                wall, inside = run_pipeline(table, workdir / f"api_{delay}", serving)
+                if args.concurrent_chunks is not None:
+                    serving.concurrent_chunks = args.concurrent_chunks
+                wall, inside = run_pipeline(
+                    table, workdir / f"api_{delay}", serving, not args.no_streaming, args.chunk_size
+                )
                 serving.cleanup()
             report(f"api, fake server {delay * 1000:.0f} ms/request", args.rows, wall, inside)
         if args.hf_rows:
@@ -93,7 +128,7 @@ def main() -> None:
                 str(tiny_model_path("qwen2_5_vl")), device="cpu", batch_size=8, temperature=0.0, max_tokens=8
             )
             serving.load()
-            wall, inside = run_pipeline(hf_table, workdir / "hf_cache", serving)
+            wall, inside = run_pipeline(hf_table, workdir / "hf_cache", serving, not args.no_streaming, args.chunk_size)
             serving.cleanup()
             report("hf, tiny Qwen2.5-VL (random weights)", args.hf_rows, wall, inside)
 

@@ -197,6 +197,12 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
     def prepare(self, storage: FileStorage) -> None:
         """Called once before the first chunk (e.g. to create output folders)."""
 
+    def chunks_in_flight(self) -> int:
+        """How many chunks of one step the executor may transform at once (``process`` must then be
+        safe to call from several threads). 1 by default; an operator whose serving waits on I/O
+        returns its serving's ``concurrent_chunks``."""
+        return 1
+
     def chunk_metrics(self, frame: pd.DataFrame, **keys: Any) -> dict[str, float]:
         """Numbers about one output chunk, summed over the step (``X`` and ``X_total`` give a rate)."""
         return {}

@@ -165,6 +165,10 @@ class PromptedVQAGenerator(OperatorABC):
     def prepare(self, storage: FileStorage) -> None:
         self._media_root = storage.media_root
 
+    def chunks_in_flight(self) -> int:
+        """``process`` keeps no per-chunk state: chunks may overlap as far as the serving wants."""
+        return self.serving.concurrent_chunks
+
     def process(
         self,
         frame: pd.DataFrame,

@@ -7,14 +7,22 @@ operator only transforms a chunk; the storage only keeps files.
 
 For streaming (see ``runners.streaming``) a step can take its chunks from the step before
 (``source``) and hand each finished chunk on to the step after (``outlet``).
+
+An operator whose serving waits on I/O (the API backend) may have ``chunks_in_flight() > 1``
+chunks transformed at once, so its request pool stays full across chunk boundaries; the chunks
+are still written, marked and handed on one by one in chunk order, so the files are the same.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pandas as pd
 
 from dataflow_mm.errors import PipelineCompileError
 from dataflow_mm.logger import get_logger
@@ -23,7 +31,7 @@ from dataflow_mm.operators.results import StepResult
 from dataflow_mm.storage.formats import Chunk
 from dataflow_mm.storage.manifest import StepManifest
 from dataflow_mm.storage.paths import check_writes
-from dataflow_mm.storage.step import StepIdentity, StepTransaction
+from dataflow_mm.storage.step import StepChunk, StepIdentity, StepTransaction
 
 if TYPE_CHECKING:  # operators.base calls this module: importing it back at run time would be a cycle
     from dataflow_mm.operators.base import OperatorCall
@@ -124,16 +132,46 @@ def _run_chunks(
     operator.bind_step(number, step.identity.fingerprint)
     operator.bind_storage(storage)
     operator.prepare(storage)
+
+    def transform(chunk: StepChunk) -> tuple[pd.DataFrame, dict[str, Any]]:
+        with model_lock:
+            return operator.run_chunk(chunk.frame, chunk.rejects, keys, storage.media_root)
+
+    def finish(chunk: StepChunk, done: Future | None) -> None:
+        """In chunk order: the chunk's rows and marker written, then handed on."""
+        if done is not None:
+            step.write(chunk, *done.result())
+        if outlet is not None:
+            outlet.chunk(step.data(chunk.index))
+        progress.update(len(chunk.frame) + len(chunk.rejects))
+
+    in_flight = max(1, operator.chunks_in_flight())
+    pool = ThreadPoolExecutor(in_flight, thread_name_prefix="dfmm-chunk") if in_flight > 1 else None
+
+    def start(chunk: StepChunk) -> Future | None:
+        """The chunk's transform: None when it is done already, else running (pool) or finished."""
+        if chunk.done is not None:
+            return None
+        if pool is not None:
+            return pool.submit(transform, chunk)
+        done: Future = Future()
+        done.set_result(transform(chunk))
+        return done
+
+    waiting: deque[tuple[StepChunk, Future | None]] = deque()
     try:
         for chunk in step.chunks(source):
-            if chunk.done is None:
-                with model_lock:
-                    out, counts = operator.run_chunk(chunk.frame, chunk.rejects, keys, storage.media_root)
-                step.write(chunk, out, counts)
-            if outlet is not None:
-                outlet.chunk(step.data(chunk.index))
-            progress.update(len(chunk.frame) + len(chunk.rejects))
+            waiting.append((chunk, start(chunk)))
+            while waiting and (len(waiting) >= in_flight or waiting[0][1] is None or waiting[0][1].done()):
+                finish(*waiting.popleft())
+        while waiting:
+            finish(*waiting.popleft())
     finally:
+        if pool is not None:
+            for _, done in waiting:
+                if done is not None:
+                    done.cancel()
+            pool.shutdown(wait=True)
         progress.close()
     totals, rejects = step.totals()
     result.rows_in, result.rows_out = totals.rows_in, totals.rows_out

@@ -374,6 +374,7 @@ class APIVLMServing_openai(VLMServing):
     """An OpenAI-compatible chat-completions endpoint behind the common serving interface."""
 
     backend_name = "api"
+    concurrent_chunks = 2  # the next chunk's requests wait on the slots while this chunk's last ones finish
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ batching is the backend's job, never the caller's. A request that fails comes ba
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,8 @@ class EngineDiedError(UserError):
     """The model engine's process died: every later request would fail. In-process the run stops;
     the Ray runner replaces the actor instead (its engine starts again) and retries the chunk."""
 
+
+_RECORD_LOCK = threading.Lock()  # one for every ServingStats: a dataclass field would not pickle
 
 # Sampling settings beyond the common four: None means "the backend's default" (and is left out of
 # ``to_dict``, so runs that never set them keep their resume fingerprints).
@@ -113,6 +116,10 @@ class ServingStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def record(self, completions: Sequence[Completion]) -> None:
+        with _RECORD_LOCK:  # chunks in flight at once (``concurrent_chunks``) record from several threads
+            self._record(completions)
+
+    def _record(self, completions: Sequence[Completion]) -> None:
         self.calls += 1
         self.requests += len(completions)
         for c in completions:
@@ -126,6 +133,9 @@ class VLMServing(ABC):
     """Base class of the VLM backends (vLLM, transformers, OpenAI-compatible API)."""
 
     backend_name: str = "base"
+    # How many chunks of one step may have requests in flight at once: 1 for a backend that keeps a
+    # model busy itself; more for one that waits on I/O, so its pool stays full across chunk boundaries.
+    concurrent_chunks: int = 1
 
     def __init__(self, sampling: SamplingParams | None = None) -> None:
         self.sampling = sampling or SamplingParams()

@@ -29,6 +29,7 @@ SCRIPT = textwrap.dedent(
         def __init__(self, seconds, watch=None):
             super().__init__()
             self.seconds, self.watch, self.saw_step1_file = seconds, watch, []
+            self.concurrent_chunks = int(sys.argv[4]) if len(sys.argv) > 4 else 1  # chunks in flight
 
         def _chat_batch(self, conversations, sampling):
             if self.watch is not None:
@@ -57,9 +58,9 @@ SCRIPT = textwrap.dedent(
 STEP_FILES = ("st_step1.jsonl", "st_step2.jsonl", "st_step3.jsonl")
 
 
-def start(script: Path, table: Path, cache: Path, mode: str) -> subprocess.Popen:
+def start(script: Path, table: Path, cache: Path, mode: str, chunks_in_flight: int = 1) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(script), str(table), str(cache), mode],
+        [sys.executable, str(script), str(table), str(cache), mode, str(chunks_in_flight)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -102,14 +103,14 @@ def test_streaming_overlaps_steps_and_writes_the_sequential_files(tmp_path: Path
     assert not list((tmp_path / "streaming").glob(".*.parts"))
 
 
-@pytest.mark.parametrize("rerun", ["streaming", "no_streaming"])
+@pytest.mark.parametrize(("rerun", "chunks_in_flight"), [("streaming", 1), ("no_streaming", 1), ("streaming", 2)])
 def test_sigkill_while_two_steps_stream_then_rerun_equals_a_clean_run(
-    tmp_path: Path, setup: tuple[Path, Path], rerun: str
+    tmp_path: Path, setup: tuple[Path, Path], rerun: str, chunks_in_flight: int
 ) -> None:
     script, table = setup
     finish(start(script, table, tmp_path / "clean", "no_streaming"))
     cache = tmp_path / "killed"
-    victim = start(script, table, cache, "streaming")
+    victim = start(script, table, cache, "streaming", chunks_in_flight)
     deadline = time.monotonic() + 90
     while not list((cache / ".st_step3.jsonl.parts").glob("chunk_*.done.json")):
         assert time.monotonic() < deadline, "the run never reached the kill point"
@@ -118,7 +119,7 @@ def test_sigkill_while_two_steps_stream_then_rerun_equals_a_clean_run(
     victim.wait(timeout=30)
     assert not (cache / "st_step2.jsonl").exists(), "step 2 was still running when step 3 had a chunk done"
 
-    resumed = start(script, table, cache, rerun)
+    resumed = start(script, table, cache, rerun, chunks_in_flight)
     _, err = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, err
     assert "step 2 PromptedVQAGenerator: resuming after" in err

@@ -1,0 +1,130 @@
+"""Chunks in flight: an operator whose serving waits on I/O (the API backend) has up to
+``concurrent_chunks`` chunks of one step transformed at once, so ``max_workers`` requests stay in
+flight across chunk boundaries; chunks are still written and handed on in chunk order, and the step
+files equal, byte for byte, those of a sequential (``--no_streaming``, one chunk at a time) run."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
+from dataflow_mm.runners import LocalRunner
+from dataflow_mm.serving.api_serving import APIVLMServing_openai
+from dataflow_mm.serving.base import VLMServing
+from dataflow_mm.storage.step import StepTransaction
+from dataflow_mm.testing.fake_serving import FakeVLMServing
+from dataflow_mm.testing.openai_test_server import OpenAITestServer
+from dataflow_mm.testing.sample_data import write_region_caption_table
+
+STEP_FILES = ("rc_step1.jsonl", "rc_step2.jsonl")
+
+
+class RegionCaptions(PipelineABC):
+    def __init__(self, table: Path, cache: Path, serving: VLMServing, chunk_size: int = 3) -> None:
+        self.storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="rc", chunk_size=chunk_size)
+        self.boxes = ImageBboxGenerator()
+        self.captions = PromptedVQAGenerator(serving)
+
+    def forward(self) -> None:
+        self.boxes.run(self.storage.step())
+        self.captions.run(self.storage.step(), input_image_key="image_with_bbox")
+
+
+def step_bytes(cache: Path) -> dict[str, bytes]:
+    marker = json.dumps(str(cache))[1:-1].encode()
+    return {name: (cache / name).read_bytes().replace(marker, b"<cache>") for name in STEP_FILES}
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> Path:
+    return write_region_caption_table(tmp_path / "imgs", n_rows=9, size=(96, 72), n_boxes=2)
+
+
+def test_the_api_backend_keeps_max_workers_requests_in_flight_across_chunks(tmp_path: Path, table: Path) -> None:
+    # 9 rows in chunks of 3, 4 workers: one chunk at a time never has more than 3 requests out.
+    with OpenAITestServer(delay=0.3) as server:
+        sequential = APIVLMServing_openai(server.base_url, "test-model", api_key_env=None, max_workers=4)
+        sequential.concurrent_chunks = 1
+        RegionCaptions(table, tmp_path / "sequential", sequential).run(LocalRunner(streaming=False))
+        sequential.cleanup()
+        assert server.max_in_flight == 3
+
+        server.max_in_flight = 0
+        overlapped = APIVLMServing_openai(server.base_url, "test-model", api_key_env=None, max_workers=4)
+        assert overlapped.concurrent_chunks > 1  # the API backend's default
+        RegionCaptions(table, tmp_path / "overlapped", overlapped).run(LocalRunner())
+        overlapped.cleanup()
+        assert server.max_in_flight == 4  # the next chunk's requests fill the pool; never above max_workers
+
+    assert step_bytes(tmp_path / "overlapped") == step_bytes(tmp_path / "sequential")
+    assert (overlapped.stats.calls, overlapped.stats.requests, overlapped.stats.failed) == (3, 9, 0)
+    assert overlapped.stats.extra["http_requests"] == 9
+
+
+class UnevenServing(FakeVLMServing):
+    """The first chunk's call is the slowest: later chunks finish before it."""
+
+    concurrent_chunks = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+        self._first = threading.Lock()
+        self._calls = 0
+
+    def _chat_batch(self, conversations, sampling):  # type: ignore[no-untyped-def]
+        with self._first:
+            self._calls += 1
+            number = self._calls
+        self.order.append(f"start{number}")
+        time.sleep(0.4 if number == 1 else 0.05)
+        self.order.append(f"end{number}")
+        return super()._chat_batch(conversations, sampling)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_chunks_finishing_out_of_order_are_written_in_chunk_order(
+    tmp_path: Path, table: Path, monkeypatch: pytest.MonkeyPatch, streaming: bool
+) -> None:
+    written: list[tuple[int, int]] = []
+    original = StepTransaction.write
+
+    def recording_write(self, chunk, out, counts):  # type: ignore[no-untyped-def]
+        written.append((self.storage.output_step, chunk.index))
+        original(self, chunk, out, counts)
+
+    monkeypatch.setattr(StepTransaction, "write", recording_write)
+    serving = UnevenServing()
+    RegionCaptions(table, tmp_path / "uneven", serving).run(LocalRunner(streaming=streaming))
+    assert serving.order.index("start2") < serving.order.index("end1")  # chunk 2 overlapped chunk 1
+    assert [index for step, index in written if step == 2] == [0, 1, 2]
+
+    serving.concurrent_chunks = 1
+    RegionCaptions(table, tmp_path / "one_at_a_time", serving).run(LocalRunner(streaming=False))
+    assert step_bytes(tmp_path / "uneven") == step_bytes(tmp_path / "one_at_a_time")
+
+
+class FailingSecondChunk(FakeVLMServing):
+    """With chunks of 5 rows: the second chunk's call (4 rows) fails at once (a bug or a dead engine),
+    while the first one is still running."""
+
+    concurrent_chunks = 2
+
+    def _chat_batch(self, conversations, sampling):  # type: ignore[no-untyped-def]
+        if len(conversations) == 4:
+            raise RuntimeError("engine lost")
+        time.sleep(0.3)
+        return super()._chat_batch(conversations, sampling)
+
+
+def test_a_chunk_that_fails_stops_the_step_after_the_chunks_before_it_are_written(tmp_path: Path, table: Path) -> None:
+    cache = tmp_path / "failing"
+    with pytest.raises(RuntimeError, match="engine lost"):
+        RegionCaptions(table, cache, FailingSecondChunk(), chunk_size=5).run(LocalRunner(streaming=False))
+    markers = sorted(p.name for p in (cache / ".rc_step2.jsonl.parts").glob("chunk_*.done.json"))
+    assert len(markers) == 1 and not (cache / "rc_step2.jsonl").exists()
