@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dataflow_mm.deps import require
 from dataflow_mm.errors import ConfigError, ModelNotAvailableError
 from dataflow_mm.logger import get_logger
 from dataflow_mm.models.fallback import is_smoke_test_folder, resolve_or_tiny
@@ -96,3 +98,18 @@ class LazyScorer:
         except ModelNotAvailableError:
             folder = Path(self.model_name_or_path).expanduser()
         return is_smoke_test_folder(folder)
+
+    def cleanup(self) -> None:
+        """Release the model (and what ``_release`` names); the next call loads it again."""
+        if self._model is None:
+            return
+        self._model = None
+        self._release()
+        gc.collect()
+        torch = require("torch", "scoring")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _release(self) -> None:
+        """Drop what loading kept besides ``_model`` (a processor by default)."""
+        self._processor = None

@@ -7,7 +7,6 @@ each, counted in ``stats.calls``) and returns the cosine of each pair, in [-1, 1
 
 from __future__ import annotations
 
-import gc
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,17 +66,6 @@ class ClipImageSimilarity(LazyScorer):
             raise UserError(f"{folder} holds a {type(model).__name__}, which has no CLIP image encoder")
         self._model = model.to(self.device_in_use).eval()
         self.stats.loads += 1
-
-    def cleanup(self) -> None:
-        """Release the model; the next call loads it again."""
-        if self._model is None:
-            return
-        self._model = None
-        self._processor = None
-        gc.collect()
-        torch = require("torch", "scoring")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def similarity(self, images_a: Sequence[Image.Image], images_b: Sequence[Image.Image]) -> list[float]:
         """Cosine similarity of each ``(images_a[i], images_b[i])`` pair's embeddings, in order."""

@@ -8,7 +8,6 @@ pass scores up to ``batch_size`` pairs and counts as one model call (``stats.cal
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,17 +62,6 @@ class BlipITMScorer(LazyScorer):
         model = transformers.BlipForImageTextRetrieval.from_pretrained(str(folder))
         self._model = model.to(self.device_in_use).eval()
         self.stats.loads += 1
-
-    def cleanup(self) -> None:
-        """Release the model; the next ``score`` loads it again."""
-        if self._model is None:
-            return
-        self._model = None
-        self._processor = None
-        gc.collect()
-        torch = require("torch", "scoring")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[float]:
         """Match probability in [0, 1] of each ``(image, text)`` pair, in order (batched)."""

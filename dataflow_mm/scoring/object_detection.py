@@ -13,7 +13,6 @@ OWL-ViT's resizes without padding, so by width and height.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,17 +104,6 @@ class OwlDetector(LazyScorer):
         model = transformers.AutoModelForZeroShotObjectDetection.from_pretrained(str(folder))
         self._model = model.to(self.device_in_use).eval()
         self.stats.loads += 1
-
-    def cleanup(self) -> None:
-        """Release the model; the next call loads it again."""
-        if self._model is None:
-            return
-        self._model = None
-        self._processor = None
-        gc.collect()
-        torch = require("torch", "scoring")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def detect(self, images: Sequence[Image.Image], queries: Sequence[Sequence[str]]) -> list[list[Detection]]:
         """For each image, the boxes of its queries (best first); images without queries get ``[]``."""

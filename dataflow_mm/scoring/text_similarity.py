@@ -12,7 +12,6 @@ pair. ``text_similarity_model(path)`` picks the class from the model folder's ow
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 from collections.abc import Sequence
@@ -64,17 +63,6 @@ class TextSimilarity(LazyScorer):
         self._load(self.folder)
         log.info(f"loaded {self.kind} {self.model_name_or_path} from {self.folder} on {self.device_in_use}")
         self.stats.loads += 1
-
-    def cleanup(self) -> None:
-        """Release the model; the next call loads it again."""
-        if self._model is None:
-            return
-        self._model = None
-        self._release()
-        gc.collect()
-        torch = require("torch", "scoring")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def similarity(self, texts_a: Sequence[str], texts_b: Sequence[str]) -> list[float]:
         """Cosine similarity (in [-1, 1]) of each ``(texts_a[i], texts_b[i])`` pair, in order."""
