@@ -57,7 +57,8 @@ def image_only_processor_class(processor_class: type) -> type:
     return type(processor_class.__name__, (processor_class,), namespace)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (a model folder's config), or ``{}`` when it is missing or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -71,7 +72,7 @@ def processor_class_of(model_dir: str | Path) -> type | None:
     transformers = require("transformers", "hf")
     folder = Path(model_dir).expanduser()
     for name in _CONFIG_FILES:
-        class_name = _read_json(folder / name).get("processor_class")
+        class_name = read_json_object(folder / name).get("processor_class")
         if isinstance(class_name, str) and isinstance(getattr(transformers, class_name, None), type):
             return getattr(transformers, class_name)
     try:

@@ -12,9 +12,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from dataflow_mm.models.processor_loading import read_json_object
 
 DEFAULT_MAX_MODEL_LEN = 8192
 AUTO_FIT_MAX_MODEL_LEN = -1  # vLLM's own value: the longest context the KV cache memory allows
@@ -36,23 +37,15 @@ FAMILY_MM_PROCESSOR_KWARGS: dict[str, dict[str, Any]] = {
 MAX_PIXELS_FAMILIES = tuple(k for k, v in FAMILY_MM_PROCESSOR_KWARGS.items() if "max_pixels" in v)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def model_type(model_dir: Path) -> str | None:
     """``config.json``'s ``model_type`` (the architecture family), or None."""
-    value = _read_json(Path(model_dir) / "config.json").get("model_type")
+    value = read_json_object(Path(model_dir) / "config.json").get("model_type")
     return value if isinstance(value, str) else None
 
 
 def config_max_positions(model_dir: Path) -> int | None:
     """The context length the model's config declares (its text model's ``max_position_embeddings``)."""
-    config = _read_json(Path(model_dir) / "config.json")
+    config = read_json_object(Path(model_dir) / "config.json")
     for source in (config.get("text_config") or {}, config):
         value = source.get("max_position_embeddings") if isinstance(source, dict) else None
         if isinstance(value, int) and value > 0:
@@ -67,7 +60,7 @@ def default_max_model_len(model_dir: Path) -> int:
 
 
 def _processor_max_pixels(model_dir: Path) -> int | None:
-    config = _read_json(Path(model_dir) / "preprocessor_config.json")
+    config = read_json_object(Path(model_dir) / "preprocessor_config.json")
     for value in (config.get("max_pixels"), (config.get("size") or {}).get("longest_edge")):
         if isinstance(value, int) and value > 0:
             return value
