@@ -162,6 +162,10 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         self.images.media_cache = storage.media_cache
         self._image_dir = Path(self.image_output_dir or Path(storage.cache_path) / DIFFERENCE_IMAGE_DIR)
 
+    def chunks_in_flight(self) -> int:
+        """``process`` keeps no per-chunk state: chunks may overlap as far as the serving wants."""
+        return self.serving.concurrent_chunks
+
     def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
         return decision_metrics(frame, decisions_key, (DROP_DIFFERENCE,))
 

@@ -114,6 +114,10 @@ class ImgDiffRegionCaptioner(OperatorABC):
         self.images.media_root = storage.media_root
         self.images.media_cache = storage.media_cache
 
+    def chunks_in_flight(self) -> int:
+        """``process`` keeps no per-chunk state: chunks may overlap as far as the serving wants."""
+        return self.serving.concurrent_chunks
+
     def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
         return decision_metrics(frame, decisions_key, (DROP_PARSE, DROP_AREA, DROP_REGION_CAPTION))
 

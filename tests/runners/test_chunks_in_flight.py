@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 
 from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
+from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
+from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.runners import LocalRunner
 from dataflow_mm.serving.api_serving import APIVLMServing_openai
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.storage.step import StepTransaction
 from dataflow_mm.testing.fake_serving import FakeVLMServing
+from dataflow_mm.testing.imgdiff_pairs import write_imgdiff_table
 from dataflow_mm.testing.openai_test_server import OpenAITestServer
 from dataflow_mm.testing.sample_data import write_region_caption_table
 
@@ -128,3 +131,32 @@ def test_a_chunk_that_fails_stops_the_step_after_the_chunks_before_it_are_writte
         RegionCaptions(table, cache, FailingSecondChunk(), chunk_size=5).run(LocalRunner(streaming=False))
     markers = sorted(p.name for p in (cache / ".rc_step2.jsonl.parts").glob("chunk_*.done.json"))
     assert len(markers) == 1 and not (cache / "rc_step2.jsonl").exists()
+
+
+def test_imgdiff_captioners_keep_the_api_pool_full_across_chunks(tmp_path: Path) -> None:
+    # 4 pairs with one box each, one row per chunk: the region step asks 2 requests per chunk, the
+    # difference step 1; with one chunk at a time the pool of 4 never holds more than that.
+    table = write_imgdiff_table(tmp_path / "pairs", 4, n_boxes=1, size=(96, 72))
+    names = ("diff_step1.jsonl", "diff_step2.jsonl")
+    peaks: dict[int, list[int]] = {}
+    files: dict[int, list[bytes]] = {}
+    with OpenAITestServer(delay=0.2) as server:  # one server: the provenance names its address
+        for chunks in (1, 2):
+            cache = tmp_path / f"chunks{chunks}"
+            storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="diff", chunk_size=1)
+            serving = APIVLMServing_openai(server.base_url, "test-model", api_key_env=None, max_workers=4)
+            serving.concurrent_chunks = chunks
+            peaks[chunks] = []
+            for operator in (
+                ImgDiffRegionCaptioner(serving, max_box_area_ratio=None),
+                ImgDiffDifferenceCaptioner(serving),
+            ):
+                server.max_in_flight = 0
+                operator.run(storage.step())
+                peaks[chunks].append(server.max_in_flight)
+            serving.cleanup()
+            assert (serving.stats.requests, serving.stats.failed) == (12, 0)
+            marker = json.dumps(str(cache))[1:-1].encode()
+            files[chunks] = [(cache / name).read_bytes().replace(marker, b"<cache>") for name in names]
+    assert peaks == {1: [2, 1], 2: [4, 2]}  # two chunks' requests out at once in both steps
+    assert files[2] == files[1]  # the same step files, byte for byte
