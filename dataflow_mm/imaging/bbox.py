@@ -54,6 +54,8 @@ def _as_sequence(value: Any) -> Any:
 
 def _is_number(value: Any) -> bool:
     """True for real numbers (int, float, numpy scalars), False for bools."""
+    if type(value) in (int, float):  # the common case, without the ABC check
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
@@ -80,6 +82,8 @@ def _check_size(image_size: tuple[int, int]) -> tuple[int, int]:
 
 def parse_box(value: Any) -> Box:
     """Validate one raw box: a list/tuple of exactly 4 finite numbers (strings are refused)."""
+    if type(value) is tuple and len(value) == 4 and all(type(v) is float and math.isfinite(v) for v in value):
+        return value  # already a checked box (every helper here returns these): validated once per box, not 4 times
     value = _as_sequence(value)
     if not isinstance(value, (list, tuple)):
         raise InvalidBoxError(f"box must be a list of 4 numbers, got {type(value).__name__} {_short(value)}")

@@ -25,7 +25,7 @@ from dataflow_mm.imaging.proposals import propose_boxes
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.operators.report_view import ReportView
-from dataflow_mm.storage.atomic import fsync_folder
+from dataflow_mm.storage.atomic import DurableBatch
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.media import resolve_media_path, several_images_note, write_jpeg
 
@@ -152,9 +152,14 @@ class ImageBboxGenerator(OperatorABC):
         images = frame[input_image_key].tolist()
         boxes = frame[input_bbox_key].tolist() if input_bbox_key in frame.columns else [None] * len(frame)
         workers = self.config.num_workers or min(4, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            rendered = list(pool.map(self._render_row, images, boxes))
-        fsync_folder(self._image_dir)  # the chunk's new image names made durable at once, not per image
+        batch = DurableBatch()  # the chunk's drawn images made durable at once, not one fsync per image
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                rendered = list(pool.map(self._render_row, images, boxes, [batch] * len(images)))
+            batch.commit()
+        except BaseException:
+            batch.discard()
+            raise
         notes = [several_images_note(value, input_image_key) for value in images]
         out = frame.copy()
         renamed = {
@@ -172,13 +177,13 @@ class ImageBboxGenerator(OperatorABC):
         ]
         return out
 
-    def _render_row(self, image_value: Any, raw_boxes: Any) -> dict[str, Any] | RowError:
+    def _render_row(self, image_value: Any, raw_boxes: Any, batch: DurableBatch) -> dict[str, Any] | RowError:
         try:
-            return self._render(image_value, raw_boxes)
+            return self._render(image_value, raw_boxes, batch)
         except RowError as exc:
             return exc
 
-    def _render(self, image_value: Any, raw_boxes: Any) -> dict[str, Any]:
+    def _render(self, image_value: Any, raw_boxes: Any, batch: DurableBatch) -> dict[str, Any]:
         cfg = self.config
         path = resolve_media_path(image_value, self._media_root, self._media_cache)
         image = load_image(path)
@@ -198,7 +203,7 @@ class ImageBboxGenerator(OperatorABC):
                 detail = "; ".join(dropped) or "the box list is empty"
                 raise InvalidBoxError(f"no valid box in {str(raw_boxes)[:200]}: {detail}")
         drawn = draw_numbered_boxes(image, boxes_xyxy, line_width=cfg.line_width)
-        image_path = self._save(drawn, path.stem)
+        image_path = self._save(drawn, path.stem, batch)
         n = len(boxes_xyxy)
         return {
             "type": kind,
@@ -212,7 +217,6 @@ class ImageBboxGenerator(OperatorABC):
             "warning": None,
         }
 
-    def _save(self, drawn: Image.Image, stem: str) -> str:
+    def _save(self, drawn: Image.Image, stem: str, batch: DurableBatch) -> str:
         assert self._image_dir is not None
-        # process() syncs the folder once per chunk, not once per image
-        return write_jpeg(drawn, self._image_dir, f"{stem}_bbox_vis", self.config.jpeg_quality, sync_folder=False)
+        return write_jpeg(drawn, self._image_dir, f"{stem}_bbox_vis", self.config.jpeg_quality, batch)

@@ -19,7 +19,6 @@ small text and Parquet step files keep the struct column readable by ``datasets`
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from dataflow_mm.errors import MissingFieldError
-from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage.atomic import AtomicFile, DurableBatch
 from dataflow_mm.storage.downloads import download_image
 from dataflow_mm.storage.media_bytes import fallback_cache_dir, store_bytes
 
@@ -166,19 +165,30 @@ def externalize_media(
     return out
 
 
-def write_jpeg(image: Any, folder: Path, stem: str, quality: int, sync_folder: bool = True) -> str:
+def write_jpeg(image: Any, folder: Path, stem: str, quality: int, batch: DurableBatch | None = None) -> str:
     """Store a drawn image (boxes, a difference panel) as ``{folder}/{stem}_{content hash}.jpg``; its path.
 
-    The one way operators write media: encoded once, named by its bytes (the same drawing is one file,
-    so a resumed or repeated step rewrites nothing), written atomically only when absent. A caller
-    writing many images may pass ``sync_folder=False`` and sync the folder once itself.
+    The one way operators write media: encoded once, straight into a temp file beside the target (Pillow
+    releases the GIL while it encodes to a file, not into memory), named by its bytes (the same drawing
+    is one file, so a resumed or repeated step rewrites nothing), renamed only when the target is absent.
+    Without ``batch`` the file is durable on return; with one, it becomes so (and gets its name) at
+    ``batch.commit()``, which a caller writing many images calls once for all of them.
     """
-    from dataflow_mm.imaging.naming import content_name  # naming sits above storage (it writes through atomic)
+    from dataflow_mm.imaging.naming import content_name, safe_stem  # naming sits above storage
 
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    data = buffer.getvalue()
-    target = Path(folder) / content_name(stem, data, ".jpg")
-    if not target.exists():
-        write_bytes_atomic(data, target, sync_folder=sync_folder)
+    atomic = AtomicFile(Path(folder) / f"{safe_stem(stem)}.jpg")  # a temp name of the writer's pattern
+    try:
+        with atomic.tmp.open("wb") as handle:
+            image.save(handle, format="JPEG", quality=quality)
+        target = atomic.path.with_name(content_name(stem, atomic.tmp.read_bytes(), ".jpg"))
+        if target.exists():
+            atomic.discard()
+        elif batch is not None:
+            batch.add(atomic.tmp, target)
+        else:
+            atomic.path = target
+            atomic.commit()
+    except BaseException:
+        atomic.discard()
+        raise
     return str(target)

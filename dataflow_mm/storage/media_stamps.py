@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from dataflow_mm.storage.hashing import file_sha256
 from dataflow_mm.storage.media import resolve_media_path
 
 Stamp = list[Any] | None  # [size, mtime_ns, sha256]
+_POOL_FROM = 16  # files in one call from which they are hashed on several threads
 
 
 def _local_paths(value: Any) -> Iterable[str]:
@@ -63,7 +65,11 @@ def media_stamps(columns: Iterable[Iterable[Any]], media_root: Path | None) -> d
         for value in _local_paths(cell)
         if (resolved := _resolve(value, media_root))
     }
-    return {path: stamp(path) for path in sorted(paths)}
+    ordered = sorted(paths)
+    if len(ordered) < _POOL_FROM:
+        return {path: stamp(path) for path in ordered}
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # hashing frees the GIL
+        return dict(zip(ordered, pool.map(stamp, ordered), strict=True))
 
 
 def changed_media(stamps: dict[str, Stamp]) -> list[str]:

@@ -163,28 +163,63 @@ def test_a_box_key_the_caller_named_must_exist_in_some_row(tmp_path: Path) -> No
     assert not (tmp_path / "cache" / "t_step1.jsonl").exists()
 
 
-def test_drawn_images_are_synced_once_each_and_their_folder_once_per_chunk(tmp_path: Path, monkeypatch) -> None:
-    """Each image's data is fsynced through the handle that wrote it; the folder's renames once per chunk."""
-    import os
-
-    from dataflow_mm.operators import image_bbox_generator
+def test_a_chunks_drawn_images_are_made_durable_at_once_before_they_get_their_names(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """One data sync for the chunk's images (each still a temp file), then the renames, then one folder sync."""
+    from dataflow_mm.storage import atomic
 
     table = write_region_caption_table(tmp_path / "imgs", n_rows=6, n_boxes=2)
     cache = tmp_path / "cache"
     cache.mkdir()
     generator = ImageBboxGenerator()
     generator._image_dir = cache
-    folder_syncs: list[Path] = []
-    file_syncs: list[int] = []
-    sync_folder = image_bbox_generator.fsync_folder
-    monkeypatch.setattr(image_bbox_generator, "fsync_folder", lambda p: folder_syncs.append(p) or sync_folder(p))
-    fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: file_syncs.append(fd) or fsync(fd))
+    events: list[tuple[str, list[str]]] = []
+    sync_data, sync_folder = atomic.sync_data, atomic.fsync_folder
+
+    def recording_sync(paths):  # type: ignore[no-untyped-def]
+        assert all(p.is_file() and p.name.endswith(".tmp") for p in paths)
+        events.append(("data", sorted(p.name for p in cache.iterdir() if not p.name.endswith(".tmp"))))
+        sync_data(paths)
+
+    monkeypatch.setattr(atomic, "sync_data", recording_sync)
+    monkeypatch.setattr(atomic, "fsync_folder", lambda p: events.append(("folder", [str(p)])) or sync_folder(p))
     frame = pd.read_json(table, lines=True)
     frame["error"] = None
 
     out = generator.process(frame)
 
     assert out["error"].isna().all() and len(set(out["image_with_bbox"])) == 6
-    assert folder_syncs == [cache]  # one folder sync for the chunk
-    assert len(file_syncs) == 6 + 1  # one per image written (never reopened for it), plus the folder's
+    assert events == [("data", []), ("folder", [str(cache)])]  # no image had its name before its data was durable
+    assert sorted(p.name for p in cache.iterdir()) == sorted(Path(p).name for p in out["image_with_bbox"])
+
+
+def test_sync_data_without_syncfs_fsyncs_each_file(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from dataflow_mm.storage import atomic
+
+    files = [tmp_path / f"{i}.tmp" for i in range(3)]
+    for path in files:
+        path.write_bytes(b"x")
+    synced: list[int] = []
+    fsync = os.fsync
+    monkeypatch.setattr(atomic, "_SYNCFS", None)  # not Linux
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or fsync(fd))
+    atomic.sync_data(files)
+    assert len(synced) == 3
+
+
+def test_output_files_equal_those_of_the_sequential_path(tmp_path: Path) -> None:
+    """Two workers write the same files (names and bytes) as one, each named by its own bytes."""
+    from dataflow_mm.imaging.naming import content_name
+
+    table = write_region_caption_table(tmp_path / "imgs", n_rows=12, n_boxes=3)
+    pooled = run_generator(table, tmp_path / "pooled", ExistingBBoxDataGenConfig(num_workers=2))
+    single = run_generator(table, tmp_path / "single", ExistingBBoxDataGenConfig(num_workers=1))
+    for a, b in zip(pooled, single, strict=True):
+        assert Path(a["image_with_bbox"]).name == Path(b["image_with_bbox"]).name
+        data = Path(a["image_with_bbox"]).read_bytes()
+        assert data == Path(b["image_with_bbox"]).read_bytes()
+        assert Path(a["image_with_bbox"]).name == content_name(Path(a["image"]).stem + "_bbox_vis", data, ".jpg")
+    assert not [p for p in (tmp_path / "pooled").iterdir() if p.name.endswith(".tmp")]

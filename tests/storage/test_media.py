@@ -111,3 +111,34 @@ def test_write_jpeg_names_a_drawing_by_its_bytes_and_writes_it_once(tmp_path) ->
     assert write_jpeg(red, tmp_path, "a b/c", 90) == first and os.stat(first).st_mtime_ns == mtime
     assert write_jpeg(blue, tmp_path, "a b/c", 90) != first
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".jpg", ".jpg"]
+
+
+def test_write_jpeg_writes_the_bytes_of_an_in_memory_encoding_and_leaves_no_temp_file(tmp_path) -> None:
+    """Encoded straight into its file (Pillow frees the GIL there), the JPEG is byte for byte the in-memory one."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from dataflow_mm.storage.atomic import DurableBatch
+    from dataflow_mm.storage.media import write_jpeg
+
+    pixels = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92)
+    written = Path(write_jpeg(image, tmp_path / "now", "photo", 92))
+    assert written.read_bytes() == buffer.getvalue()
+    assert [p.name for p in (tmp_path / "now").iterdir()] == [written.name]
+
+    batch = DurableBatch()
+    pending = Path(write_jpeg(image, tmp_path / "batched", "photo", 92, batch))
+    assert pending.name == written.name and not pending.exists()  # named only once durable
+    batch.commit()
+    assert [p.name for p in (tmp_path / "batched").iterdir()] == [written.name]
+    assert pending.read_bytes() == buffer.getvalue()
+
+    dropped = DurableBatch()
+    write_jpeg(Image.new("RGB", (8, 8), "red"), tmp_path / "dropped", "x", 90, dropped)
+    dropped.discard()  # the chunk failed: nothing left behind
+    assert list((tmp_path / "dropped").iterdir()) == []
