@@ -39,7 +39,7 @@ def make_table(folder: Path, rows: int) -> Path:
     return write_jsonl(folder / f"table_{rows}.jsonl", (row(i) for i in range(rows)))
 
 
-def worker(rows: int, chunk_size: int) -> dict:
+def worker(rows: int, chunk_size: int, window: int = 512) -> dict:
     """Build the table, run the pipeline, report rows/s and this process's peak RSS."""
     from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
     from dataflow_mm.logger import get_logger
@@ -51,7 +51,7 @@ def worker(rows: int, chunk_size: int) -> dict:
         def __init__(self, table: Path, cache: Path) -> None:
             self.storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="rc", chunk_size=chunk_size)
             self.boxes = ImageBboxGenerator()
-            self.vqa = PromptedVQAGenerator(FakeVLMServing())
+            self.vqa = PromptedVQAGenerator(FakeVLMServing(window=window))  # it keeps only recent requests
 
         def forward(self) -> None:
             self.boxes.run(self.storage.step())
@@ -76,15 +76,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--chunk_size", type=int, default=512)
+    parser.add_argument("--window", type=int, default=512, help="requests the fake serving keeps (test helper)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.chunk_size)))
+        print(json.dumps(worker(args.worker, args.chunk_size, args.window)))
         return
     results = []
     for size in args.sizes:
         done = subprocess.run(
-            [sys.executable, __file__, "--worker", str(size), "--chunk_size", str(args.chunk_size)],
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                str(size),
+                "--chunk_size",
+                str(args.chunk_size),
+                "--window",
+                str(args.window),
+            ],
             capture_output=True,
             text=True,
             check=True,

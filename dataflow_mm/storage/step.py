@@ -179,8 +179,9 @@ class StepTransaction:
         storage, output = self.storage, self.storage.output_path
         if self.input_sha is None:  # streamed: the step before has committed its file by now
             self.input_sha = file_sha256(check_readable(storage.input_path))
-        markers = [self.parts.done(i) or {} for i in self.parts.indices()]
-        media = {path: item for counts in markers for path, item in counts.get("media", {}).items()}
+        media: dict[str, Any] = {}  # the union of the chunks' stamps, one marker read at a time
+        for index in self.parts.indices():
+            media.update((self.parts.done(index) or {}).get("media", {}))
         self.parts.assemble(storage.cache_type)
         if rejects:
             write_table(pd.DataFrame([r.to_dict() for r in rejects]), storage.rejects_path, "jsonl")
