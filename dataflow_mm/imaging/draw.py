@@ -61,7 +61,7 @@ def draw_numbered_boxes(
         color = _rgb(palette[index % len(palette)])
         rect = _pixel_rect(box, out.size)
         draw.rectangle(rect, outline=color, width=width)
-        _draw_tag(draw, str(index + 1), rect[:2], color, font, out.size)
+        _draw_tag(out, str(index + 1), rect[:2], color, font)
     return out
 
 
@@ -130,18 +130,29 @@ def _text_color(color: Color) -> Color:
 
 
 def _draw_tag(
-    draw: ImageDraw.ImageDraw,
+    out: Image.Image,
     text: str,
     corner: tuple[int, int],
     color: Color,
     font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
-    size: tuple[int, int],
 ) -> None:
-    """A filled label tag with ``text`` whose top-left is at ``corner``, shifted into the image."""
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    """A filled label tag with ``text`` whose top-left is at ``corner``, shifted into the image.
+
+    The tag is rendered once per (text, font, colour) and pasted: the same pixels as drawing it in
+    place (its fill covers the whole tag), without rasterizing the text again for every box of every row.
+    """
+    tag = _tag_image(text, color, font)
+    x = _clamp(corner[0], 0, max(0, out.width - tag.width))
+    y = _clamp(corner[1], 0, max(0, out.height - tag.height))
+    out.paste(tag, (x, y))
+
+
+@lru_cache(maxsize=512)
+def _tag_image(text: str, color: Color, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> Image.Image:
+    """The tag of ``text`` on ``color``: its bounding box plus a padding of a quarter of the text height."""
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
     pad = max(2, (bottom - top) // 4)
-    tag_w, tag_h = right - left + 2 * pad, bottom - top + 2 * pad
-    x = _clamp(corner[0], 0, max(0, size[0] - tag_w))
-    y = _clamp(corner[1], 0, max(0, size[1] - tag_h))
-    draw.rectangle((x, y, x + tag_w - 1, y + tag_h - 1), fill=color)
-    draw.text((x + pad - left, y + pad - top), text, fill=_text_color(color), font=font)
+    tag = Image.new("RGB", (right - left + 2 * pad, bottom - top + 2 * pad), color)
+    ImageDraw.Draw(tag).text((pad - left, pad - top), text, fill=_text_color(color), font=font)
+    return tag

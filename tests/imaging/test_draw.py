@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from dataflow_mm.imaging import PALETTE, draw_numbered_boxes, draw_red_box, side_by_side
 
@@ -131,3 +131,34 @@ def test_side_by_side_bar_options(bar_width, bar_color):
     assert pair.size == (20 + bar_width, 10)
     if bar_width:
         assert pair.getpixel((11, 5)) == bar_color
+
+
+def _tags_drawn_in_place(image: Image.Image, boxes: list[tuple[float, ...]]) -> Image.Image:
+    """The numbered boxes as drawn before tags were cached: each tag filled and its text rasterized in place."""
+    from dataflow_mm.imaging.draw import _font, _pixel_rect, _text_color, default_line_width, label_font_size
+
+    out = image.copy()
+    font = _font(label_font_size(out.size))
+    draw = ImageDraw.Draw(out)
+    for index, box in enumerate(boxes):
+        color, rect = PALETTE[index % len(PALETTE)], _pixel_rect(box, out.size)
+        draw.rectangle(rect, outline=color, width=default_line_width(out.size))
+        left, top, right, bottom = draw.textbbox((0, 0), str(index + 1), font=font)
+        pad = max(2, (bottom - top) // 4)
+        tag_w, tag_h = right - left + 2 * pad, bottom - top + 2 * pad
+        x = max(0, min(rect[0], max(0, out.width - tag_w)))
+        y = max(0, min(rect[1], max(0, out.height - tag_h)))
+        draw.rectangle((x, y, x + tag_w - 1, y + tag_h - 1), fill=color)
+        draw.text((x + pad - left, y + pad - top), str(index + 1), fill=_text_color(color), font=font)
+    return out
+
+
+@pytest.mark.parametrize("size", [(8, 6), (160, 120), (1024, 768)])
+def test_cached_tags_give_the_pixels_of_tags_drawn_in_place(size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(size[0])
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    boxes = [
+        (float(x), float(y), float(x + w), float(y + h)) for x, y, w, h in rng.integers(-5, max(size), (14, 4)) + 1
+    ]
+    boxes = [b for b in boxes if b[2] > b[0] and b[3] > b[1]]
+    assert draw_numbered_boxes(image, boxes).tobytes() == _tags_drawn_in_place(image, boxes).tobytes()
