@@ -1,10 +1,12 @@
 """Chunked streaming at scale: peak memory and rows/s of the region-caption pipeline at 1k and 10k rows.
 
-    .venv/bin/python benchmarks/scale.py [--sizes 1000 10000] [--chunk_size 512]
+    .venv/bin/python benchmarks/scale.py [--sizes 1000 10000] [--chunk_size 512] [--window 512]
 
 Each size runs in its own fresh process (so its peak RSS is its own), with a fast fake serving
 that still decodes every image, through both steps (boxes drawn and written, prompts answered).
 Rows reuse a pool of 20 small images with different boxes, so every row draws a distinct output.
+The fake serving (a test helper) keeps only its last ``--window`` requests, so the numbers measure
+the framework, not the helper's log.
 Targets (issue): peak RSS at 10k <= 1.3x that at 1k; rows/s at 10k >= 0.8x that at 1k.
 """
 
