@@ -140,15 +140,15 @@ def add_serving_args(parser: argparse.ArgumentParser, default_model: str) -> Non
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
-    """The flags that choose where the pipeline runs: in this process (default) or on Ray Data."""
+    """The flags that choose where the pipeline runs: in this process (default) or on Ray."""
     group = parser.add_argument_group("runner")
     group.add_argument(
-        "--runner", choices=RUNNERS, default="local", help="local: in this process; ray: Ray Data (pip extra 'ray')"
+        "--runner", choices=RUNNERS, default="local", help="local: in this process; ray: Ray tasks and actors (pip extra 'ray')"
     )
     group.add_argument(
         "--no_streaming",
         action="store_true",
-        help="local runner: run the steps one after another instead of streaming chunks from step to step",
+        help="run the steps one after another instead of streaming chunks from step to step (either runner)",
     )
     group.add_argument(
         "--ray_address",
@@ -183,6 +183,7 @@ def runner_from_args(args: argparse.Namespace) -> Runner:
         actors_per_model_operator=args.ray_actors_per_model_operator,
         num_gpus_per_actor=args.ray_num_gpus_per_actor,
         cpu_threads_per_actor=args.ray_cpu_threads_per_actor,
+        streaming=not args.no_streaming,
     )
 
 

@@ -154,6 +154,8 @@ def test_both_scripts_stream_unless_told_not_to(script: str) -> None:
     parse_args = load_pipeline_script(script).parse_args
     assert runner_from_args(parse_args([])).streaming is True
     assert runner_from_args(parse_args(["--no_streaming"])).streaming is False
+    assert runner_from_args(parse_args(["--runner", "ray"])).streaming is True
+    assert runner_from_args(parse_args(["--runner", "ray", "--no_streaming"])).streaming is False
 
 
 class _Watched:
