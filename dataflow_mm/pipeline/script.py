@@ -13,12 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from dataflow_mm.errors import UserError
-from dataflow_mm.imaging.bbox import BOX_FORMATS
 from dataflow_mm.runners import RUNNERS, LocalRunner, Runner
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.serving.factory import create_serving
 from dataflow_mm.serving.settings import ServingSettings
-from dataflow_mm.storage.formats import SUPPORTED_TYPES
 
 EXIT_USER_ERROR = 2
 # A write that failed because of the disk, not the program: a run-level problem (one line, exit 2).
@@ -92,29 +90,6 @@ def runner_from_args(args: argparse.Namespace) -> Runner:
         cpu_threads_per_actor=args.ray_cpu_threads_per_actor,
         streaming=not args.no_streaming,
     )
-
-
-def add_storage_args(
-    parser: argparse.ArgumentParser, first_entry_file: str, cache_path: str, file_name_prefix: str, chunk_size: int
-) -> None:
-    """The seed's storage flags (input table, cache folder, prefix, format) plus the chunk size."""
-    parser.add_argument("--first_entry_file", default=first_entry_file)
-    parser.add_argument("--cache_path", default=cache_path)
-    parser.add_argument("--file_name_prefix", default=file_name_prefix)
-    parser.add_argument("--cache_type", default="jsonl", choices=SUPPORTED_TYPES)
-    parser.add_argument(
-        "--chunk_size", type=int, default=chunk_size, help="rows per chunk (one batched model call each)"
-    )
-    parser.add_argument(
-        "--wait_for_lock",
-        action="store_true",
-        help="when another run holds --cache_path, wait for it to end instead of stopping (exit 2)",
-    )
-
-
-def add_bbox_format_arg(parser: argparse.ArgumentParser, default: str) -> None:
-    """``--bbox_format``: how the input table writes its boxes (one of the imaging module's formats)."""
-    parser.add_argument("--bbox_format", default=default, choices=BOX_FORMATS)
 
 
 def tiny_fallback_allowed(args: argparse.Namespace, flag: str = "model_path", shipped: str | None = None) -> bool:
