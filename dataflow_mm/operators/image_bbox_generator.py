@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.imaging.proposals import propose_boxes
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.operators.report_view import ReportView
 from dataflow_mm.storage.atomic import fsync_folder
 from dataflow_mm.storage.file_storage import FileStorage
@@ -112,6 +113,8 @@ class ImageBboxGenerator(OperatorABC):
         optional=("input_bbox_key",),
     )
     holds_model = False
+    # the worker count and the (unused) input path do not change the output
+    param_spec = ParamSpec(exclude=("config.num_workers", "config.input_jsonl_path"))
 
     def __init__(self, config: ExistingBBoxDataGenConfig | None = None, prompt_template: str = DEFAULT_REGION_PROMPT):
         self.config = config or ExistingBBoxDataGenConfig()
@@ -124,12 +127,6 @@ class ImageBboxGenerator(OperatorABC):
 
     def output_columns(self, **keys: Any) -> list[str]:
         return [*OUTPUT_FIELDS, *super().output_columns(**keys)]
-
-    def params(self) -> dict[str, Any]:
-        config = asdict(self.config)
-        config.pop("num_workers")
-        config.pop("input_jsonl_path")
-        return {"config": config, "prompt_template": self.prompt_template}
 
     def extra_output_paths(self) -> list[Path]:
         return [Path(self.config.output_jsonl_path)] if self.config.output_jsonl_path else []

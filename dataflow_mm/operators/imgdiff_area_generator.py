@@ -63,6 +63,7 @@ from dataflow_mm.operators.imgdiff_common import (
 )
 from dataflow_mm.operators.imgdiff_dj_meta import DJ_META_KEY, dj_bboxes, uses_dj_format, with_dj_bboxes
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.scoring.image_similarity import ClipImageSimilarity
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMScorer
 from dataflow_mm.scoring.object_detection import DEFAULT_DETECTOR, Detection, OwlDetector
@@ -182,6 +183,8 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
         writes=("output_bbox_key", "output_source_key", "decisions_key"),
     )
     holds_model = True
+    # the models are recorded by provenance; these only say where and how they run
+    param_spec = ParamSpec(exclude=("device", "batch_size", "allow_tiny_fallback", "hf_cache_dir", "hf_local_dir"))
 
     def __init__(
         self,
@@ -210,7 +213,9 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
         check_score_range("image pair similarity", pair["min_score_1"], pair["max_score_1"])
         check_score_range("crop pair similarity", pair["min_score_2"], pair["max_score_2"])
         check_score_range("image-text matching", itm["min_score"], itm["max_score"])
-        self.pair_args, self.segment_args, self.itm_args = pair, segment, itm
+        self.image_pair_similarity_filter_args = pair
+        self.image_segment_mapper_args = segment
+        self.image_text_matching_filter_args = itm
         self.bbox_format = check_bbox_format(bbox_format)
         self.normalized = normalized
         self.nms_iou = float(nms_iou)
@@ -238,17 +243,6 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
     # -- the operator contract ------------------------------------------------------------------
     def output_columns(self, **keys: Any) -> list[str]:
         return [*super().output_columns(**keys), AREA_REASON_KEY, PAIR_SIMILARITY_KEY, CHANGED_NOUNS_KEY]
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "image_pair_similarity_filter_args": self.pair_args,
-            "image_segment_mapper_args": self.segment_args,
-            "image_text_matching_filter_args": self.itm_args,
-            "bbox_format": self.bbox_format,
-            "normalized": self.normalized,
-            "nms_iou": self.nms_iou,
-            "generate_for_zero_boxes": self.generate_for_zero_boxes,
-        }
 
     def provenance(self) -> dict[str, Any]:
         return {
@@ -366,7 +360,8 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
     def _pair_similarity(self, rows: list[_Row]) -> list[_Row]:
         """Step 1: whole-pair CLIP similarity (one call); pairs outside the range have no difference."""
         scores = self.image_similarity.similarity([r.pair[0] for r in rows], [r.pair[1] for r in rows])
-        low, high = self.pair_args["min_score_1"], self.pair_args["max_score_1"]
+        pair_args = self.image_pair_similarity_filter_args
+        low, high = pair_args["min_score_1"], pair_args["max_score_1"]
         for row, raw in zip(rows, scores, strict=True):
             row.pair_similarity = round(raw, 6)
             if not in_range(row.pair_similarity, low, high):
@@ -411,7 +406,7 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
                         owners.append((decision, which, noun))
         for (decision, which, noun), raw in zip(owners, self.itm_scorer.score(images, texts), strict=True):
             decision[f"itm_scores{which}"][noun] = round(raw, 6)
-        low, high = self.itm_args["min_score"], self.itm_args["max_score"]
+        low, high = self.image_text_matching_filter_args["min_score"], self.image_text_matching_filter_args["max_score"]
         for decision in (d for row in rows for d in row.decisions):
             failed = []
             for which in (1, 2):
@@ -426,7 +421,8 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
         """Step 5: CLIP similarity of the two crops of each surviving candidate (one call)."""
         survivors = [(d, crops) for row in rows for d, crops in zip(row.decisions, row.crops, strict=True) if d["kept"]]
         scores = self.image_similarity.similarity([c[0] for _, c in survivors], [c[1] for _, c in survivors])
-        low, high = self.pair_args["min_score_2"], self.pair_args["max_score_2"]
+        pair_args = self.image_pair_similarity_filter_args
+        low, high = pair_args["min_score_2"], pair_args["max_score_2"]
         for (decision, _), raw in zip(survivors, scores, strict=True):
             decision["crop_similarity"] = score = round(raw, 6)
             if not in_range(score, low, high):

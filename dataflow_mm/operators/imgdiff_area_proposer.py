@@ -82,16 +82,6 @@ class ImgDiffDifferenceAreaProposer(OperatorABC):
         # ... but a box column the caller named must exist, or every row would silently get proposals.
         return [key_column(input_bbox_key)] if input_bbox_key and input_bbox_key != BBOX_KEY else []
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "bbox_format": self.bbox_format,
-            "normalized": self.normalized,
-            "max_boxes": self.max_boxes,
-            "threshold": self.threshold,
-            "min_area_ratio": self.min_area_ratio,
-            "propose_for_zero_boxes": self.propose_for_zero_boxes,
-        }
-
     def prepare(self, storage: FileStorage) -> None:
         self.images.media_root = storage.media_root
         self.images.media_cache = storage.media_cache

@@ -49,6 +49,7 @@ from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFil
 from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.scoring.image_text_matching import BlipITMScorer
 from dataflow_mm.scoring.text_similarity import TextSimilarity, text_similarity_model
 from dataflow_mm.serving.base import SamplingParams, VLMServing
@@ -94,6 +95,7 @@ _EXTRA = {
     "text_pair_similarity_filter_args": {"batch_size"},
 }
 _SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "seed")
+_ARGS_DICTS = ("mllm_mapper_args", "image_text_matching_filter_args", "text_pair_similarity_filter_args")
 
 
 def merged_args(name: str, given: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +143,25 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
         }
     )
     holds_model = True
+    # The settings of one step are recorded in that step's params (``steps``), the models by provenance;
+    # devices, caches and Data-Juicer's no-effect keys do not change the output.
+    param_spec = ParamSpec(
+        exclude=(
+            "bbox_format",
+            "normalized",
+            "max_box_area_ratio",
+            "keep_difference_images",
+            "image_output_dir",
+            "empty_result",
+            "device",
+            "allow_tiny_fallback",
+            "hf_cache_dir",
+            "download_dir",
+            "data_juicer_options",
+            *(f"{args}.{key}" for args in _ARGS_DICTS for key in sorted(_NO_EFFECT_ON_OUTPUT)),
+        ),
+        extra=("steps",),
+    )
 
     def __init__(
         self,
@@ -279,18 +300,6 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
 
     def output_columns(self, **keys: Any) -> list[str]:
         return self.difference_captioner.output_columns(**keys)
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "mllm_mapper_args": {k: v for k, v in self.mllm_mapper_args.items() if k not in _NO_EFFECT_ON_OUTPUT},
-            "image_text_matching_filter_args": {
-                k: v for k, v in self.image_text_matching_filter_args.items() if k not in _NO_EFFECT_ON_OUTPUT
-            },
-            "text_pair_similarity_filter_args": {
-                k: v for k, v in self.text_pair_similarity_filter_args.items() if k not in _NO_EFFECT_ON_OUTPUT
-            },
-            "steps": {step.name: step.params() for step in self.steps},
-        }
 
     def provenance(self) -> dict[str, Any]:
         return {

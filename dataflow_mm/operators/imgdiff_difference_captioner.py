@@ -48,6 +48,7 @@ from dataflow_mm.operators.imgdiff_common import (
     vlm_provenance,
 )
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.serving.base import Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import build_conversation
 from dataflow_mm.storage.file_storage import FileStorage
@@ -102,6 +103,7 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         ),
     )
     holds_model = True
+    param_spec = ParamSpec(exclude=("sampling",))  # recorded by provenance, with the serving
 
     def __init__(
         self,
@@ -140,19 +142,6 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
     def output_columns(self, output_image_key: str = DIFFERENCE_IMAGES_KEY, **keys: Any) -> list[str]:
         columns = super().output_columns(**keys)
         return [*columns, output_image_key] if self.keep_difference_images else columns
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "keep_difference_images": self.keep_difference_images,
-            "image_output_dir": self.image_output_dir,
-            "prompt_template": self.prompt_template,
-            "system_prompt": self.system_prompt,
-            "box_padding": self.box_padding,
-            "box_line_width": self.box_line_width,
-            "bar_width": self.bar_width,
-            "empty_result": self.empty_result,
-            "jpeg_quality": self.jpeg_quality,
-        }
 
     def provenance(self) -> dict[str, Any]:
         return vlm_provenance(self.serving, self.sampling)

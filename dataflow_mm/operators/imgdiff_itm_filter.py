@@ -36,6 +36,7 @@ from dataflow_mm.operators.imgdiff_common import (
     set_row_errors,
 )
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMScorer
 from dataflow_mm.storage.file_storage import FileStorage
 
@@ -50,6 +51,7 @@ class ImgDiffImageTextMatchingFilter(OperatorABC):
         writes=("decisions_key",),
     )
     holds_model = True
+    param_spec = ParamSpec(exclude=("hf_blip", "device", "batch_size", "allow_tiny_fallback"))  # the model: provenance
 
     def __init__(
         self,
@@ -69,9 +71,6 @@ class ImgDiffImageTextMatchingFilter(OperatorABC):
         self.min_score = float(min_score)
         self.max_score = float(max_score)
         self.images = PairLoader()
-
-    def params(self) -> dict[str, Any]:
-        return {"min_score": self.min_score, "max_score": self.max_score}
 
     def provenance(self) -> dict[str, Any]:
         return {"image_text_matching": self.scorer.describe()}

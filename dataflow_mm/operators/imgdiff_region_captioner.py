@@ -42,6 +42,7 @@ from dataflow_mm.operators.imgdiff_common import (
     vlm_provenance,
 )
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.serving.base import Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import build_conversation
 from dataflow_mm.storage.file_storage import FileStorage
@@ -71,6 +72,7 @@ class ImgDiffRegionCaptioner(OperatorABC):
         writes=("decisions_key",),
     )
     holds_model = True
+    param_spec = ParamSpec(exclude=("sampling",))  # recorded by provenance, with the serving
 
     def __init__(
         self,
@@ -97,15 +99,6 @@ class ImgDiffRegionCaptioner(OperatorABC):
 
     def input_columns(self, input_bbox_key: str = BBOX_KEY, **keys: Any) -> list[str]:
         return [*super().input_columns(**keys), key_column(input_bbox_key)]
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "bbox_format": self.bbox_format,
-            "normalized": self.normalized,
-            "max_box_area_ratio": self.max_box_area_ratio,
-            "prompt_template": self.prompt_template,
-            "system_prompt": self.system_prompt,
-        }
 
     def provenance(self) -> dict[str, Any]:
         return vlm_provenance(self.serving, self.sampling)

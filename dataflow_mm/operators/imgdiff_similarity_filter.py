@@ -28,6 +28,7 @@ from dataflow_mm.operators.imgdiff_common import (
     log,
 )
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.scoring.text_similarity import DEFAULT_CLIP, TextSimilarity, text_similarity_model
 
 
@@ -37,6 +38,7 @@ class ImgDiffCaptionSimilarityFilter(OperatorABC):
     report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(defaults={"decisions_key": DECISIONS_KEY}, reads=("decisions_key",), writes=("decisions_key",))
     holds_model = True
+    param_spec = ParamSpec(exclude=("hf_clip", "device", "batch_size", "allow_tiny_fallback"))  # the model: provenance
 
     def __init__(
         self,
@@ -55,9 +57,6 @@ class ImgDiffCaptionSimilarityFilter(OperatorABC):
         )
         self.min_score = float(min_score)
         self.max_score = float(max_score)
-
-    def params(self) -> dict[str, Any]:
-        return {"min_score": self.min_score, "max_score": self.max_score}
 
     def provenance(self) -> dict[str, Any]:
         return {"caption_similarity": self.similarity.describe()}

@@ -21,6 +21,7 @@ from dataflow_mm.errors import (
 )
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import TRUNCATED_COLUMN, OperatorABC
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.operators.report_view import ReportView
 from dataflow_mm.serving.base import Conversation, VLMServing
 from dataflow_mm.serving.messages import build_conversation
@@ -98,6 +99,7 @@ class PromptedVQAGenerator(OperatorABC):
     report_view = ReportView(
         "region_caption", roles={"answer": "answer", "prompt": "prompt"}, identifies=(("answer",),)
     )
+    param_spec = ParamSpec(omit_none=("prompt_template", "response_schema"))
 
     def __init__(
         self,
@@ -108,7 +110,7 @@ class PromptedVQAGenerator(OperatorABC):
     ) -> None:
         self.serving = serving
         self.system_prompt = system_prompt
-        self.template_text = _template_text(prompt_template)
+        self.prompt_template = _template_text(prompt_template)  # DataFlow-MM's object: its text
         self.response_schema = response_schema
         self._media_root = None
 
@@ -150,14 +152,6 @@ class PromptedVQAGenerator(OperatorABC):
 
     def output_columns(self, output_answer_key: str = "answer", **_: Any) -> list[str]:
         return [output_answer_key, TRUNCATED_COLUMN]
-
-    def params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {"system_prompt": self.system_prompt}
-        if self.template_text is not None:
-            params["prompt_template"] = self.template_text
-        if self.response_schema is not None:
-            params["response_schema"] = self.response_schema.params()
-        return params
 
     def provenance(self) -> dict[str, Any]:
         return self.serving.describe()
@@ -231,8 +225,8 @@ class PromptedVQAGenerator(OperatorABC):
     ) -> Conversation:
         if conversation_key:
             turns = row.get(conversation_key)
-            if self.template_text is not None:
-                turns = _with_first_user_text(turns, self.template_text)
+            if self.prompt_template is not None:
+                turns = _with_first_user_text(turns, self.prompt_template)
             return conversation_from_turns(turns, images, self.system_prompt)
         prompt = row.get(prompt_key)
         if _is_missing(prompt) or not isinstance(prompt, str):

@@ -29,6 +29,7 @@ from dataflow_mm.imaging.crop import crop_box
 from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.operators.base import OperatorABC, histogram_metrics
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMScorer
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.media import resolve_media_path
@@ -65,6 +66,7 @@ class RegionCaptionVerifier(OperatorABC):
         reads=("input_image_key", "input_bbox_key", "input_captions_key"),
         writes=("output_scores_key", "output_kept_key"),
     )
+    param_spec = ParamSpec(exclude=("hf_blip", "device", "batch_size", "allow_tiny_fallback"))  # the model: provenance
 
     def __init__(
         self,
@@ -85,9 +87,6 @@ class RegionCaptionVerifier(OperatorABC):
 
     def output_columns(self, **keys: Any) -> list[str]:
         return [*super().output_columns(**keys), DROPPED_KEY]
-
-    def params(self) -> dict[str, Any]:
-        return {"min_region_score": self.min_region_score}
 
     def provenance(self) -> dict[str, Any]:
         return {"image_text_matching": self.scorer.describe()}

@@ -20,6 +20,7 @@ import pandas as pd
 from dataflow_mm.errors import UserError
 from dataflow_mm.operators.base import TRUNCATED_COLUMN, OperatorABC
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.operators.region_caption_parsing import PARSER_VERSION, parse_region_captions, region_count
 
 # Appended to the seed's prompt by ``--structured_answer``: one labelled line per region.
@@ -138,9 +139,8 @@ class RegionCaptionParser(OperatorABC):
         reads=("input_answer_key", "input_count_key"),
         writes=("output_key",),
     )
-
-    def params(self) -> dict[str, Any]:
-        return {"parser_version": PARSER_VERSION}
+    parser_version = PARSER_VERSION  # derived from the parser's code: a new parser reruns the step
+    param_spec = ParamSpec(extra=("parser_version",))
 
     def process(
         self,

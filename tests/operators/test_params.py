@@ -10,10 +10,13 @@ here silently reruns every user's cached steps). Servings and scorers are stubs 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
+from dataflow_mm import FileStorage, KeySpec
 from dataflow_mm.operators import (
     ExistingBBoxDataGenConfig,
     ImageBboxGenerator,
@@ -30,10 +33,12 @@ from dataflow_mm.operators import (
     RegionCaptionVerifier,
 )
 from dataflow_mm.operators.data_juicer import DataJuicerMetaWriter
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.operators.region_caption_parsing import PARSER_VERSION
 from dataflow_mm.operators.region_captions import RegionAnswerSchema
 from dataflow_mm.operators.registry import operator_classes
 from dataflow_mm.serving.base import SamplingParams
+from dataflow_mm.storage.formats import read_table, write_table
 from dataflow_mm.storage.manifest import fingerprint
 
 
@@ -506,3 +511,72 @@ def test_the_parser_records_its_derived_version() -> None:
         }
     )
     assert parser.fingerprint(dict(parser.key_spec.defaults)) == expected  # type: ignore[union-attr]
+
+
+# -- a custom operator gets its params from its constructor, with no code ---------------------------------
+class Suffix(OperatorABC):
+    """A README-style custom operator with settings: ``suffix`` changes the output, ``workers`` does not."""
+
+    key_spec = KeySpec(
+        defaults={"input_key": "text", "output_key": "out"}, reads=("input_key",), writes=("output_key",)
+    )
+    param_spec = ParamSpec(exclude=("workers",))
+
+    def __init__(self, suffix: str = "!", repeat: float = 1.0, workers: int = 2, serving: Any = None) -> None:
+        self.suffix = suffix
+        self.repeat = float(repeat)  # normalised: 2 and 2.0 are the same setting
+        self.workers = workers
+        self.serving = serving
+
+    def process(self, frame: pd.DataFrame, input_key: str = "text", output_key: str = "out", **_: Any) -> pd.DataFrame:
+        out = frame.copy()
+        out[output_key] = [f"{v}{self.suffix * int(self.repeat)}" for v in out[input_key]]
+        return out
+
+
+def test_custom_operator_params_come_from_its_constructor() -> None:
+    assert Suffix().params() == {"suffix": "!", "repeat": 1.0, "serving": None}
+    assert Suffix("?", 2).params() == Suffix(suffix="?", repeat=2.0, workers=8).params()
+    assert Suffix("?", 2).params() == {"suffix": "?", "repeat": 2.0, "serving": None}
+    keys = {"input_key": "text", "output_key": "out"}
+    assert Suffix("?").fingerprint(keys) != Suffix("!").fingerprint(keys)
+    assert Suffix(workers=1).fingerprint(keys) == Suffix(workers=16).fingerprint(keys)
+
+
+def test_a_serving_is_provenance_not_a_parameter() -> None:
+    op = Suffix(serving=StubModel("vlm"))
+    assert op.params() == {"suffix": "!", "repeat": 1.0}
+    assert op.provenance() == {"serving": {"model": "vlm", "backend": "stub"}}
+    keys = {"input_key": "text", "output_key": "out"}
+    assert op.fingerprint(keys) != Suffix(serving=StubModel("other")).fingerprint(keys)
+
+
+def test_objects_without_a_data_form_are_recorded_by_type_name() -> None:
+    class Upperer(Suffix):
+        def __init__(self, transform: Any = str.upper, template: Any = None) -> None:
+            super().__init__()
+            self.transform, self.template = transform, template
+
+    op = Upperer(template=Template())
+    assert op.params() == {"transform": "str.upper", "template": f"{__name__}.Template"}
+    assert op.params() == Upperer(template=Template()).params()  # stable: no memory addresses
+
+
+def test_param_spec_names_are_checked_when_the_class_is_defined() -> None:
+    with pytest.raises(TypeError, match=r"Bad.param_spec names no argument of __init__: worker"):
+
+        class Bad(Suffix):
+            param_spec = ParamSpec(exclude=("worker",))
+
+
+def test_a_changed_parameter_reruns_the_step_and_an_excluded_one_does_not(tmp_path: Path) -> None:
+    table = write_table(pd.DataFrame({"text": ["a", "b"]}), tmp_path / "in.jsonl")
+
+    def run(op: Suffix) -> bool:
+        result = op.run(FileStorage(str(table), cache_path=str(tmp_path / "cache"), file_name_prefix="s").step())
+        return result.skipped
+
+    assert not run(Suffix("!", workers=1))
+    assert run(Suffix("!", workers=4))  # the worker count does not change the output: resumed
+    assert not run(Suffix("?"))  # a new suffix: the step runs again
+    assert read_table(tmp_path / "cache" / "s_step1.jsonl").frame["out"].tolist() == ["a?", "b?"]
