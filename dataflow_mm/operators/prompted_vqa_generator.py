@@ -15,12 +15,12 @@ from dataflow_mm.errors import (
     ERROR_COLUMN,
     MissingFieldError,
     RowError,
-    UnsupportedArgumentError,
     UserError,
     row_error_text,
 )
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import TRUNCATED_COLUMN, OperatorABC
+from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.operators.report_view import ReportView
 from dataflow_mm.serving.base import Conversation, VLMServing
@@ -33,6 +33,7 @@ log = get_logger("operators")
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULT_IMAGE_KEY = "image"
+_NO_VIDEO_AUDIO = "dataflow-mm answers about images and text only; video and audio are not supported"
 _ROLE_NAMES = {
     "human": "user",
     "user": "user",
@@ -99,6 +100,18 @@ class PromptedVQAGenerator(OperatorABC):
     report_view = ReportView(
         "region_caption", roles={"answer": "answer", "prompt": "prompt"}, identifies=(("answer",),)
     )
+    key_spec = KeySpec(  # DataFlow-MM's run(storage, ...) keys, in its positional order
+        defaults={
+            "input_prompt_key": "prompt",
+            "input_image_key": DEFAULT_IMAGE_KEY,
+            "input_conversation_key": None,
+            "output_answer_key": "answer",
+            "input_video_key": None,
+            "input_audio_key": None,
+        },
+        writes=("output_answer_key",),
+        unsupported={"input_video_key": _NO_VIDEO_AUDIO, "input_audio_key": _NO_VIDEO_AUDIO},
+    )
     param_spec = ParamSpec(omit_none=("prompt_template", "response_schema"))
 
     def __init__(
@@ -114,30 +127,6 @@ class PromptedVQAGenerator(OperatorABC):
         self.response_schema = response_schema
         self._media_root = None
 
-    def run(
-        self,
-        storage: FileStorage,
-        input_prompt_key: str = "prompt",
-        input_image_key: str | None = DEFAULT_IMAGE_KEY,
-        input_conversation_key: str | None = None,
-        output_answer_key: str = "answer",
-        input_video_key: str | None = None,
-        input_audio_key: str | None = None,
-    ) -> None:
-        for name, value in (("input_video_key", input_video_key), ("input_audio_key", input_audio_key)):
-            if value is not None:
-                raise UnsupportedArgumentError(
-                    f"PromptedVQAGenerator.run({name}={value!r}): dataflow-mm answers about images and text only; "
-                    f"video and audio are not supported. Remove {name} (or pass None)."
-                )
-        self.execute(
-            storage,
-            input_prompt_key=input_prompt_key,
-            input_image_key=input_image_key,
-            input_conversation_key=input_conversation_key,
-            output_answer_key=output_answer_key,
-        )
-
     def input_columns(
         self,
         input_prompt_key: str = "prompt",
@@ -150,8 +139,8 @@ class PromptedVQAGenerator(OperatorABC):
         schema_keys = self.response_schema.input_columns() if self.response_schema else []
         return [k for k in (text_key, image_key, *schema_keys) if k]
 
-    def output_columns(self, output_answer_key: str = "answer", **_: Any) -> list[str]:
-        return [output_answer_key, TRUNCATED_COLUMN]
+    def output_columns(self, **keys: Any) -> list[str]:
+        return [*super().output_columns(**keys), TRUNCATED_COLUMN]
 
     def provenance(self) -> dict[str, Any]:
         return self.serving.describe()
