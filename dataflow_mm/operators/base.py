@@ -162,6 +162,10 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
             "run(self, storage, input_key='text', ...) that calls self.execute(storage, input_key=input_key, ...)"
         )
 
+    def key_values(self, keys: dict[str, Any]) -> dict[str, Any]:
+        """``keys`` completed with ``key_spec``'s defaults: ``process(frame, **keys)`` reads its columns from it."""
+        return self.key_spec.fill(keys) if self.key_spec else dict(keys)
+
     def dependencies(self, own_only: bool = False) -> list[tuple[str, str]]:
         """The optional modules this operator needs: its own ``requires`` and its attributes' (servings, scorers)."""
         found = list(self.requires)

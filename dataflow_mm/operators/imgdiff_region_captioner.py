@@ -24,9 +24,8 @@ from dataflow_mm.operators.imgdiff_common import (
     DROP_AREA,
     DROP_PARSE,
     DROP_REGION_CAPTION,
-    IMAGE1_KEY,
-    IMAGE2_KEY,
     IMGDIFF_REPORT_VIEW,
+    PAIR_KEYS,
     PairLoader,
     candidate_decisions,
     check_bbox_format,
@@ -63,8 +62,7 @@ class ImgDiffRegionCaptioner(OperatorABC):
     report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
-            "input_image1_key": IMAGE1_KEY,
-            "input_image2_key": IMAGE2_KEY,
+            **PAIR_KEYS,
             "input_bbox_key": BBOX_KEY,
             "decisions_key": DECISIONS_KEY,
         },
@@ -104,34 +102,24 @@ class ImgDiffRegionCaptioner(OperatorABC):
         return vlm_provenance(self.serving, self.sampling)
 
     def prepare(self, storage: FileStorage) -> None:
-        self.images.media_root = storage.media_root
-        self.images.media_cache = storage.media_cache
+        self.images.bind(storage)
 
     def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
         return decision_metrics(frame, decisions_key, (DROP_PARSE, DROP_AREA, DROP_REGION_CAPTION))
 
-    def process(
-        self,
-        frame: pd.DataFrame,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        input_bbox_key: str = BBOX_KEY,
-        decisions_key: str = DECISIONS_KEY,
-        **_: Any,
-    ) -> pd.DataFrame:
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        keys = self.key_values(keys)
         out = frame.copy()
         errors = error_list(out)
-        raw_boxes = box_values(out, input_bbox_key)  # a column, a dotted path, or Data-Juicer's meta
-        pairs = self.images.load_pairs(out[input_image1_key].tolist(), out[input_image2_key].tolist())
+        raw_boxes = box_values(out, keys["input_bbox_key"])  # a column, a dotted path, or Data-Juicer's meta
+        pairs = self.images.pairs_at(out, keys, range(len(out)), errors)
         all_decisions: list[list[dict[str, Any]]] = [[] for _ in range(len(out))]
         conversations: list[Conversation] = []
         targets: list[tuple[dict[str, Any], int]] = []  # (decision, 1 or 2) per request
         sent: list[list[dict[str, Any]]] = [[] for _ in range(len(out))]  # per row: the boxes asked about
-        for position, (pair, raw) in enumerate(zip(pairs, raw_boxes, strict=True)):
-            if isinstance(pair, RowError):
-                set_row_errors(errors, position, pair)
-                continue
+        for position, pair in pairs.items():
             image1, image2 = pair
+            raw = raw_boxes[position]
             try:
                 decisions = candidate_decisions(raw, self.bbox_format, self.normalized, image1.size)
             except RowError as exc:
@@ -154,7 +142,7 @@ class ImgDiffRegionCaptioner(OperatorABC):
         for position, boxes in enumerate(sent):
             errors[position] = request_failure(boxes, "region caption") or errors[position]
         log.info(describe_drops(DROP_AREA, all_decisions) + f"; {len(conversations)} region requests in one call")
-        out[decisions_key] = all_decisions
+        out[keys["decisions_key"]] = all_decisions
         out[ERROR_COLUMN] = errors
         return out
 

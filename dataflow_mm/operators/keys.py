@@ -66,6 +66,10 @@ class KeySpec:
             name: given.get(name, default) for name, default in self.defaults.items() if name not in self.unsupported
         }
 
+    def fill(self, keys: Mapping[str, Any]) -> dict[str, Any]:
+        """Every key's value: ``keys``' where given, else the default (what ``process`` reads its columns from)."""
+        return {name: keys.get(name, default) for name, default in self.defaults.items()}
+
     def columns(self, names: tuple[str, ...], keys: dict[str, Any]) -> list[str]:
         values = [keys.get(name, self.defaults[name]) for name in names]
         return list(dict.fromkeys(v for v in values if isinstance(v, str) and v))
