@@ -38,9 +38,8 @@ from dataflow_mm.operators.imgdiff_common import (
     DECISIONS_KEY,
     DIFFERENCE_IMAGES_KEY,
     DIFFERENCE_KEY,
-    IMAGE1_KEY,
-    IMAGE2_KEY,
     IMGDIFF_REPORT_VIEW,
+    PAIR_KEYS,
     check_bbox_format,
     decision_metrics,
 )
@@ -131,8 +130,7 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
     report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
-            "input_image1_key": IMAGE1_KEY,
-            "input_image2_key": IMAGE2_KEY,
+            **PAIR_KEYS,
             "input_bbox_key": BBOX_KEY,
             "output_bbox_key": BBOX_KEY,
             "output_caption1_key": CAPTION1_KEY,
@@ -248,21 +246,16 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
             sampling = sampling_from_mllm_args(mllm)  # explicit sampling args override the serving's own
         self.serving = serving
         self.sampling = sampling
+        loading = {
+            "allow_tiny_fallback": allow_tiny_fallback,
+            "hf_cache_dir": hf_cache_dir,
+            "hf_local_dir": download_dir,
+        }
         scorer = itm_scorer or BlipITMScorer(
-            itm["hf_blip"],
-            device=itm_device,
-            batch_size=int(itm.get("batch_size") or 32),
-            allow_tiny_fallback=allow_tiny_fallback,
-            hf_cache_dir=hf_cache_dir,
-            hf_local_dir=download_dir,
+            itm["hf_blip"], device=itm_device, batch_size=int(itm.get("batch_size") or 32), **loading
         )
         similarity = text_similarity or text_similarity_model(
-            sim["hf_clip"],
-            device=sim_device,
-            batch_size=int(sim.get("batch_size") or 64),
-            allow_tiny_fallback=allow_tiny_fallback,
-            hf_cache_dir=hf_cache_dir,
-            hf_local_dir=download_dir,
+            sim["hf_clip"], device=sim_device, batch_size=int(sim.get("batch_size") or 64), **loading
         )
         self.region_captioner = ImgDiffRegionCaptioner(
             serving,
