@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, ABCMeta, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,25 +88,24 @@ _results: ContextVar[list[StepResult] | None] = ContextVar("dataflow_mm_results"
 
 
 @contextmanager
-def recording_calls() -> Iterator[list[OperatorCall]]:
+def _collecting(into: ContextVar[list[Any] | None]) -> Iterator[list[Any]]:
+    """Within this block, ``into`` holds a fresh list (returned), where the operators append."""
+    items: list[Any] = []
+    token = into.set(items)
+    try:
+        yield items
+    finally:
+        into.reset(token)
+
+
+def recording_calls() -> AbstractContextManager[list[OperatorCall]]:
     """Within this block, operators record their ``run`` calls instead of executing them."""
-    calls: list[OperatorCall] = []
-    token = _recording.set(calls)
-    try:
-        yield calls
-    finally:
-        _recording.reset(token)
+    return _collecting(_recording)
 
 
-@contextmanager
-def collecting_results() -> Iterator[list[StepResult]]:
+def collecting_results() -> AbstractContextManager[list[StepResult]]:
     """Within this block, every executed (or skipped) step appends its StepResult to the list."""
-    results: list[StepResult] = []
-    token = _results.set(results)
-    try:
-        yield results
-    finally:
-        _results.reset(token)
+    return _collecting(_results)
 
 
 class _OperatorMeta(ABCMeta):

@@ -136,28 +136,24 @@ class ImageBboxGenerator(OperatorABC):
         self._image_dir.mkdir(parents=True, exist_ok=True)
         self._media_root = storage.media_root
 
-    def process(
-        self,
-        frame: pd.DataFrame,
-        input_image_key: str = "image",
-        input_bbox_key: str = "bbox",
-        output_image_key: str = "image_with_bbox",
-        output_prompt_key: str = "prompt",
-    ) -> pd.DataFrame:
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        keys = self.key_values(keys)
         if self._image_dir is None:
             self._image_dir = Path(".")
-        images = frame[input_image_key].tolist()
-        boxes = frame[input_bbox_key].tolist() if input_bbox_key in frame.columns else [None] * len(frame)
+        images = frame[keys["input_image_key"]].tolist()
+        boxes = (
+            frame[keys["input_bbox_key"]].tolist() if keys["input_bbox_key"] in frame.columns else [None] * len(frame)
+        )
         workers = self.config.num_workers or min(4, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             rendered = list(pool.map(self._render_row, images, boxes))
         fsync_folder(self._image_dir)  # the chunk's new image names made durable at once, not per image
-        notes = [several_images_note(value, input_image_key) for value in images]
+        notes = [several_images_note(value, keys["input_image_key"]) for value in images]
         out = frame.copy()
         renamed = {
             **{name: name for name in OUTPUT_FIELDS},
-            "image_with_bbox": output_image_key,
-            "prompt": output_prompt_key,
+            "image_with_bbox": keys["output_image_key"],
+            "prompt": keys["output_prompt_key"],
         }
         for source, target in renamed.items():
             values = [None if isinstance(item, RowError) else item[source] for item in rendered]

@@ -32,7 +32,6 @@ from typing import Any
 import pandas as pd
 
 from dataflow_mm.errors import ERROR_COLUMN, MissingFieldError
-from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_area_settings import (  # noqa: F401 - importable from here, their first home
     AREA_DECISIONS_KEY,
     AREA_REASON_KEY,
@@ -65,7 +64,6 @@ from dataflow_mm.operators.imgdiff_area_steps import (  # noqa: F401 - importabl
 )
 from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
-    IMGDIFF_REPORT_VIEW,
     PAIR_KEYS,
     SOURCE_KEY,
     PairLoader,
@@ -81,18 +79,17 @@ from dataflow_mm.operators.imgdiff_common import (
     step_counts,
 )
 from dataflow_mm.operators.imgdiff_dj_meta import DJ_META_KEY, dj_bboxes, uses_dj_format, with_dj_bboxes
+from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.scoring.image_similarity import ClipImageSimilarity
 from dataflow_mm.scoring.image_text_matching import BlipITMScorer
 from dataflow_mm.scoring.object_detection import OwlDetector
-from dataflow_mm.storage.file_storage import FileStorage
 
 
-class ImgDiffDifferenceAreaGenerator(OperatorABC):
+class ImgDiffDifferenceAreaGenerator(ImgDiffOperator):
     """Boxes around the object that changed between two captioned images (Data-Juicer's generator)."""
 
-    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
             **PAIR_KEYS,
@@ -174,9 +171,6 @@ class ImgDiffDifferenceAreaGenerator(OperatorABC):
             "detector": self.detector.describe(),
             "image_text_matching": self.itm_scorer.describe(),
         }
-
-    def prepare(self, storage: FileStorage) -> None:
-        self.images.bind(storage)
 
     def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = AREA_DECISIONS_KEY, **_: Any) -> dict[str, float]:
         if decisions_key not in frame.columns:

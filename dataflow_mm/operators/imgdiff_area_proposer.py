@@ -20,11 +20,9 @@ from dataflow_mm.checks import check_int, check_number
 from dataflow_mm.errors import ERROR_COLUMN
 from dataflow_mm.imaging.bbox import from_xyxy
 from dataflow_mm.imaging.proposals import difference_boxes
-from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.data_juicer import box_values, key_column
 from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
-    IMGDIFF_REPORT_VIEW,
     PAIR_KEYS,
     SOURCE_KEY,
     PairLoader,
@@ -35,14 +33,13 @@ from dataflow_mm.operators.imgdiff_common import (
     log,
     plain_numbers,
 )
+from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.keys import KeySpec
-from dataflow_mm.storage.file_storage import FileStorage
 
 
-class ImgDiffDifferenceAreaProposer(OperatorABC):
+class ImgDiffDifferenceAreaProposer(ImgDiffOperator):
     """Fill in boxes around the differing areas of image pairs for rows that have none."""
 
-    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
             **PAIR_KEYS,
@@ -78,9 +75,6 @@ class ImgDiffDifferenceAreaProposer(OperatorABC):
     def explicit_input_columns(self, input_bbox_key: str = BBOX_KEY, **_: Any) -> list[str]:
         # ... but a box column the caller named must exist, or every row would silently get proposals.
         return [key_column(input_bbox_key)] if input_bbox_key and input_bbox_key != BBOX_KEY else []
-
-    def prepare(self, storage: FileStorage) -> None:
-        self.images.bind(storage)
 
     def needs_proposal(self, raw: Any) -> bool:
         return is_missing(raw) or (self.propose_for_zero_boxes and is_all_zero(raw))

@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from dataflow_mm.checks import check_choice, check_number
+from dataflow_mm.checks import check_choice, check_int, check_number
 from dataflow_mm.errors import ERROR_COLUMN, ConfigError, RowError, UserError, row_error_text
 from dataflow_mm.imaging.bbox import BOX_FORMATS, parse_boxes
 from dataflow_mm.imaging.loading import load_image
@@ -98,6 +98,15 @@ def check_score_range(name: str, min_score: float, max_score: float) -> None:
     check_number(f"{name} max_score", max_score)
     if min_score > max_score:
         raise ConfigError(f"{name}: need min_score <= max_score, got [{min_score}, {max_score}]")
+
+
+def score_filter_range(
+    owner: str, what: str, min_score: float, max_score: float, batch_size: int
+) -> tuple[float, float]:
+    """A score filter's checked ``(min_score, max_score)`` as floats; its model's ``batch_size`` is checked too."""
+    check_score_range(what, min_score, max_score)
+    check_int(f"{owner}.batch_size", batch_size, 1)
+    return float(min_score), float(max_score)
 
 
 def in_range(value: float, low: float, high: float) -> bool:

@@ -38,13 +38,12 @@ from dataflow_mm.operators.imgdiff_common import (
     DECISIONS_KEY,
     DIFFERENCE_IMAGES_KEY,
     DIFFERENCE_KEY,
-    IMGDIFF_REPORT_VIEW,
     PAIR_KEYS,
     check_bbox_format,
-    decision_metrics,
 )
 from dataflow_mm.operators.imgdiff_difference_captioner import EMPTY_RESULTS, ImgDiffDifferenceCaptioner
 from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
+from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
 from dataflow_mm.operators.keys import KeySpec
@@ -124,10 +123,9 @@ def sampling_from_mllm_args(args: dict[str, Any]) -> SamplingParams:
     )
 
 
-class ImgDiffDifferenceCaptionGenerator(OperatorABC):
+class ImgDiffDifferenceCaptionGenerator(ImgDiffOperator):
     """The seed's fused Img-Diff operator: region captions, ITM filter, caption similarity, difference captions."""
 
-    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
             **PAIR_KEYS,
@@ -141,6 +139,7 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
         }
     )
     holds_model = True
+    counted_steps = ALL_STEPS
     # The settings of one step are recorded in that step's params (``steps``), the models by provenance;
     # devices, caches and Data-Juicer's no-effect keys do not change the output.
     param_spec = ParamSpec(
@@ -305,9 +304,6 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
         for step in self.steps:
             step.bind_storage(storage)
             step.prepare(storage)
-
-    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
-        return decision_metrics(frame, decisions_key, ALL_STEPS)
 
     def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         """The four steps in turn on one chunk; rows failing a step keep their error and skip the rest."""

@@ -24,7 +24,6 @@ from PIL import Image
 from dataflow_mm.checks import check_choice, check_int
 from dataflow_mm.errors import ERROR_COLUMN
 from dataflow_mm.imaging.draw import draw_red_box, side_by_side
-from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     CAPTION1_KEY,
     CAPTION2_KEY,
@@ -32,10 +31,8 @@ from dataflow_mm.operators.imgdiff_common import (
     DIFFERENCE_IMAGES_KEY,
     DIFFERENCE_KEY,
     DROP_DIFFERENCE,
-    IMGDIFF_REPORT_VIEW,
     PAIR_KEYS,
     PairLoader,
-    decision_metrics,
     decisions_column,
     describe_drops,
     error_list,
@@ -46,6 +43,7 @@ from dataflow_mm.operators.imgdiff_common import (
     rows_with_kept_boxes,
     vlm_provenance,
 )
+from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.serving.base import Conversation, SamplingParams, VLMServing
@@ -77,10 +75,9 @@ def difference_panel(
     return side_by_side(left, right, bar_width=bar_width, bar_color=(0, 0, 0))
 
 
-class ImgDiffDifferenceCaptioner(OperatorABC):
+class ImgDiffDifferenceCaptioner(ImgDiffOperator):
     """Ask the VLM what differs inside each kept box (all boxes of a chunk in one call); write the final columns."""
 
-    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
             **PAIR_KEYS,
@@ -101,6 +98,7 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         ),
     )
     holds_model = True
+    counted_steps = (DROP_DIFFERENCE,)
     param_spec = ParamSpec(exclude=("sampling",))  # recorded by provenance, with the serving
 
     def __init__(
@@ -145,11 +143,8 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         return vlm_provenance(self.serving, self.sampling)
 
     def prepare(self, storage: FileStorage) -> None:
-        self.images.bind(storage)
+        super().prepare(storage)
         self._image_dir = Path(self.image_output_dir or Path(storage.cache_path) / DIFFERENCE_IMAGE_DIR)
-
-    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
-        return decision_metrics(frame, decisions_key, (DROP_DIFFERENCE,))
 
     def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         keys = self.key_values(keys)

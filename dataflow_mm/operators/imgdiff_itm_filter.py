@@ -13,18 +13,13 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from dataflow_mm.checks import check_int
 from dataflow_mm.errors import ERROR_COLUMN
 from dataflow_mm.imaging.crop import crop_box
-from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     DECISIONS_KEY,
     DROP_ITM,
-    IMGDIFF_REPORT_VIEW,
     PAIR_KEYS,
     PairLoader,
-    check_score_range,
-    decision_metrics,
     decisions_column,
     describe_drops,
     drop,
@@ -33,23 +28,24 @@ from dataflow_mm.operators.imgdiff_common import (
     kept,
     log,
     rows_with_kept_boxes,
+    score_filter_range,
 )
+from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMScorer
-from dataflow_mm.storage.file_storage import FileStorage
 
 
-class ImgDiffImageTextMatchingFilter(OperatorABC):
+class ImgDiffImageTextMatchingFilter(ImgDiffOperator):
     """Keep a box when BLIP ITM says both crops match their region captions (within the score range)."""
 
-    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={**PAIR_KEYS, "decisions_key": DECISIONS_KEY},
         reads=("input_image1_key", "input_image2_key", "decisions_key"),
         writes=("decisions_key",),
     )
     holds_model = True
+    counted_steps = (DROP_ITM,)
     param_spec = ParamSpec(exclude=("hf_blip", "device", "batch_size", "allow_tiny_fallback"))  # the model: provenance
 
     def __init__(
@@ -62,23 +58,16 @@ class ImgDiffImageTextMatchingFilter(OperatorABC):
         batch_size: int = 32,
         allow_tiny_fallback: bool = False,
     ) -> None:
-        check_score_range("image-text matching", min_score, max_score)
-        check_int(f"{type(self).__name__}.batch_size", batch_size, 1)
+        self.min_score, self.max_score = score_filter_range(
+            self.name, "image-text matching", min_score, max_score, batch_size
+        )
         self.scorer = scorer or BlipITMScorer(
             hf_blip, device=device, batch_size=batch_size, allow_tiny_fallback=allow_tiny_fallback
         )
-        self.min_score = float(min_score)
-        self.max_score = float(max_score)
         self.images = PairLoader()
 
     def provenance(self) -> dict[str, Any]:
         return {"image_text_matching": self.scorer.describe()}
-
-    def prepare(self, storage: FileStorage) -> None:
-        self.images.bind(storage)
-
-    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
-        return decision_metrics(frame, decisions_key, (DROP_ITM,))
 
     def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         keys = self.key_values(keys)

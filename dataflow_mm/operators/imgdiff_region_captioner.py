@@ -16,7 +16,6 @@ import pandas as pd
 from dataflow_mm.checks import check_number
 from dataflow_mm.errors import ERROR_COLUMN, ConfigError, RowError
 from dataflow_mm.imaging.bbox import box_area
-from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.data_juicer import box_values, key_column
 from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
@@ -24,12 +23,10 @@ from dataflow_mm.operators.imgdiff_common import (
     DROP_AREA,
     DROP_PARSE,
     DROP_REGION_CAPTION,
-    IMGDIFF_REPORT_VIEW,
     PAIR_KEYS,
     PairLoader,
     candidate_decisions,
     check_bbox_format,
-    decision_metrics,
     describe_drops,
     drop,
     error_list,
@@ -40,11 +37,11 @@ from dataflow_mm.operators.imgdiff_common import (
     set_row_errors,
     vlm_provenance,
 )
+from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.serving.base import Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import build_conversation
-from dataflow_mm.storage.file_storage import FileStorage
 
 DEFAULT_REGION_PROMPT = "Please provide a clear description for this region: {bbox}."
 
@@ -56,10 +53,9 @@ def normalized_box_text(xyxy: list[float], size: tuple[int, int]) -> str:
     return f"[{x0 / width:.2f}, {y0 / height:.2f}, {x1 / width:.2f}, {y1 / height:.2f}]"
 
 
-class ImgDiffRegionCaptioner(OperatorABC):
+class ImgDiffRegionCaptioner(ImgDiffOperator):
     """Caption every candidate box region in image 1 and image 2 (all rows of a chunk in one VLM call)."""
 
-    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
             **PAIR_KEYS,
@@ -70,6 +66,7 @@ class ImgDiffRegionCaptioner(OperatorABC):
         writes=("decisions_key",),
     )
     holds_model = True
+    counted_steps = (DROP_PARSE, DROP_AREA, DROP_REGION_CAPTION)
     param_spec = ParamSpec(exclude=("sampling",))  # recorded by provenance, with the serving
 
     def __init__(
@@ -100,12 +97,6 @@ class ImgDiffRegionCaptioner(OperatorABC):
 
     def provenance(self) -> dict[str, Any]:
         return vlm_provenance(self.serving, self.sampling)
-
-    def prepare(self, storage: FileStorage) -> None:
-        self.images.bind(storage)
-
-    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
-        return decision_metrics(frame, decisions_key, (DROP_PARSE, DROP_AREA, DROP_REGION_CAPTION))
 
     def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         keys = self.key_values(keys)

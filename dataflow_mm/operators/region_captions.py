@@ -142,17 +142,12 @@ class RegionCaptionParser(OperatorABC):
     parser_version = PARSER_VERSION  # derived from the parser's code: a new parser reruns the step
     param_spec = ParamSpec(extra=("parser_version",))
 
-    def process(
-        self,
-        frame: pd.DataFrame,
-        input_answer_key: str = "answer",
-        input_count_key: str = "valid_bboxes_num",
-        output_key: str = "region_captions",
-    ) -> pd.DataFrame:
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        keys = self.key_values(keys)
         out = frame.copy()
-        out[output_key] = [
+        out[keys["output_key"]] = [
             parse_region_captions(answer, count)
-            for answer, count in zip(out[input_answer_key], out[input_count_key], strict=True)
+            for answer, count in zip(out[keys["input_answer_key"]], out[keys["input_count_key"]], strict=True)
         ]
         return out
 

@@ -1,0 +1,33 @@
+"""The base of the Img-Diff operators: the report page they share, their image pairs and their box counts.
+
+Each Img-Diff operator declares only what is its own: its keys, its constructor and ``process``;
+``counted_steps`` names the drop steps (``dropped_at`` values, ``imgdiff_common``) whose box counts
+its ``chunk_metrics`` reports, and an operator that reads the image pairs sets ``self.images`` to a
+``PairLoader``, which ``prepare`` points at the storage's media.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.operators.imgdiff_common import DECISIONS_KEY, IMGDIFF_REPORT_VIEW, PairLoader, decision_metrics
+from dataflow_mm.storage.file_storage import FileStorage
+
+
+class ImgDiffOperator(OperatorABC):
+    """What every Img-Diff operator shares (abstract: a subclass implements ``process``)."""
+
+    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
+    counted_steps: ClassVar[tuple[str, ...]] = ()
+    images: PairLoader | None = None
+
+    def prepare(self, storage: FileStorage) -> None:
+        if self.images is not None:
+            self.images.bind(storage)
+
+    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
+        """Per counted step: ``boxes_after_<step>`` out of ``..._total`` (a keep rate in the run summary)."""
+        return decision_metrics(frame, decisions_key, self.counted_steps) if self.counted_steps else {}
