@@ -63,7 +63,7 @@ from dataflow_mm.operators.imgdiff_area_steps import (  # noqa: F401 - importabl
     suppress_overlaps,
 )
 from dataflow_mm.operators.imgdiff_common import (
-    BBOX_KEY,
+    BOX_KEYS,
     PAIR_KEYS,
     SOURCE_KEY,
     PairLoader,
@@ -95,8 +95,7 @@ class ImgDiffDifferenceAreaGenerator(ImgDiffOperator):
             **PAIR_KEYS,
             "input_caption1_key": CAPTION1_KEY,
             "input_caption2_key": CAPTION2_KEY,
-            "input_bbox_key": BBOX_KEY,
-            "output_bbox_key": BBOX_KEY,
+            **BOX_KEYS,
             "output_source_key": SOURCE_KEY,
             "decisions_key": AREA_DECISIONS_KEY,
         },

@@ -23,6 +23,7 @@ from dataflow_mm.imaging.proposals import difference_boxes
 from dataflow_mm.operators.data_juicer import box_values, key_column
 from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
+    BOX_KEYS,
     PAIR_KEYS,
     SOURCE_KEY,
     PairLoader,
@@ -43,8 +44,7 @@ class ImgDiffDifferenceAreaProposer(ImgDiffOperator):
     key_spec = KeySpec(
         defaults={
             **PAIR_KEYS,
-            "input_bbox_key": BBOX_KEY,
-            "output_bbox_key": BBOX_KEY,
+            **BOX_KEYS,
             "output_source_key": SOURCE_KEY,
         },
         reads=("input_image1_key", "input_image2_key"),  # the box column may be absent: every row is then proposed

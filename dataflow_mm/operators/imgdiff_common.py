@@ -58,6 +58,8 @@ DIFFERENCE_IMAGES_KEY = "difference_images"
 SOURCE_KEY = "bbox_source"
 # The image-pair keys every Img-Diff operator that reads images declares first (in its ``key_spec``).
 PAIR_KEYS = {"input_image1_key": IMAGE1_KEY, "input_image2_key": IMAGE2_KEY}
+# The box keys of the operators that read a row's boxes and write the boxes they keep or find.
+BOX_KEYS = {"input_bbox_key": BBOX_KEY, "output_bbox_key": BBOX_KEY}
 # What the report's Img-Diff page shows, declared once for every Img-Diff operator (their ``report_view``).
 IMGDIFF_REPORT_VIEW = ReportView(
     "imgdiff",

@@ -32,7 +32,7 @@ from dataflow_mm.operators.data_juicer import (
 )
 from dataflow_mm.operators.imgdiff_common import (
     ALL_STEPS,
-    BBOX_KEY,
+    BOX_KEYS,
     CAPTION1_KEY,
     CAPTION2_KEY,
     DECISIONS_KEY,
@@ -129,8 +129,7 @@ class ImgDiffDifferenceCaptionGenerator(ImgDiffOperator):
     key_spec = KeySpec(
         defaults={
             **PAIR_KEYS,
-            "input_bbox_key": BBOX_KEY,
-            "output_bbox_key": BBOX_KEY,
+            **BOX_KEYS,
             "output_caption1_key": CAPTION1_KEY,
             "output_caption2_key": CAPTION2_KEY,
             "output_difference_key": DIFFERENCE_KEY,

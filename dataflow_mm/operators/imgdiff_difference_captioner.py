@@ -33,14 +33,11 @@ from dataflow_mm.operators.imgdiff_common import (
     DROP_DIFFERENCE,
     PAIR_KEYS,
     PairLoader,
-    decisions_column,
     describe_drops,
-    error_list,
     fail,
     kept,
     log,
     request_failure,
-    rows_with_kept_boxes,
     vlm_provenance,
 )
 from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
@@ -148,10 +145,7 @@ class ImgDiffDifferenceCaptioner(ImgDiffOperator):
 
     def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         keys = self.key_values(keys)
-        out = frame.copy()
-        errors = error_list(out)
-        all_decisions = decisions_column(out, keys["decisions_key"])
-        pairs = self.images.pairs_at(out, keys, rows_with_kept_boxes(all_decisions), errors)
+        out, errors, all_decisions, pairs = self.kept_box_rows(frame, keys)
         names1 = out[keys["input_image1_key"]].tolist()
         conversations: list[Conversation] = []
         targets: list[tuple[dict[str, Any], Image.Image, str]] = []

@@ -20,14 +20,11 @@ from dataflow_mm.operators.imgdiff_common import (
     DROP_ITM,
     PAIR_KEYS,
     PairLoader,
-    decisions_column,
     describe_drops,
     drop,
-    error_list,
     in_range,
     kept,
     log,
-    rows_with_kept_boxes,
     score_filter_range,
 )
 from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
@@ -71,10 +68,7 @@ class ImgDiffImageTextMatchingFilter(ImgDiffOperator):
 
     def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         keys = self.key_values(keys)
-        out = frame.copy()
-        errors = error_list(out)
-        all_decisions = decisions_column(out, keys["decisions_key"])
-        pairs = self.images.pairs_at(out, keys, rows_with_kept_boxes(all_decisions), errors)
+        out, errors, all_decisions, pairs = self.kept_box_rows(frame, keys)
         crops: list[Image.Image] = []
         texts: list[str] = []
         boxes: list[dict[str, Any]] = []

@@ -13,7 +13,16 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from dataflow_mm.operators.base import OperatorABC
-from dataflow_mm.operators.imgdiff_common import DECISIONS_KEY, IMGDIFF_REPORT_VIEW, PairLoader, decision_metrics
+from dataflow_mm.operators.imgdiff_common import (
+    DECISIONS_KEY,
+    IMGDIFF_REPORT_VIEW,
+    ImagePair,
+    PairLoader,
+    decision_metrics,
+    decisions_column,
+    error_list,
+    rows_with_kept_boxes,
+)
 from dataflow_mm.storage.file_storage import FileStorage
 
 
@@ -31,3 +40,14 @@ class ImgDiffOperator(OperatorABC):
     def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
         """Per counted step: ``boxes_after_<step>`` out of ``..._total`` (a keep rate in the run summary)."""
         return decision_metrics(frame, decisions_key, self.counted_steps) if self.counted_steps else {}
+
+    def kept_box_rows(
+        self, frame: pd.DataFrame, keys: dict[str, Any]
+    ) -> tuple[pd.DataFrame, list[Any], list[list[dict[str, Any]]], dict[int, ImagePair]]:
+        """The start of a step on the kept boxes: a copy of the chunk, its errors, each row's decisions and
+        the image pairs of the rows that still have a kept box (a row whose images fail gets the error)."""
+        assert self.images is not None, f"{self.name} reads no images"
+        out = frame.copy()
+        errors = error_list(out)
+        decisions = decisions_column(out, keys["decisions_key"])
+        return out, errors, decisions, self.images.pairs_at(out, keys, rows_with_kept_boxes(decisions), errors)
