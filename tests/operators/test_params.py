@@ -534,6 +534,27 @@ class Suffix(OperatorABC):
         return out
 
 
+class ReadmeSuffix(OperatorABC):
+    """The README's example, as written there."""
+
+    key_spec = KeySpec(
+        defaults={"input_key": "text", "output_key": "out"}, reads=("input_key",), writes=("output_key",)
+    )
+    param_spec = ParamSpec(exclude=("workers",))
+
+    def __init__(self, suffix: str = "!", workers: int = 2) -> None:
+        self.suffix, self.workers = suffix, workers
+
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        return frame
+
+
+def test_the_readme_example_gets_its_params_with_no_code() -> None:
+    assert ReadmeSuffix("?").params() == {"suffix": "?"}
+    keys = {"input_key": "text", "output_key": "out"}
+    assert ReadmeSuffix(workers=8).fingerprint(keys) == ReadmeSuffix().fingerprint(keys)
+
+
 def test_custom_operator_params_come_from_its_constructor() -> None:
     assert Suffix().params() == {"suffix": "!", "repeat": 1.0, "serving": None}
     assert Suffix("?", 2).params() == Suffix(suffix="?", repeat=2.0, workers=8).params()
