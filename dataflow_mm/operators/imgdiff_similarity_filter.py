@@ -57,7 +57,8 @@ class ImgDiffCaptionSimilarityFilter(ImgDiffOperator):
     def provenance(self) -> dict[str, Any]:
         return {"caption_similarity": self.similarity.describe()}
 
-    def process(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> pd.DataFrame:
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        decisions_key = self.key_values(keys)["decisions_key"]
         out = frame.copy()
         all_decisions = decisions_column(out, decisions_key)
         boxes = [d for decisions in all_decisions for d in kept(decisions)]

@@ -127,15 +127,11 @@ class PromptedVQAGenerator(OperatorABC):
         self.response_schema = response_schema
         self._media_root = None
 
-    def input_columns(
-        self,
-        input_prompt_key: str = "prompt",
-        input_image_key: str | None = DEFAULT_IMAGE_KEY,
-        input_conversation_key: str | None = None,
-        **_: Any,
-    ) -> list[str]:
-        text_key = input_conversation_key or input_prompt_key
-        image_key = input_image_key if input_image_key != DEFAULT_IMAGE_KEY else None  # default: optional
+    def input_columns(self, **keys: Any) -> list[str]:
+        keys = self.key_values(keys)
+        text_key = keys["input_conversation_key"] or keys["input_prompt_key"]
+        image_key = keys["input_image_key"]
+        image_key = image_key if image_key != DEFAULT_IMAGE_KEY else None  # the default key is optional
         schema_keys = self.response_schema.input_columns() if self.response_schema else []
         return [k for k in (text_key, image_key, *schema_keys) if k]
 
@@ -152,14 +148,13 @@ class PromptedVQAGenerator(OperatorABC):
         """``process`` keeps no per-chunk state: chunks may overlap as far as the serving wants."""
         return self.serving.concurrent_chunks
 
-    def process(
-        self,
-        frame: pd.DataFrame,
-        input_prompt_key: str = "prompt",
-        input_image_key: str | None = DEFAULT_IMAGE_KEY,
-        input_conversation_key: str | None = None,
-        output_answer_key: str = "answer",
-    ) -> pd.DataFrame:
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        keys = self.key_values(keys)
+        prompt_key, image_key, conversation_key = (
+            keys["input_prompt_key"],
+            keys["input_image_key"],
+            keys["input_conversation_key"],
+        )
         out = frame.copy()
         errors = out[ERROR_COLUMN].tolist()
         answers: list[str | None] = [None] * len(out)
@@ -168,8 +163,8 @@ class PromptedVQAGenerator(OperatorABC):
         text_only = 0
         for position, row in enumerate(out.to_dict(orient="records")):
             try:
-                images = self._images(row, input_image_key)
-                conversation = self._conversation(row, input_prompt_key, images, input_conversation_key)
+                images = self._images(row, image_key)
+                conversation = self._conversation(row, prompt_key, images, conversation_key)
             except RowError as exc:
                 errors[position] = row_error_text(exc)
                 continue
@@ -178,9 +173,9 @@ class PromptedVQAGenerator(OperatorABC):
             group = groups.setdefault(schema_text(schema) if schema else "", (schema, [], []))
             group[1].append(position)
             group[2].append(conversation)
-        if text_only and input_image_key:
+        if text_only and image_key:
             log.warning(
-                f"{text_only} row(s) have no '{input_image_key}': asked text-only "
+                f"{text_only} row(s) have no '{image_key}': asked text-only "
                 "(pass input_image_key=None for a text-only table)"
             )
         for schema, positions, conversations in groups.values():
@@ -191,7 +186,7 @@ class PromptedVQAGenerator(OperatorABC):
                     truncated[position] = completion.truncated
                 else:
                     errors[position] = completion.error
-        out[output_answer_key] = answers
+        out[keys["output_answer_key"]] = answers
         out[TRUNCATED_COLUMN] = truncated
         out[ERROR_COLUMN] = errors
         return out

@@ -168,3 +168,15 @@ def test_prompted_vqa_run_is_built_from_its_key_spec_in_dataflow_mm_order(tmp_pa
 def test_key_spec_unsupported_keys_must_have_a_default() -> None:
     with pytest.raises(TypeError, match="without a default: \\['input_video_key'\\]"):
         KeySpec(defaults={"input_key": "text"}, unsupported={"input_video_key": "no video"})
+
+
+def test_no_operator_repeats_its_key_defaults_in_process() -> None:
+    """``process(frame, **keys)`` reads its columns through ``key_values``: the defaults live in key_spec only."""
+    from dataflow_mm.operators.registry import operator_classes
+
+    for name, cls in operator_classes().items():
+        if cls.key_spec is None:
+            continue
+        repeated = set(inspect.signature(cls.process).parameters) & set(cls.key_spec.defaults)
+        assert not repeated, f"{name}.process repeats {sorted(repeated)}"
+    assert Upper().key_values({"output_key": "shout"}) == {"input_key": "text", "output_key": "shout"}
