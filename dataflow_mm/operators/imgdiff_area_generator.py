@@ -192,18 +192,14 @@ class ImgDiffDifferenceAreaGenerator(ImgDiffOperator):
 
     def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         keys = self.key_values(keys)
-        input_bbox_key, caption1_key, caption2_key = (
-            keys["input_bbox_key"],
-            keys["input_caption1_key"],
-            keys["input_caption2_key"],
-        )
+        caption_keys = (keys["input_caption1_key"], keys["input_caption2_key"])
         out = frame.copy()
         n = len(out)
         errors = error_list(out)
         dj = uses_dj_format(out)
         metas = out[DJ_META_KEY].tolist() if dj else [None] * n
-        if input_bbox_key in out.columns:
-            raw_boxes = out[input_bbox_key].tolist()
+        if keys["input_bbox_key"] in out.columns:
+            raw_boxes = out[keys["input_bbox_key"]].tolist()
         else:
             raw_boxes = [dj_bboxes(meta) for meta in metas]
         boxes: list[Any] = list(raw_boxes)
@@ -214,20 +210,22 @@ class ImgDiffDifferenceAreaGenerator(ImgDiffOperator):
         nouns: list[dict[str, list[str]] | None] = [None] * n
 
         todo = [p for p, raw in enumerate(raw_boxes) if self.needs_generation(raw)]
-        captions1, captions2 = out[caption1_key].tolist(), out[caption2_key].tolist()
+        captions = [out[key].tolist() for key in caption_keys]
         pairs = self.images.pairs_at(out, keys, todo, errors)
         rows: list[AreaRow] = []
         for position in todo:
             pair = pairs.get(position)
-            missing = [key for key, v in ((caption1_key, captions1[position]), (caption2_key, captions2[position]))
-                       if not isinstance(v, str) or not v.strip()]  # fmt: skip
+            texts = [column[position] for column in captions]
+            missing = [
+                key for key, v in zip(caption_keys, texts, strict=True) if not isinstance(v, str) or not v.strip()
+            ]
             if pair is not None and missing:
                 error = MissingFieldError(f"no caption in {', '.join(missing)}: the generator needs both captions")
                 set_row_errors(errors, position, error)
             if pair is None or missing:  # the row has the error
                 boxes[position], sources[position] = None, None
                 continue
-            rows.append(AreaRow(position, pair, captions1[position], captions2[position]))
+            rows.append(AreaRow(position, pair, *texts))
         self._find_areas(rows)
 
         for row in rows:
