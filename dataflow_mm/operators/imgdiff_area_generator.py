@@ -22,6 +22,9 @@ declared format (default Data-Juicer's pixel ``[cx, cy, w, h]``) and, when the t
 Data-Juicer's ``__dj__meta__`` column, to ``__dj__meta__.__dj__bbox__`` as well. Every candidate's
 scores, and the step that dropped it, are kept in ``area_decisions``. Rows that carry boxes keep
 them (``bbox_source`` "input"); generated rows say "generated".
+
+The six steps are in ``imgdiff_area_steps``, the columns and Data-Juicer's argument dicts in
+``imgdiff_area_settings``; this module is the operator.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import pandas as pd
 
 from dataflow_mm.errors import ERROR_COLUMN, MissingFieldError
+from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_area_settings import (  # noqa: F401 - importable from here, their first home
     AREA_DECISIONS_KEY,
     AREA_REASON_KEY,
@@ -87,7 +91,7 @@ from dataflow_mm.scoring.image_text_matching import BlipITMScorer
 from dataflow_mm.scoring.object_detection import OwlDetector
 
 
-class ImgDiffDifferenceAreaGenerator(ImgDiffOperator):
+class ImgDiffDifferenceAreaGenerator(ImgDiffOperator, OperatorABC):
     """Boxes around the object that changed between two captioned images (Data-Juicer's generator)."""
 
     key_spec = KeySpec(

@@ -20,6 +20,7 @@ from dataflow_mm.checks import check_int, check_number
 from dataflow_mm.errors import ERROR_COLUMN
 from dataflow_mm.imaging.bbox import from_xyxy
 from dataflow_mm.imaging.proposals import difference_boxes
+from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.data_juicer import box_values, key_column
 from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
@@ -38,7 +39,7 @@ from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.keys import KeySpec
 
 
-class ImgDiffDifferenceAreaProposer(ImgDiffOperator):
+class ImgDiffDifferenceAreaProposer(ImgDiffOperator, OperatorABC):
     """Fill in boxes around the differing areas of image pairs for rows that have none."""
 
     key_spec = KeySpec(

@@ -123,7 +123,7 @@ def sampling_from_mllm_args(args: dict[str, Any]) -> SamplingParams:
     )
 
 
-class ImgDiffDifferenceCaptionGenerator(ImgDiffOperator):
+class ImgDiffDifferenceCaptionGenerator(ImgDiffOperator, OperatorABC):
     """The seed's fused Img-Diff operator: region captions, ITM filter, caption similarity, difference captions."""
 
     key_spec = KeySpec(

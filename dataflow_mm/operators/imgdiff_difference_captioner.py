@@ -24,6 +24,7 @@ from PIL import Image
 from dataflow_mm.checks import check_choice, check_int
 from dataflow_mm.errors import ERROR_COLUMN
 from dataflow_mm.imaging.draw import draw_red_box, side_by_side
+from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     CAPTION1_KEY,
     CAPTION2_KEY,
@@ -72,7 +73,7 @@ def difference_panel(
     return side_by_side(left, right, bar_width=bar_width, bar_color=(0, 0, 0))
 
 
-class ImgDiffDifferenceCaptioner(ImgDiffOperator):
+class ImgDiffDifferenceCaptioner(ImgDiffOperator, OperatorABC):
     """Ask the VLM what differs inside each kept box (all boxes of a chunk in one call); write the final columns."""
 
     key_spec = KeySpec(

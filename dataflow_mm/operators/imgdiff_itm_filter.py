@@ -15,6 +15,7 @@ from PIL import Image
 
 from dataflow_mm.errors import ERROR_COLUMN
 from dataflow_mm.imaging.crop import crop_box
+from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     DECISIONS_KEY,
     DROP_ITM,
@@ -33,7 +34,7 @@ from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMScorer
 
 
-class ImgDiffImageTextMatchingFilter(ImgDiffOperator):
+class ImgDiffImageTextMatchingFilter(ImgDiffOperator, OperatorABC):
     """Keep a box when BLIP ITM says both crops match their region captions (within the score range)."""
 
     key_spec = KeySpec(

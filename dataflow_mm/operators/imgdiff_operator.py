@@ -1,6 +1,8 @@
-"""The base of the Img-Diff operators: the report page they share, their image pairs and their box counts.
+"""What the Img-Diff operators share: the report page, their image pairs and their box counts.
 
-Each Img-Diff operator declares only what is its own: its keys, its constructor and ``process``;
+``ImgDiffOperator`` is mixed in before ``OperatorABC`` (``class X(ImgDiffOperator, OperatorABC)``; not an
+operator itself, so the registry lists only the real ones). Each Img-Diff operator declares only what is
+its own: its keys, its constructor and ``process``;
 ``counted_steps`` names the drop steps (``dropped_at`` values, ``imgdiff_common``) whose box counts
 its ``chunk_metrics`` reports, and an operator that reads the image pairs sets ``self.images`` to a
 ``PairLoader``, which ``prepare`` points at the storage's media.
@@ -12,7 +14,6 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     DECISIONS_KEY,
     IMGDIFF_REPORT_VIEW,
@@ -26,8 +27,8 @@ from dataflow_mm.operators.imgdiff_common import (
 from dataflow_mm.storage.file_storage import FileStorage
 
 
-class ImgDiffOperator(OperatorABC):
-    """What every Img-Diff operator shares (abstract: a subclass implements ``process``)."""
+class ImgDiffOperator:
+    """What every Img-Diff operator shares (the operator contract itself comes from ``OperatorABC``)."""
 
     report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     counted_steps: ClassVar[tuple[str, ...]] = ()
@@ -46,7 +47,7 @@ class ImgDiffOperator(OperatorABC):
     ) -> tuple[pd.DataFrame, list[Any], list[list[dict[str, Any]]], dict[int, ImagePair]]:
         """The start of a step on the kept boxes: a copy of the chunk, its errors, each row's decisions and
         the image pairs of the rows that still have a kept box (a row whose images fail gets the error)."""
-        assert self.images is not None, f"{self.name} reads no images"
+        assert self.images is not None, f"{type(self).__name__} reads no images"
         out = frame.copy()
         errors = error_list(out)
         decisions = decisions_column(out, keys["decisions_key"])

@@ -16,6 +16,7 @@ import pandas as pd
 from dataflow_mm.checks import check_number
 from dataflow_mm.errors import ERROR_COLUMN, ConfigError, RowError
 from dataflow_mm.imaging.bbox import box_area
+from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.data_juicer import box_values, key_column
 from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
@@ -53,7 +54,7 @@ def normalized_box_text(xyxy: list[float], size: tuple[int, int]) -> str:
     return f"[{x0 / width:.2f}, {y0 / height:.2f}, {x1 / width:.2f}, {y1 / height:.2f}]"
 
 
-class ImgDiffRegionCaptioner(ImgDiffOperator):
+class ImgDiffRegionCaptioner(ImgDiffOperator, OperatorABC):
     """Caption every candidate box region in image 1 and image 2 (all rows of a chunk in one VLM call)."""
 
     key_spec = KeySpec(

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     DECISIONS_KEY,
     DROP_SIMILARITY,
@@ -29,7 +30,7 @@ from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.scoring.text_similarity import DEFAULT_CLIP, TextSimilarity, text_similarity_model
 
 
-class ImgDiffCaptionSimilarityFilter(ImgDiffOperator):
+class ImgDiffCaptionSimilarityFilter(ImgDiffOperator, OperatorABC):
     """Keep a box when the similarity of its two region captions lies within the score range."""
 
     key_spec = KeySpec(defaults={"decisions_key": DECISIONS_KEY}, reads=("decisions_key",), writes=("decisions_key",))
