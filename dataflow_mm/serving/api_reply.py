@@ -1,4 +1,10 @@
-"""Reading a chat-completions reply: the answer, or why one attempt gave none (and whether to retry)."""
+"""One HTTP attempt at a chat completion: send it within its deadline, read the reply, say what came of it.
+
+The answer is a ``Completion``; anything else an ``AttemptFailure`` saying whether another attempt may
+help (the retry loop and its policy are the backend's, ``serving.api_serving``). ``timeout`` bounds the
+whole request, reply included, and a reply above ``max_response_bytes`` is refused
+(``serving.http_reply``).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from dataflow_mm.deps import require
 from dataflow_mm.errors import ServingError, row_error_text
 from dataflow_mm.retry import is_retryable_status
 from dataflow_mm.secrets import scrub, scrub_secrets
 from dataflow_mm.serving.base import Completion
+from dataflow_mm.serving.http_reply import Deadline, ReplyTooLargeError, read_reply
 
 _MAX_MESSAGE_CHARS = 300
 
@@ -107,3 +115,32 @@ def completion_of(response: Any) -> Completion | AttemptFailure:
         prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
         completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
     )
+
+
+def post_once(
+    client: Any, endpoint: str, body: bytes, headers: dict[str, str], timeout: float, max_response_bytes: int
+) -> Completion | AttemptFailure:
+    """POST ``body`` to ``endpoint`` once with an ``httpx.Client``: the Completion, or why there is none."""
+    httpx = require("httpx", extra="api")
+    deadline = Deadline(timeout)  # the whole request, not each read (serving.http_reply)
+    try:
+        request = client.build_request(
+            "POST", endpoint, content=body, headers=headers, extensions={"trace": deadline.trace}
+        )
+        with deadline:
+            streamed = client.send(request, stream=True)
+            try:
+                response = read_reply(streamed, max_response_bytes)
+            finally:
+                streamed.close()
+    except ReplyTooLargeError as exc:
+        return AttemptFailure("reply too large", str(exc), False)
+    except httpx.TimeoutException as exc:
+        return AttemptFailure("timeout", f"no answer within {timeout:g}s ({type(exc).__name__})", True)
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        return AttemptFailure("invalid request", f"{type(exc).__name__}: {exc}", False)
+    except httpx.TransportError as exc:
+        if deadline.expired:
+            return AttemptFailure("timeout", f"no complete answer within {timeout:g}s", True)
+        return AttemptFailure("connection error", f"{type(exc).__name__}: {exc}", True)
+    return completion_of(response)

@@ -5,16 +5,10 @@ Works with ``vllm serve``, SGLang, Ollama (``/v1``), LM Studio and cloud provide
 workers (at most ``max_workers`` HTTP requests in flight per backend instance) and the answers
 come back in input order.
 
-Images (``{"type": "image", "image": path | PIL.Image | bytes}``) are loaded with ``load_image``
-(so the endpoint sees the same pixels as the in-process backends), downscaled so their longest side
-is at most ``max_image_side`` and sent as base64 ``data:`` URLs with the right MIME type
-(``image_format``, JPEG by default; PNG for sources that had an alpha channel). A JPEG or PNG file
-(path or bytes) that already fits (8-bit RGB/grey, no alpha, no EXIF rotation, within
-``max_image_side``, complete) is sent as its own bytes, without decoding (``file_bytes_data_url``). ``image_url``
-parts (and ``image`` parts holding a string) whose URL already starts with ``http://``,
-``https://`` or ``data:`` pass through untouched (not downscaled).
+Images (``{"type": "image", "image": path | PIL.Image | bytes}``) are sent as base64 ``data:`` URLs of
+the pixels the in-process backends see, downscaled to ``max_image_side`` (``serving.api_images``).
 
-Faults (see ``RetryPolicy``): a request is retried, with exponential backoff and jitter, on
+Faults (see ``dataflow_mm.retry.RetryPolicy``): a request is retried, with exponential backoff and jitter, on
 HTTP 408, HTTP 429, HTTP 5xx, connection errors (refused, reset, closed without an answer), timeouts
 and a 2xx answer whose body is not valid JSON (a truncated or garbled body from an overloaded server
 or proxy: treated like a server error). As in the OpenAI SDK, the server's wait replaces the
@@ -68,31 +62,16 @@ from dataflow_mm.serving.api_images import (
     image_format_name,
     image_part,
 )
-from dataflow_mm.serving.api_reply import AttemptFailure, completion_of
+from dataflow_mm.serving.api_reply import AttemptFailure, post_once
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.http_reply import (
     ACCEPT_ENCODING,
     DEFAULT_MAX_RESPONSE_BYTES,
-    Deadline,
-    ReplyTooLargeError,
-    read_reply,
 )
 
-# Re-exported: these lived here before the retry policy, the image encoding and the reply
-# reading became modules of their own.
-__all__ = [
-    "DEFAULT_API_KEY_ENVS",
-    "DEFAULT_MAX_RESPONSE_BYTES",
-    "MAX_RETRY_AFTER_S",
-    "PASS_THROUGH_PREFIXES",
-    "APIVLMServing_openai",
-    "AttemptFailure",
-    "RetryPolicy",
-    "chat_completions_url",
-    "encode_image",
-    "file_bytes_data_url",
-    "is_retryable_status",
-]
+# Re-exported: they lived here before the retry policy, the images and the replies got modules of their own.
+__all__ = ["MAX_RETRY_AFTER_S", "PASS_THROUGH_PREFIXES", "AttemptFailure", "RetryPolicy", "encode_image"]
+__all__ += ["APIVLMServing_openai", "chat_completions_url", "file_bytes_data_url", "is_retryable_status"]
 
 logger = get_logger("serving.api")
 
@@ -401,29 +380,7 @@ class APIVLMServing_openai(VLMServing):
                 self._sleep(wait)
 
     def _attempt(self, body: bytes) -> Completion | AttemptFailure:
-        httpx = require("httpx", extra="api")
         client = self._get_client()
         with self._slots:
             self._count("http_requests")
-            deadline = Deadline(self.timeout)  # the whole request, not each read (serving.http_reply)
-            try:
-                request = client.build_request(
-                    "POST", self.endpoint, content=body, headers=self._headers(), extensions={"trace": deadline.trace}
-                )
-                with deadline:
-                    streamed = client.send(request, stream=True)
-                    try:
-                        response = read_reply(streamed, self.max_response_bytes)
-                    finally:
-                        streamed.close()
-            except ReplyTooLargeError as exc:
-                return AttemptFailure("reply too large", str(exc), False)
-            except httpx.TimeoutException as exc:
-                return AttemptFailure("timeout", f"no answer within {self.timeout:g}s ({type(exc).__name__})", True)
-            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-                return AttemptFailure("invalid request", f"{type(exc).__name__}: {exc}", False)
-            except httpx.TransportError as exc:
-                if deadline.expired:
-                    return AttemptFailure("timeout", f"no complete answer within {self.timeout:g}s", True)
-                return AttemptFailure("connection error", f"{type(exc).__name__}: {exc}", True)
-        return completion_of(response)
+            return post_once(client, self.endpoint, body, self._headers(), self.timeout, self.max_response_bytes)
