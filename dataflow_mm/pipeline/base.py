@@ -148,7 +148,7 @@ class PipelineABC(ABC):
     def run(self, runner: Runner | str | None = None) -> RunSummary:
         """Compile, execute on ``runner`` (default: in-process), print, save and return the summary.
 
-        ``runner`` is a Runner or a name: "local" (in this process) or "ray" (Ray Data).
+        ``runner`` is a Runner or a name: "local" (in this process) or "ray" (Ray tasks and actors).
         """
         from dataflow_mm.runners import get_runner
 
