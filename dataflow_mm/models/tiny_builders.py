@@ -109,6 +109,10 @@ def _llava_checkpoint_weight_names(out: Path) -> None:
     safetensors_torch.save_file(renamed, str(path), metadata={"format": "pt"})
 
 
+# The text tower every tiny language model shares: 64 wide, 2 layers.
+_SMALL_TEXT_TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+
+
 def build_tiny_qwen2_5_vl(out_dir: str | Path) -> Path:
     """Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``), images 56-112 px, saved to ``out_dir``."""
     transformers = require("transformers", "hf")
@@ -119,9 +123,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path) -> Path:
     # head_dim = 64 / 2 = 32 (vLLM's CPU attention supports 32 and up), so mrope_section sums to 16.
     text_config = {
         "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
+        **_SMALL_TEXT_TOWER,
         "num_attention_heads": 2,
         "num_key_value_heads": 1,
         "max_position_embeddings": 2048,
@@ -269,9 +271,7 @@ def _clip_family_configs(
     ids = tokenizer.convert_tokens_to_ids
     text_config = {
         "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
+        **_SMALL_TEXT_TOWER,
         "num_attention_heads": 4,
         "max_position_embeddings": max_positions,
         "bos_token_id": ids("<|startoftext|>"),
