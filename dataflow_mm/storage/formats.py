@@ -34,7 +34,14 @@ from dataflow_mm.errors import StorageError
 from dataflow_mm.storage.arrow_exact import JSON_COLUMNS_KEY, batch_frame, frame_to_arrow, parquet_json_columns
 from dataflow_mm.storage.chunks import Chunk, Reject, records_frame
 from dataflow_mm.storage.csv_cells import check_csv_header, decode_csv_cell
-from dataflow_mm.storage.jsonl_reading import MAX_JSON_DEPTH, TooDeepError, iter_jsonl, iter_jsonl_lines, load_json_text
+from dataflow_mm.storage.jsonl_reading import (
+    MAX_JSON_DEPTH,
+    DuplicateKeyError,
+    TooDeepError,
+    iter_jsonl,
+    iter_jsonl_lines,
+    load_json_text,
+)
 from dataflow_mm.storage.table_types import SUPPORTED_TYPES, check_readable, check_table_type, table_type_of
 from dataflow_mm.storage.table_writer import AtomicTableWriter, frame_to_jsonl, write_json_atomic, write_table
 
@@ -43,7 +50,7 @@ DEFAULT_CHUNK_SIZE = 512
 # Re-exported: every format's reader and writer is reached from here, as before the modules were split.
 __all__ = ["JSON_COLUMNS_KEY", "MAX_JSON_DEPTH", "SUPPORTED_TYPES", "AtomicTableWriter", "Chunk", "Reject"]
 __all__ += ["check_readable", "check_table_type", "frame_to_arrow", "frame_to_jsonl", "iter_jsonl", "iter_jsonl_lines"]
-__all__ += ["load_json_text", "table_type_of", "write_json_atomic", "write_table"]
+__all__ += ["DuplicateKeyError", "TooDeepError", "load_json_text", "table_type_of", "write_json_atomic", "write_table"]
 __all__ += ["DEFAULT_CHUNK_SIZE", "find_columns", "has_records", "iter_table", "peek_columns", "read_table"]
 
 
