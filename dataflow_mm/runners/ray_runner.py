@@ -139,6 +139,12 @@ class RayRunner(Runner):
         )
         self.workers_by_step: dict[int, set[str]] = {}
 
+    def pools_fit(self, operators: list[OperatorABC]) -> bool:
+        """Whether every model operator's actors fit the connected cluster at once with a CPU to spare
+        (then the steps stream into each other)."""
+        ray = require("ray", extra="ray", package="ray[data]")
+        return ActorPools(ray, self.actor_settings).fit(operators)
+
     def model_actor_options(self, operator: OperatorABC) -> dict[str, Any]:
         """The Ray resource options of a model operator's actors (see ``ActorSettings.options``)."""
         return self.actor_settings.options(operator)
@@ -171,7 +177,7 @@ class RayRunner(Runner):
         ]
         try:
             operators = [call.operator for call in calls]
-            if self.streaming and len(calls) > 1 and can_stream(calls) and self.pools.fit(operators):
+            if self.streaming and len(calls) > 1 and can_stream(calls) and self.pools_fit(operators):
                 return execute_streaming(calls, self.queue_chunks, transformers)
             return [execute_step(call, transformer=make) for call, make in zip(calls, transformers, strict=True)]
         finally:
