@@ -32,25 +32,8 @@ def test_every_setting_with_a_help_text_is_a_flag_of_the_same_name_and_default()
 
 
 def test_flags_parse_into_settings_with_their_types() -> None:
-    args = script_parser().parse_args(
-        [
-            "--backend",
-            "api",
-            "--max_tokens",
-            "64",
-            "--temperature",
-            "0",
-            "--seed",
-            "7",
-            "--allow_downscale",
-            "--api_url",
-            "http://127.0.0.1:9/v1",
-            "--enforce_eager",
-            "no",
-            "--api_max_response_mb",
-            "0.5",
-        ]
-    )
+    flags = "--backend api --max_tokens 64 --temperature 0 --seed 7 --allow_downscale --api_url http://127.0.0.1:9/v1"
+    args = script_parser().parse_args([*flags.split(), "--enforce_eager", "no", "--api_max_response_mb", "0.5"])
     settings = ServingSettings.from_args(args, allow_tiny_fallback=False)
     assert (settings.backend, settings.max_tokens, settings.temperature, settings.seed) == ("api", 64, 0.0, 7)
     assert settings.allow_downscale is True and settings.eager is False and settings.allow_tiny_fallback is False
@@ -60,24 +43,8 @@ def test_flags_parse_into_settings_with_their_types() -> None:
 
 
 def test_the_api_serving_gets_the_settings_as_they_are() -> None:
-    args = script_parser().parse_args(
-        [
-            "--backend",
-            "api",
-            "--api_url",
-            "http://127.0.0.1:9/v1",
-            "--max_workers",
-            "3",
-            "--api_timeout",
-            "5",
-            "--api_max_retries",
-            "1",
-            "--max_tokens",
-            "16",
-            "--api_max_response_mb",
-            "1",
-        ]
-    )
+    flags = "--backend api --api_url http://127.0.0.1:9/v1 --max_workers 3 --api_timeout 5 --api_max_retries 1"
+    args = script_parser().parse_args([*flags.split(), "--max_tokens", "16", "--api_max_response_mb", "1"])
     serving = serving_from_args(args)
     assert serving.describe()["model"] == "Org/Default-VL"
     assert (serving.max_workers, serving.retry.max_retries, serving.max_response_bytes) == (3, 1, 2**20)
