@@ -21,6 +21,7 @@ from dataflow_mm.pipeline.run_log import run_log
 from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.report import report_after_run
 from dataflow_mm.serving.base import VLMServing
+from dataflow_mm.storage.file_storage import planning_outputs
 from dataflow_mm.storage.formats import find_columns, has_records, iter_table, peek_columns
 from dataflow_mm.storage.paths import write_conflicts
 
@@ -61,7 +62,7 @@ class PipelineABC(ABC):
 
     def compile(self) -> list[OperatorCall]:
         """Record the operator calls of ``forward`` and check them, before any model is loaded."""
-        with recording_calls() as calls:
+        with recording_calls() as calls, planning_outputs():  # later storages may read planned extra outputs
             self.forward()
         for call in calls:
             call.storage.reset()

@@ -68,6 +68,8 @@ def create_serving(settings: ServingSettings | str, model_path: str | None = Non
     if backend == "auto":
         backend = default_backend()
         log.info(f"backend: {backend} (auto: {'vLLM and a GPU found' if backend == 'vllm' else 'no GPU or no vLLM'})")
+    # The same four sampling settings for every backend (vLLM's constructor names them with a vllm_ prefix).
+    sampling = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
     if backend == "api":
         from dataflow_mm.serving.api_serving import APIVLMServing_openai
 
@@ -81,10 +83,7 @@ def create_serving(settings: ServingSettings | str, model_path: str | None = Non
             max_workers=s.max_workers,
             timeout=s.api_timeout,
             max_retries=s.api_max_retries,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            max_tokens=s.max_tokens,
-            seed=s.seed,
+            **sampling,
             **extra,
         )
     folder = str(
@@ -110,10 +109,7 @@ def create_serving(settings: ServingSettings | str, model_path: str | None = Non
             hf_local_dir=s.download_dir,
             vllm_tensor_parallel_size=s.tensor_parallel_size,
             vllm_enforce_eager=not cuda_available() if s.eager is None else s.eager,
-            vllm_temperature=s.temperature,
-            vllm_top_p=s.top_p,
-            vllm_max_tokens=s.max_tokens,
-            vllm_seed=s.seed,
+            **{f"vllm_{name}": value for name, value in sampling.items()},
             allow_downscale=s.allow_downscale,
             **engine,
             **extra,
@@ -125,10 +121,7 @@ def create_serving(settings: ServingSettings | str, model_path: str | None = Non
         hf_cache_dir=s.hf_cache_dir,
         hf_local_dir=s.download_dir,
         batch_size=s.batch_size,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        max_tokens=s.max_tokens,
-        seed=s.seed,
+        **sampling,
         max_model_len=None if s.max_model_len == AUTO_FIT_MAX_MODEL_LEN else s.max_model_len,  # -1: the model's own
         allow_downscale=s.allow_downscale,
         **extra,
