@@ -36,11 +36,10 @@ from dataflow_mm.operators.region_captions import (
     RegionAnswerSchema,
 )
 from dataflow_mm.pipeline.arg_checks import check_args
+from dataflow_mm.pipeline.flags import add_constructor_flags, constructor_kwargs
 from dataflow_mm.pipeline.script import (
-    add_bbox_format_arg,
     add_runner_args,
     add_serving_args,
-    add_storage_args,
     run_main,
     runner_from_args,
     serving_from_args,
@@ -139,26 +138,24 @@ class ImageRegionCaptionPipeline(PipelineABC):
             )
 
 
+FLAG_HELP = {
+    "input_image_key": "column of the image (path, URL, bytes, or a Hugging Face image struct)",
+    "input_bbox_key": "column of the boxes",
+    "max_boxes": "boxes per image at most (the rest are left out)",
+    "output_image_with_bbox_path": "copy of the boxes step's rows (default: CACHE_PATH/image_with_bbox_result.jsonl)",
+    "max_caption_chars": "--structured_answer json: longest caption per region (default: as long as max_tokens "
+    "allows, <= 128)",
+    "verify_regions": "score each region caption against its box's crop with BLIP image-text matching (step 4)",
+    "min_region_score": "regions whose caption scores below this (0-1) move to bbox_dropped; implies --verify_regions",
+    "blip_model": "BLIP ITM model (hub id or folder)",
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The serving and runner flags, then one flag per setting of ``ImageRegionCaptionPipeline``."""
     parser = argparse.ArgumentParser(description="Image region captions with dataflow-mm")
     add_serving_args(parser, default_model="Qwen/Qwen2.5-VL-3B-Instruct")
     add_runner_args(parser)
-    add_storage_args(
-        parser,
-        first_entry_file="./data/image_region_caption/image_region_caption_demo.jsonl",
-        cache_path="./cache/image_region_caption",
-        file_name_prefix="region_caption",
-        chunk_size=512,
-    )
-    parser.add_argument("--input_image_key", default="image")
-    parser.add_argument("--input_bbox_key", default="bbox")
-    add_bbox_format_arg(parser, default="xywh")
-    parser.add_argument("--max_boxes", type=int, default=10)
-    parser.add_argument(
-        "--output_image_with_bbox_path",
-        default=None,
-        help="copy of the boxes step's rows (default: CACHE_PATH/image_with_bbox_result.jsonl)",
-    )
     parser.add_argument(
         "--structured_answer",
         nargs="?",
@@ -168,25 +165,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="lines (the flag alone): ask for one '<regionK>: ...' line per region; json: constrain the answer "
         'to exactly {"region1": "...", ..., "regionN": "..."} (structured output, every backend)',
     )
-    parser.add_argument(
-        "--max_caption_chars",
-        type=int,
-        default=None,
-        help="--structured_answer json: longest caption per region (default: as long as max_tokens allows, <= 128)",
+    add_constructor_flags(
+        parser, ImageRegionCaptionPipeline, help=FLAG_HELP, defaults={"output_image_with_bbox_path": None}
     )
-    verify = parser.add_argument_group("region verification")
-    verify.add_argument(
-        "--verify_regions",
-        action="store_true",
-        help="score each region caption against its box's crop with BLIP image-text matching (step 4)",
-    )
-    verify.add_argument(
-        "--min_region_score",
-        type=float,
-        default=None,
-        help="regions whose caption scores below this (0-1) move to bbox_dropped; implies --verify_regions",
-    )
-    verify.add_argument("--blip_model", default=DEFAULT_BLIP_ITM, help="BLIP ITM model (hub id or folder)")
     args = parser.parse_args(argv)
     if args.min_region_score is not None:
         if not 0.0 <= args.min_region_score <= 1.0:
@@ -199,24 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     pipeline = ImageRegionCaptionPipeline(
         serving_from_args(args),
-        first_entry_file=args.first_entry_file,
-        cache_path=args.cache_path,
-        file_name_prefix=args.file_name_prefix,
-        cache_type=args.cache_type,
-        input_image_key=args.input_image_key,
-        input_bbox_key=args.input_bbox_key,
-        max_boxes=args.max_boxes,
-        output_image_with_bbox_path=args.output_image_with_bbox_path
-        or os.path.join(args.cache_path, "image_with_bbox_result.jsonl"),
-        chunk_size=args.chunk_size,
-        wait_for_lock=args.wait_for_lock,
-        bbox_format=args.bbox_format,
-        structured_answer=args.structured_answer,
-        max_caption_chars=args.max_caption_chars,
-        verify_regions=args.verify_regions,
-        min_region_score=args.min_region_score,
-        blip_model=args.blip_model,
-        allow_tiny_fallback=tiny_fallback_allowed(args, "blip_model", DEFAULT_BLIP_ITM),
+        **constructor_kwargs(
+            args,
+            ImageRegionCaptionPipeline,
+            output_image_with_bbox_path=args.output_image_with_bbox_path
+            or os.path.join(args.cache_path, "image_with_bbox_result.jsonl"),
+            allow_tiny_fallback=tiny_fallback_allowed(args, "blip_model", DEFAULT_BLIP_ITM),
+        ),
     )
     try:
         pipeline.run(runner=runner_from_args(args))

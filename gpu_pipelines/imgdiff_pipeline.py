@@ -50,12 +50,11 @@ from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFil
 from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
 from dataflow_mm.pipeline.arg_checks import check_args
+from dataflow_mm.pipeline.flags import add_constructor_flags, constructor_kwargs
 from dataflow_mm.pipeline.gpu_plan import cuda_total_bytes, share_gpu_with_scorers
 from dataflow_mm.pipeline.script import (
-    add_bbox_format_arg,
     add_runner_args,
     add_serving_args,
-    add_storage_args,
     run_main,
     runner_from_args,
     serving_from_args,
@@ -268,111 +267,66 @@ def _fallback_rule(allow: bool | Mapping[str, bool]) -> Callable[[str], bool]:
     return lambda flag: bool(allow)
 
 
+FLAG_HELP = {
+    "input_image1_key": "column of the first image of each pair",
+    "input_image2_key": "column of the second image of each pair",
+    "input_bbox_key": "column of the boxes (a Data-Juicer table's __dj__meta__.__dj__bbox__ is found by itself)",
+    "normalized": "boxes are 0-1 fractions of the image size",
+    "proposer": "boxes for rows without boxes: pixel difference (edited copies), model (generated pairs with "
+    "caption1/caption2: CLIP + OWLv2 + BLIP), auto (model when the rows carry both captions)",
+    "input_caption1_key": "column of the first image's caption (--proposer model)",
+    "input_caption2_key": "column of the second image's caption (--proposer model)",
+    "detector_model": "OWLv2/OWL-ViT model (--proposer model)",
+    "image_similarity_model": "CLIP model for image similarity (--proposer model)",
+    "max_proposals": "proposed boxes per pair at most (pixel)",
+    "max_box_area_ratio": "skip boxes larger than this share of the image",
+    "blip_model": "BLIP ITM model (hub id or folder)",
+    "similarity_model": "caption similarity model: a CLIP or a sentence-transformers folder/hub id",
+    "itm_min_score": "keep a region when its crop-caption ITM score is at least this (both images)",
+    "itm_max_score": "... and at most this",
+    "similarity_min_score": "keep a region when its two captions' similarity is at least this",
+    "similarity_max_score": "... and at most this",
+    "device": "scoring models' device: auto (CUDA if present), cpu, cuda",
+    "scoring_batch_size": "crops or caption pairs per scoring-model call",
+    "keep_difference_images": "save the red-box panels (JPEG)",
+    "fused": "run the four steps as one fused operator (one step)",
+    "output_format": "dj: also write the results into __dj__meta__ (Data-Juicer's format); auto: dj when the input "
+    "has it",
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The serving and runner flags, then one flag per setting of ``ImgDiffPipeline``."""
     parser = argparse.ArgumentParser(description="Img-Diff difference captions with dataflow-mm")
     add_serving_args(parser, default_model=DEFAULT_VLM)
     add_runner_args(parser)
     # The seed's sampling defaults (mllm_mapper_args): max_new_tokens=256, temperature=0.2, top_p=None.
     parser.set_defaults(temperature=0.2, top_p=1.0, max_tokens=256)
-    add_storage_args(
-        parser,
-        first_entry_file="./data/imgdiff/imgdiff_demo.jsonl",
-        cache_path="./cache/imgdiff",
-        file_name_prefix="imgdiff",
-        chunk_size=64,
-    )
-    parser.add_argument("--input_image1_key", default="image_path1")
-    parser.add_argument("--input_image2_key", default="image_path2")
-    parser.add_argument("--input_bbox_key", default="bboxes")
-    add_bbox_format_arg(parser, default="cxcywh")
-    parser.add_argument("--normalized", action="store_true", help="boxes are 0-1 fractions of the image size")
-    parser.add_argument("--no_propose", action="store_true", help="do not propose boxes for rows without boxes")
     parser.add_argument(
-        "--proposer",
-        choices=PROPOSERS,
-        default="auto",
-        help="boxes for rows without boxes: pixel difference (edited copies), model (generated pairs with "
-        "caption1/caption2: CLIP + OWLv2 + BLIP), auto (model when the rows carry both captions)",
+        "--no_propose",
+        dest="propose_missing_boxes",
+        action="store_false",
+        help="do not propose boxes for rows without boxes",
     )
-    parser.add_argument("--input_caption1_key", default=CAPTION1_KEY)
-    parser.add_argument("--input_caption2_key", default=CAPTION2_KEY)
-    parser.add_argument("--detector_model", default=DEFAULT_DETECTOR, help="OWLv2/OWL-ViT model (--proposer model)")
-    parser.add_argument(
-        "--image_similarity_model", default=DEFAULT_CLIP, help="CLIP model for image similarity (--proposer model)"
-    )
-    parser.add_argument("--max_proposals", type=int, default=5, help="proposed boxes per pair at most (pixel)")
-    parser.add_argument(
-        "--max_box_area_ratio", type=float, default=0.1, help="skip boxes larger than this share of the image"
-    )
-    scoring = parser.add_argument_group("scoring models")
-    scoring.add_argument("--blip_model", default=DEFAULT_BLIP_ITM, help="BLIP ITM model (hub id or folder)")
-    scoring.add_argument(
-        "--similarity_model",
-        default=DEFAULT_CLIP,
-        help="caption similarity model: a CLIP or a sentence-transformers folder/hub id",
-    )
-    scoring.add_argument("--itm_min_score", type=float, default=0.1)
-    scoring.add_argument("--itm_max_score", type=float, default=1.0)
-    scoring.add_argument("--similarity_min_score", type=float, default=0.1)
-    scoring.add_argument("--similarity_max_score", type=float, default=1.0)
-    scoring.add_argument("--device", default="auto", help="scoring models' device: auto (CUDA if present), cpu, cuda")
-    scoring.add_argument("--scoring_batch_size", type=int, default=32)
-    parser.add_argument("--keep_difference_images", action="store_true", help="save the red-box panels (JPEG)")
-    parser.add_argument("--fused", action="store_true", help="run the four steps as one fused operator (one step)")
-    parser.add_argument(
-        "--output_format",
-        choices=OUTPUT_FORMATS,
-        default="auto",
-        help="dj: also write the results into __dj__meta__ (Data-Juicer's format); auto: dj when the input has it",
+    add_constructor_flags(
+        parser, ImgDiffPipeline, help=FLAG_HELP, choices={"proposer": PROPOSERS, "output_format": OUTPUT_FORMATS}
     )
     return check_args(parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    fallback = {
+        flag: tiny_fallback_allowed(args, flag, shipped)
+        for flag, shipped in (
+            ("blip_model", DEFAULT_BLIP_ITM),
+            ("similarity_model", DEFAULT_CLIP),
+            ("detector_model", DEFAULT_DETECTOR),
+            ("image_similarity_model", DEFAULT_CLIP),
+        )
+    }
     pipeline = ImgDiffPipeline(
-        serving_from_args(args),
-        first_entry_file=args.first_entry_file,
-        cache_path=args.cache_path,
-        file_name_prefix=args.file_name_prefix,
-        cache_type=args.cache_type,
-        chunk_size=args.chunk_size,
-        wait_for_lock=args.wait_for_lock,
-        input_image1_key=args.input_image1_key,
-        input_image2_key=args.input_image2_key,
-        input_bbox_key=args.input_bbox_key,
-        bbox_format=args.bbox_format,
-        normalized=args.normalized,
-        propose_missing_boxes=not args.no_propose,
-        proposer=args.proposer,
-        input_caption1_key=args.input_caption1_key,
-        input_caption2_key=args.input_caption2_key,
-        detector_model=args.detector_model,
-        image_similarity_model=args.image_similarity_model,
-        max_proposals=args.max_proposals,
-        max_box_area_ratio=args.max_box_area_ratio,
-        blip_model=args.blip_model,
-        similarity_model=args.similarity_model,
-        itm_min_score=args.itm_min_score,
-        itm_max_score=args.itm_max_score,
-        similarity_min_score=args.similarity_min_score,
-        similarity_max_score=args.similarity_max_score,
-        device=args.device,
-        scoring_batch_size=args.scoring_batch_size,
-        keep_difference_images=args.keep_difference_images,
-        allow_tiny_fallback={
-            flag: tiny_fallback_allowed(args, flag, shipped)
-            for flag, shipped in (
-                ("blip_model", DEFAULT_BLIP_ITM),
-                ("similarity_model", DEFAULT_CLIP),
-                ("detector_model", DEFAULT_DETECTOR),
-                ("image_similarity_model", DEFAULT_CLIP),
-            )
-        },
-        fused=args.fused,
-        hf_cache_dir=args.hf_cache_dir,
-        download_dir=args.download_dir,
-        output_format=args.output_format,
+        serving_from_args(args), **constructor_kwargs(args, ImgDiffPipeline, allow_tiny_fallback=fallback)
     )
     try:
         pipeline.run(runner=runner_from_args(args))

@@ -121,17 +121,44 @@ def test_product_modules_never_import_the_testing_package() -> None:
     assert offenders == []
 
 
-def test_models_layer_depends_on_neither_serving_nor_scoring() -> None:
-    higher = ("dataflow_mm.serving", "dataflow_mm.scoring", "dataflow_mm.operators", "dataflow_mm.pipeline")
-    graph = product_graph()
-    offenders = sorted(
+def upward_imports(graph: dict[str, set[str]], layer: str, higher: tuple[str, ...]) -> list[str]:
+    """The imports from a module of ``layer`` (a package name) into one of the ``higher`` packages."""
+    return sorted(
         f"{name} imports {other}"
         for name, others in graph.items()
-        if name.startswith("dataflow_mm.models")
+        if name == layer or name.startswith(layer + ".")
         for other in others
-        if other.startswith(higher)
+        if any(other == up or other.startswith(up + ".") for up in higher)
     )
-    assert offenders == []
+
+
+def test_models_layer_depends_on_neither_serving_nor_scoring() -> None:
+    higher = ("dataflow_mm.serving", "dataflow_mm.scoring", "dataflow_mm.operators", "dataflow_mm.pipeline")
+    assert upward_imports(product_graph(), "dataflow_mm.models", higher) == []
+
+
+STORAGE_HIGHER = (
+    "dataflow_mm.serving",
+    "dataflow_mm.scoring",
+    "dataflow_mm.models",
+    "dataflow_mm.operators",
+    "dataflow_mm.pipeline",
+    "dataflow_mm.runners",
+    "dataflow_mm.report",
+    "dataflow_mm.export",
+)
+
+
+def test_storage_layer_imports_no_higher_layer() -> None:
+    """Storage keeps files: it reads no serving, scoring, model, operator, pipeline or runner module."""
+    assert upward_imports(product_graph(), "dataflow_mm.storage", STORAGE_HIGHER) == []
+
+
+def test_the_layer_check_sees_storage_importing_serving() -> None:
+    graph = {"dataflow_mm.storage.downloads": {"dataflow_mm.serving.api_serving", "dataflow_mm.retry"}}
+    assert upward_imports(graph, "dataflow_mm.storage", STORAGE_HIGHER) == [
+        "dataflow_mm.storage.downloads imports dataflow_mm.serving.api_serving"
+    ]
 
 
 def test_no_import_cycles_among_product_modules() -> None:

@@ -109,6 +109,10 @@ def _llava_checkpoint_weight_names(out: Path) -> None:
     safetensors_torch.save_file(renamed, str(path), metadata={"format": "pt"})
 
 
+# The text tower every tiny language model shares: 64 wide, 2 layers.
+_SMALL_TEXT_TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+
+
 def build_tiny_qwen2_5_vl(out_dir: str | Path) -> Path:
     """Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``), images 56-112 px, saved to ``out_dir``."""
     transformers = require("transformers", "hf")
@@ -119,9 +123,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path) -> Path:
     # head_dim = 64 / 2 = 32 (vLLM's CPU attention supports 32 and up), so mrope_section sums to 16.
     text_config = {
         "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
+        **_SMALL_TEXT_TOWER,
         "num_attention_heads": 2,
         "num_key_value_heads": 1,
         "max_position_embeddings": 2048,
@@ -262,18 +264,16 @@ def build_tiny_blip_itm(out_dir: str | Path) -> Path:
     return _save(out_dir, "blip_itm", model, processor)
 
 
-def build_tiny_clip(out_dir: str | Path) -> Path:
-    """CLIP (``CLIPModel`` + ``CLIPProcessor``/``CLIPTokenizer``), 56 px images, 32-dim embeddings."""
-    transformers = require("transformers", "hf")
-    tokenizer = clip_tokenizer()
+def _clip_family_configs(
+    tokenizer: Any, max_positions: int, image_size: int, patch_size: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tiny text and vision tower settings CLIP and OWLv2 share (64-dim text, 32-dim vision, 2 layers)."""
     ids = tokenizer.convert_tokens_to_ids
     text_config = {
         "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
+        **_SMALL_TEXT_TOWER,
         "num_attention_heads": 4,
-        "max_position_embeddings": 77,
+        "max_position_embeddings": max_positions,
         "bos_token_id": ids("<|startoftext|>"),
         "eos_token_id": ids("<|endoftext|>"),
         "pad_token_id": ids("<|endoftext|>"),
@@ -283,9 +283,17 @@ def build_tiny_clip(out_dir: str | Path) -> Path:
         "intermediate_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 2,
-        "image_size": 56,
-        "patch_size": 14,
+        "image_size": image_size,
+        "patch_size": patch_size,
     }
+    return text_config, vision_config
+
+
+def build_tiny_clip(out_dir: str | Path) -> Path:
+    """CLIP (``CLIPModel`` + ``CLIPProcessor``/``CLIPTokenizer``), 56 px images, 32-dim embeddings."""
+    transformers = require("transformers", "hf")
+    tokenizer = clip_tokenizer()
+    text_config, vision_config = _clip_family_configs(tokenizer, max_positions=77, image_size=56, patch_size=14)
     config = transformers.CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=32)
     model = _random_model(transformers.CLIPModel, config)
     image_processor = transformers.CLIPImageProcessorPil(
@@ -305,26 +313,7 @@ def build_tiny_owlv2(out_dir: str | Path) -> Path:
     transformers = require("transformers", "hf")
     tokenizer = clip_tokenizer()
     tokenizer.model_max_length = 16
-    ids = tokenizer.convert_tokens_to_ids
-    text_config = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 16,
-        "bos_token_id": ids("<|startoftext|>"),
-        "eos_token_id": ids("<|endoftext|>"),
-        "pad_token_id": ids("<|endoftext|>"),
-    }
-    vision_config = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 64,
-        "patch_size": 16,
-    }
+    text_config, vision_config = _clip_family_configs(tokenizer, max_positions=16, image_size=64, patch_size=16)
     config = transformers.Owlv2Config(text_config=text_config, vision_config=vision_config, projection_dim=64)
     model = _random_model(transformers.Owlv2ForObjectDetection, config)
     torch = require("torch", "hf")

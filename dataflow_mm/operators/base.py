@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, ABCMeta, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from dataflow_mm.errors import (
 )
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.keys import KeySpec, spec_run
+from dataflow_mm.operators.params import ParamSpec, bound_arguments, derive_params, derive_provenance
 from dataflow_mm.operators.results import (  # noqa: F401 - their home before results.py
     HISTOGRAM_BINS,
     HISTOGRAM_MARK,
@@ -87,32 +88,33 @@ _results: ContextVar[list[StepResult] | None] = ContextVar("dataflow_mm_results"
 
 
 @contextmanager
-def recording_calls() -> Iterator[list[OperatorCall]]:
+def _collecting(into: ContextVar[list[Any] | None]) -> Iterator[list[Any]]:
+    """Within this block, ``into`` holds a fresh list (returned), where the operators append."""
+    items: list[Any] = []
+    token = into.set(items)
+    try:
+        yield items
+    finally:
+        into.reset(token)
+
+
+def recording_calls() -> AbstractContextManager[list[OperatorCall]]:
     """Within this block, operators record their ``run`` calls instead of executing them."""
-    calls: list[OperatorCall] = []
-    token = _recording.set(calls)
-    try:
-        yield calls
-    finally:
-        _recording.reset(token)
+    return _collecting(_recording)
 
 
-@contextmanager
-def collecting_results() -> Iterator[list[StepResult]]:
+def collecting_results() -> AbstractContextManager[list[StepResult]]:
     """Within this block, every executed (or skipped) step appends its StepResult to the list."""
-    results: list[StepResult] = []
-    token = _results.set(results)
-    try:
-        yield results
-    finally:
-        _results.reset(token)
+    return _collecting(_results)
 
 
 class _OperatorMeta(ABCMeta):
-    """Checks an operator's own optional dependencies once it is constructed (whatever its ``__init__``)."""
+    """Once an operator is constructed (whatever its ``__init__``): keeps its constructor arguments (its
+    parameters are derived from them) and checks its own optional dependencies."""
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         operator = super().__call__(*args, **kwargs)
+        operator._init_arguments = bound_arguments(cls, args, kwargs)
         operator.check_dependencies(own_only=True)
         return operator
 
@@ -125,12 +127,15 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
     writes its own ``run(storage, ...)`` calling ``self.execute(storage, **keys)`` (the older way)
     keeps working; it then overrides the column methods it needs. ``holds_model``: whether it loads
     a model (Ray gives such an operator long-lived actors; None: detected from its attributes).
+    ``params()`` (the resume fingerprint's parameters) and ``provenance()`` are derived from the
+    constructor's arguments (``operators.params``); ``param_spec`` says where they differ.
     ``requires``: optional modules it needs, as ``(module, pip extra)``, checked at construction; those
     and the ones its servings and scorers declare (e.g. vLLM's) are checked by ``compile``, before any
     step writes anything (a serving can be built, e.g. to plan GPUs, where its backend is missing).
     """
 
     key_spec: ClassVar[KeySpec | None] = None
+    param_spec: ClassVar[ParamSpec] = ParamSpec()
     holds_model: ClassVar[bool | None] = None
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()
 
@@ -138,11 +143,15 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
     _provenance_ref: dict[str, str] | None = None
     # Where image bytes and downloads of the running step go, set by ``bind_storage``.
     _media_cache: Path | None = None
+    # The constructor's arguments by name (defaults applied), set once the operator is built.
+    _init_arguments: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("key_spec") is not None and "run" not in cls.__dict__:
             cls.run = spec_run(cls.__dict__["key_spec"])  # type: ignore[method-assign]
+        if "param_spec" in cls.__dict__:
+            cls.param_spec.check(cls)
 
     def run(self, storage: FileStorage, *args: Any, **keys: Any) -> Any:
         """Run on ``storage``'s next step (built from ``key_spec``; an operator without one defines its own)."""
@@ -151,6 +160,10 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
             "'text', 'output_key': 'out'}, reads=('input_key',), writes=('output_key',)), or define "
             "run(self, storage, input_key='text', ...) that calls self.execute(storage, input_key=input_key, ...)"
         )
+
+    def key_values(self, keys: dict[str, Any]) -> dict[str, Any]:
+        """``keys`` completed with ``key_spec``'s defaults: ``process(frame, **keys)`` reads its columns from it."""
+        return self.key_spec.fill(keys) if self.key_spec else dict(keys)
 
     def dependencies(self, own_only: bool = False) -> list[tuple[str, str]]:
         """The optional modules this operator needs: its own ``requires`` and its attributes' (servings, scorers)."""
@@ -178,12 +191,15 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
         return self.key_spec.columns(self.key_spec.writes, keys) if self.key_spec else []
 
     def params(self) -> dict[str, Any]:
-        """Parameters that change the output: part of the resume fingerprint and the manifest."""
-        return {}
+        """Parameters that change the output: part of the resume fingerprint and the manifest.
+
+        Derived from the constructor's arguments and ``param_spec`` (see ``operators.params``)."""
+        return derive_params(self, self._init_arguments, self.param_spec, OperatorABC)
 
     def provenance(self) -> dict[str, Any]:
-        """What produced the output beyond ``params`` (model, backend, sampling)."""
-        return {}
+        """What produced the output beyond ``params`` (model, backend, sampling): by default the
+        ``describe()`` of each serving or scorer the constructor was given, by argument name."""
+        return derive_provenance(self, self._init_arguments, OperatorABC)
 
     def media_columns(self, **keys: Any) -> list[str]:
         """Columns naming the media files this operator reads; their content is part of what makes a step

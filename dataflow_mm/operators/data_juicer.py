@@ -198,26 +198,18 @@ class DataJuicerMetaWriter(OperatorABC):
     def output_columns(self, **_: Any) -> list[str]:
         return [DJ_META]
 
-    def process(
-        self,
-        frame: pd.DataFrame,
-        bbox_key: str = BBOX_KEY,
-        caption1_key: str = CAPTION1_KEY,
-        caption2_key: str = CAPTION2_KEY,
-        difference_key: str = DIFFERENCE_KEY,
-        decisions_key: str = DECISIONS_KEY,
-        **_: Any,
-    ) -> pd.DataFrame:
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        keys = self.key_values(keys)
         out = frame.copy()
         metas = out[DJ_META].tolist() if DJ_META in out.columns else [None] * len(out)
         written = []
         for meta, row in zip(metas, out.to_dict(orient="records"), strict=True):
-            found = bool(kept(copy_decisions(row.get(decisions_key))))
+            found = bool(kept(copy_decisions(row.get(keys["decisions_key"]))))
             result = {
-                CAPTION1_KEY: list(row.get(caption1_key) or []) if found else [],
-                CAPTION2_KEY: list(row.get(caption2_key) or []) if found else [],
-                DJ_BBOX: [list(b) for b in row.get(bbox_key) or []] if found else [],
-                DIFFERENCE_KEY: list(row.get(difference_key) or []) if found else [],
+                CAPTION1_KEY: list(row.get(keys["caption1_key"]) or []) if found else [],
+                CAPTION2_KEY: list(row.get(keys["caption2_key"]) or []) if found else [],
+                DJ_BBOX: [list(b) for b in row.get(keys["bbox_key"]) or []] if found else [],
+                DIFFERENCE_KEY: list(row.get(keys["difference_key"]) or []) if found else [],
             }
             written.append({**(dict(meta) if isinstance(meta, Mapping) else {}), **result})
         out[DJ_META] = written

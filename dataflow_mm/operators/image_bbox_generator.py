@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.imaging.proposals import propose_boxes
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.operators.report_view import ReportView
 from dataflow_mm.storage.atomic import DurableBatch
 from dataflow_mm.storage.file_storage import FileStorage
@@ -112,6 +113,8 @@ class ImageBboxGenerator(OperatorABC):
         optional=("input_bbox_key",),
     )
     holds_model = False
+    # the worker count and the (unused) input path do not change the output
+    param_spec = ParamSpec(exclude=("config.num_workers", "config.input_jsonl_path"))
 
     def __init__(self, config: ExistingBBoxDataGenConfig | None = None, prompt_template: str = DEFAULT_REGION_PROMPT):
         self.config = config or ExistingBBoxDataGenConfig()
@@ -125,12 +128,6 @@ class ImageBboxGenerator(OperatorABC):
     def output_columns(self, **keys: Any) -> list[str]:
         return [*OUTPUT_FIELDS, *super().output_columns(**keys)]
 
-    def params(self) -> dict[str, Any]:
-        config = asdict(self.config)
-        config.pop("num_workers")
-        config.pop("input_jsonl_path")
-        return {"config": config, "prompt_template": self.prompt_template}
-
     def extra_output_paths(self) -> list[Path]:
         return [Path(self.config.output_jsonl_path)] if self.config.output_jsonl_path else []
 
@@ -139,18 +136,14 @@ class ImageBboxGenerator(OperatorABC):
         self._image_dir.mkdir(parents=True, exist_ok=True)
         self._media_root = storage.media_root
 
-    def process(
-        self,
-        frame: pd.DataFrame,
-        input_image_key: str = "image",
-        input_bbox_key: str = "bbox",
-        output_image_key: str = "image_with_bbox",
-        output_prompt_key: str = "prompt",
-    ) -> pd.DataFrame:
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        keys = self.key_values(keys)
         if self._image_dir is None:
             self._image_dir = Path(".")
-        images = frame[input_image_key].tolist()
-        boxes = frame[input_bbox_key].tolist() if input_bbox_key in frame.columns else [None] * len(frame)
+        images = frame[keys["input_image_key"]].tolist()
+        boxes = (
+            frame[keys["input_bbox_key"]].tolist() if keys["input_bbox_key"] in frame.columns else [None] * len(frame)
+        )
         workers = self.config.num_workers or min(4, os.cpu_count() or 1)
         batch = DurableBatch()  # the chunk's drawn images made durable at once, not one fsync per image
         try:
@@ -160,12 +153,12 @@ class ImageBboxGenerator(OperatorABC):
         except BaseException:
             batch.discard()
             raise
-        notes = [several_images_note(value, input_image_key) for value in images]
+        notes = [several_images_note(value, keys["input_image_key"]) for value in images]
         out = frame.copy()
         renamed = {
             **{name: name for name in OUTPUT_FIELDS},
-            "image_with_bbox": output_image_key,
-            "prompt": output_prompt_key,
+            "image_with_bbox": keys["output_image_key"],
+            "prompt": keys["output_prompt_key"],
         }
         for source, target in renamed.items():
             values = [None if isinstance(item, RowError) else item[source] for item in rendered]

@@ -17,16 +17,15 @@ from typing import Any
 import pandas as pd
 
 from dataflow_mm.checks import check_int, check_number
-from dataflow_mm.errors import ERROR_COLUMN, RowError
+from dataflow_mm.errors import ERROR_COLUMN
 from dataflow_mm.imaging.bbox import from_xyxy
 from dataflow_mm.imaging.proposals import difference_boxes
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.data_juicer import box_values, key_column
 from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
-    IMAGE1_KEY,
-    IMAGE2_KEY,
-    IMGDIFF_REPORT_VIEW,
+    BOX_KEYS,
+    PAIR_KEYS,
     SOURCE_KEY,
     PairLoader,
     check_bbox_format,
@@ -35,22 +34,18 @@ from dataflow_mm.operators.imgdiff_common import (
     is_missing,
     log,
     plain_numbers,
-    set_row_errors,
 )
+from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.keys import KeySpec
-from dataflow_mm.storage.file_storage import FileStorage
 
 
-class ImgDiffDifferenceAreaProposer(OperatorABC):
+class ImgDiffDifferenceAreaProposer(ImgDiffOperator, OperatorABC):
     """Fill in boxes around the differing areas of image pairs for rows that have none."""
 
-    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
-            "input_image1_key": IMAGE1_KEY,
-            "input_image2_key": IMAGE2_KEY,
-            "input_bbox_key": BBOX_KEY,
-            "output_bbox_key": BBOX_KEY,
+            **PAIR_KEYS,
+            **BOX_KEYS,
             "output_source_key": SOURCE_KEY,
         },
         reads=("input_image1_key", "input_image2_key"),  # the box column may be absent: every row is then proposed
@@ -82,44 +77,21 @@ class ImgDiffDifferenceAreaProposer(OperatorABC):
         # ... but a box column the caller named must exist, or every row would silently get proposals.
         return [key_column(input_bbox_key)] if input_bbox_key and input_bbox_key != BBOX_KEY else []
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "bbox_format": self.bbox_format,
-            "normalized": self.normalized,
-            "max_boxes": self.max_boxes,
-            "threshold": self.threshold,
-            "min_area_ratio": self.min_area_ratio,
-            "propose_for_zero_boxes": self.propose_for_zero_boxes,
-        }
-
-    def prepare(self, storage: FileStorage) -> None:
-        self.images.media_root = storage.media_root
-        self.images.media_cache = storage.media_cache
-
     def needs_proposal(self, raw: Any) -> bool:
         return is_missing(raw) or (self.propose_for_zero_boxes and is_all_zero(raw))
 
-    def process(
-        self,
-        frame: pd.DataFrame,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        input_bbox_key: str = BBOX_KEY,
-        output_bbox_key: str = BBOX_KEY,
-        output_source_key: str = SOURCE_KEY,
-        **_: Any,
-    ) -> pd.DataFrame:
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        keys = self.key_values(keys)
         out = frame.copy()
         errors = error_list(out)
-        raw_boxes = box_values(out, input_bbox_key)  # a column, a dotted path, or Data-Juicer's meta
+        raw_boxes = box_values(out, keys["input_bbox_key"])  # a column, a dotted path, or Data-Juicer's meta
         todo = [position for position, raw in enumerate(raw_boxes) if self.needs_proposal(raw)]
-        names1, names2 = out[input_image1_key].tolist(), out[input_image2_key].tolist()
-        pairs = self.images.load_pairs([names1[p] for p in todo], [names2[p] for p in todo])
+        pairs = self.images.pairs_at(out, keys, todo, errors)
         boxes: list[Any] = list(raw_boxes)
         sources: list[str | None] = ["input"] * len(out)
-        for position, pair in zip(todo, pairs, strict=True):
-            if isinstance(pair, RowError):
-                set_row_errors(errors, position, pair)
+        for position in todo:
+            pair = pairs.get(position)
+            if pair is None:  # its images could not be loaded: the row has the error
                 boxes[position], sources[position] = None, None
                 continue
             found = difference_boxes(
@@ -132,7 +104,7 @@ class ImgDiffDifferenceAreaProposer(OperatorABC):
             ]
             sources[position] = "proposed"
         log.info(f"difference areas proposed for {len(todo)} of {len(out)} rows")
-        out[output_bbox_key] = boxes
-        out[output_source_key] = sources
+        out[keys["output_bbox_key"]] = boxes
+        out[keys["output_source_key"]] = sources
         out[ERROR_COLUMN] = errors
         return out

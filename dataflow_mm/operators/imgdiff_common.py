@@ -35,13 +35,14 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from dataflow_mm.checks import check_choice, check_number
+from dataflow_mm.checks import check_choice, check_int, check_number
 from dataflow_mm.errors import ERROR_COLUMN, ConfigError, RowError, UserError, row_error_text
 from dataflow_mm.imaging.bbox import BOX_FORMATS, parse_boxes
 from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.report_view import ReportView
 from dataflow_mm.serving.base import SamplingParams, VLMServing
+from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.media import resolve_media_path
 
 log = get_logger("operators.imgdiff")
@@ -55,6 +56,10 @@ CAPTION2_KEY = "region_caption2"
 DIFFERENCE_KEY = "bbox_difference_captions"
 DIFFERENCE_IMAGES_KEY = "difference_images"
 SOURCE_KEY = "bbox_source"
+# The image-pair keys every Img-Diff operator that reads images declares first (in its ``key_spec``).
+PAIR_KEYS = {"input_image1_key": IMAGE1_KEY, "input_image2_key": IMAGE2_KEY}
+# The box keys of the operators that read a row's boxes and write the boxes they keep or find.
+BOX_KEYS = {"input_bbox_key": BBOX_KEY, "output_bbox_key": BBOX_KEY}
 # What the report's Img-Diff page shows, declared once for every Img-Diff operator (their ``report_view``).
 IMGDIFF_REPORT_VIEW = ReportView(
     "imgdiff",
@@ -95,6 +100,15 @@ def check_score_range(name: str, min_score: float, max_score: float) -> None:
     check_number(f"{name} max_score", max_score)
     if min_score > max_score:
         raise ConfigError(f"{name}: need min_score <= max_score, got [{min_score}, {max_score}]")
+
+
+def score_filter_range(
+    owner: str, what: str, min_score: float, max_score: float, batch_size: int
+) -> tuple[float, float]:
+    """A score filter's checked ``(min_score, max_score)`` as floats; its model's ``batch_size`` is checked too."""
+    check_score_range(what, min_score, max_score)
+    check_int(f"{owner}.batch_size", batch_size, 1)
+    return float(min_score), float(max_score)
 
 
 def in_range(value: float, low: float, high: float) -> bool:
@@ -283,6 +297,26 @@ class PairLoader:
         self.memo: dict[tuple[str, str], ImagePair | RowError] | None = None
         self.num_workers: int | None = None
 
+    def bind(self, storage: FileStorage) -> None:
+        """Before the first chunk: image cells resolve against the storage's media root and cache."""
+        self.media_root = storage.media_root
+        self.media_cache = storage.media_cache
+
+    def pairs_at(
+        self, frame: pd.DataFrame, keys: dict[str, Any], positions: Sequence[int], errors: list[Any]
+    ) -> dict[int, ImagePair]:
+        """The image pairs of the rows at ``positions`` (under ``keys``' image columns), loaded in parallel,
+        by position; a row whose images cannot be loaded gets the error in ``errors`` instead."""
+        names1, names2 = frame[keys["input_image1_key"]].tolist(), frame[keys["input_image2_key"]].tolist()
+        loaded = self.load_pairs([names1[p] for p in positions], [names2[p] for p in positions])
+        pairs: dict[int, ImagePair] = {}
+        for position, pair in zip(positions, loaded, strict=True):
+            if isinstance(pair, RowError):
+                set_row_errors(errors, position, pair)
+            else:
+                pairs[position] = pair
+        return pairs
+
     def load_pairs(self, values1: Sequence[Any], values2: Sequence[Any]) -> list[ImagePair | RowError]:
         workers = self.num_workers or min(4, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -303,6 +337,11 @@ class PairLoader:
         if self.memo is not None:
             self.memo[key] = result
         return result
+
+
+def rows_with_kept_boxes(decisions_per_row: Sequence[Sequence[dict[str, Any]]]) -> list[int]:
+    """The positions of the rows that still have a kept box (the only ones whose images a later step needs)."""
+    return [position for position, decisions in enumerate(decisions_per_row) if kept(decisions)]
 
 
 def set_row_errors(errors: list[Any], position: int, exc: RowError | str) -> None:

@@ -32,23 +32,22 @@ from dataflow_mm.operators.data_juicer import (
 )
 from dataflow_mm.operators.imgdiff_common import (
     ALL_STEPS,
-    BBOX_KEY,
+    BOX_KEYS,
     CAPTION1_KEY,
     CAPTION2_KEY,
     DECISIONS_KEY,
     DIFFERENCE_IMAGES_KEY,
     DIFFERENCE_KEY,
-    IMAGE1_KEY,
-    IMAGE2_KEY,
-    IMGDIFF_REPORT_VIEW,
+    PAIR_KEYS,
     check_bbox_format,
-    decision_metrics,
 )
 from dataflow_mm.operators.imgdiff_difference_captioner import EMPTY_RESULTS, ImgDiffDifferenceCaptioner
 from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
+from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.scoring.image_text_matching import BlipITMScorer
 from dataflow_mm.scoring.text_similarity import TextSimilarity, text_similarity_model
 from dataflow_mm.serving.base import SamplingParams, VLMServing
@@ -94,6 +93,7 @@ _EXTRA = {
     "text_pair_similarity_filter_args": {"batch_size"},
 }
 _SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "seed")
+_ARGS_DICTS = ("mllm_mapper_args", "image_text_matching_filter_args", "text_pair_similarity_filter_args")
 
 
 def merged_args(name: str, given: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -123,16 +123,13 @@ def sampling_from_mllm_args(args: dict[str, Any]) -> SamplingParams:
     )
 
 
-class ImgDiffDifferenceCaptionGenerator(OperatorABC):
+class ImgDiffDifferenceCaptionGenerator(ImgDiffOperator, OperatorABC):
     """The seed's fused Img-Diff operator: region captions, ITM filter, caption similarity, difference captions."""
 
-    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
-            "input_image1_key": IMAGE1_KEY,
-            "input_image2_key": IMAGE2_KEY,
-            "input_bbox_key": BBOX_KEY,
-            "output_bbox_key": BBOX_KEY,
+            **PAIR_KEYS,
+            **BOX_KEYS,
             "output_caption1_key": CAPTION1_KEY,
             "output_caption2_key": CAPTION2_KEY,
             "output_difference_key": DIFFERENCE_KEY,
@@ -141,6 +138,26 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
         }
     )
     holds_model = True
+    counted_steps = ALL_STEPS
+    # The settings of one step are recorded in that step's params (``steps``), the models by provenance;
+    # devices, caches and Data-Juicer's no-effect keys do not change the output.
+    param_spec = ParamSpec(
+        exclude=(
+            "bbox_format",
+            "normalized",
+            "max_box_area_ratio",
+            "keep_difference_images",
+            "image_output_dir",
+            "empty_result",
+            "device",
+            "allow_tiny_fallback",
+            "hf_cache_dir",
+            "download_dir",
+            "data_juicer_options",
+            *(f"{args}.{key}" for args in _ARGS_DICTS for key in sorted(_NO_EFFECT_ON_OUTPUT)),
+        ),
+        extra=("steps",),
+    )
 
     def __init__(
         self,
@@ -227,21 +244,16 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
             sampling = sampling_from_mllm_args(mllm)  # explicit sampling args override the serving's own
         self.serving = serving
         self.sampling = sampling
+        loading = {
+            "allow_tiny_fallback": allow_tiny_fallback,
+            "hf_cache_dir": hf_cache_dir,
+            "hf_local_dir": download_dir,
+        }
         scorer = itm_scorer or BlipITMScorer(
-            itm["hf_blip"],
-            device=itm_device,
-            batch_size=int(itm.get("batch_size") or 32),
-            allow_tiny_fallback=allow_tiny_fallback,
-            hf_cache_dir=hf_cache_dir,
-            hf_local_dir=download_dir,
+            itm["hf_blip"], device=itm_device, batch_size=int(itm.get("batch_size") or 32), **loading
         )
         similarity = text_similarity or text_similarity_model(
-            sim["hf_clip"],
-            device=sim_device,
-            batch_size=int(sim.get("batch_size") or 64),
-            allow_tiny_fallback=allow_tiny_fallback,
-            hf_cache_dir=hf_cache_dir,
-            hf_local_dir=download_dir,
+            sim["hf_clip"], device=sim_device, batch_size=int(sim.get("batch_size") or 64), **loading
         )
         self.region_captioner = ImgDiffRegionCaptioner(
             serving,
@@ -280,18 +292,6 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
     def output_columns(self, **keys: Any) -> list[str]:
         return self.difference_captioner.output_columns(**keys)
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "mllm_mapper_args": {k: v for k, v in self.mllm_mapper_args.items() if k not in _NO_EFFECT_ON_OUTPUT},
-            "image_text_matching_filter_args": {
-                k: v for k, v in self.image_text_matching_filter_args.items() if k not in _NO_EFFECT_ON_OUTPUT
-            },
-            "text_pair_similarity_filter_args": {
-                k: v for k, v in self.text_pair_similarity_filter_args.items() if k not in _NO_EFFECT_ON_OUTPUT
-            },
-            "steps": {step.name: step.params() for step in self.steps},
-        }
-
     def provenance(self) -> dict[str, Any]:
         return {
             **self.region_captioner.provenance(),
@@ -303,9 +303,6 @@ class ImgDiffDifferenceCaptionGenerator(OperatorABC):
         for step in self.steps:
             step.bind_storage(storage)
             step.prepare(storage)
-
-    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
-        return decision_metrics(frame, decisions_key, ALL_STEPS)
 
     def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         """The four steps in turn on one chunk; rows failing a step keep their error and skip the rest."""

@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image
 
 from dataflow_mm.checks import check_choice, check_int
-from dataflow_mm.errors import ERROR_COLUMN, RowError
+from dataflow_mm.errors import ERROR_COLUMN
 from dataflow_mm.imaging.draw import draw_red_box, side_by_side
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
@@ -32,22 +32,18 @@ from dataflow_mm.operators.imgdiff_common import (
     DIFFERENCE_IMAGES_KEY,
     DIFFERENCE_KEY,
     DROP_DIFFERENCE,
-    IMAGE1_KEY,
-    IMAGE2_KEY,
-    IMGDIFF_REPORT_VIEW,
+    PAIR_KEYS,
     PairLoader,
-    decision_metrics,
-    decisions_column,
     describe_drops,
-    error_list,
     fail,
     kept,
     log,
     request_failure,
-    set_row_errors,
     vlm_provenance,
 )
+from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.serving.base import Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import build_conversation
 from dataflow_mm.storage.file_storage import FileStorage
@@ -77,14 +73,12 @@ def difference_panel(
     return side_by_side(left, right, bar_width=bar_width, bar_color=(0, 0, 0))
 
 
-class ImgDiffDifferenceCaptioner(OperatorABC):
+class ImgDiffDifferenceCaptioner(ImgDiffOperator, OperatorABC):
     """Ask the VLM what differs inside each kept box (all boxes of a chunk in one call); write the final columns."""
 
-    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
-            "input_image1_key": IMAGE1_KEY,
-            "input_image2_key": IMAGE2_KEY,
+            **PAIR_KEYS,
             "decisions_key": DECISIONS_KEY,
             "output_bbox_key": "bboxes",
             "output_caption1_key": CAPTION1_KEY,
@@ -102,6 +96,8 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         ),
     )
     holds_model = True
+    counted_steps = (DROP_DIFFERENCE,)
+    param_spec = ParamSpec(exclude=("sampling",))  # recorded by provenance, with the serving
 
     def __init__(
         self,
@@ -141,65 +137,25 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
         columns = super().output_columns(**keys)
         return [*columns, output_image_key] if self.keep_difference_images else columns
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "keep_difference_images": self.keep_difference_images,
-            "image_output_dir": self.image_output_dir,
-            "prompt_template": self.prompt_template,
-            "system_prompt": self.system_prompt,
-            "box_padding": self.box_padding,
-            "box_line_width": self.box_line_width,
-            "bar_width": self.bar_width,
-            "empty_result": self.empty_result,
-            "jpeg_quality": self.jpeg_quality,
-        }
-
     def provenance(self) -> dict[str, Any]:
         return vlm_provenance(self.serving, self.sampling)
 
     def prepare(self, storage: FileStorage) -> None:
-        self.images.media_root = storage.media_root
-        self.images.media_cache = storage.media_cache
+        super().prepare(storage)
         self._image_dir = Path(self.image_output_dir or Path(storage.cache_path) / DIFFERENCE_IMAGE_DIR)
 
     def chunks_in_flight(self) -> int:
         """``process`` keeps no per-chunk state: chunks may overlap as far as the serving wants."""
         return self.serving.concurrent_chunks
 
-    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
-        return decision_metrics(frame, decisions_key, (DROP_DIFFERENCE,))
-
-    def process(
-        self,
-        frame: pd.DataFrame,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        decisions_key: str = DECISIONS_KEY,
-        output_bbox_key: str = "bboxes",
-        output_caption1_key: str = CAPTION1_KEY,
-        output_caption2_key: str = CAPTION2_KEY,
-        output_difference_key: str = DIFFERENCE_KEY,
-        output_image_key: str = DIFFERENCE_IMAGES_KEY,
-        **_: Any,
-    ) -> pd.DataFrame:
-        out = frame.copy()
-        errors = error_list(out)
-        all_decisions = decisions_column(out, decisions_key)
-        needs_images = [bool(kept(d)) for d in all_decisions]
-        names1 = out[input_image1_key].tolist()
-        values1 = [v for v, need in zip(names1, needs_images, strict=True) if need]
-        values2 = [v for v, need in zip(out[input_image2_key].tolist(), needs_images, strict=True) if need]
-        loaded = iter(self.images.load_pairs(values1, values2))
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        keys = self.key_values(keys)
+        out, errors, all_decisions, pairs = self.kept_box_rows(frame, keys)
+        names1 = out[keys["input_image1_key"]].tolist()
         conversations: list[Conversation] = []
         targets: list[tuple[dict[str, Any], Image.Image, str]] = []
-        for position, decisions in enumerate(all_decisions):
-            if not needs_images[position]:
-                continue
-            pair = next(loaded)
-            if isinstance(pair, RowError):
-                set_row_errors(errors, position, pair)
-                continue
-            for decision in kept(decisions):
+        for position, pair in pairs.items():
+            for decision in kept(all_decisions[position]):
                 panel = difference_panel(
                     pair[0], pair[1], decision["bbox_xyxy"], self.box_padding, self.box_line_width, self.bar_width
                 )
@@ -217,19 +173,17 @@ class ImgDiffDifferenceCaptioner(OperatorABC):
             decision["difference_caption"] = completion.text
             if self.keep_difference_images:
                 decision["difference_image"] = self._save(panel, Path(name).stem, decision["index"])
-        for position, decisions in enumerate(all_decisions):
-            if needs_images[position] and errors[position] is None:
-                sent = [d for d in decisions if d.get("kept") or d.get("dropped_at") == DROP_DIFFERENCE]
-                errors[position] = request_failure(sent, "difference caption")
+        for position in pairs:
+            sent = [d for d in all_decisions[position] if d.get("kept") or d.get("dropped_at") == DROP_DIFFERENCE]
+            errors[position] = request_failure(sent, "difference caption")
         log.info(describe_drops(DROP_DIFFERENCE, all_decisions) + f"; {len(conversations)} difference requests")
         results = [self._final(decisions) for decisions in all_decisions]
-        out[output_caption1_key] = [r[0] for r in results]
-        out[output_caption2_key] = [r[1] for r in results]
-        out[output_bbox_key] = [r[2] for r in results]
-        out[output_difference_key] = [r[3] for r in results]
+        columns = ("output_caption1_key", "output_caption2_key", "output_bbox_key", "output_difference_key")
         if self.keep_difference_images:
-            out[output_image_key] = [r[4] for r in results]
-        out[decisions_key] = all_decisions
+            columns += ("output_image_key",)
+        for index, name in enumerate(columns):
+            out[keys[name]] = [r[index] for r in results]
+        out[keys["decisions_key"]] = all_decisions
         out[ERROR_COLUMN] = errors
         return out
 

@@ -13,43 +13,38 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from dataflow_mm.checks import check_int
-from dataflow_mm.errors import ERROR_COLUMN, RowError
+from dataflow_mm.errors import ERROR_COLUMN
 from dataflow_mm.imaging.crop import crop_box
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     DECISIONS_KEY,
     DROP_ITM,
-    IMAGE1_KEY,
-    IMAGE2_KEY,
-    IMGDIFF_REPORT_VIEW,
+    PAIR_KEYS,
     PairLoader,
-    check_score_range,
-    decision_metrics,
-    decisions_column,
     describe_drops,
     drop,
-    error_list,
     in_range,
     kept,
     log,
-    set_row_errors,
+    score_filter_range,
 )
+from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMScorer
-from dataflow_mm.storage.file_storage import FileStorage
 
 
-class ImgDiffImageTextMatchingFilter(OperatorABC):
+class ImgDiffImageTextMatchingFilter(ImgDiffOperator, OperatorABC):
     """Keep a box when BLIP ITM says both crops match their region captions (within the score range)."""
 
-    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
-        defaults={"input_image1_key": IMAGE1_KEY, "input_image2_key": IMAGE2_KEY, "decisions_key": DECISIONS_KEY},
+        defaults={**PAIR_KEYS, "decisions_key": DECISIONS_KEY},
         reads=("input_image1_key", "input_image2_key", "decisions_key"),
         writes=("decisions_key",),
     )
     holds_model = True
+    counted_steps = (DROP_ITM,)
+    param_spec = ParamSpec(exclude=("hf_blip", "device", "batch_size", "allow_tiny_fallback"))  # the model: provenance
 
     def __init__(
         self,
@@ -61,54 +56,25 @@ class ImgDiffImageTextMatchingFilter(OperatorABC):
         batch_size: int = 32,
         allow_tiny_fallback: bool = False,
     ) -> None:
-        check_score_range("image-text matching", min_score, max_score)
-        check_int(f"{type(self).__name__}.batch_size", batch_size, 1)
+        self.min_score, self.max_score = score_filter_range(
+            self.name, "image-text matching", min_score, max_score, batch_size
+        )
         self.scorer = scorer or BlipITMScorer(
             hf_blip, device=device, batch_size=batch_size, allow_tiny_fallback=allow_tiny_fallback
         )
-        self.min_score = float(min_score)
-        self.max_score = float(max_score)
         self.images = PairLoader()
-
-    def params(self) -> dict[str, Any]:
-        return {"min_score": self.min_score, "max_score": self.max_score}
 
     def provenance(self) -> dict[str, Any]:
         return {"image_text_matching": self.scorer.describe()}
 
-    def prepare(self, storage: FileStorage) -> None:
-        self.images.media_root = storage.media_root
-        self.images.media_cache = storage.media_cache
-
-    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
-        return decision_metrics(frame, decisions_key, (DROP_ITM,))
-
-    def process(
-        self,
-        frame: pd.DataFrame,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        decisions_key: str = DECISIONS_KEY,
-        **_: Any,
-    ) -> pd.DataFrame:
-        out = frame.copy()
-        errors = error_list(out)
-        all_decisions = decisions_column(out, decisions_key)
-        needs_images = [bool(kept(d)) for d in all_decisions]
-        values1 = [v for v, need in zip(out[input_image1_key].tolist(), needs_images, strict=True) if need]
-        values2 = [v for v, need in zip(out[input_image2_key].tolist(), needs_images, strict=True) if need]
-        loaded = iter(self.images.load_pairs(values1, values2))
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        keys = self.key_values(keys)
+        out, errors, all_decisions, pairs = self.kept_box_rows(frame, keys)
         crops: list[Image.Image] = []
         texts: list[str] = []
         boxes: list[dict[str, Any]] = []
-        for position, decisions in enumerate(all_decisions):
-            if not needs_images[position]:
-                continue
-            pair = next(loaded)
-            if isinstance(pair, RowError):
-                set_row_errors(errors, position, pair)
-                continue
-            for decision in kept(decisions):
+        for position, pair in pairs.items():
+            for decision in kept(all_decisions[position]):
                 for which, image in ((1, pair[0]), (2, pair[1])):
                     crops.append(crop_box(image, decision["bbox_xyxy"]))
                     texts.append(str(decision[f"region_caption{which}"] or ""))
@@ -126,6 +92,6 @@ class ImgDiffImageTextMatchingFilter(OperatorABC):
                 bounds = f"[{self.min_score:g}, {self.max_score:g}]"
                 drop(decision, DROP_ITM, f"image-text match outside {bounds}: " + ", ".join(outside))
         log.info(describe_drops(DROP_ITM, all_decisions) + f"; {len(crops)} crops scored")
-        out[decisions_key] = all_decisions
+        out[keys["decisions_key"]] = all_decisions
         out[ERROR_COLUMN] = errors
         return out

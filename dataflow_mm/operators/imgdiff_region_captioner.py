@@ -24,13 +24,10 @@ from dataflow_mm.operators.imgdiff_common import (
     DROP_AREA,
     DROP_PARSE,
     DROP_REGION_CAPTION,
-    IMAGE1_KEY,
-    IMAGE2_KEY,
-    IMGDIFF_REPORT_VIEW,
+    PAIR_KEYS,
     PairLoader,
     candidate_decisions,
     check_bbox_format,
-    decision_metrics,
     describe_drops,
     drop,
     error_list,
@@ -41,10 +38,11 @@ from dataflow_mm.operators.imgdiff_common import (
     set_row_errors,
     vlm_provenance,
 )
+from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.serving.base import Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import build_conversation
-from dataflow_mm.storage.file_storage import FileStorage
 
 DEFAULT_REGION_PROMPT = "Please provide a clear description for this region: {bbox}."
 
@@ -56,14 +54,12 @@ def normalized_box_text(xyxy: list[float], size: tuple[int, int]) -> str:
     return f"[{x0 / width:.2f}, {y0 / height:.2f}, {x1 / width:.2f}, {y1 / height:.2f}]"
 
 
-class ImgDiffRegionCaptioner(OperatorABC):
+class ImgDiffRegionCaptioner(ImgDiffOperator, OperatorABC):
     """Caption every candidate box region in image 1 and image 2 (all rows of a chunk in one VLM call)."""
 
-    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(
         defaults={
-            "input_image1_key": IMAGE1_KEY,
-            "input_image2_key": IMAGE2_KEY,
+            **PAIR_KEYS,
             "input_bbox_key": BBOX_KEY,
             "decisions_key": DECISIONS_KEY,
         },
@@ -71,6 +67,8 @@ class ImgDiffRegionCaptioner(OperatorABC):
         writes=("decisions_key",),
     )
     holds_model = True
+    counted_steps = (DROP_PARSE, DROP_AREA, DROP_REGION_CAPTION)
+    param_spec = ParamSpec(exclude=("sampling",))  # recorded by provenance, with the serving
 
     def __init__(
         self,
@@ -98,51 +96,26 @@ class ImgDiffRegionCaptioner(OperatorABC):
     def input_columns(self, input_bbox_key: str = BBOX_KEY, **keys: Any) -> list[str]:
         return [*super().input_columns(**keys), key_column(input_bbox_key)]
 
-    def params(self) -> dict[str, Any]:
-        return {
-            "bbox_format": self.bbox_format,
-            "normalized": self.normalized,
-            "max_box_area_ratio": self.max_box_area_ratio,
-            "prompt_template": self.prompt_template,
-            "system_prompt": self.system_prompt,
-        }
-
     def provenance(self) -> dict[str, Any]:
         return vlm_provenance(self.serving, self.sampling)
-
-    def prepare(self, storage: FileStorage) -> None:
-        self.images.media_root = storage.media_root
-        self.images.media_cache = storage.media_cache
 
     def chunks_in_flight(self) -> int:
         """``process`` keeps no per-chunk state: chunks may overlap as far as the serving wants."""
         return self.serving.concurrent_chunks
 
-    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
-        return decision_metrics(frame, decisions_key, (DROP_PARSE, DROP_AREA, DROP_REGION_CAPTION))
-
-    def process(
-        self,
-        frame: pd.DataFrame,
-        input_image1_key: str = IMAGE1_KEY,
-        input_image2_key: str = IMAGE2_KEY,
-        input_bbox_key: str = BBOX_KEY,
-        decisions_key: str = DECISIONS_KEY,
-        **_: Any,
-    ) -> pd.DataFrame:
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        keys = self.key_values(keys)
         out = frame.copy()
         errors = error_list(out)
-        raw_boxes = box_values(out, input_bbox_key)  # a column, a dotted path, or Data-Juicer's meta
-        pairs = self.images.load_pairs(out[input_image1_key].tolist(), out[input_image2_key].tolist())
+        raw_boxes = box_values(out, keys["input_bbox_key"])  # a column, a dotted path, or Data-Juicer's meta
+        pairs = self.images.pairs_at(out, keys, range(len(out)), errors)
         all_decisions: list[list[dict[str, Any]]] = [[] for _ in range(len(out))]
         conversations: list[Conversation] = []
         targets: list[tuple[dict[str, Any], int]] = []  # (decision, 1 or 2) per request
         sent: list[list[dict[str, Any]]] = [[] for _ in range(len(out))]  # per row: the boxes asked about
-        for position, (pair, raw) in enumerate(zip(pairs, raw_boxes, strict=True)):
-            if isinstance(pair, RowError):
-                set_row_errors(errors, position, pair)
-                continue
+        for position, pair in pairs.items():
             image1, image2 = pair
+            raw = raw_boxes[position]
             try:
                 decisions = candidate_decisions(raw, self.bbox_format, self.normalized, image1.size)
             except RowError as exc:
@@ -165,7 +138,7 @@ class ImgDiffRegionCaptioner(OperatorABC):
         for position, boxes in enumerate(sent):
             errors[position] = request_failure(boxes, "region caption") or errors[position]
         log.info(describe_drops(DROP_AREA, all_decisions) + f"; {len(conversations)} region requests in one call")
-        out[decisions_key] = all_decisions
+        out[keys["decisions_key"]] = all_decisions
         out[ERROR_COLUMN] = errors
         return out
 

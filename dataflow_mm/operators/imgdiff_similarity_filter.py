@@ -12,31 +12,31 @@ from typing import Any
 
 import pandas as pd
 
-from dataflow_mm.checks import check_int
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     DECISIONS_KEY,
     DROP_SIMILARITY,
-    IMGDIFF_REPORT_VIEW,
-    check_score_range,
-    decision_metrics,
     decisions_column,
     describe_drops,
     drop,
     in_range,
     kept,
     log,
+    score_filter_range,
 )
+from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.scoring.text_similarity import DEFAULT_CLIP, TextSimilarity, text_similarity_model
 
 
-class ImgDiffCaptionSimilarityFilter(OperatorABC):
+class ImgDiffCaptionSimilarityFilter(ImgDiffOperator, OperatorABC):
     """Keep a box when the similarity of its two region captions lies within the score range."""
 
-    report_view = IMGDIFF_REPORT_VIEW  # what the HTML report shows of the output
     key_spec = KeySpec(defaults={"decisions_key": DECISIONS_KEY}, reads=("decisions_key",), writes=("decisions_key",))
     holds_model = True
+    counted_steps = (DROP_SIMILARITY,)
+    param_spec = ParamSpec(exclude=("hf_clip", "device", "batch_size", "allow_tiny_fallback"))  # the model: provenance
 
     def __init__(
         self,
@@ -48,24 +48,18 @@ class ImgDiffCaptionSimilarityFilter(OperatorABC):
         batch_size: int = 64,
         allow_tiny_fallback: bool = False,
     ) -> None:
-        check_score_range("caption similarity", min_score, max_score)
-        check_int(f"{type(self).__name__}.batch_size", batch_size, 1)
+        self.min_score, self.max_score = score_filter_range(
+            self.name, "caption similarity", min_score, max_score, batch_size
+        )
         self.similarity = similarity or text_similarity_model(
             hf_clip, device=device, batch_size=batch_size, allow_tiny_fallback=allow_tiny_fallback
         )
-        self.min_score = float(min_score)
-        self.max_score = float(max_score)
-
-    def params(self) -> dict[str, Any]:
-        return {"min_score": self.min_score, "max_score": self.max_score}
 
     def provenance(self) -> dict[str, Any]:
         return {"caption_similarity": self.similarity.describe()}
 
-    def chunk_metrics(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> dict[str, float]:
-        return decision_metrics(frame, decisions_key, (DROP_SIMILARITY,))
-
-    def process(self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, **_: Any) -> pd.DataFrame:
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        decisions_key = self.key_values(keys)["decisions_key"]
         out = frame.copy()
         all_decisions = decisions_column(out, decisions_key)
         boxes = [d for decisions in all_decisions for d in kept(decisions)]

@@ -17,23 +17,31 @@ class builds from it ``run(storage, **keys)`` (with a real signature, so ``help(
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from dataflow_mm.errors import UnsupportedArgumentError
 
 
 @dataclass(frozen=True)
 class KeySpec:
     """``run``'s keys: name -> default column; ``reads`` must exist, ``optional`` are read when present
-    (and, named explicitly by the caller, must exist in some row); ``writes`` are added."""
+    (and, named explicitly by the caller, must exist in some row); ``writes`` are added.
+
+    ``unsupported``: keys a compatible ``run`` accepts (in their place among the positional arguments)
+    for a feature this project lacks, each with why; any value but None is an ``UnsupportedArgumentError``,
+    and they are never passed on to ``process``."""
 
     defaults: dict[str, str | None]
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     optional: tuple[str, ...] = field(default=())
+    unsupported: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [k for k in (*self.reads, *self.writes, *self.optional) if k not in self.defaults]
+        named = (*self.reads, *self.writes, *self.optional, *self.unsupported)
+        unknown = [k for k in named if k not in self.defaults]
         if unknown:
             raise TypeError(f"KeySpec names keys without a default: {unknown}")
 
@@ -49,7 +57,18 @@ class KeySpec:
             if name in given:
                 raise TypeError(f"{operator}.run() got '{name}' twice")
             given[name] = value
-        return {name: given.get(name, default) for name, default in self.defaults.items()}
+        for name, why in self.unsupported.items():
+            if given.get(name) is not None:
+                raise UnsupportedArgumentError(
+                    f"{operator}.run({name}={given[name]!r}): {why}. Remove {name} (or pass None)."
+                )
+        return {
+            name: given.get(name, default) for name, default in self.defaults.items() if name not in self.unsupported
+        }
+
+    def fill(self, keys: Mapping[str, Any]) -> dict[str, Any]:
+        """Every key's value: ``keys``' where given, else the default (what ``process`` reads its columns from)."""
+        return {name: keys.get(name, default) for name, default in self.defaults.items()}
 
     def columns(self, names: tuple[str, ...], keys: dict[str, Any]) -> list[str]:
         values = [keys.get(name, self.defaults[name]) for name in names]

@@ -15,12 +15,13 @@ from dataflow_mm.errors import (
     ERROR_COLUMN,
     MissingFieldError,
     RowError,
-    UnsupportedArgumentError,
     UserError,
     row_error_text,
 )
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import TRUNCATED_COLUMN, OperatorABC
+from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.operators.report_view import ReportView
 from dataflow_mm.serving.base import Conversation, VLMServing
 from dataflow_mm.serving.messages import build_conversation
@@ -32,6 +33,7 @@ log = get_logger("operators")
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULT_IMAGE_KEY = "image"
+_NO_VIDEO_AUDIO = "dataflow-mm answers about images and text only; video and audio are not supported"
 _ROLE_NAMES = {
     "human": "user",
     "user": "user",
@@ -98,6 +100,19 @@ class PromptedVQAGenerator(OperatorABC):
     report_view = ReportView(
         "region_caption", roles={"answer": "answer", "prompt": "prompt"}, identifies=(("answer",),)
     )
+    key_spec = KeySpec(  # DataFlow-MM's run(storage, ...) keys, in its positional order
+        defaults={
+            "input_prompt_key": "prompt",
+            "input_image_key": DEFAULT_IMAGE_KEY,
+            "input_conversation_key": None,
+            "output_answer_key": "answer",
+            "input_video_key": None,
+            "input_audio_key": None,
+        },
+        writes=("output_answer_key",),
+        unsupported={"input_video_key": _NO_VIDEO_AUDIO, "input_audio_key": _NO_VIDEO_AUDIO},
+    )
+    param_spec = ParamSpec(omit_none=("prompt_template", "response_schema"))
 
     def __init__(
         self,
@@ -108,56 +123,20 @@ class PromptedVQAGenerator(OperatorABC):
     ) -> None:
         self.serving = serving
         self.system_prompt = system_prompt
-        self.template_text = _template_text(prompt_template)
+        self.prompt_template = _template_text(prompt_template)  # DataFlow-MM's object: its text
         self.response_schema = response_schema
         self._media_root = None
 
-    def run(
-        self,
-        storage: FileStorage,
-        input_prompt_key: str = "prompt",
-        input_image_key: str | None = DEFAULT_IMAGE_KEY,
-        input_conversation_key: str | None = None,
-        output_answer_key: str = "answer",
-        input_video_key: str | None = None,
-        input_audio_key: str | None = None,
-    ) -> None:
-        for name, value in (("input_video_key", input_video_key), ("input_audio_key", input_audio_key)):
-            if value is not None:
-                raise UnsupportedArgumentError(
-                    f"PromptedVQAGenerator.run({name}={value!r}): dataflow-mm answers about images and text only; "
-                    f"video and audio are not supported. Remove {name} (or pass None)."
-                )
-        self.execute(
-            storage,
-            input_prompt_key=input_prompt_key,
-            input_image_key=input_image_key,
-            input_conversation_key=input_conversation_key,
-            output_answer_key=output_answer_key,
-        )
-
-    def input_columns(
-        self,
-        input_prompt_key: str = "prompt",
-        input_image_key: str | None = DEFAULT_IMAGE_KEY,
-        input_conversation_key: str | None = None,
-        **_: Any,
-    ) -> list[str]:
-        text_key = input_conversation_key or input_prompt_key
-        image_key = input_image_key if input_image_key != DEFAULT_IMAGE_KEY else None  # default: optional
+    def input_columns(self, **keys: Any) -> list[str]:
+        keys = self.key_values(keys)
+        text_key = keys["input_conversation_key"] or keys["input_prompt_key"]
+        image_key = keys["input_image_key"]
+        image_key = image_key if image_key != DEFAULT_IMAGE_KEY else None  # the default key is optional
         schema_keys = self.response_schema.input_columns() if self.response_schema else []
         return [k for k in (text_key, image_key, *schema_keys) if k]
 
-    def output_columns(self, output_answer_key: str = "answer", **_: Any) -> list[str]:
-        return [output_answer_key, TRUNCATED_COLUMN]
-
-    def params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {"system_prompt": self.system_prompt}
-        if self.template_text is not None:
-            params["prompt_template"] = self.template_text
-        if self.response_schema is not None:
-            params["response_schema"] = self.response_schema.params()
-        return params
+    def output_columns(self, **keys: Any) -> list[str]:
+        return [*super().output_columns(**keys), TRUNCATED_COLUMN]
 
     def provenance(self) -> dict[str, Any]:
         return self.serving.describe()
@@ -169,14 +148,13 @@ class PromptedVQAGenerator(OperatorABC):
         """``process`` keeps no per-chunk state: chunks may overlap as far as the serving wants."""
         return self.serving.concurrent_chunks
 
-    def process(
-        self,
-        frame: pd.DataFrame,
-        input_prompt_key: str = "prompt",
-        input_image_key: str | None = DEFAULT_IMAGE_KEY,
-        input_conversation_key: str | None = None,
-        output_answer_key: str = "answer",
-    ) -> pd.DataFrame:
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        keys = self.key_values(keys)
+        prompt_key, image_key, conversation_key = (
+            keys["input_prompt_key"],
+            keys["input_image_key"],
+            keys["input_conversation_key"],
+        )
         out = frame.copy()
         errors = out[ERROR_COLUMN].tolist()
         answers: list[str | None] = [None] * len(out)
@@ -185,8 +163,8 @@ class PromptedVQAGenerator(OperatorABC):
         text_only = 0
         for position, row in enumerate(out.to_dict(orient="records")):
             try:
-                images = self._images(row, input_image_key)
-                conversation = self._conversation(row, input_prompt_key, images, input_conversation_key)
+                images = self._images(row, image_key)
+                conversation = self._conversation(row, prompt_key, images, conversation_key)
             except RowError as exc:
                 errors[position] = row_error_text(exc)
                 continue
@@ -195,9 +173,9 @@ class PromptedVQAGenerator(OperatorABC):
             group = groups.setdefault(schema_text(schema) if schema else "", (schema, [], []))
             group[1].append(position)
             group[2].append(conversation)
-        if text_only and input_image_key:
+        if text_only and image_key:
             log.warning(
-                f"{text_only} row(s) have no '{input_image_key}': asked text-only "
+                f"{text_only} row(s) have no '{image_key}': asked text-only "
                 "(pass input_image_key=None for a text-only table)"
             )
         for schema, positions, conversations in groups.values():
@@ -208,7 +186,7 @@ class PromptedVQAGenerator(OperatorABC):
                     truncated[position] = completion.truncated
                 else:
                     errors[position] = completion.error
-        out[output_answer_key] = answers
+        out[keys["output_answer_key"]] = answers
         out[TRUNCATED_COLUMN] = truncated
         out[ERROR_COLUMN] = errors
         return out
@@ -231,8 +209,8 @@ class PromptedVQAGenerator(OperatorABC):
     ) -> Conversation:
         if conversation_key:
             turns = row.get(conversation_key)
-            if self.template_text is not None:
-                turns = _with_first_user_text(turns, self.template_text)
+            if self.prompt_template is not None:
+                turns = _with_first_user_text(turns, self.prompt_template)
             return conversation_from_turns(turns, images, self.system_prompt)
         prompt = row.get(prompt_key)
         if _is_missing(prompt) or not isinstance(prompt, str):

@@ -29,6 +29,7 @@ from dataflow_mm.imaging.crop import crop_box
 from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.operators.base import OperatorABC, histogram_metrics
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMScorer
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.media import resolve_media_path
@@ -65,6 +66,7 @@ class RegionCaptionVerifier(OperatorABC):
         reads=("input_image_key", "input_bbox_key", "input_captions_key"),
         writes=("output_scores_key", "output_kept_key"),
     )
+    param_spec = ParamSpec(exclude=("hf_blip", "device", "batch_size", "allow_tiny_fallback"))  # the model: provenance
 
     def __init__(
         self,
@@ -85,9 +87,6 @@ class RegionCaptionVerifier(OperatorABC):
 
     def output_columns(self, **keys: Any) -> list[str]:
         return [*super().output_columns(**keys), DROPPED_KEY]
-
-    def params(self) -> dict[str, Any]:
-        return {"min_region_score": self.min_region_score}
 
     def provenance(self) -> dict[str, Any]:
         return {"image_text_matching": self.scorer.describe()}
@@ -110,23 +109,16 @@ class RegionCaptionVerifier(OperatorABC):
             "region_captions_kept_total": len(kept),
         }
 
-    def process(
-        self,
-        frame: pd.DataFrame,
-        input_image_key: str = "image",
-        input_bbox_key: str = "normalized_bbox",
-        input_captions_key: str = "region_captions",
-        output_scores_key: str = SCORES_KEY,
-        output_kept_key: str = KEPT_KEY,
-    ) -> pd.DataFrame:
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        keys = self.key_values(keys)
         out = frame.copy()
         errors = out[ERROR_COLUMN].tolist() if ERROR_COLUMN in out.columns else [None] * len(out)
-        captions = [[str(c or "") for c in _as_list(v)] for v in out[input_captions_key].tolist()]
+        captions = [[str(c or "") for c in _as_list(v)] for v in out[keys["input_captions_key"]].tolist()]
         crops: list[Image.Image] = []
         texts: list[str] = []
         owners: list[tuple[int, int]] = []  # (row position, region index) of each crop
         for position, (image_value, boxes) in enumerate(
-            zip(out[input_image_key].tolist(), out[input_bbox_key].tolist(), strict=True)
+            zip(out[keys["input_image_key"]].tolist(), out[keys["input_bbox_key"]].tolist(), strict=True)
         ):
             wanted = [i for i, caption in enumerate(captions[position]) if caption.strip()]
             if not wanted:
@@ -160,8 +152,8 @@ class RegionCaptionVerifier(OperatorABC):
                     )
             kept_column.append(kept)
             dropped_column.append(dropped)
-        out[output_scores_key] = row_scores
-        out[output_kept_key] = kept_column
+        out[keys["output_scores_key"]] = row_scores
+        out[keys["output_kept_key"]] = kept_column
         out[DROPPED_KEY] = dropped_column
         out[ERROR_COLUMN] = errors
         return out

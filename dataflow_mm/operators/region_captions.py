@@ -20,6 +20,7 @@ import pandas as pd
 from dataflow_mm.errors import UserError
 from dataflow_mm.operators.base import TRUNCATED_COLUMN, OperatorABC
 from dataflow_mm.operators.keys import KeySpec
+from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.operators.region_caption_parsing import PARSER_VERSION, parse_region_captions, region_count
 
 # Appended to the seed's prompt by ``--structured_answer``: one labelled line per region.
@@ -138,21 +139,15 @@ class RegionCaptionParser(OperatorABC):
         reads=("input_answer_key", "input_count_key"),
         writes=("output_key",),
     )
+    parser_version = PARSER_VERSION  # derived from the parser's code: a new parser reruns the step
+    param_spec = ParamSpec(extra=("parser_version",))
 
-    def params(self) -> dict[str, Any]:
-        return {"parser_version": PARSER_VERSION}
-
-    def process(
-        self,
-        frame: pd.DataFrame,
-        input_answer_key: str = "answer",
-        input_count_key: str = "valid_bboxes_num",
-        output_key: str = "region_captions",
-    ) -> pd.DataFrame:
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        keys = self.key_values(keys)
         out = frame.copy()
-        out[output_key] = [
+        out[keys["output_key"]] = [
             parse_region_captions(answer, count)
-            for answer, count in zip(out[input_answer_key], out[input_count_key], strict=True)
+            for answer, count in zip(out[keys["input_answer_key"]], out[keys["input_count_key"]], strict=True)
         ]
         return out
 

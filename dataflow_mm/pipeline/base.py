@@ -21,6 +21,7 @@ from dataflow_mm.pipeline.run_log import run_log
 from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.report import report_after_run
 from dataflow_mm.serving.base import VLMServing
+from dataflow_mm.storage.file_storage import planning_outputs
 from dataflow_mm.storage.formats import find_columns, has_records, iter_table, peek_columns
 from dataflow_mm.storage.paths import write_conflicts
 
@@ -61,7 +62,7 @@ class PipelineABC(ABC):
 
     def compile(self) -> list[OperatorCall]:
         """Record the operator calls of ``forward`` and check them, before any model is loaded."""
-        with recording_calls() as calls:
+        with recording_calls() as calls, planning_outputs():  # later storages may read planned extra outputs
             self.forward()
         for call in calls:
             call.storage.reset()
@@ -147,7 +148,7 @@ class PipelineABC(ABC):
     def run(self, runner: Runner | str | None = None) -> RunSummary:
         """Compile, execute on ``runner`` (default: in-process), print, save and return the summary.
 
-        ``runner`` is a Runner or a name: "local" (in this process) or "ray" (Ray Data).
+        ``runner`` is a Runner or a name: "local" (in this process) or "ray" (Ray tasks and actors).
         """
         from dataflow_mm.runners import get_runner
 

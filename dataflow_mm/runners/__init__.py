@@ -1,4 +1,4 @@
-"""Where pipelines execute: in-process (default) or on Ray Data."""
+"""Where pipelines execute: in-process (default) or on Ray; both through one step executor."""
 
 from __future__ import annotations
 

@@ -1,16 +1,16 @@
 """The worker side of the Ray runner: what runs inside Ray tasks and model actors.
 
-A ``_ChunkWorker`` runs one operator on whole chunks and writes each finished chunk as a part (with
-the in-process runner's done-markers); a ``ModelActor`` holds one for a model operator for the whole
-run; ``run_chunk_in_task`` is the task of the other operators. Serving counters travel back as
-deltas (``add_serving_counters`` adds them into the driver's servings).
+A ``_ChunkWorker`` runs one operator on whole chunks and sends each chunk's rows and done-marker
+counts back to the driver, whose step executor writes them (as for the in-process runner); a
+``ModelActor`` holds one for a model operator for the whole run; ``run_chunk_in_task`` is the task
+of the other operators. Serving counters travel back as deltas (``add_serving_counters`` adds them
+into the driver's servings).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import pickle
 import socket
@@ -27,7 +27,6 @@ from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.serving.base import EngineDiedError, ServingStats, VLMServing
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.formats import Reject
-from dataflow_mm.storage.parts import ChunkParts
 
 log = get_logger("runners.ray")
 
@@ -76,7 +75,7 @@ def servings_of(operator: OperatorABC) -> dict[str, VLMServing]:
 
 
 class _ChunkWorker:
-    """Runs one operator on whole chunks inside a Ray worker, writing each finished chunk as a part.
+    """Runs one operator on whole chunks inside a Ray worker, returning each chunk's rows and counts.
 
     A model operator's actors are one each (``ModelActor``): the model loads when the actor starts and
     stays for the whole run. Task operators get one per worker process and step (``_map_chunks_in_task``).
@@ -116,20 +115,19 @@ class _ChunkWorker:
         except UserError as exc:  # reported with the first chunk, as the project's own error
             self._startup_error = exc
 
-    def bind(self, token: str, storage: FileStorage, keys: dict[str, Any], state: dict[str, Any], step: int) -> None:
+    def bind(self, token: str, storage: FileStorage, keys: dict[str, Any], step: int, fingerprint: str) -> None:
         """Work on step ``step`` (identified by ``token``); ``prepare`` runs once per step here."""
         enter_driver_folder(self.driver_folder)  # a task worker process may have run other code since
         if token == self._step_token:
             return
         self._step_token = token
         self.keys = keys
-        self.parts = ChunkParts(storage.output_path, state)
         self.media_root = storage.media_root
         self._step_error: UserError | None = self._startup_error
         if self._step_error is not None:
             return
         try:
-            self.operator.bind_step(step, state["fingerprint"])
+            self.operator.bind_step(step, fingerprint)
             self.operator.bind_storage(storage)
             self.operator.prepare(storage)
         except EngineDiedError as exc:
@@ -157,8 +155,8 @@ class _ChunkWorker:
     def _stats(self) -> dict[str, dict[str, Any]]:
         return {path: _counters(s.stats) for path, s in self._servings.items()}
 
-    def process(self, index: int, frame: pd.DataFrame, rejects: list[Reject]) -> dict[str, Any]:
-        """Run the operator on one chunk and write its part; what the driver needs to know about it."""
+    def process(self, frame: pd.DataFrame, rejects: list[Reject]) -> dict[str, Any]:
+        """Run the operator on one chunk: its rows, its marker's counts and what else the driver needs."""
         before = self._stats()
         try:
             if self._step_error is not None:
@@ -170,17 +168,10 @@ class _ChunkWorker:
         except UserError as exc:
             # Ray keeps only the text of a worker's exception; the driver re-raises this one as it is.
             error = _pickled_error(exc)
-            return {"chunk": index, "rows_in": 0, "worker": self.worker, "stats": "{}", "user_error": error}
-        self.parts.write(index, out, rejects, counts)
+            return {"worker": self.worker, "user_error": error}
         after = self._stats()
         delta = {p: _counter_delta(after[p], before[p]) for p in after}
-        return {
-            "chunk": index,
-            "rows_in": counts["rows_in"],
-            "worker": self.worker,
-            "stats": json.dumps(delta),
-            "user_error": None,
-        }
+        return {"out": out, "counts": counts, "worker": self.worker, "stats": delta, "user_error": None}
 
 
 class ModelActor:
@@ -192,10 +183,10 @@ class ModelActor:
     def ready(self) -> str:
         return self.chunks.worker
 
-    def run(self, token: str, context: tuple[Any, ...], index: int, frame: pd.DataFrame, rejects: list[Reject]):
-        """One chunk of the step ``context`` (storage, keys, state, step) names; after a restart too."""
+    def run(self, token: str, context: tuple[Any, ...], frame: pd.DataFrame, rejects: list[Reject]):
+        """One chunk of the step ``context`` (storage, keys, step, fingerprint) names; after a restart too."""
         self.chunks.bind(token, *context)
-        return self.chunks.process(index, frame, rejects)
+        return self.chunks.process(frame, rejects)
 
     def release(self) -> None:
         self.chunks.release()
@@ -292,13 +283,13 @@ def submit_task(task: Any, token: str, context: Any, item: tuple[Any, ...]) -> A
 
 
 def run_chunk_in_task(
-    token: str, context: tuple[Any, ...], index: int, frame: pd.DataFrame, rejects: list[Reject]
+    token: str, context: tuple[Any, ...], frame: pd.DataFrame, rejects: list[Reject]
 ) -> dict[str, Any]:
     """A task operator's chunk: one ``_ChunkWorker`` per worker process and step (so ``prepare`` runs once there)."""
-    operator, storage, keys, state, step, driver_folder = context
+    operator, storage, keys, step, fingerprint, driver_folder = context
     worker = _TASK_WORKERS.get(token)
     if worker is None:
         _TASK_WORKERS.clear()  # a worker process only ever needs the step it is running now
         worker = _TASK_WORKERS[token] = _ChunkWorker(operator, driver_folder=driver_folder)
-    worker.bind(token, storage, keys, state, step)
-    return worker.process(index, frame, rejects)
+    worker.bind(token, storage, keys, step, fingerprint)
+    return worker.process(frame, rejects)

@@ -8,16 +8,18 @@ operator only transforms a chunk; the storage only keeps files.
 For streaming (see ``runners.streaming``) a step can take its chunks from the step before
 (``source``) and hand each finished chunk on to the step after (``outlet``).
 
-An operator whose serving waits on I/O (the API backend) may have ``chunks_in_flight() > 1``
-chunks transformed at once, so its request pool stays full across chunk boundaries; the chunks
-are still written, marked and handed on one by one in chunk order, so the files are the same.
+Who transforms a chunk is a :class:`ChunkTransformer`: in this process by default
+(:class:`InProcessTransformer`), or by Ray workers (``runners.ray_runner``). A transformer may have
+several chunks in flight (an API serving keeps its request pool full across chunk boundaries; Ray
+keeps every actor busy); the chunks are still written, marked and handed on one by one in chunk
+order, so the files are the same whichever transforms them.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Protocol
@@ -52,6 +54,49 @@ class StepOutlet(Protocol):
         """The step file, its rejects, extra outputs and manifest are written."""
 
 
+class ChunkTransformer(Protocol):
+    """Transforms one step's chunks; made when the step really runs (a skipped step makes none)."""
+
+    in_flight: int  # how many chunks may be transformed at once (``transform`` is then called from threads)
+
+    def transform(self, chunk: StepChunk) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """The chunk's output rows and its done-marker's counts."""
+
+    def close(self) -> None:
+        """The step's last chunk is done (or the step failed)."""
+
+
+TransformerFactory = Callable[["OperatorCall", int, str], ChunkTransformer]  # (call, step number, fingerprint)
+
+
+class InProcessTransformer:
+    """The operator's own ``run_chunk`` in this process; ``model_lock`` is held around each chunk
+    (a model shared with another step's thread)."""
+
+    def __init__(
+        self,
+        call: OperatorCall,
+        number: int,
+        fingerprint: str,
+        model_lock: AbstractContextManager[object] | None = None,
+    ) -> None:
+        self.call = call
+        self.model_lock = model_lock or nullcontext()
+        operator = call.operator
+        operator.bind_step(number, fingerprint)
+        operator.bind_storage(call.storage)
+        operator.prepare(call.storage)
+        self.in_flight = max(1, operator.chunks_in_flight())
+
+    def transform(self, chunk: StepChunk) -> tuple[pd.DataFrame, dict[str, Any]]:
+        call = self.call
+        with self.model_lock:
+            return call.operator.run_chunk(chunk.frame, chunk.rejects, call.keys, call.storage.media_root)
+
+    def close(self) -> None:
+        """Nothing to release: the models stay with their operator."""
+
+
 def identity_of(call: OperatorCall) -> StepIdentity:
     """What produces ``call``'s step (its manifest's operator, fingerprint, params, provenance, extra outputs)."""
     operator = call.operator
@@ -68,12 +113,12 @@ def execute_step(
     call: OperatorCall,
     source: Iterable[Chunk] | None = None,
     outlet: StepOutlet | None = None,
-    model_lock: AbstractContextManager[object] | None = None,
+    transformer: TransformerFactory = InProcessTransformer,
 ) -> StepResult:
     """Run ``call`` on its step (or skip it when complete) and return what it did.
 
     ``source``: the input chunks as the step before streams them (None: read the input file).
-    ``model_lock``: held around each chunk's transform (models shared with another step's thread).
+    ``transformer``: makes what transforms the chunks (default: the operator in this process).
     """
     operator, storage = call.operator, call.storage
     check_writes([(storage.output_step, storage.input_path, storage.output_path, operator.extra_output_paths())])
@@ -92,7 +137,7 @@ def execute_step(
         else:
             if outlet is not None:
                 outlet.opened(True)
-            result = _run_chunks(call, step, source, outlet, model_lock or nullcontext())
+            result = _run_chunks(call, step, source, outlet, transformer)
     log.info(result.describe())
     return result
 
@@ -118,10 +163,10 @@ def _run_chunks(
     step: StepTransaction,
     source: Iterable[Chunk] | None,
     outlet: StepOutlet | None,
-    model_lock: AbstractContextManager[object],
+    make_transformer: TransformerFactory,
 ) -> StepResult:
     """Process every chunk not done yet (or whose media or input lines changed since), then commit the step."""
-    operator, storage, keys = call.operator, call.storage, call.keys
+    operator, storage = call.operator, call.storage
     number = storage.output_step
     started = time.perf_counter()
     result = StepResult(number, operator.name, str(storage.output_path), provenance=step.identity.provenance)
@@ -129,13 +174,7 @@ def _run_chunks(
         log.info(f"step {number} {operator.name}: resuming after {step.resumed} completed chunk(s)")
     total = None if source is not None else count_rows(storage.input_path, storage.input_type)
     progress = StepProgress(f"step {number} {operator.name}", total)
-    operator.bind_step(number, step.identity.fingerprint)
-    operator.bind_storage(storage)
-    operator.prepare(storage)
-
-    def transform(chunk: StepChunk) -> tuple[pd.DataFrame, dict[str, Any]]:
-        with model_lock:
-            return operator.run_chunk(chunk.frame, chunk.rejects, keys, storage.media_root)
+    transformer = make_transformer(call, number, step.identity.fingerprint)
 
     def finish(chunk: StepChunk, done: Future | None) -> None:
         """In chunk order: the chunk's rows and marker written, then handed on."""
@@ -145,7 +184,7 @@ def _run_chunks(
             outlet.chunk(step.data(chunk.index))
         progress.update(len(chunk.frame) + len(chunk.rejects))
 
-    in_flight = max(1, operator.chunks_in_flight())
+    in_flight = max(1, transformer.in_flight)
     pool = ThreadPoolExecutor(in_flight, thread_name_prefix="dfmm-chunk") if in_flight > 1 else None
 
     def start(chunk: StepChunk) -> Future | None:
@@ -153,9 +192,9 @@ def _run_chunks(
         if chunk.done is not None:
             return None
         if pool is not None:
-            return pool.submit(transform, chunk)
+            return pool.submit(transformer.transform, chunk)
         done: Future = Future()
-        done.set_result(transform(chunk))
+        done.set_result(transformer.transform(chunk))
         return done
 
     waiting: deque[tuple[StepChunk, Future | None]] = deque()
@@ -173,6 +212,7 @@ def _run_chunks(
                     done.cancel()
             pool.shutdown(wait=True)
         progress.close()
+        transformer.close()
     totals, rejects = step.totals()
     result.rows_in, result.rows_out = totals.rows_in, totals.rows_out
     result.rejected, result.row_errors, result.metrics = totals.rejected, totals.row_errors, totals.metrics

@@ -15,17 +15,18 @@ batching (one transform per chunk); a model shared by two steps is used by one o
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dataflow_mm.logger import get_logger
 from dataflow_mm.operators.base import OperatorCall, StepResult
-from dataflow_mm.runners.step_executor import execute_step
+from dataflow_mm.runners.step_executor import InProcessTransformer, TransformerFactory, execute_step
 from dataflow_mm.storage.formats import iter_jsonl_lines
 from dataflow_mm.storage.manifest import StepManifest
 
@@ -174,9 +175,22 @@ def can_stream(calls: list[OperatorCall]) -> bool:
     return len({id(call.operator) for call in calls}) == len(calls)
 
 
-def execute_streaming(calls: list[OperatorCall], queue_chunks: int = DEFAULT_QUEUE_CHUNKS) -> list[StepResult]:
-    """Run every call, each in its own thread, chunks streaming between steps; results in step order."""
+def execute_streaming(
+    calls: list[OperatorCall],
+    queue_chunks: int = DEFAULT_QUEUE_CHUNKS,
+    transformers: Sequence[TransformerFactory] | None = None,
+) -> list[StepResult]:
+    """Run every call, each in its own thread, chunks streaming between steps; results in step order.
+
+    ``transformers``: per step, what transforms its chunks (default: the operator in this process,
+    holding the locks of the models it shares with other steps).
+    """
     plans = plan(calls)
+    if transformers is None:
+        transformers = [
+            functools.partial(InProcessTransformer, model_lock=_Locks(step.locks) if step.locks else None)
+            for step in plans
+        ]
     abort = threading.Event()
     finished = [threading.Event() for _ in calls]
     channels: dict[int, _Channel] = {}
@@ -206,7 +220,7 @@ def execute_streaming(calls: list[OperatorCall], queue_chunks: int = DEFAULT_QUE
             elif step.producer is not None:
                 wait(finished[step.producer])
             outlet = _Fanout(outlets[index]) if index in outlets else None
-            results[index] = execute_step(call, source, outlet, _Locks(step.locks) if step.locks else None)
+            results[index] = execute_step(call, source, outlet, transformers[index])
             finished[index].set()
         except _Aborted:
             pass

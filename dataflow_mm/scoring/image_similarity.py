@@ -16,47 +16,19 @@ from PIL import Image
 
 from dataflow_mm.deps import require
 from dataflow_mm.errors import UserError
-from dataflow_mm.logger import get_logger
-from dataflow_mm.models.device import resolve_device
 from dataflow_mm.scoring._common import LazyScorer, batches
 from dataflow_mm.scoring.text_similarity import DEFAULT_CLIP
-
-log = get_logger("scoring.image_similarity")
 
 
 class ClipImageSimilarity(LazyScorer):
     """Cosine similarity of CLIP image embeddings (``get_image_features``, the projected embedding)."""
 
     tiny_kind = "clip"
+    default_model = DEFAULT_CLIP
+    kind = "clip_image"
 
-    def __init__(
-        self,
-        model_name_or_path: str | Path = DEFAULT_CLIP,
-        device: str = "auto",
-        batch_size: int = 32,
-        allow_tiny_fallback: bool = False,
-        hf_cache_dir: str | None = None,
-        hf_local_dir: str | None = None,
-    ) -> None:
-        super().__init__(model_name_or_path, device, batch_size, allow_tiny_fallback, hf_cache_dir, hf_local_dir)
-        self._processor: Any = None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "scorer": "clip_image",
-            "model": self.model_name_or_path,
-            "device": self.device,
-            "smoke_test_model": self.is_smoke_test_model,
-        }
-
-    def load(self) -> None:
-        """Resolve the folder and load the image processor and model once (no-op when loaded)."""
-        if self._model is not None:
-            return
+    def _load(self, folder: Path) -> None:
         transformers = require("transformers", "scoring")
-        self.device_in_use = resolve_device(self.device)
-        folder = self.folder
-        log.info(f"loading CLIP image encoder {self.model_name_or_path} from {folder} on {self.device_in_use}")
         # AutoProcessor, not AutoImageProcessor: the latter needs torchvision in transformers < 5.2x, while the
         # processor falls back to the PIL image processor (tested on the declared minimum, 5.5).
         processor = transformers.AutoProcessor.from_pretrained(str(folder))
@@ -65,7 +37,6 @@ class ClipImageSimilarity(LazyScorer):
         if not hasattr(model, "get_image_features"):
             raise UserError(f"{folder} holds a {type(model).__name__}, which has no CLIP image encoder")
         self._model = model.to(self.device_in_use).eval()
-        self.stats.loads += 1
 
     def similarity(self, images_a: Sequence[Image.Image], images_b: Sequence[Image.Image]) -> list[float]:
         """Cosine similarity of each ``(images_a[i], images_b[i])`` pair's embeddings, in order."""

@@ -15,11 +15,8 @@ from typing import Any
 from PIL import Image
 
 from dataflow_mm.deps import require
-from dataflow_mm.logger import get_logger
-from dataflow_mm.models.device import resolve_device
 from dataflow_mm.scoring._common import LazyScorer, batches
 
-log = get_logger("scoring.itm")
 DEFAULT_BLIP_ITM = "Salesforce/blip-itm-base-coco"
 
 
@@ -27,41 +24,19 @@ class BlipITMScorer(LazyScorer):
     """Image-text match probabilities from a BLIP ITM model (hub id or local folder)."""
 
     tiny_kind = "blip_itm"
+    default_model = DEFAULT_BLIP_ITM
+    kind = "blip_itm"
 
-    def __init__(
-        self,
-        model_name_or_path: str | Path = DEFAULT_BLIP_ITM,
-        device: str = "auto",
-        batch_size: int = 32,
-        allow_tiny_fallback: bool = False,
-        hf_cache_dir: str | None = None,
-        hf_local_dir: str | None = None,
-        max_text_tokens: int | None = None,
-    ) -> None:
-        super().__init__(model_name_or_path, device, batch_size, allow_tiny_fallback, hf_cache_dir, hf_local_dir)
+    def __init__(self, *args: Any, max_text_tokens: int | None = None, **kwargs: Any) -> None:
+        """``LazyScorer``'s arguments; ``max_text_tokens`` truncates the texts (default: the model's limit)."""
+        super().__init__(*args, **kwargs)
         self.max_text_tokens = max_text_tokens
-        self._processor: Any = None
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "scorer": "blip_itm",
-            "model": self.model_name_or_path,
-            "device": self.device,
-            "smoke_test_model": self.is_smoke_test_model,
-        }
-
-    def load(self) -> None:
-        """Resolve the folder and load processor and model once (no-op when loaded)."""
-        if self._model is not None:
-            return
+    def _load(self, folder: Path) -> None:
         transformers = require("transformers", "scoring")
-        self.device_in_use = resolve_device(self.device)
-        folder = self.folder
-        log.info(f"loading BLIP ITM {self.model_name_or_path} from {folder} on {self.device_in_use}")
         self._processor = transformers.AutoProcessor.from_pretrained(str(folder))
         model = transformers.BlipForImageTextRetrieval.from_pretrained(str(folder))
         self._model = model.to(self.device_in_use).eval()
-        self.stats.loads += 1
 
     def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[float]:
         """Match probability in [0, 1] of each ``(image, text)`` pair, in order (batched)."""

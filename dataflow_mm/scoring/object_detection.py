@@ -24,11 +24,8 @@ from dataflow_mm.deps import require
 from dataflow_mm.errors import InvalidBoxError, UserError
 from dataflow_mm.imaging.bbox import Box, clip_box
 from dataflow_mm.imaging.nms import kept_indices
-from dataflow_mm.logger import get_logger
-from dataflow_mm.models.device import resolve_device
 from dataflow_mm.scoring._common import LazyScorer, batches
 
-log = get_logger("scoring.detection")
 DEFAULT_DETECTOR = "google/owlv2-base-patch16-ensemble"
 DETECTOR_MODEL_TYPES = ("owlv2", "owlvit")
 MIN_BOX_SIDE = 2.0  # pixels: thinner boxes (slivers at the padding's edge) are no object
@@ -47,63 +44,43 @@ class OwlDetector(LazyScorer):
     """Text-queried boxes from an OWLv2 or OWL-ViT model (hub id or local folder)."""
 
     tiny_kind = "owlv2"
+    default_model = DEFAULT_DETECTOR
+    default_batch_size = 16
+    describe_key = "detector"
+    kind = "owl"
 
     def __init__(
-        self,
-        model_name_or_path: str | Path = DEFAULT_DETECTOR,
-        device: str = "auto",
-        batch_size: int = 16,
-        allow_tiny_fallback: bool = False,
-        hf_cache_dir: str | None = None,
-        hf_local_dir: str | None = None,
-        threshold: float = 0.05,
-        iou: float = 0.5,
-        max_boxes: int = 10,
+        self, *args: Any, threshold: float = 0.05, iou: float = 0.5, max_boxes: int = 10, **kwargs: Any
     ) -> None:
-        if str(model_name_or_path).endswith(".pt"):
+        """``LazyScorer``'s arguments, then the score ``threshold``, the NMS ``iou`` and ``max_boxes`` per image."""
+        super().__init__(*args, **kwargs)
+        if self.model_name_or_path.endswith(".pt"):
             raise UserError(
-                f"{model_name_or_path} looks like a FastSAM/YOLO checkpoint; this generator detects with an "
+                f"{self.model_name_or_path} looks like a FastSAM/YOLO checkpoint; this generator detects with an "
                 f"OWLv2 or OWL-ViT model loaded through transformers (default {DEFAULT_DETECTOR})"
             )
         if max_boxes < 1:
             raise ValueError(f"max_boxes must be at least 1, not {max_boxes}")
-        super().__init__(model_name_or_path, device, batch_size, allow_tiny_fallback, hf_cache_dir, hf_local_dir)
         self.threshold = float(threshold)
         self.iou = float(iou)
         self.max_boxes = int(max_boxes)
-        self._processor: Any = None
         self._pads_to_square = True
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "detector": "owl",
-            "model": self.model_name_or_path,
-            "device": self.device,
-            "threshold": self.threshold,
-            "iou": self.iou,
-            "max_boxes": self.max_boxes,
-            "smoke_test_model": self.is_smoke_test_model,
-        }
+    def _settings(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "iou": self.iou, "max_boxes": self.max_boxes}
 
-    def load(self) -> None:
-        """Resolve the folder and load processor and model once (no-op when loaded)."""
-        if self._model is not None:
-            return
+    def _load(self, folder: Path) -> None:
         transformers = require("transformers", "scoring")
-        self.device_in_use = resolve_device(self.device)
-        folder = self.folder
         config = transformers.AutoConfig.from_pretrained(str(folder))
         if config.model_type not in DETECTOR_MODEL_TYPES:
             raise UserError(
                 f"{folder} holds a {config.model_type!r} model; the detector needs one of "
                 f"{', '.join(DETECTOR_MODEL_TYPES)} (OWLv2 / OWL-ViT)"
             )
-        log.info(f"loading detector {self.model_name_or_path} from {folder} on {self.device_in_use}")
         self._pads_to_square = config.model_type == "owlv2"
         self._processor = transformers.AutoProcessor.from_pretrained(str(folder))
         model = transformers.AutoModelForZeroShotObjectDetection.from_pretrained(str(folder))
         self._model = model.to(self.device_in_use).eval()
-        self.stats.loads += 1
 
     def detect(self, images: Sequence[Image.Image], queries: Sequence[Sequence[str]]) -> list[list[Detection]]:
         """For each image, the boxes of its queries (best first); images without queries get ``[]``."""

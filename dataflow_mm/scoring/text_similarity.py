@@ -20,11 +20,8 @@ from typing import Any
 
 from dataflow_mm.deps import require
 from dataflow_mm.errors import UserError
-from dataflow_mm.logger import get_logger
-from dataflow_mm.models.device import resolve_device
 from dataflow_mm.scoring._common import LazyScorer, batches
 
-log = get_logger("scoring.similarity")
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.json")
 CLIP_MODEL_TYPES = ("clip", "clip_text_model")
@@ -35,34 +32,7 @@ class TextSimilarity(LazyScorer):
 
     kind = "base"
     tiny_kind: str | None = None
-
-    def __init__(
-        self,
-        model_name_or_path: str | Path,
-        device: str = "auto",
-        batch_size: int = 64,
-        allow_tiny_fallback: bool = False,
-        hf_cache_dir: str | None = None,
-        hf_local_dir: str | None = None,
-    ) -> None:
-        super().__init__(model_name_or_path, device, batch_size, allow_tiny_fallback, hf_cache_dir, hf_local_dir)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "scorer": type(self).kind,  # the configured kind: fixed, even when "auto" picks one on load
-            "model": self.model_name_or_path,
-            "device": self.device,
-            "smoke_test_model": self.is_smoke_test_model,
-        }
-
-    def load(self) -> None:
-        """Resolve the folder and load the model once (no-op when loaded)."""
-        if self._model is not None:
-            return
-        self.device_in_use = resolve_device(self.device)
-        self._load(self.folder)
-        log.info(f"loaded {self.kind} {self.model_name_or_path} from {self.folder} on {self.device_in_use}")
-        self.stats.loads += 1
+    default_batch_size = 64
 
     def similarity(self, texts_a: Sequence[str], texts_b: Sequence[str]) -> list[float]:
         """Cosine similarity (in [-1, 1]) of each ``(texts_a[i], texts_b[i])`` pair, in order."""
@@ -87,10 +57,7 @@ class TextSimilarity(LazyScorer):
         cosine = (left * right).sum(dim=-1).clamp(-1.0, 1.0)
         return [0.0 if math.isnan(v) else float(v) for v in cosine.cpu().tolist()]
 
-    # -- subclass hooks -----------------------------------------------------------------------
-    def _load(self, folder: Path) -> None:
-        raise NotImplementedError
-
+    # -- subclass hooks (and ``_load``) ------------------------------------------------------
     def _release(self) -> None:
         """Drop whatever ``_load`` kept besides ``_model``."""
 

@@ -5,16 +5,10 @@ Works with ``vllm serve``, SGLang, Ollama (``/v1``), LM Studio and cloud provide
 workers (at most ``max_workers`` HTTP requests in flight per backend instance) and the answers
 come back in input order.
 
-Images (``{"type": "image", "image": path | PIL.Image | bytes}``) are loaded with ``load_image``
-(so the endpoint sees the same pixels as the in-process backends), downscaled so their longest side
-is at most ``max_image_side`` and sent as base64 ``data:`` URLs with the right MIME type
-(``image_format``, JPEG by default; PNG for sources that had an alpha channel). A JPEG or PNG file
-(path or bytes) that already fits (8-bit RGB/grey, no alpha, no EXIF rotation, within
-``max_image_side``, complete) is sent as its own bytes, without decoding (``file_bytes_data_url``). ``image_url``
-parts (and ``image`` parts holding a string) whose URL already starts with ``http://``,
-``https://`` or ``data:`` pass through untouched (not downscaled).
+Images (``{"type": "image", "image": path | PIL.Image | bytes}``) are sent as base64 ``data:`` URLs of
+the pixels the in-process backends see, downscaled to ``max_image_side`` (``serving.api_images``).
 
-Faults (see ``RetryPolicy``): a request is retried, with exponential backoff and jitter, on
+Faults (see ``dataflow_mm.retry.RetryPolicy``): a request is retried, with exponential backoff and jitter, on
 HTTP 408, HTTP 429, HTTP 5xx, connection errors (refused, reset, closed without an answer), timeouts
 and a 2xx answer whose body is not valid JSON (a truncated or garbled body from an overloaded server
 or proxy: treated like a server error). As in the OpenAI SDK, the server's wait replaces the
@@ -38,9 +32,6 @@ reaches a row or the log is scrubbed of the key and of any ``Authorization``/``B
 
 from __future__ import annotations
 
-import base64
-import email.utils
-import io
 import json
 import os
 import random
@@ -48,158 +39,44 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from PIL import ExifTags, Image
-
 from dataflow_mm.deps import require
 from dataflow_mm.errors import (
-    ConfigError,
     RowError,
     ServingError,
     UnsupportedArgumentError,
     UserError,
     row_error_text,
 )
-from dataflow_mm.imaging.loading import DEFAULT_MAX_PIXELS
 from dataflow_mm.logger import get_logger
-from dataflow_mm.secrets import has_control_characters, register_secret, scrub, scrub_secrets
+from dataflow_mm.retry import MAX_RETRY_AFTER_S, RetryPolicy, is_retryable_status
+from dataflow_mm.secrets import has_control_characters, register_secret, scrub
 from dataflow_mm.serving import structured
+from dataflow_mm.serving.api_images import (
+    _MIME,
+    PASS_THROUGH_PREFIXES,
+    encode_image,
+    file_bytes_data_url,
+    image_format_name,
+    image_part,
+)
+from dataflow_mm.serving.api_reply import AttemptFailure, post_once
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.http_reply import (
     ACCEPT_ENCODING,
     DEFAULT_MAX_RESPONSE_BYTES,
-    Deadline,
-    ReplyTooLargeError,
-    read_reply,
 )
+
+# Re-exported: they lived here before the retry policy, the images and the replies got modules of their own.
+__all__ = ["MAX_RETRY_AFTER_S", "PASS_THROUGH_PREFIXES", "AttemptFailure", "RetryPolicy", "encode_image"]
+__all__ += ["APIVLMServing_openai", "chat_completions_url", "file_bytes_data_url", "is_retryable_status"]
 
 logger = get_logger("serving.api")
 
-PASS_THROUGH_PREFIXES = ("http://", "https://", "data:")
-_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-_MAX_MESSAGE_CHARS = 300
 # How a server that does not support structured outputs refuses a request carrying response_format.
 _SCHEMA_REJECTED = ("HTTP 400", "HTTP 422")
-
-
-# --------------------------------------------------------------------------------------------------
-# Retry policy (pure: clock, sleep and randomness are injected)
-# --------------------------------------------------------------------------------------------------
-
-
-MAX_RETRY_AFTER_S = 120.0
-
-
-def is_retryable_status(status: int) -> bool:
-    """408 (request timeout), 429 and 5xx are worth another try; every other non-2xx status is final."""
-    return status in (408, 429) or 500 <= status <= 599
-
-
-@dataclass
-class RetryPolicy:
-    """When to retry and how long to wait.
-
-    ``delay(n)`` is the wait before retry ``n`` (1 = first retry): ``backoff_base * 2**(n-1)``
-    capped at ``backoff_max``, then jittered uniformly into ``[(1 - jitter) * d, d]`` so that
-    many workers failing together do not come back together. The server's wait (``retry-after-ms``,
-    else ``Retry-After`` as delta-seconds or HTTP-date) replaces that computed delay, uncapped by
-    ``backoff_max``; a wait above ``retry_after_max`` is not waited for (``too_long``: the row fails).
-    """
-
-    max_retries: int = 3
-    backoff_base: float = 1.0
-    backoff_max: float = 30.0
-    retry_after_max: float = MAX_RETRY_AFTER_S
-    jitter: float = 0.5
-    rng: random.Random = field(default_factory=random.Random)
-    clock: Callable[[], float] = time.time
-
-    def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise ConfigError(f"max_retries must be an integer >= 0, not {self.max_retries!r}")
-        if self.backoff_base < 0 or self.backoff_max < 0 or self.retry_after_max < 0:
-            raise ConfigError("backoff_base, backoff_max and retry_after_max must be numbers >= 0")
-        if not 0.0 <= self.jitter <= 1.0:
-            raise ConfigError(f"jitter must be a number from 0 to 1, not {self.jitter!r}")
-
-    @property
-    def max_attempts(self) -> int:
-        return self.max_retries + 1
-
-    def should_retry(self, attempts_made: int, retryable: bool) -> bool:
-        """True when a failed attempt number ``attempts_made`` (1-based) may be followed by another."""
-        return retryable and attempts_made <= self.max_retries
-
-    def backoff(self, retry_number: int) -> float:
-        """The jittered exponential delay before retry ``retry_number`` (1-based)."""
-        exponent = min(max(retry_number - 1, 0), 62)
-        ceiling = min(self.backoff_base * (2.0**exponent), self.backoff_max)
-        return ceiling * (1.0 - self.jitter * self.rng.random())
-
-    def parse_retry_after(self, value: str | None) -> float | None:
-        """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date); None if absent/bad."""
-        if value is None:
-            return None
-        value = value.strip()
-        if not value:
-            return None
-        try:
-            seconds = float(value)
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError, IndexError):
-                return None
-            if when is None:
-                return None
-            seconds = when.timestamp() - self.clock()
-        if seconds != seconds:  # NaN
-            return None
-        return max(seconds, 0.0)
-
-    def server_wait(self, retry_after: str | None = None, retry_after_ms: str | None = None) -> float | None:
-        """Seconds the server asked for: ``retry-after-ms`` when valid, else ``Retry-After``; None if neither."""
-        if retry_after_ms is not None:
-            try:
-                millis = float(retry_after_ms.strip())
-            except ValueError:
-                millis = float("nan")
-            if millis == millis and millis != float("inf"):
-                return max(millis, 0.0) / 1000.0
-        return self.parse_retry_after(retry_after)
-
-    def too_long(self, wait: float | None) -> bool:
-        """True when the server's wait exceeds ``retry_after_max`` (the row fails instead of waiting)."""
-        return wait is not None and wait > self.retry_after_max
-
-    def delay(self, retry_number: int, retry_after: str | None = None, retry_after_ms: str | None = None) -> float:
-        """How long to sleep before retry ``retry_number``: the server's wait if given (at most
-        ``retry_after_max``), else the jittered backoff."""
-        honoured = self.server_wait(retry_after, retry_after_ms)
-        if honoured is not None:
-            return min(honoured, self.retry_after_max)
-        return self.backoff(retry_number)
-
-
-@dataclass
-class AttemptFailure:
-    """Why one HTTP attempt did not give an answer."""
-
-    cause: str  # "HTTP 500", "timeout", "connection error", "malformed JSON response", "empty answer"
-    message: str
-    retryable: bool
-    retry_after: str | None = None
-    retry_after_ms: str | None = None
-
-    def error_text(self, attempts: int) -> str:
-        if self.retryable:  # retries exhausted
-            where = f" after {attempts} attempt{'s' if attempts != 1 else ''}"
-        else:
-            where = " (not retryable)" if attempts <= 1 else f" on attempt {attempts} (not retryable)"
-        return scrub(row_error_text(ServingError(f"{self.cause}{where}: {self.message}")))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,144 +94,6 @@ def chat_completions_url(api_url: str) -> str:
     if not path.endswith("/chat/completions"):
         path = (path or "/v1") + "/chat/completions"
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-def _has_alpha(image: Image.Image) -> bool:
-    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
-
-
-def encode_image(image: Image.Image, max_side: int | None = 1024, fmt: str = "JPEG", lossless: bool = False) -> str:
-    """A ``data:`` URL of ``image`` downscaled (aspect kept) so its longest side is at most ``max_side``.
-
-    ``lossless`` (or an image that still has an alpha channel) switches a JPEG target to PNG.
-    """
-    fmt = fmt.upper()
-    fmt = "JPEG" if fmt == "JPG" else fmt
-    if fmt not in _MIME:
-        raise ValueError(f"image_format must be one of {sorted(_MIME)}, got {fmt!r}")
-    if max_side is not None and max(image.size) > max_side:
-        image = image.copy()
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    if _has_alpha(image):
-        fmt = "PNG" if fmt == "JPEG" else fmt
-        if image.mode != "RGBA":
-            image = image.convert("RGBA")
-    elif image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")
-    if lossless and fmt == "JPEG":
-        fmt = "PNG"
-    buffer = io.BytesIO()
-    save_kwargs: dict[str, Any] = {"quality": 90} if fmt in ("JPEG", "WEBP") else {}
-    image.save(buffer, format=fmt, **save_kwargs)
-    return f"data:{_MIME[fmt]};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
-
-
-def _source_has_alpha(source: Any) -> bool:
-    """Whether a path/bytes/PIL source has an alpha channel (header only; False when unreadable)."""
-    if isinstance(source, Image.Image):
-        return _has_alpha(source)
-    try:
-        fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
-        with Image.open(fp) as image:
-            return _has_alpha(image)
-    except Exception:  # load_image reports the real problem
-        return False
-
-
-# A file is sent as its own bytes when the endpoint would see the same pixels as after decoding:
-# a format every endpoint reads, 8-bit RGB or grey without alpha, no EXIF rotation, small enough,
-# and a complete file (its end marker present: a truncated file goes through the decoder and fails).
-_AS_IS_FORMATS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
-_AS_IS_MODES = ("RGB", "L")
-
-
-def file_bytes_data_url(source: Any, max_side: int | None) -> str | None:
-    """A ``data:`` URL of the file's own bytes when they can be sent as they are, else None.
-
-    Decoding and re-encoding a JPEG costs far more than base64 of its bytes (0.78 ms vs 0.017 ms
-    per small image measured); it is only needed when the pixels must change (rotation, downscale,
-    alpha, unusual modes) or the format is not one every endpoint reads. Reads the header only.
-    """
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, "rb") as handle:
-                data = handle.read()
-        except (OSError, ValueError):  # load_image reports the real problem
-            return None
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    else:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            end = _AS_IS_FORMATS.get(image.format or "")
-            if end is None or not data.rstrip(b"\0\r\n ").endswith(end) or image.mode not in _AS_IS_MODES:
-                return None
-            if "transparency" in image.info or image.width * image.height > DEFAULT_MAX_PIXELS:
-                return None
-            if max_side is not None and max(image.size) > max_side:
-                return None
-            if image.format == "PNG" and b"eXIf" in data:  # PNG EXIF may sit after the pixels: decode
-                return None
-            if image.format == "JPEG" and image.getexif().get(ExifTags.Base.Orientation, 1) not in (0, 1):
-                return None
-            mime = _MIME[image.format]
-    except Exception:  # unreadable or odd headers: the decode path reports or handles it
-        return None
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def _load(source: Any) -> tuple[Image.Image, bool]:
-    """The image as the in-process backends see it (``load_image``: RGB, EXIF-oriented, alpha over
-    white) and whether the source had alpha (then it is sent as PNG: such images are mostly
-    graphics, where JPEG artefacts hurt)."""
-    from dataflow_mm.imaging.loading import load_image
-
-    image = load_image(source)
-    return image, _source_has_alpha(source)
-
-
-def _server_message(response: Any) -> str:
-    """The error message a server put in its body (OpenAI, vLLM, FastAPI shapes), else the raw text."""
-    text = ""
-    try:
-        text = response.text
-        data = json.loads(text)
-    except Exception:
-        data = None
-    message: Any = None
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict):
-            message = err.get("message") or err.get("msg")
-        elif isinstance(err, str):
-            message = err
-        message = message or data.get("message") or data.get("detail")
-    if message is None:
-        message = text.strip() or (getattr(response, "reason_phrase", "") or "(empty body)")
-    message = message if isinstance(message, str) else json.dumps(message)
-    message = " ".join(message.split())
-    return message[:_MAX_MESSAGE_CHARS] + ("..." if len(message) > _MAX_MESSAGE_CHARS else "")
-
-
-def _answer_text(data: Any) -> tuple[str | None, str]:
-    """The answer text of a chat-completions body, or None and why not."""
-    if not isinstance(data, dict):
-        return None, f"response body is a {type(data).__name__}, not an object"
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices:
-        error = data.get("error")
-        error = error.get("message") if isinstance(error, dict) else error
-        return None, "response has no choices" + (f" (error: {str(error)[:_MAX_MESSAGE_CHARS]})" if error else "")
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-    content = message.get("content")
-    if isinstance(content, list):  # some servers answer with content parts
-        texts = [p.get("text") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
-        content = "".join(texts) if texts else None
-    if not isinstance(content, str):
-        return None, f"choice has no text content (finish_reason={choice.get('finish_reason')!r})"
-    return content, ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,9 +170,8 @@ class APIVLMServing_openai(VLMServing):
             raise UserError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
         if max_image_side is not None and max_image_side < 1:
             raise UserError(f"max_image_side must be >= 1 or None, got {max_image_side}")
-        fmt = image_format.upper()
-        fmt = "JPEG" if fmt == "JPG" else fmt
-        if fmt not in _MIME:
+        fmt = image_format_name(image_format)
+        if fmt is None:
             raise UserError(f"image_format must be one of {sorted(_MIME)}, got {image_format!r}")
         self.api_url = api_url
         self.endpoint = chat_completions_url(api_url)
@@ -558,27 +296,7 @@ class APIVLMServing_openai(VLMServing):
         return headers
 
     def _convert_part(self, part: Any) -> Any:
-        if not isinstance(part, dict):
-            return part
-        kind = part.get("type")
-        if kind == "image":
-            source = part.get("image")
-            if isinstance(source, str) and source.startswith(PASS_THROUGH_PREFIXES):
-                return {"type": "image_url", "image_url": {"url": source}}
-        elif kind == "image_url":
-            spec = part.get("image_url")
-            url = spec.get("url") if isinstance(spec, dict) else spec
-            if isinstance(url, str) and url.startswith(PASS_THROUGH_PREFIXES):
-                return part
-            source = url[len("file://") :] if isinstance(url, str) and url.startswith("file://") else url
-        else:
-            return part
-        as_is = file_bytes_data_url(source, self.max_image_side)
-        if as_is is not None:
-            return {"type": "image_url", "image_url": {"url": as_is}}
-        image, had_alpha = _load(source)
-        data_url = encode_image(image, self.max_image_side, self.image_format, lossless=had_alpha)
-        return {"type": "image_url", "image_url": {"url": data_url}}
+        return image_part(part, self.max_image_side, self.image_format)
 
     def _payload(self, conversation: Conversation, sampling: SamplingParams) -> dict[str, Any]:
         messages = []
@@ -662,58 +380,7 @@ class APIVLMServing_openai(VLMServing):
                 self._sleep(wait)
 
     def _attempt(self, body: bytes) -> Completion | AttemptFailure:
-        httpx = require("httpx", extra="api")
         client = self._get_client()
         with self._slots:
             self._count("http_requests")
-            deadline = Deadline(self.timeout)  # the whole request, not each read (serving.http_reply)
-            try:
-                request = client.build_request(
-                    "POST", self.endpoint, content=body, headers=self._headers(), extensions={"trace": deadline.trace}
-                )
-                with deadline:
-                    streamed = client.send(request, stream=True)
-                    try:
-                        response = read_reply(streamed, self.max_response_bytes)
-                    finally:
-                        streamed.close()
-            except ReplyTooLargeError as exc:
-                return AttemptFailure("reply too large", str(exc), False)
-            except httpx.TimeoutException as exc:
-                return AttemptFailure("timeout", f"no answer within {self.timeout:g}s ({type(exc).__name__})", True)
-            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-                return AttemptFailure("invalid request", f"{type(exc).__name__}: {exc}", False)
-            except httpx.TransportError as exc:
-                if deadline.expired:
-                    return AttemptFailure("timeout", f"no complete answer within {self.timeout:g}s", True)
-                return AttemptFailure("connection error", f"{type(exc).__name__}: {exc}", True)
-        status = response.status_code
-        if not 200 <= status <= 299:
-            return AttemptFailure(
-                f"HTTP {status}",
-                _server_message(response),
-                is_retryable_status(status),
-                response.headers.get("retry-after"),
-                response.headers.get("retry-after-ms"),
-            )
-        try:
-            data = json.loads(response.content)
-        except ValueError:
-            snippet = " ".join(response.text[:80].split())
-            return AttemptFailure(
-                "malformed JSON response", f"HTTP {status}, {len(response.content)} bytes: {snippet!r}", True
-            )
-        text, why = _answer_text(data)
-        if text is None:
-            return AttemptFailure("empty answer", why, False)
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-        prompt_tokens = usage.get("prompt_tokens")
-        completion_tokens = usage.get("completion_tokens")
-        choice = data["choices"][0] if isinstance(data["choices"][0], dict) else {}
-        finish_reason = choice.get("finish_reason")
-        return Completion(
-            text=scrub_secrets(text),
-            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
-            prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
-            completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
-        )
+            return post_once(client, self.endpoint, body, self._headers(), self.timeout, self.max_response_bytes)

@@ -1,4 +1,4 @@
-"""Choose and build a serving backend from command-line style options.
+"""Choose and build a serving backend from its settings (``serving.settings.ServingSettings``).
 
 One place decides the default backend (vLLM when it is importable and a GPU is present,
 else transformers) and the offline fallback: when the configured model cannot be found
@@ -8,6 +8,7 @@ summary says plainly that its answers are meaningless.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,10 @@ from dataflow_mm.logger import get_logger
 from dataflow_mm.models.device import cuda_available
 from dataflow_mm.models.fallback import resolve_or_tiny
 from dataflow_mm.serving.base import VLMServing
+from dataflow_mm.serving.settings import BACKENDS, ServingSettings
 from dataflow_mm.serving.vllm_engine_args import AUTO_FIT_MAX_MODEL_LEN
 
 log = get_logger("serving")
-BACKENDS = ("auto", "vllm", "hf", "api")
 FALLBACK_TINY_KIND = "qwen2_5_vl"
 
 
@@ -48,88 +49,68 @@ def resolve_or_fallback(
     )
 
 
-def create_serving(
-    backend: str,
-    model_path: str,
-    *,
-    hf_cache_dir: str | None = None,
-    hf_revision: str | None = None,
-    download_dir: str | None = None,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
-    max_tokens: int = 512,
-    seed: int | None = None,
-    allow_tiny_fallback: bool = True,
-    batch_size: int = 8,
-    max_model_len: int | None = None,
-    tensor_parallel_size: int = 1,
-    enforce_eager: bool | None = None,
-    gpu_memory_utilization: float | None = None,
-    max_pixels: int | None = None,
-    engine_seed: int | None = None,
-    max_requests_in_flight: int | None = None,
-    allow_downscale: bool = False,
-    api_url: str | None = None,
-    model_name: str | None = None,
-    api_key_env: str | None = None,
-    max_workers: int = 8,
-    api_timeout: float = 60.0,
-    api_max_retries: int = 3,
-    api_max_response_bytes: int | None = None,
-    **extra: Any,
-) -> VLMServing:
-    """A serving for ``backend`` ('auto', 'vllm', 'hf' or 'api')."""
+def create_serving(settings: ServingSettings | str, model_path: str | None = None, **options: Any) -> VLMServing:
+    """A serving built from ``settings`` (lazy: no model loads here).
+
+    Shorthand: ``create_serving("hf", "Qwen/Qwen2.5-VL-3B-Instruct", max_tokens=64)``, a backend, a model
+    and settings fields by name. Options that are not settings fields go to the serving's constructor
+    as they are (e.g. ``device``).
+    """
+    if isinstance(settings, str):
+        names = {item.name for item in dataclasses.fields(ServingSettings)}
+        given = {name: options.pop(name) for name in list(options) if name in names}
+        settings = ServingSettings(backend=settings, model_path=model_path or "", **given)
+    extra = options
+    s = settings
+    backend = s.backend
     if backend not in BACKENDS:
         raise UserError(f"Unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         backend = default_backend()
         log.info(f"backend: {backend} (auto: {'vLLM and a GPU found' if backend == 'vllm' else 'no GPU or no vLLM'})")
+    # The same four sampling settings for every backend (vLLM's constructor names them with a vllm_ prefix).
+    sampling = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed}
     if backend == "api":
         from dataflow_mm.serving.api_serving import APIVLMServing_openai
 
-        if not api_url:
+        if not s.api_url:
             raise UserError("--backend api needs --api_url (e.g. http://localhost:8000/v1)")
-        if api_max_response_bytes is not None:
-            extra["max_response_bytes"] = api_max_response_bytes
+        extra.setdefault("max_response_bytes", s.api_max_response_bytes)
         return APIVLMServing_openai(
-            api_url=api_url,
-            model_name=model_name or model_path,
-            api_key_env=api_key_env,
-            max_workers=max_workers,
-            timeout=api_timeout,
-            max_retries=api_max_retries,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_tokens,
-            seed=seed,
+            api_url=s.api_url,
+            model_name=s.model_name or s.model_path,
+            api_key_env=s.api_key_env,
+            max_workers=s.max_workers,
+            timeout=s.api_timeout,
+            max_retries=s.api_max_retries,
+            **sampling,
             **extra,
         )
-    folder = str(resolve_or_fallback(model_path, hf_cache_dir, download_dir, allow_tiny_fallback, hf_revision))
+    folder = str(
+        resolve_or_fallback(s.model_path, s.hf_cache_dir, s.download_dir, s.allow_tiny_fallback, s.hf_revision)
+    )
     if backend == "vllm":
         from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
 
         engine: dict[str, Any] = {
             name: value
             for name, value in (
-                ("vllm_max_model_len", max_model_len),
-                ("vllm_gpu_memory_utilization", gpu_memory_utilization),
-                ("vllm_max_pixels", max_pixels),
-                ("vllm_engine_seed", engine_seed),
-                ("vllm_max_requests_in_flight", max_requests_in_flight),
+                ("vllm_max_model_len", s.max_model_len),
+                ("vllm_gpu_memory_utilization", s.gpu_memory_utilization),
+                ("vllm_max_pixels", s.max_pixels),
+                ("vllm_engine_seed", s.engine_seed),
+                ("vllm_max_requests_in_flight", s.max_requests_in_flight),
             )
             if value is not None
         }
         return LocalModelVLMServing_vllm(
             hf_model_name_or_path=folder,
-            hf_cache_dir=hf_cache_dir,
-            hf_local_dir=download_dir,
-            vllm_tensor_parallel_size=tensor_parallel_size,
-            vllm_enforce_eager=not cuda_available() if enforce_eager is None else enforce_eager,
-            vllm_temperature=temperature,
-            vllm_top_p=top_p,
-            vllm_max_tokens=max_tokens,
-            vllm_seed=seed,
-            allow_downscale=allow_downscale,
+            hf_cache_dir=s.hf_cache_dir,
+            hf_local_dir=s.download_dir,
+            vllm_tensor_parallel_size=s.tensor_parallel_size,
+            vllm_enforce_eager=not cuda_available() if s.eager is None else s.eager,
+            **{f"vllm_{name}": value for name, value in sampling.items()},
+            allow_downscale=s.allow_downscale,
             **engine,
             **extra,
         )
@@ -137,14 +118,11 @@ def create_serving(
 
     return LocalModelVLMServing_hf(
         hf_model_name_or_path=folder,
-        hf_cache_dir=hf_cache_dir,
-        hf_local_dir=download_dir,
-        batch_size=batch_size,
-        temperature=temperature,
-        top_p=top_p,
-        max_tokens=max_tokens,
-        seed=seed,
-        max_model_len=None if max_model_len == AUTO_FIT_MAX_MODEL_LEN else max_model_len,  # -1: the model's own
-        allow_downscale=allow_downscale,
+        hf_cache_dir=s.hf_cache_dir,
+        hf_local_dir=s.download_dir,
+        batch_size=s.batch_size,
+        **sampling,
+        max_model_len=None if s.max_model_len == AUTO_FIT_MAX_MODEL_LEN else s.max_model_len,  # -1: the model's own
+        allow_downscale=s.allow_downscale,
         **extra,
     )

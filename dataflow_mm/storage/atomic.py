@@ -19,7 +19,7 @@ import secrets
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 _TEMP_SUFFIX = ".tmp"
 
@@ -46,7 +46,26 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-class AtomicFile:
+class CommitOnExit:
+    """A writer used as a context manager: a clean exit commits, an exception discards."""
+
+    def commit(self) -> Path:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+class AtomicFile(CommitOnExit):
     """A temp file beside ``path`` that becomes ``path`` on ``commit`` (or vanishes on ``discard``).
 
     Write to ``.tmp`` (a Path) by any means; as a context manager, a clean exit commits and an
@@ -81,15 +100,6 @@ class AtomicFile:
     def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
-
-    def __enter__(self) -> AtomicFile:
-        return self
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike, sync_folder: bool = True) -> Path:

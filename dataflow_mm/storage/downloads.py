@@ -3,7 +3,7 @@
 Rules shared with :class:`dataflow_mm.serving.api_serving.APIVLMServing_openai`: ``timeout`` seconds
 per attempt (default 60), up to ``max_retries`` retries (default 3) on HTTP 429, 5xx, connection
 errors and timeouts, with the same jittered exponential backoff and ``Retry-After`` handling
-(:class:`RetryPolicy`); any other 4xx is final. A reply larger than ``max_bytes`` (default 64 MiB,
+(:class:`dataflow_mm.retry.RetryPolicy`); any other 4xx is final. A reply larger than ``max_bytes`` (default 64 MiB,
 checked against ``Content-Length`` and while reading) is refused. Every failure is an
 ``ImageDownloadError`` for that row. The file is stored content-addressed
 (``{stem}_{sha256[:16]}{suffix}``) and an index file per URL (``.urls/<sha256(url)>``) lets
@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dataflow_mm.errors import ImageDownloadError
+from dataflow_mm.retry import RetryPolicy, is_retryable_status
 from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.media_bytes import store_bytes
 
@@ -53,8 +54,6 @@ def cached_download(url: str, cache_dir: Path) -> Path | None:
 
 
 def _fetch_once(url: str, timeout: float, max_bytes: int) -> bytes:
-    from dataflow_mm.serving.api_serving import is_retryable_status
-
     request = urllib.request.Request(url, headers={"User-Agent": "dataflow-mm"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
@@ -90,8 +89,6 @@ def download_image(
 
     ``max_bytes`` defaults to ``MAX_DOWNLOAD_BYTES`` (read at call time).
     """
-    from dataflow_mm.serving.api_serving import RetryPolicy
-
     cache_dir = Path(cache_dir)
     found = cached_download(url, cache_dir)
     if found is not None:

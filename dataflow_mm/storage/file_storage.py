@@ -12,7 +12,8 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ from dataflow_mm.storage.formats import (
     write_table,
 )
 from dataflow_mm.storage.lock import cache_lock
+from dataflow_mm.storage.manifest import MANIFEST_SUFFIX, StepManifest
 from dataflow_mm.storage.media import externalize_media, media_cache_dir
 from dataflow_mm.storage.paths import check_file_name_prefix
 from dataflow_mm.storage.sources import resolve_first_entry
@@ -36,16 +38,67 @@ from dataflow_mm.storage.step import StepIdentity, StepTransaction
 
 REJECTS_SUFFIX = ".rejects.jsonl"
 
-# Files written by a step besides its step file (e.g. a config's ``output_jsonl_path``) -> that step
-# file. A second FileStorage whose first entry is such a file (the seed's two-storage pattern: same
-# cache path and prefix, one storage per operator) continues the step numbering after it instead of
-# writing its own ``_step1`` over the first storage's.
-_PRODUCED_BY: dict[str, Path] = {}
+# Extra outputs (files a step writes besides its step file, e.g. a config's ``output_jsonl_path``)
+# planned by the ``forward()`` being compiled, whose steps have not run yet: path -> step file.
+# Once a step has run, its manifest says the same (``producing_step``), in any process.
+_planned: ContextVar[dict[str, Path] | None] = ContextVar("dataflow_mm_planned_outputs", default=None)
+
+
+@contextmanager
+def planning_outputs() -> Iterator[dict[str, Path]]:
+    """Within this block (a pipeline's compile), ``record_produced`` notes the extra outputs planned."""
+    token = _planned.set({})
+    try:
+        yield _planned.get() or {}
+    finally:
+        _planned.reset(token)
 
 
 def record_produced(path: str | os.PathLike, step_file: str | os.PathLike) -> None:
-    """Remember that ``path`` is a copy of (or derived from) ``step_file``."""
-    _PRODUCED_BY[os.path.abspath(os.fspath(path))] = Path(step_file)
+    """Note that ``step_file``'s step will write ``path`` (kept only while a pipeline compiles, see
+    ``planning_outputs``; after the step has run, its manifest lists ``path`` as an extra output)."""
+    planned = _planned.get()
+    if planned is not None:
+        planned[os.path.abspath(os.fspath(path))] = Path(step_file)
+
+
+def _same_file(recorded: str, path: str) -> bool:
+    if os.path.abspath(recorded) == path:
+        return True
+    try:
+        return os.path.samefile(recorded, path)
+    except OSError:
+        return False
+
+
+def producing_step(path: str | os.PathLike, cache_path: str, file_name_prefix: str, cache_type: str) -> Path | None:
+    """The step file of ``cache_path``/``file_name_prefix`` whose manifest lists ``path`` as an extra output.
+
+    Of several, the earliest step wins; None when no manifest names it.
+    """
+    target = os.path.abspath(os.fspath(path))
+    planned = (_planned.get() or {}).get(target)
+    if planned is not None:
+        return planned
+    found: list[tuple[int, Path]] = []
+    for manifest_file in Path(cache_path).glob(f"{file_name_prefix}_step*.{cache_type}{MANIFEST_SUFFIX}"):
+        step_file = Path(str(manifest_file)[: -len(MANIFEST_SUFFIX)])
+        number = step_number(step_file, cache_path, file_name_prefix, cache_type)
+        manifest = StepManifest.load(step_file) if number is not None else None
+        if number is None or manifest is None:
+            continue
+        if any(_same_file(extra, target) for extra in manifest.extra_outputs):
+            found.append((number, step_file))
+    return min(found)[1] if found else None
+
+
+def step_number(path: str | os.PathLike, cache_path: str, file_name_prefix: str, cache_type: str) -> int | None:
+    """``k`` when ``path`` is the file of step ``k`` of that cache path, prefix and type; else None."""
+    path = Path(path)
+    match = re.fullmatch(rf"{re.escape(file_name_prefix)}_step(\d+)\.{re.escape(cache_type)}", path.name)
+    if match is None or os.path.abspath(path.parent) != os.path.abspath(cache_path):
+        return None
+    return int(match.group(1))
 
 
 class FileStorage:
@@ -95,19 +148,17 @@ class FileStorage:
     def step_offset(self) -> int:
         """Steps of this cache and prefix that come before this storage's first one (fixed by ``step()``).
 
-        0 normally; ``k`` when the first entry file is step ``k`` of the same cache path and prefix,
-        or a file that step wrote (see ``record_produced``): step files are then never shared.
+        0 normally; ``k`` when the first entry file is step ``k`` of the same cache path and prefix, or a
+        file that step wrote as an extra output (its manifest lists it, see ``producing_step``): step
+        files are then never shared.
         """
         return self._step_offset
 
     def _find_step_offset(self) -> int:
         first = os.path.abspath(self.first_entry_file_name)
-        source = _PRODUCED_BY.get(first, Path(first))
-        pattern = rf"{re.escape(self.file_name_prefix)}_step(\d+)\.{re.escape(self.cache_type)}"
-        match = re.fullmatch(pattern, source.name)
-        if match is None or os.path.abspath(source.parent) != os.path.abspath(self.cache_path):
-            return 0
-        return int(match.group(1))
+        produced = producing_step(first, self.cache_path, self.file_name_prefix, self.cache_type)
+        source = produced if produced is not None else first
+        return step_number(source, self.cache_path, self.file_name_prefix, self.cache_type) or 0
 
     @property
     def output_step(self) -> int:

@@ -132,3 +132,51 @@ def test_missing_dependencies_stop_before_any_step_writes(tmp_path: Path, table:
     with pytest.raises(MissingDependencyError, match=r"dataflow_mm_no_such_backend.*dataflow-mm\[vllm\]"):
         Captions().run()  # ... but compile stops the run before step 1 writes anything
     assert not list((tmp_path / "cache").glob("*step*"))
+
+
+def test_prompted_vqa_run_is_built_from_its_key_spec_in_dataflow_mm_order(tmp_path: Path, table: Path) -> None:
+    from dataflow_mm.errors import UnsupportedArgumentError
+    from dataflow_mm.operators.base import recording_calls
+
+    assert PromptedVQAGenerator.run.__qualname__.startswith("spec_run")  # built from key_spec, not hand-written
+    names = list(inspect.signature(PromptedVQAGenerator.run).parameters)
+    assert names == [
+        "self",
+        "storage",
+        "input_prompt_key",
+        "input_image_key",
+        "input_conversation_key",
+        "output_answer_key",
+        "input_video_key",
+        "input_audio_key",
+    ]
+    op = PromptedVQAGenerator(FakeVLMServing())
+    storage = FileStorage(str(table), cache_path=str(tmp_path / "cache"))
+    with recording_calls() as calls:
+        op.run(storage.step(), "text", None, None, "reply", None)  # DataFlow-MM's positional call
+    # the unsupported keys are never passed on (the step's resume fingerprint hashes these keys)
+    assert calls[0].keys == {
+        "input_prompt_key": "text",
+        "input_image_key": None,
+        "input_conversation_key": None,
+        "output_answer_key": "reply",
+    }
+    with pytest.raises(UnsupportedArgumentError, match=r"run\(input_audio_key='a.wav'\).*Remove input_audio_key"):
+        op.run(storage.step(), "text", None, None, "reply", None, "a.wav")
+
+
+def test_key_spec_unsupported_keys_must_have_a_default() -> None:
+    with pytest.raises(TypeError, match="without a default: \\['input_video_key'\\]"):
+        KeySpec(defaults={"input_key": "text"}, unsupported={"input_video_key": "no video"})
+
+
+def test_no_operator_repeats_its_key_defaults_in_process() -> None:
+    """``process(frame, **keys)`` reads its columns through ``key_values``: the defaults live in key_spec only."""
+    from dataflow_mm.operators.registry import operator_classes
+
+    for name, cls in operator_classes().items():
+        if cls.key_spec is None:
+            continue
+        repeated = set(inspect.signature(cls.process).parameters) & set(cls.key_spec.defaults)
+        assert not repeated, f"{name}.process repeats {sorted(repeated)}"
+    assert Upper().key_values({"output_key": "shout"}) == {"input_key": "text", "output_key": "shout"}

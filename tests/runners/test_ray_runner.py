@@ -336,23 +336,33 @@ def test_the_api_backend_runs_on_ray_against_a_real_server(ray_cluster: Any, tmp
 def test_the_imgdiff_pipeline_on_ray_equals_in_process(
     ray_cluster: Any, tmp_path: Path, tiny_blip_dir: Path, tiny_clip_dir: Path
 ) -> None:
-    """The five Img-Diff steps (proposer, VLM, BLIP, CLIP, VLM) on Ray give the in-process rows."""
+    """The five Img-Diff steps (proposer, VLM, BLIP, CLIP, VLM) on Ray give the in-process rows, with the steps
+    one after another (each actor reserves a CPU: four model actors do not fit 2 CPUs at once) and streaming
+    (quarter-CPU actors fit, with a CPU to spare for the proposer's tasks)."""
     script = load_pipeline_script("imgdiff_pipeline")
     rows = {}
-    for name in ("local", "ray"):
+    runners = {
+        "local": "local",
+        "ray": RayRunner(actors_per_model_operator=1),
+        "ray_streaming": RayRunner(actors_per_model_operator=1, num_cpus_per_actor=0.25),
+    }
+    for name, runner in runners.items():
         pipeline = script.ImgDiffPipeline(
             FakeVLMServing(), first_entry_file=str(REPO / "data" / "imgdiff" / "imgdiff_demo.jsonl"),
             cache_path=str(tmp_path / "cache"), file_name_prefix=name, blip_model=str(tiny_blip_dir),
             similarity_model=str(tiny_clip_dir), similarity_min_score=-1.0,
         )  # fmt: skip
-        summary = pipeline.run(runner=RayRunner(actors_per_model_operator=1) if name == "ray" else "local")
+        if name != "local":
+            steps = [call.operator for call in pipeline.compile()]
+            assert runner.pools_fit(steps) is (name == "ray_streaming")
+        summary = pipeline.run(runner=runner)
         assert summary.rows_out == 4 and summary.rows_with_error == 0
         rows[name] = [
             {k: v for k, v in row.items() if k != "provenance"}
             for row in read_jsonl(tmp_path / "cache" / f"{name}_step5.jsonl")
         ]
         pipeline.cleanup()
-    assert rows["ray"] == rows["local"]
+    assert rows["ray"] == rows["local"] == rows["ray_streaming"]
     assert all(len(r["bboxes"]) == len(r["bbox_difference_captions"]) for r in rows["ray"])
 
 

@@ -1,6 +1,6 @@
-"""Streaming between steps (local runner): step 2 works on a chunk before step 1 has finished its file,
-and every step file equals, byte for byte, the one of a sequential (``--no_streaming``) run, also after
-a ``kill -9`` in the middle of both steps."""
+"""Streaming between steps (local and Ray runners): step 2 works on a chunk before step 1 has finished its
+file, and every step file equals, byte for byte, the one of a sequential (``--no_streaming``) run, also
+after a ``kill -9`` in the middle of both steps, resumed on either runner."""
 
 from __future__ import annotations
 
@@ -26,16 +26,28 @@ SCRIPT = textwrap.dedent(
     from dataflow_mm.testing.fake_serving import FakeVLMServing
 
     class SlowServing(FakeVLMServing):
+        # Sleeps per call; the watching one notes (in a file: it may run in a Ray actor) whether
+        # the file of the step it reads existed when it was called.
+
         def __init__(self, seconds, watch=None):
             super().__init__()
-            self.seconds, self.watch, self.saw_step1_file = seconds, watch, []
+            self.seconds, self.watch = seconds, watch
             self.concurrent_chunks = int(sys.argv[4]) if len(sys.argv) > 4 else 1  # chunks in flight
 
         def _chat_batch(self, conversations, sampling):
             if self.watch is not None:
-                self.saw_step1_file.append(Path(self.watch).exists())
+                with open(str(self.watch) + ".saw", "a") as log:
+                    print(Path(self.watch).exists(), file=log)
             time.sleep(self.seconds)
             return super()._chat_batch(conversations, sampling)
+
+    def runner(mode):
+        if mode.startswith("ray"):
+            from dataflow_mm.runners.ray_runner import RayRunner
+
+            # 4 logical CPUs: both model operators' actors and a CPU for the box step fit at once.
+            return RayRunner(num_cpus=4, streaming=mode == "ray", ray_init_kwargs={"log_to_driver": False})
+        return LocalRunner(streaming=mode == "streaming")
 
     class TwoModelSteps(PipelineABC):
         def __init__(self, table, cache):
@@ -51,8 +63,9 @@ SCRIPT = textwrap.dedent(
 
     if __name__ == "__main__":
         pipeline = TwoModelSteps(sys.argv[1], sys.argv[2])
-        pipeline.run(LocalRunner(streaming=sys.argv[3] == "streaming"))
-        print("SAW_STEP2_FILE", pipeline.second.serving.saw_step1_file)
+        pipeline.run(runner(sys.argv[3]))
+        saw = Path(sys.argv[2]) / "st_step2.jsonl.saw"
+        print("SAW_STEP2_FILE", [line == "True" for line in saw.read_text().split()])
     """
 )
 STEP_FILES = ("st_step1.jsonl", "st_step2.jsonl", "st_step3.jsonl")
@@ -87,10 +100,13 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
     return script, table
 
 
-def test_streaming_overlaps_steps_and_writes_the_sequential_files(tmp_path: Path, setup: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize(("mode", "sequential_mode"), [("streaming", "no_streaming"), ("ray", "ray_no_streaming")])
+def test_streaming_overlaps_steps_and_writes_the_sequential_files(
+    tmp_path: Path, setup: tuple[Path, Path], mode: str, sequential_mode: str
+) -> None:
     script, table = setup
-    sequential = finish(start(script, table, tmp_path / "sequential", "no_streaming"))
-    streaming = finish(start(script, table, tmp_path / "streaming", "streaming"))
+    sequential = finish(start(script, table, tmp_path / "sequential", sequential_mode))
+    streaming = finish(start(script, table, tmp_path / "streaming", mode))
     # Sequentially, step 3 only starts once step 2's file exists; streaming, it starts on step 2's first chunk.
     assert "SAW_STEP2_FILE [True, True, True, True, True]" in sequential
     assert "SAW_STEP2_FILE [False," in streaming
@@ -103,7 +119,9 @@ def test_streaming_overlaps_steps_and_writes_the_sequential_files(tmp_path: Path
     assert not list((tmp_path / "streaming").glob(".*.parts"))
 
 
-@pytest.mark.parametrize(("rerun", "chunks_in_flight"), [("streaming", 1), ("no_streaming", 1), ("streaming", 2)])
+@pytest.mark.parametrize(
+    ("rerun", "chunks_in_flight"), [("streaming", 1), ("no_streaming", 1), ("streaming", 2), ("ray", 1)]
+)
 def test_sigkill_while_two_steps_stream_then_rerun_equals_a_clean_run(
     tmp_path: Path, setup: tuple[Path, Path], rerun: str, chunks_in_flight: int
 ) -> None:
@@ -136,6 +154,8 @@ def test_both_scripts_stream_unless_told_not_to(script: str) -> None:
     parse_args = load_pipeline_script(script).parse_args
     assert runner_from_args(parse_args([])).streaming is True
     assert runner_from_args(parse_args(["--no_streaming"])).streaming is False
+    assert runner_from_args(parse_args(["--runner", "ray"])).streaming is True
+    assert runner_from_args(parse_args(["--runner", "ray", "--no_streaming"])).streaming is False
 
 
 class _Watched:
