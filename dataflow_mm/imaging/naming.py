@@ -39,7 +39,14 @@ def content_name(stem: str, payload: bytes | str, suffix: str) -> str:
     if not _SUFFIX_RE.match(suffix):
         raise ValueError(f"suffix must look like '.jpg' (a dot and 1-10 letters/digits), got {suffix!r}")
     data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
-    return f"{safe_stem(stem)}_{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+    return digest_name(stem, hashlib.sha256(data).hexdigest(), suffix)
+
+
+def digest_name(stem: str, sha256_hex: str, suffix: str) -> str:
+    """``content_name`` for a payload whose sha256 the caller has already computed."""
+    if not _SUFFIX_RE.match(suffix):
+        raise ValueError(f"suffix must look like '.jpg' (a dot and 1-10 letters/digits), got {suffix!r}")
+    return f"{safe_stem(stem)}_{sha256_hex[:16]}{suffix}"
 
 
 def image_format_for(path: str | os.PathLike) -> str:

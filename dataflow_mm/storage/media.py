@@ -19,6 +19,7 @@ small text and Parquet step files keep the struct column readable by ``datasets`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ import pandas as pd
 from dataflow_mm.errors import MissingFieldError
 from dataflow_mm.storage.atomic import AtomicFile, DurableBatch
 from dataflow_mm.storage.downloads import download_image
+from dataflow_mm.storage.hashing import remember_sha256
 from dataflow_mm.storage.media_bytes import fallback_cache_dir, store_bytes
 
 MEDIA_DIR_NAME = "media"
@@ -174,16 +176,21 @@ def write_jpeg(image: Any, folder: Path, stem: str, quality: int, batch: Durable
     Without ``batch`` the file is durable on return; with one, it becomes so (and gets its name) at
     ``batch.commit()``, which a caller writing many images calls once for all of them.
     """
-    from dataflow_mm.imaging.naming import content_name, safe_stem  # naming sits above storage
+    from dataflow_mm.imaging.naming import digest_name, safe_stem  # naming sits above storage
 
     atomic = AtomicFile(Path(folder) / f"{safe_stem(stem)}.jpg")  # a temp name of the writer's pattern
     try:
         with atomic.tmp.open("wb") as handle:
             image.save(handle, format="JPEG", quality=quality)
-        target = atomic.path.with_name(content_name(stem, atomic.tmp.read_bytes(), ".jpg"))
+            handle.flush()
+            written = os.fstat(handle.fileno())  # a rename keeps size and mtime
+        sha256 = hashlib.sha256(atomic.tmp.read_bytes()).hexdigest()
+        target = atomic.path.with_name(digest_name(stem, sha256, ".jpg"))
         if target.exists():
             atomic.discard()
-        elif batch is not None:
+            return str(target)
+        remember_sha256(target, written.st_size, written.st_mtime_ns, sha256)  # hashed once: the next step's stamp
+        if batch is not None:
             batch.add(atomic.tmp, target)
         else:
             atomic.path = target

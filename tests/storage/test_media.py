@@ -142,3 +142,29 @@ def test_write_jpeg_writes_the_bytes_of_an_in_memory_encoding_and_leaves_no_temp
     write_jpeg(Image.new("RGB", (8, 8), "red"), tmp_path / "dropped", "x", 90, dropped)
     dropped.discard()  # the chunk failed: nothing left behind
     assert list((tmp_path / "dropped").iterdir()) == []
+
+
+def test_a_drawn_image_is_hashed_once_for_its_name_and_the_next_steps_media_stamp(tmp_path, monkeypatch) -> None:
+    import hashlib
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from dataflow_mm.storage import hashing
+    from dataflow_mm.storage.atomic import DurableBatch
+    from dataflow_mm.storage.media import write_jpeg
+    from dataflow_mm.storage.media_stamps import changed_media, stamp
+
+    batch = DurableBatch()
+    path = write_jpeg(Image.new("RGB", (32, 24), "teal"), tmp_path, "drawn", 90, batch)
+    batch.commit()
+    data = Path(path).read_bytes()
+    with monkeypatch.context() as patched:
+        patched.setattr(hashing, "hashlib", SimpleNamespace(sha256=lambda: pytest.fail("the image was read again")))
+        recorded = stamp(path)
+    assert recorded == [len(data), os.stat(path).st_mtime_ns, hashlib.sha256(data).hexdigest()]
+
+    Path(path).write_bytes(bytes(reversed(data)))  # replaced in place, same size: hashed again
+    os.utime(path, ns=(recorded[1] + 10**9, recorded[1] + 10**9))
+    assert stamp(path)[2] == hashlib.sha256(bytes(reversed(data))).hexdigest()
+    assert changed_media({path: recorded}) == [path]
