@@ -5,6 +5,12 @@ its file and manifest both exist, the manifest's fingerprint equals the operator
 (class, parameters, keys, model), the input's content hash is unchanged, the step file's
 content hash still matches what was written, and every media file the step read is unchanged
 (``media_stamps``). Completed work is recorded, never guessed.
+
+The media stamps (one per file the step read: one per row for a step that reads drawn images) are
+kept in their own file beside the manifest (``<step file>.media.ndjson``, one ``[path, stamp]`` per
+line, its sha256 in the manifest), written and checked a line at a time: the manifest stays small
+however many rows the step has, and loading it (resume checks, the report) never holds the stamps.
+Manifests written before that keep their stamps inline (``media``) and are still honoured.
 """
 
 from __future__ import annotations
@@ -12,18 +18,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage.atomic import AtomicFile, write_bytes_atomic
 from dataflow_mm.storage.formats import write_json_atomic
 from dataflow_mm.storage.hashing import file_sha256
 from dataflow_mm.storage.media_stamps import changed_media
 
 MANIFEST_SUFFIX = ".manifest.json"
+MEDIA_SUFFIX = ".media.ndjson"  # not ending in a table type's suffix: never taken for a step file
+_STAMPS_PER_CHECK = 4096
 
 
 def fingerprint(data: Any) -> str:
@@ -34,6 +43,59 @@ def fingerprint(data: Any) -> str:
 
 def manifest_path(step_file: str | os.PathLike) -> Path:
     return Path(f"{step_file}{MANIFEST_SUFFIX}")
+
+
+def media_path(step_file: str | os.PathLike) -> Path:
+    """Where the media stamps of ``step_file`` are kept (see the module docstring)."""
+    return Path(f"{step_file}{MEDIA_SUFFIX}")
+
+
+def write_media_stamps(step_file: str | os.PathLike, stamps: Iterable[dict[str, Any]]) -> str:
+    """Write the stamps (dicts of path -> stamp, e.g. one per chunk marker) a line at a time, atomically;
+    return the file's sha256, or "" when there were none (and no file is left)."""
+    target = media_path(step_file)
+    digest = hashlib.sha256()
+    with AtomicFile(target) as atomic, atomic.tmp.open("wb") as handle:
+        for chunk in stamps:
+            for path, item in chunk.items():
+                line = orjson.dumps([path, item]) + b"\n"
+                digest.update(line)
+                handle.write(line)
+        empty = handle.tell() == 0
+    if empty:
+        target.unlink(missing_ok=True)
+        return ""
+    return digest.hexdigest()
+
+
+def _stamp_lines(step_file: str | os.PathLike) -> Iterator[tuple[bytes, str, Any]]:
+    with media_path(step_file).open("rb") as handle:
+        for line in handle:
+            path, item = orjson.loads(line)
+            yield line, path, item
+
+
+def iter_media_stamps(step_file: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """``(path, stamp)`` of every media file ``step_file``'s step read, a line at a time."""
+    for _, path, item in _stamp_lines(step_file):
+        yield path, item
+
+
+def media_unchanged(step_file: str | os.PathLike, sha256: str) -> bool:
+    """Whether every stamp in ``step_file``'s media file still holds (and the file is the one recorded)."""
+    digest = hashlib.sha256()
+    batch: dict[str, Any] = {}
+    try:
+        for line, path, item in _stamp_lines(step_file):
+            digest.update(line)
+            batch[path] = item
+            if len(batch) >= _STAMPS_PER_CHECK:
+                if changed_media(batch):
+                    return False
+                batch = {}
+    except (OSError, ValueError):  # missing, unreadable or not the lines written (orjson's error is a ValueError)
+        return False
+    return digest.hexdigest() == sha256 and not changed_media(batch)
 
 
 @dataclass
@@ -49,15 +111,13 @@ class StepManifest:
     stats: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     extra_outputs: list[str] = field(default_factory=list)
-    media: dict[str, Any] = field(default_factory=dict)  # the media files read: path -> stamp (media_stamps)
+    media: dict[str, Any] = field(default_factory=dict)  # inline stamps: manifests written before media_sha256
+    media_sha256: str = ""  # sha256 of the step's media file (its stamps, see the module docstring); "": none
     # sha256 of each extra output as written, so a skipped step can tell a missing or stale copy.
     extra_output_sha256: dict[str, str] = field(default_factory=dict)
 
     def save(self, step_file: str | os.PathLike) -> Path:
-        """Write the manifest atomically. Its ``media`` holds a stamp per file the step read (one per row
-        for a step that reads drawn images), so it is encoded by orjson in one pass, without the deep copy
-        of ``asdict`` or the stdlib's indented encoder (a Python string per token): at 100k rows those made
-        the step's end the run's memory peak."""
+        """Write the manifest atomically (encoded by orjson in one pass; the stdlib for ints beyond 64 bits)."""
         fields_ = {item.name: getattr(self, item.name) for item in fields(self)}
         try:
             data = orjson.dumps(fields_, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str)
@@ -83,4 +143,5 @@ class StepManifest:
             and step_file.is_file()
             and file_sha256(step_file) == self.output_sha256
             and not changed_media(self.media)
+            and (not self.media_sha256 or media_unchanged(step_file, self.media_sha256))
         )

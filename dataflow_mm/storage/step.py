@@ -28,7 +28,7 @@ import pandas as pd
 
 from dataflow_mm.storage.atomic import AtomicFile, remove_stale_temps
 from dataflow_mm.storage.formats import Chunk, Reject, check_readable, read_table, table_type_of, write_table
-from dataflow_mm.storage.manifest import StepManifest, file_sha256, manifest_path
+from dataflow_mm.storage.manifest import StepManifest, file_sha256, manifest_path, media_path, write_media_stamps
 from dataflow_mm.storage.media_stamps import changed_media
 from dataflow_mm.storage.parts import ChunkParts
 
@@ -114,7 +114,7 @@ class StepTransaction:
     def open(self) -> int:
         """Start (or resume) the parts; returns how many chunk markers an earlier run left."""
         output = self.storage.output_path
-        for written in (output, self.storage.rejects_path, manifest_path(output)):
+        for written in (output, self.storage.rejects_path, manifest_path(output), media_path(output)):
             remove_stale_temps(written)  # left by a run killed while writing this step
         self.resumed = self.parts.open()
         return self.resumed
@@ -179,9 +179,6 @@ class StepTransaction:
         storage, output = self.storage, self.storage.output_path
         if self.input_sha is None:  # streamed: the step before has committed its file by now
             self.input_sha = file_sha256(check_readable(storage.input_path))
-        media: dict[str, Any] = {}  # the union of the chunks' stamps, one marker read at a time
-        for index in self.parts.indices():
-            media.update((self.parts.done(index) or {}).get("media", {}))
         self.parts.assemble(storage.cache_type)
         if rejects:
             write_table(pd.DataFrame([r.to_dict() for r in rejects]), storage.rejects_path, "jsonl")
@@ -190,6 +187,10 @@ class StepTransaction:
         # Extra outputs before the manifest: a kill before the manifest is saved reruns the step
         # (from its chunk parts, removed only once the manifest is there) and rewrites them.
         extra_hashes = self._sync_extra_outputs(None)
+        # The chunks' media stamps, one marker at a time, into the step's media file (before the manifest).
+        media_sha = write_media_stamps(
+            output, ((self.parts.done(index) or {}).get("media", {}) for index in self.parts.indices())
+        )
         StepManifest(
             operator=self.identity.operator,
             fingerprint=self.identity.fingerprint,
@@ -201,7 +202,7 @@ class StepTransaction:
             provenance=self.identity.provenance,
             extra_outputs=list(extra_hashes),
             extra_output_sha256=extra_hashes,
-            media=media,
+            media_sha256=media_sha,
         ).save(output)
         self.parts.remove()
 

@@ -15,7 +15,7 @@ from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQ
 from dataflow_mm.errors import error_class_of
 from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams
-from dataflow_mm.storage.manifest import StepManifest
+from dataflow_mm.storage.manifest import StepManifest, iter_media_stamps
 from dataflow_mm.storage.media_stamps import changed_media, media_stamps
 from dataflow_mm.testing.fake_serving import FakeVLMServing
 from dataflow_mm.testing.sample_data import write_jsonl
@@ -78,8 +78,10 @@ def test_a_replaced_image_redoes_the_steps_that_read_it(table: Path) -> None:
     assert [r["image_with_bbox"] for r in (after[0], after[2])] == [
         r["image_with_bbox"] for r in (before[0], before[2])
     ]
-    manifest = StepManifest.load(table.parent / "cache" / "rc_step1.jsonl")
-    assert manifest is not None and sorted(Path(p).name for p in manifest.media) == ["a.jpg", "b.jpg", "c.jpg"]
+    step_file = table.parent / "cache" / "rc_step1.jsonl"
+    manifest = StepManifest.load(step_file)
+    assert manifest is not None and manifest.media_sha256 and not manifest.media  # stamps in their own file
+    assert sorted(Path(p).name for p, _ in iter_media_stamps(step_file)) == ["a.jpg", "b.jpg", "c.jpg"]
 
 
 def test_touching_an_image_without_changing_it_redoes_nothing(table: Path) -> None:
