@@ -1,12 +1,16 @@
 """Streaming between steps: wall time of the region-caption pipeline, sequential vs streaming.
 
-    .venv/bin/python benchmarks/streaming.py [--rows 2000] [--chunk_size 64] [--row_seconds auto]
+    .venv/bin/python benchmarks/streaming.py [--rows 2000] [--chunk_size 64] [--row_seconds auto] [--box_workers N]
 
 Step 1 draws the boxes (ImageBboxGenerator, CPU); step 2 captions them with a serving that spends a
 fixed time per row while releasing the GIL (``time.sleep``: a stand-in for a GPU). With
 ``--row_seconds auto`` the per-row time is set from a calibration run (sleep 0) so that T2 ~ T1. Reported: T1
 and T2 (each step alone, from the sequential run), the sequential wall time and the streaming wall
 time, each on a fresh cache. Target (issue #14): streaming wall <= 1.15 x max(T1, T2).
+
+``--box_workers``: the box step's threads (default: the operator's, min(4, CPUs)). On a 2-core
+machine the default box step already keeps both cores busy, so streaming cannot hide step 2's own
+CPU work behind it; ``--box_workers 1`` leaves step 2 a core, as a GPU machine's spare cores would.
 """
 
 from __future__ import annotations
@@ -25,9 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale import make_table
 
 
-def pipeline_class(chunk_size: int, row_seconds: float) -> Any:
+def pipeline_class(chunk_size: int, row_seconds: float, box_workers: int | None = None) -> Any:
     """The region-caption pipeline whose serving sleeps ``row_seconds`` per row."""
-    from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
+    from dataflow_mm import (
+        ExistingBBoxDataGenConfig,
+        FileStorage,
+        ImageBboxGenerator,
+        PipelineABC,
+        PromptedVQAGenerator,
+    )
     from dataflow_mm.testing.fake_serving import FakeVLMServing
 
     class TimedServing(FakeVLMServing):
@@ -38,7 +48,7 @@ def pipeline_class(chunk_size: int, row_seconds: float) -> Any:
     class RegionCaptions(PipelineABC):
         def __init__(self, table: Path, cache: Path) -> None:
             self.storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="rc", chunk_size=chunk_size)
-            self.boxes = ImageBboxGenerator()
+            self.boxes = ImageBboxGenerator(config=ExistingBBoxDataGenConfig(num_workers=box_workers))
             self.vqa = PromptedVQAGenerator(TimedServing(load_images=False))  # the GPU stand-in: no CPU work
 
         def forward(self) -> None:
@@ -48,10 +58,12 @@ def pipeline_class(chunk_size: int, row_seconds: float) -> Any:
     return RegionCaptions
 
 
-def timed_run(table: Path, cache: Path, chunk_size: int, row_seconds: float, streaming: bool) -> Any:
+def timed_run(
+    table: Path, cache: Path, chunk_size: int, row_seconds: float, streaming: bool, box_workers: int | None
+) -> Any:
     from dataflow_mm.runners import LocalRunner
 
-    pipeline = pipeline_class(chunk_size, row_seconds)(table, cache)
+    pipeline = pipeline_class(chunk_size, row_seconds, box_workers)(table, cache)
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         summary = pipeline.run(LocalRunner(streaming=streaming))
@@ -63,6 +75,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--chunk_size", type=int, default=64)
     parser.add_argument("--row_seconds", default="auto", help="serving seconds per row, or 'auto' (T2 ~ T1)")
+    parser.add_argument("--box_workers", type=int, default=None, help="the box step's threads (default: its own)")
     args = parser.parse_args()
     from dataflow_mm.logger import get_logger
 
@@ -71,21 +84,29 @@ def main() -> None:
         folder = Path(tmp)
         table = make_table(folder, args.rows)
         if args.row_seconds == "auto":  # the serving's own work (images, prompts) counts into T2 too
-            _, calibration = timed_run(table, folder / "calibrate", args.chunk_size, 0.0, False)
+            _, calibration = timed_run(table, folder / "calibrate", args.chunk_size, 0.0, False, args.box_workers)
             boxes_alone, captions_overhead = (step.seconds for step in calibration.steps)
             row_seconds = max(boxes_alone - captions_overhead, 0.0) / args.rows
         else:
             row_seconds = float(args.row_seconds)
-        sequential, summary = timed_run(table, folder / "sequential", args.chunk_size, row_seconds, False)
+        sequential, summary = timed_run(
+            table, folder / "sequential", args.chunk_size, row_seconds, False, args.box_workers
+        )
         t1, t2 = (step.seconds for step in summary.steps)
-        streaming, streamed = timed_run(table, folder / "streaming", args.chunk_size, row_seconds, True)
+        streaming, streamed = timed_run(
+            table, folder / "streaming", args.chunk_size, row_seconds, True, args.box_workers
+        )
         same = all(
             (folder / "sequential" / name).read_bytes().replace(b"sequential", b"X")
             == (folder / "streaming" / name).read_bytes().replace(b"streaming", b"X")
             for name in ("rc_step1.jsonl", "rc_step2.jsonl")
         )
     assert streamed.rows_out == args.rows
-    print(f"rows {args.rows}, chunk {args.chunk_size}, serving {1000 * row_seconds:.2f} ms/row (sleep, GIL free)")
+    workers = args.box_workers or "default"
+    print(
+        f"rows {args.rows}, chunk {args.chunk_size}, serving {1000 * row_seconds:.2f} ms/row (sleep, GIL free), "
+        f"box workers {workers}"
+    )
     print(f"T1 (boxes alone)    {t1:7.2f} s")
     print(f"T2 (captions alone) {t2:7.2f} s")
     print(f"sequential wall     {sequential:7.2f} s")

@@ -30,17 +30,22 @@ def remember_sha256(path: str | os.PathLike, size: int, mtime_ns: int, sha256: s
             _known.popitem(last=False)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Content hash of a file, read in blocks (or remembered from its writer, see the module docstring)."""
+def remembered_sha256(path: str | os.PathLike, size: int, mtime_ns: int) -> str | None:
+    """The hash its writer remembered for the file at ``path`` while it still has this size and mtime_ns."""
     with _known_lock:
         known = _known.get(os.path.abspath(path))
-    if known is not None:
-        try:
-            info = os.stat(path)
-        except OSError:
-            info = None
-        if info is not None and (info.st_size, info.st_mtime_ns) == known[:2]:
-            return known[2]
+    return known[2] if known is not None and known[:2] == (size, mtime_ns) else None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a file, read in blocks (or remembered from its writer, see the module docstring)."""
+    try:
+        info = os.stat(path)
+        remembered = remembered_sha256(path, info.st_size, info.st_mtime_ns)
+    except OSError:
+        remembered = None
+    if remembered is not None:
+        return remembered
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
         while block := handle.read(_HASH_BLOCK):

@@ -141,12 +141,17 @@ def _externalized(value: Any, cache_dir: Path) -> Any:
     return value
 
 
+_SCALARS = (str, int, float, type(None))  # never bytes: skipped without a call (boxes are lists of numbers)
+
+
 def _holds_bytes(value: Any) -> bool:
+    if isinstance(value, _SCALARS):
+        return False
     if isinstance(value, _BYTES):
         return True
     if isinstance(value, dict):
         return isinstance(value.get("bytes"), _BYTES)
-    return _is_list(value) and any(_holds_bytes(v) for v in value)
+    return _is_list(value) and any(_holds_bytes(v) for v in value if not isinstance(v, _SCALARS))
 
 
 def externalize_media(

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.storage.hashing import file_sha256
+from dataflow_mm.storage.hashing import file_sha256, remembered_sha256
 from dataflow_mm.storage.media import resolve_media_path
 
 Stamp = list[Any] | None  # [size, mtime_ns, sha256]
@@ -56,6 +56,18 @@ def stamp(path: str) -> Stamp:
         return None
 
 
+def _remembered_stamp(path: str) -> Stamp | bool:
+    """The stamp without reading the file when its writer remembered its hash; False: it must be hashed."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    sha = remembered_sha256(path, info.st_size, info.st_mtime_ns)
+    return False if sha is None else [info.st_size, info.st_mtime_ns, sha]
+
+
 def media_stamps(columns: Iterable[Iterable[Any]], media_root: Path | None) -> dict[str, Stamp]:
     """A stamp for every distinct local file named in ``columns`` (each an iterable of cells)."""
     paths = {
@@ -65,11 +77,14 @@ def media_stamps(columns: Iterable[Iterable[Any]], media_root: Path | None) -> d
         for value in _local_paths(cell)
         if (resolved := _resolve(value, media_root))
     }
-    ordered = sorted(paths)
-    if len(ordered) < _POOL_FROM:
-        return {path: stamp(path) for path in ordered}
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # hashing frees the GIL
-        return dict(zip(ordered, pool.map(stamp, ordered), strict=True))
+    stamps = {path: _remembered_stamp(path) for path in sorted(paths)}  # drawn images: no read
+    unread = [path for path, item in stamps.items() if item is False]
+    if len(unread) < _POOL_FROM:
+        stamps.update((path, stamp(path)) for path in unread)
+    else:
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # hashing frees the GIL
+            stamps.update(zip(unread, pool.map(stamp, unread), strict=True))
+    return stamps
 
 
 def changed_media(stamps: dict[str, Stamp]) -> list[str]:
