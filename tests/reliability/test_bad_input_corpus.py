@@ -12,14 +12,8 @@ from typing import Any
 import pytest
 
 from dataflow_mm.errors import error_class_of
-from dataflow_mm.testing.bad_inputs import (
-    Case,
-    CorpusFigures,
-    build_chunk_corpus,
-    build_imgdiff_corpus,
-    build_region_caption_corpus,
-    run_corpus,
-)
+from dataflow_mm.testing.bad_input_runs import CorpusFigures, run_corpus
+from dataflow_mm.testing.bad_inputs import Case, build_chunk_corpus, build_imgdiff_corpus, build_region_caption_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 
