@@ -118,15 +118,9 @@ class RayRunner(Runner):
             raise ConfigError(f"batch_size must be an integer >= 1, not {batch_size}")
         self.address = address
         self.num_cpus = num_cpus
-        self.actors_per_model_operator = actors_per_model_operator
-        self.num_gpus_per_actor = num_gpus_per_actor
-        self.num_cpus_per_actor = num_cpus_per_actor
-        self.cpu_threads_per_actor = cpu_threads_per_actor
-        self.max_actor_restarts = max_actor_restarts
         self.batch_size = batch_size
         self.ray_init_kwargs = dict(ray_init_kwargs or {})
         self.shutdown = shutdown
-        self.actor_start_timeout_s = actor_start_timeout_s
         self.streaming = streaming
         self.queue_chunks = queue_chunks
         self.actor_settings = ActorSettings(
@@ -138,6 +132,12 @@ class RayRunner(Runner):
             actor_start_timeout_s,
         )
         self.workers_by_step: dict[int, set[str]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        """The actor settings read as the runner's own (``runner.actors_per_model_operator``...)."""
+        if name != "actor_settings" and name in ActorSettings.__dataclass_fields__:
+            return getattr(self.actor_settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def pools_fit(self, operators: list[OperatorABC]) -> bool:
         """Whether every model operator's actors fit the connected cluster at once with a CPU to spare
