@@ -7,7 +7,8 @@
 # 4. Debian's chromium for the report's browser test (installed when missing)
 # 5. ruff, then the whole pytest suite; without pytest args also
 #    - the fast tests on .venv-min (the lower bounds), and
-#    - the hf backend's tests in .venv-vllm (the transformers version the vLLM extra selects)
+#    - the hf backend's tests in .venv-vllm (the transformers version the vLLM extra selects), and the
+#      vLLM serving's describe() contract there (the main env has no vLLM)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh test
@@ -24,7 +25,8 @@ if [ $# -eq 0 ]; then
         tests/storage tests/imaging tests/pipeline tests/operators tests/scoring tests/test_packaging.py \
         tests/serving/test_api_serving.py tests/serving/test_model_resolver.py \
         tests/serving/test_hf_cache_layout.py tests/serving/test_hf_serving.py
-    echo "[test] the hf backend on the vLLM environment's transformers (.venv-vllm)"
+    echo "[test] the hf backend on the vLLM environment's transformers, and vLLM's describe() contract (.venv-vllm)"
     DATAFLOW_MM_TINY_DIR="$(pwd)/.tiny_models/vllm_env" .venv-vllm/bin/python -m pytest -q -p no:cacheprovider \
-        tests/serving/test_hf_serving.py
+        tests/serving/test_hf_serving.py \
+        "tests/pipeline/test_describe_contract.py::test_describe_is_the_same_before_and_after_loading[LocalModelVLMServing_vllm]"
 fi
