@@ -214,9 +214,7 @@ class DurableBatch:
             for tmp, target in pending:
                 os.replace(tmp, target)
         except BaseException:
-            for tmp, _ in pending:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+            _remove_temps(pending)
             raise
         for folder in dict.fromkeys(target.parent for _, target in pending):
             fsync_folder(folder)
@@ -225,6 +223,11 @@ class DurableBatch:
         """Remove the temp files not committed."""
         with self._lock:
             pending, self._pending = self._pending, []
-        for tmp, _ in pending:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        _remove_temps(pending)
+
+
+def _remove_temps(pending: Sequence[tuple[Path, Path]]) -> None:
+    """The temp files of ``(temp, target)`` pairs removed (those already renamed are gone already)."""
+    for tmp, _ in pending:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

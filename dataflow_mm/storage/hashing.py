@@ -44,8 +44,11 @@ def file_sha256(path: str | os.PathLike) -> str:
         remembered = remembered_sha256(path, info.st_size, info.st_mtime_ns)
     except OSError:
         remembered = None
-    if remembered is not None:
-        return remembered
+    return remembered if remembered is not None else read_sha256(path)
+
+
+def read_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a file, read in blocks."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
         while block := handle.read(_HASH_BLOCK):

@@ -55,16 +55,23 @@ def write_media_stamps(step_file: str | os.PathLike, stamps: Iterable[dict[str, 
     return the file's sha256, or "" when there were none (and no file is left)."""
     target = media_path(step_file)
     digest = hashlib.sha256()
-    with AtomicFile(target) as atomic, atomic.tmp.open("wb") as handle:
-        for chunk in stamps:
-            for path, item in chunk.items():
-                line = orjson.dumps([path, item]) + b"\n"
-                digest.update(line)
-                handle.write(line)
-        empty = handle.tell() == 0
-    if empty:
+    atomic = AtomicFile(target)
+    try:
+        with atomic.tmp.open("wb") as handle:
+            for chunk in stamps:
+                for path, item in chunk.items():
+                    line = orjson.dumps([path, item]) + b"\n"
+                    digest.update(line)
+                    handle.write(line)
+            empty = handle.tell() == 0
+    except BaseException:
+        atomic.discard()
+        raise
+    if empty:  # no stamps: no file (an earlier run's goes too), and nothing to sync
+        atomic.discard()
         target.unlink(missing_ok=True)
         return ""
+    atomic.commit()
     return digest.hexdigest()
 
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.storage.hashing import file_sha256, remembered_sha256
+from dataflow_mm.storage.hashing import read_sha256, remembered_sha256
 from dataflow_mm.storage.media import resolve_media_path
 
 Stamp = list[Any] | None  # [size, mtime_ns, sha256]
@@ -45,27 +45,31 @@ def _resolve(value: str, media_root: Path | None) -> str | None:
         return None
 
 
-def stamp(path: str) -> Stamp:
-    """``[size, mtime_ns, sha256]`` of a regular file, or None when it cannot be read."""
-    try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        return [info.st_size, info.st_mtime_ns, file_sha256(path)]
-    except (OSError, ValueError):
-        return None
-
-
-def _remembered_stamp(path: str) -> Stamp | bool:
-    """The stamp without reading the file when its writer remembered its hash; False: it must be hashed."""
+def _stat_stamp(path: str) -> Stamp:
+    """``[size, mtime_ns, sha256]`` from one ``stat``: the hash its writer remembered, else None (still to
+    read); the whole stamp is None when the file cannot be read."""
     try:
         info = os.stat(path)
     except (OSError, ValueError):
         return None
     if not stat.S_ISREG(info.st_mode):
         return None
-    sha = remembered_sha256(path, info.st_size, info.st_mtime_ns)
-    return False if sha is None else [info.st_size, info.st_mtime_ns, sha]
+    return [info.st_size, info.st_mtime_ns, remembered_sha256(path, info.st_size, info.st_mtime_ns)]
+
+
+def _hashed(path: str, partial: Stamp) -> Stamp:
+    """``partial`` with its content hash read from the file where its writer did not remember one."""
+    if partial is None or partial[2] is not None:
+        return partial
+    try:
+        return [partial[0], partial[1], read_sha256(path)]
+    except (OSError, ValueError):
+        return None
+
+
+def stamp(path: str) -> Stamp:
+    """``[size, mtime_ns, sha256]`` of a regular file, or None when it cannot be read."""
+    return _hashed(path, _stat_stamp(path))
 
 
 def media_stamps(columns: Iterable[Iterable[Any]], media_root: Path | None) -> dict[str, Stamp]:
@@ -77,13 +81,13 @@ def media_stamps(columns: Iterable[Iterable[Any]], media_root: Path | None) -> d
         for value in _local_paths(cell)
         if (resolved := _resolve(value, media_root))
     }
-    stamps = {path: _remembered_stamp(path) for path in sorted(paths)}  # drawn images: no read
-    unread = [path for path, item in stamps.items() if item is False]
+    stamps = {path: _stat_stamp(path) for path in sorted(paths)}  # drawn images: hash remembered, no read
+    unread = [path for path, item in stamps.items() if item is not None and item[2] is None]
     if len(unread) < _POOL_FROM:
-        stamps.update((path, stamp(path)) for path in unread)
+        stamps.update((path, _hashed(path, stamps[path])) for path in unread)
     else:
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # hashing frees the GIL
-            stamps.update(zip(unread, pool.map(stamp, unread), strict=True))
+            stamps.update(zip(unread, pool.map(lambda path: _hashed(path, stamps[path]), unread), strict=True))
     return stamps
 
 
