@@ -103,3 +103,51 @@ class MissingFieldError(RowError):
 
 class ImageDownloadError(ImageLoadError):
     """An ``http(s)://`` image could not be downloaded (HTTP error, timeout, over the size cap)."""
+
+
+# -- Row outcomes and run outcomes -------------------------------------------------------------
+# A row of a step is *done* (no error), *failed* (a permanent row error: a broken image, an invalid
+# box, a request the server refuses as wrong) or *pending* (a transient error: the row was not answered
+# now but may be on a rerun). Pending rows are not results: a step holding one is not complete.
+
+ROW_DONE = "done"
+ROW_FAILED = "failed"
+ROW_PENDING = "pending"
+
+EXIT_COMPLETE = 0  # every row of every step done or permanently failed
+EXIT_BUG = 1  # an unexpected exception (a traceback)
+EXIT_USAGE = 2  # usage or configuration error: one line on stderr
+EXIT_INCOMPLETE = 3  # rows pending or the run stopped early: rerun the same command to continue
+
+
+class TransientRowError(RowError):
+    """A row that could not be processed now but may be later: it stays *pending* and a rerun redoes it."""
+
+
+class ServingUnavailableError(ServingError, TransientRowError):
+    """The backend did not answer this request (connection refused or reset, timeout, 408/429/5xx after
+    the retries, a vLLM output that finished with ``error`` or ``abort``, an engine that died)."""
+
+
+class RowNotReadyError(TransientRowError):
+    """A row an earlier step left pending: this step did not process it and it stays pending."""
+
+
+class ServingConfigError(UserError):
+    """Every request would fail the same way (401/403, the model does not exist, a refused parameter):
+    the run stops after the first few requests with the server's message (exit 2)."""
+
+
+class RunStoppedError(DataflowMMError):
+    """The run stopped early (e.g. the server stopped answering): rows not processed stay pending and
+    the process exits ``EXIT_INCOMPLETE``; rerunning the same command continues."""
+
+
+PENDING_ERROR_CLASSES = frozenset({"ServingUnavailableError", "RowNotReadyError", "TransientRowError"})
+
+
+def row_outcome(error: object) -> str:
+    """``ROW_DONE``, ``ROW_FAILED`` or ``ROW_PENDING`` for a row's ``error`` field value."""
+    if not is_row_error(error):
+        return ROW_DONE
+    return ROW_PENDING if error_class_of(error) in PENDING_ERROR_CLASSES else ROW_FAILED  # type: ignore[arg-type]
