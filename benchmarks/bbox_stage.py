@@ -25,7 +25,7 @@ from pathlib import Path
 
 from dataflow_mm import ExistingBBoxDataGenConfig, FileStorage, ImageBboxGenerator
 from dataflow_mm.storage.file_storage import DEFAULT_CHUNK_SIZE
-from dataflow_mm.testing.sample_data import write_region_caption_table
+from tests.support.sample_data import write_region_caption_table
 
 
 def run_step(table: Path, cache: Path, workers: int | None, chunk_size: int) -> float:
@@ -47,7 +47,7 @@ def photo_like_table(folder: Path, count: int) -> tuple[Path, list[dict]]:
     import numpy as np
     from PIL import Image
 
-    from dataflow_mm.testing.sample_data import write_jsonl
+    from tests.support.sample_data import write_jsonl
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -65,7 +65,7 @@ def photo_like_table(folder: Path, count: int) -> tuple[Path, list[dict]]:
 
 def flat_table(folder: Path, count: int) -> tuple[Path, list[dict]]:
     """``count`` small flat-colour 160x120 JPEGs with a few shapes, 5 xywh boxes per row."""
-    from dataflow_mm.testing.sample_data import scene_with_boxes, write_jsonl
+    from tests.support.sample_data import scene_with_boxes, write_jsonl
 
     folder.mkdir(parents=True, exist_ok=True)
     rows = []

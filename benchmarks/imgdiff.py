@@ -36,21 +36,21 @@ import pandas as pd
 
 from dataflow_mm.imaging.crop import crop_box
 from dataflow_mm.imaging.loading import load_image
-from dataflow_mm.operators.imgdiff_common import candidate_decisions
-from dataflow_mm.operators.imgdiff_difference_caption_generator import ImgDiffDifferenceCaptionGenerator
-from dataflow_mm.operators.imgdiff_difference_captioner import (
-    DEFAULT_DIFFERENCE_PROMPT,
-    difference_panel,
-)
-from dataflow_mm.operators.imgdiff_region_captioner import (
+from dataflow_mm.operators.imgdiff.box_decisions import candidate_decisions
+from dataflow_mm.operators.imgdiff.fused_generator import ImgDiffDifferenceCaptionGenerator
+from dataflow_mm.operators.imgdiff.step1_region_captioner import (
     DEFAULT_REGION_PROMPT,
     normalized_box_text,
+)
+from dataflow_mm.operators.imgdiff.step5_difference_captioner import (
+    DEFAULT_DIFFERENCE_PROMPT,
+    difference_panel,
 )
 from dataflow_mm.scoring import BlipITMScorer, text_similarity_model
 from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
 from dataflow_mm.serving.messages import build_conversation
-from dataflow_mm.testing.imgdiff_pairs import write_imgdiff_table
-from dataflow_mm.testing.tiny_models import tiny_model_path
+from tests.support.imgdiff_pairs import write_imgdiff_table
+from tests.support.tiny_models import tiny_model_path
 
 
 class Counted:

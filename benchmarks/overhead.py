@@ -59,7 +59,7 @@ class Timed:
 def run_pipeline(table: Path, cache: Path, serving: Any, streaming: bool, chunk_size: int = 512) -> tuple[float, float]:
     """(wall seconds, seconds inside the serving call) of the two-step region-caption pipeline."""
     from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
-    from dataflow_mm.runners import LocalRunner
+    from dataflow_mm.engine import LocalRunner
 
     class RegionCaptions(PipelineABC):
         def __init__(self) -> None:
@@ -99,9 +99,9 @@ def main() -> None:
 
     from scale import make_table
 
-    from dataflow_mm.logger import get_logger
+    from dataflow_mm.common.logger import get_logger
     from dataflow_mm.serving.api_serving import APIVLMServing_openai
-    from dataflow_mm.testing.openai_test_server import OpenAITestServer
+    from tests.support.openai_test_server import OpenAITestServer
 
     get_logger().setLevel("WARNING")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()}")
@@ -120,7 +120,7 @@ def main() -> None:
             report(f"api, fake server {delay * 1000:.0f} ms/request", args.rows, wall, inside)
         if args.hf_rows:
             from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
-            from dataflow_mm.testing.tiny_models import tiny_model_path
+            from tests.support.tiny_models import tiny_model_path
 
             (workdir / "hf").mkdir()
             hf_table = make_table(workdir / "hf", args.hf_rows) if args.hf_rows != args.rows else table

@@ -19,9 +19,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from dataflow_mm.pipeline.templates import load_pipeline_script
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams
-from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.fake_serving import FakeVLMServing
+from tests.support.fake_serving import FakeVLMServing
 
 
 class TimedServing(FakeVLMServing):
@@ -63,8 +63,8 @@ def main() -> None:
 
     import ray
 
-    from dataflow_mm.runners.ray_runner import RayRunner
-    from dataflow_mm.testing.sample_data import write_region_caption_table
+    from dataflow_mm.engine.ray_runner import RayRunner
+    from tests.support.sample_data import write_region_caption_table
 
     with tempfile.TemporaryDirectory(prefix="ray_bench_") as tmp:
         root = Path(tmp)

@@ -25,7 +25,7 @@ POOL = 20
 
 
 def make_table(folder: Path, rows: int) -> Path:
-    from dataflow_mm.testing.sample_data import scene_with_boxes, write_jsonl
+    from tests.support.sample_data import scene_with_boxes, write_jsonl
 
     images = []
     for index in range(POOL):
@@ -44,8 +44,8 @@ def make_table(folder: Path, rows: int) -> Path:
 def worker(rows: int, chunk_size: int, window: int = 512) -> dict:
     """Build the table, run the pipeline, report rows/s and this process's peak RSS."""
     from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
-    from dataflow_mm.logger import get_logger
-    from dataflow_mm.testing.fake_serving import FakeVLMServing
+    from dataflow_mm.common.logger import get_logger
+    from tests.support.fake_serving import FakeVLMServing
 
     get_logger().setLevel("WARNING")
 

@@ -38,7 +38,7 @@ def pipeline_class(chunk_size: int, row_seconds: float, box_workers: int | None 
         PipelineABC,
         PromptedVQAGenerator,
     )
-    from dataflow_mm.testing.fake_serving import FakeVLMServing
+    from tests.support.fake_serving import FakeVLMServing
 
     class TimedServing(FakeVLMServing):
         def _chat_batch(self, conversations: Any, sampling: Any) -> Any:
@@ -61,7 +61,7 @@ def pipeline_class(chunk_size: int, row_seconds: float, box_workers: int | None 
 def timed_run(
     table: Path, cache: Path, chunk_size: int, row_seconds: float, streaming: bool, box_workers: int | None
 ) -> Any:
-    from dataflow_mm.runners import LocalRunner
+    from dataflow_mm.engine import LocalRunner
 
     pipeline = pipeline_class(chunk_size, row_seconds, box_workers)(table, cache)
     started = time.perf_counter()
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--row_seconds", default="auto", help="serving seconds per row, or 'auto' (T2 ~ T1)")
     parser.add_argument("--box_workers", type=int, default=None, help="the box step's threads (default: its own)")
     args = parser.parse_args()
-    from dataflow_mm.logger import get_logger
+    from dataflow_mm.common.logger import get_logger
 
     get_logger().setLevel("WARNING")
     with tempfile.TemporaryDirectory() as tmp:

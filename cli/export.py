@@ -32,7 +32,7 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dataflow_mm.errors import UserError
+    from dataflow_mm.common.errors import UserError
     from dataflow_mm.export import export_run
 
     try:

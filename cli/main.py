@@ -7,9 +7,9 @@ import platform
 import sys
 from pathlib import Path
 
-from cli.export import add_export_parser
-from cli.report import add_report_parser
-from cli.scaffold import init_workspace, template_files
+from dataflow_mm.cli.export import add_export_parser
+from dataflow_mm.cli.report import add_report_parser
+from dataflow_mm.cli.scaffold import init_workspace, template_files
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -34,7 +34,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_env(_: argparse.Namespace) -> int:
     from importlib import metadata
 
-    from dataflow_mm.deps import is_importable
+    from dataflow_mm.common.deps import is_importable
     from dataflow_mm.serving.factory import cuda_available, default_backend
 
     print(f"python: {platform.python_version()} ({sys.executable})")

@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataflow_mm.templates import TEMPLATE_DIRS, template_root
+from dataflow_mm.pipeline.templates import TEMPLATE_DIRS, template_root
 
 _SKIP_NAMES = {"__pycache__", ".DS_Store"}
 

@@ -28,13 +28,13 @@ from dataflow_mm import (
     RegionCaptionVerifier,
     VLMServing,
 )
-from dataflow_mm.operators.image_bbox_generator import DEFAULT_REGION_PROMPT
-from dataflow_mm.operators.region_captions import (
+from dataflow_mm.operators.region_caption.caption_parser import (
     STRUCTURED_ANSWER_FORMATS,
     STRUCTURED_ANSWER_INSTRUCTION,
     STRUCTURED_JSON_INSTRUCTION,
     RegionAnswerSchema,
 )
+from dataflow_mm.operators.region_caption.image_bbox_generator import DEFAULT_REGION_PROMPT
 from dataflow_mm.pipeline.arg_checks import check_args
 from dataflow_mm.pipeline.flags import add_constructor_flags, constructor_kwargs
 from dataflow_mm.pipeline.script import (

@@ -30,25 +30,25 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from dataflow_mm import FileStorage, PipelineABC, VLMServing
-from dataflow_mm.operators.data_juicer import (
-    OUTPUT_FORMATS,
-    DataJuicerMetaWriter,
-    bbox_key_for,
-    uses_data_juicer_format,
-)
-from dataflow_mm.operators.imgdiff_area_generator import (
+from dataflow_mm.operators.imgdiff.area_generator import (
     CAPTION1_KEY,
     CAPTION2_KEY,
     PROPOSERS,
     ImgDiffDifferenceAreaGenerator,
     choose_proposer,
 )
-from dataflow_mm.operators.imgdiff_area_proposer import ImgDiffDifferenceAreaProposer
-from dataflow_mm.operators.imgdiff_difference_caption_generator import ImgDiffDifferenceCaptionGenerator
-from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
-from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
-from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
-from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
+from dataflow_mm.operators.imgdiff.area_proposer import ImgDiffDifferenceAreaProposer
+from dataflow_mm.operators.imgdiff.fused_generator import ImgDiffDifferenceCaptionGenerator
+from dataflow_mm.operators.imgdiff.step1_region_captioner import ImgDiffRegionCaptioner
+from dataflow_mm.operators.imgdiff.step2_itm_filter import ImgDiffImageTextMatchingFilter
+from dataflow_mm.operators.imgdiff.step4_similarity_filter import ImgDiffCaptionSimilarityFilter
+from dataflow_mm.operators.imgdiff.step5_difference_captioner import ImgDiffDifferenceCaptioner
+from dataflow_mm.operators.interop.data_juicer import (
+    OUTPUT_FORMATS,
+    DataJuicerMetaWriter,
+    bbox_key_for,
+    uses_data_juicer_format,
+)
 from dataflow_mm.pipeline.arg_checks import check_args
 from dataflow_mm.pipeline.flags import add_constructor_flags, constructor_kwargs
 from dataflow_mm.pipeline.gpu_plan import cuda_total_bytes, share_gpu_with_scorers

@@ -1,4 +1,4 @@
-"""The package map and the imports agree: product code never imports ``dataflow_mm.testing``, and no
+"""The package map and the imports agree: product code never imports ``tests.support``, and no
 two of dataflow_mm's modules import each other, directly or in a ring (lazy imports inside
 functions count; ``if TYPE_CHECKING:`` imports do not, they never run)."""
 
@@ -64,7 +64,7 @@ def product_graph() -> dict[str, set[str]]:
     return {
         name: {other for other in imported_modules(name) if other in MODULES and other != name}
         for name in MODULES
-        if not name.startswith("dataflow_mm.testing")
+        if not name.startswith("tests.support")
     }
 
 
@@ -114,9 +114,9 @@ def test_product_modules_never_import_the_testing_package() -> None:
     offenders = sorted(
         f"{name} imports {other}"
         for name in MODULES
-        if not name.startswith("dataflow_mm.testing")
+        if not name.startswith("tests.support")
         for other in imported_modules(name)
-        if other == "dataflow_mm.testing" or other.startswith("dataflow_mm.testing.")
+        if other == "tests.support" or other.startswith("tests.support.")
     )
     assert offenders == []
 
@@ -143,7 +143,7 @@ STORAGE_HIGHER = (
     "dataflow_mm.models",
     "dataflow_mm.operators",
     "dataflow_mm.pipeline",
-    "dataflow_mm.runners",
+    "dataflow_mm.engine",
     "dataflow_mm.report",
     "dataflow_mm.export",
 )
@@ -155,7 +155,7 @@ def test_storage_layer_imports_no_higher_layer() -> None:
 
 
 def test_the_layer_check_sees_storage_importing_serving() -> None:
-    graph = {"dataflow_mm.storage.downloads": {"dataflow_mm.serving.api_serving", "dataflow_mm.retry"}}
+    graph = {"dataflow_mm.storage.downloads": {"dataflow_mm.serving.api_serving", "dataflow_mm.common.retry"}}
     assert upward_imports(graph, "dataflow_mm.storage", STORAGE_HIGHER) == [
         "dataflow_mm.storage.downloads imports dataflow_mm.serving.api_serving"
     ]
@@ -175,9 +175,9 @@ def test_the_scan_sees_lazy_imports_and_skips_type_checking_ones(tmp_path: Path)
     source = (
         "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n    from dataflow_mm.pipeline.base import PipelineABC\n"
-        "def f():\n    from dataflow_mm.testing.tiny_models import tiny_model_path\n"
+        "def f():\n    from tests.support.tiny_models import tiny_model_path\n"
     )
     modules = {
         node.module for node in _import_nodes(ast.parse(source)) if isinstance(node, ast.ImportFrom) and node.module
     }
-    assert modules == {"typing", "dataflow_mm.testing.tiny_models"}
+    assert modules == {"typing", "tests.support.tiny_models"}

@@ -1,11 +1,11 @@
-"""dataflow_mm.secrets: registered keys and Authorization/Bearer values never reach a message or a log line."""
+"""dataflow_mm.common.secrets: registered keys and Authorization/Bearer values never reach a message or a log line."""
 
 from __future__ import annotations
 
 import io
 import logging
 
-from dataflow_mm.secrets import REDACTED, ScrubbingFilter, has_control_characters, register_secret, scrub
+from dataflow_mm.common.secrets import REDACTED, ScrubbingFilter, has_control_characters, register_secret, scrub
 
 KEY = "sk-unit-scrub-4b1d9e"
 

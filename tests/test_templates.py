@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataflow_mm import PipelineABC
-from dataflow_mm.templates import TEMPLATE_DIRS, load_pipeline_script, template_root
+from dataflow_mm.pipeline.templates import TEMPLATE_DIRS, load_pipeline_script, template_root
 
 
 def test_template_root_holds_the_scripts_and_data() -> None:

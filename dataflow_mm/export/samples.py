@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.errors import ERROR_COLUMN, RowError, UserError
+from dataflow_mm.common.errors import ERROR_COLUMN, RowError, UserError
 from dataflow_mm.export.boxes import format_box
 from dataflow_mm.imaging.bbox import to_xyxy
 from dataflow_mm.imaging.loading import image_size
-from dataflow_mm.operators.imgdiff_common import DECISIONS_KEY, IMAGE1_KEY, IMAGE2_KEY
+from dataflow_mm.operators.imgdiff.box_decisions import DECISIONS_KEY, IMAGE1_KEY, IMAGE2_KEY
 from dataflow_mm.storage.formats import iter_table
 from dataflow_mm.storage.manifest import StepManifest
 from dataflow_mm.storage.media import resolve_media_path

@@ -15,7 +15,7 @@ The clipping rule, used by every operator (:func:`clip_box`):
 * a **degenerate** box (width or height <= 0 before clipping) is **rejected**;
 * a box lying **entirely outside** the image (zero area after clipping) is **rejected**.
 
-Rejections raise :class:`~dataflow_mm.errors.InvalidBoxError`; :func:`parse_boxes` collects them
+Rejections raise :class:`~dataflow_mm.common.errors.InvalidBoxError`; :func:`parse_boxes` collects them
 per box instead, so one bad box does not cost a row its good boxes.
 """
 
@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dataflow_mm.errors import InvalidBoxError
+from dataflow_mm.common.errors import InvalidBoxError
 
 BoxFormat = Literal["xywh", "xyxy", "cxcywh"]
 BOX_FORMATS: tuple[str, ...] = ("xywh", "xyxy", "cxcywh")

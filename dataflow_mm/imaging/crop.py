@@ -14,7 +14,7 @@ def crop_box(image: Image.Image, xyxy: Sequence[float]) -> Image.Image:
     """The pixels covering pixel box ``xyxy``, clipped to the image (floor/ceil edges, >= 1 px).
 
     Follows the clipping rule of :mod:`dataflow_mm.imaging.bbox`: degenerate or fully-outside
-    boxes raise :class:`~dataflow_mm.errors.InvalidBoxError`.
+    boxes raise :class:`~dataflow_mm.common.errors.InvalidBoxError`.
     """
     width, height = image.size
     x0, y0, x1, y1 = clip_box(xyxy, (width, height))

@@ -21,7 +21,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dataflow_mm.errors import ImageDecodeError, ImageLoadError, ImageNotFoundError, ImageTooLargeError
+from dataflow_mm.common.errors import ImageDecodeError, ImageLoadError, ImageNotFoundError, ImageTooLargeError
 
 DEFAULT_MAX_PIXELS = 100_000_000
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataflow_mm.deps import is_importable, require
+from dataflow_mm.common.deps import is_importable, require
 
 AUTO = "auto"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataflow_mm.errors import ModelNotAvailableError
-from dataflow_mm.logger import get_logger
+from dataflow_mm.common.errors import ModelNotAvailableError
+from dataflow_mm.common.logger import get_logger
 from dataflow_mm.models.resolver import resolve_model_path
 from dataflow_mm.models.tiny import is_tiny_model, tiny_model_path
 

@@ -16,8 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.deps import require
-from dataflow_mm.errors import UserError
+from dataflow_mm.common.deps import require
+from dataflow_mm.common.errors import UserError
 
 _DROPPED_ATTRIBUTE = "video_processor"
 _CONFIG_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")

@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from dataflow_mm.errors import ModelNotAvailableError
+from dataflow_mm.common.errors import ModelNotAvailableError
 
 CONFIG_FILE = "config.json"
 # What decides a model's answers besides its weights: architecture, generation defaults, image

@@ -17,7 +17,7 @@ Each folder holds a marker file (``dataflow_mm_tiny_model.json``) so a serving b
 tell it is a smoke-test model (``is_tiny_model``).
 
 This is product code: ``--allow_tiny_fallback`` uses it when a real model is unavailable, and
-``dataflow_mm.testing.tiny_models`` re-exports it for tests.
+``tests.support.tiny_models`` re-exports it for tests.
 """
 
 from __future__ import annotations

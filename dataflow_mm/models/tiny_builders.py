@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.deps import require
+from dataflow_mm.common.deps import require
 from dataflow_mm.models.tiny_tokenizers import (
     LLAVA_NEXT_CHAT_TEMPLATE,
     QWEN2_5_VL_CHAT_TEMPLATE,

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from dataflow_mm.deps import require
+from dataflow_mm.common.deps import require
 
 # Words the project's prompts use, so prompts tokenize into real subwords, not bytes.
 _SENTENCES = (

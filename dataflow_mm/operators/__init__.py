@@ -1,17 +1,17 @@
 """Operators: batch transforms over pandas DataFrames, one file each."""
 
-from dataflow_mm.operators.base import OperatorABC, StepResult
-from dataflow_mm.operators.image_bbox_generator import ExistingBBoxDataGenConfig, ImageBboxGenerator
-from dataflow_mm.operators.imgdiff_area_generator import ImgDiffDifferenceAreaGenerator
-from dataflow_mm.operators.imgdiff_area_proposer import ImgDiffDifferenceAreaProposer
-from dataflow_mm.operators.imgdiff_difference_caption_generator import ImgDiffDifferenceCaptionGenerator
-from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
-from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
-from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
-from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
-from dataflow_mm.operators.prompted_vqa_generator import PromptedVQAGenerator
-from dataflow_mm.operators.region_caption_verifier import RegionCaptionVerifier
-from dataflow_mm.operators.region_captions import RegionCaptionParser, parse_region_captions
+from dataflow_mm.core.operator import OperatorABC, StepResult
+from dataflow_mm.operators.imgdiff.area_generator import ImgDiffDifferenceAreaGenerator
+from dataflow_mm.operators.imgdiff.area_proposer import ImgDiffDifferenceAreaProposer
+from dataflow_mm.operators.imgdiff.fused_generator import ImgDiffDifferenceCaptionGenerator
+from dataflow_mm.operators.imgdiff.step1_region_captioner import ImgDiffRegionCaptioner
+from dataflow_mm.operators.imgdiff.step2_itm_filter import ImgDiffImageTextMatchingFilter
+from dataflow_mm.operators.imgdiff.step4_similarity_filter import ImgDiffCaptionSimilarityFilter
+from dataflow_mm.operators.imgdiff.step5_difference_captioner import ImgDiffDifferenceCaptioner
+from dataflow_mm.operators.region_caption.caption_parser import RegionCaptionParser, parse_region_captions
+from dataflow_mm.operators.region_caption.caption_verifier import RegionCaptionVerifier
+from dataflow_mm.operators.region_caption.image_bbox_generator import ExistingBBoxDataGenConfig, ImageBboxGenerator
+from dataflow_mm.operators.region_caption.prompted_vqa_generator import PromptedVQAGenerator
 
 __all__ = [
     "ExistingBBoxDataGenConfig",

@@ -12,7 +12,7 @@ import pkgutil
 from functools import cache
 
 import dataflow_mm.operators as _package
-from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.core.operator import OperatorABC
 
 
 @cache

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from dataflow_mm.errors import StorageError, UserError
+from dataflow_mm.common.errors import StorageError, UserError
 from dataflow_mm.storage.paths import check_file_name_prefix, unwritable_reason
 
 # flag -> smallest value that works (None values mean "not set" and are left alone)

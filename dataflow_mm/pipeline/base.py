@@ -14,9 +14,9 @@ from abc import ABC, abstractmethod
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
-from dataflow_mm.errors import ERROR_COLUMN, PipelineCompileError, StorageError
-from dataflow_mm.logger import get_logger
-from dataflow_mm.operators.base import OperatorCall, recording_calls
+from dataflow_mm.common.errors import ERROR_COLUMN, PipelineCompileError, StorageError
+from dataflow_mm.common.logger import get_logger
+from dataflow_mm.core.operator import OperatorCall, recording_calls
 from dataflow_mm.pipeline.run_log import run_log
 from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.report import report_after_run
@@ -26,7 +26,7 @@ from dataflow_mm.storage.formats import find_columns, has_records, iter_table, p
 from dataflow_mm.storage.paths import write_conflicts
 
 if TYPE_CHECKING:
-    from dataflow_mm.runners.base import Runner
+    from dataflow_mm.engine.runner import Runner
 
 log = get_logger("pipeline")
 
@@ -150,7 +150,7 @@ class PipelineABC(ABC):
 
         ``runner`` is a Runner or a name: "local" (in this process) or "ray" (Ray tasks and actors).
         """
-        from dataflow_mm.runners import get_runner
+        from dataflow_mm.engine import get_runner
 
         calls = self.compile()
         with ExitStack() as held:  # one run per cache folder, for the whole run (see storage.lock)

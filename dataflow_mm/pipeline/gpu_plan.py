@@ -15,8 +15,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from dataflow_mm.errors import UserError
-from dataflow_mm.logger import get_logger
+from dataflow_mm.common.errors import UserError
+from dataflow_mm.common.logger import get_logger
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.serving.vllm_engine_args import DEFAULT_GPU_MEMORY_UTILIZATION
 

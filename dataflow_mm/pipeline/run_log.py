@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dataflow_mm.logger import LOG_FORMAT, get_logger
-from dataflow_mm.secrets import ScrubbingFilter, scrub
+from dataflow_mm.common.logger import LOG_FORMAT, get_logger
+from dataflow_mm.common.secrets import ScrubbingFilter, scrub
 
 LOGS_DIR_NAME = "logs"
 

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dataflow_mm.errors import UserError
-from dataflow_mm.runners import RUNNERS, LocalRunner, Runner
+from dataflow_mm.common.errors import UserError
+from dataflow_mm.engine import RUNNERS, LocalRunner, Runner
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.serving.factory import create_serving
 from dataflow_mm.serving.settings import ServingSettings
@@ -81,7 +81,7 @@ def runner_from_args(args: argparse.Namespace) -> Runner:
     """The runner the flags describe (Ray is imported only when it is chosen)."""
     if args.runner != "ray":
         return LocalRunner(streaming=not args.no_streaming)
-    from dataflow_mm.runners.ray_runner import RayRunner
+    from dataflow_mm.engine.ray_runner import RayRunner
 
     return RayRunner(
         address=args.ray_address,

@@ -1,7 +1,7 @@
 """Which page layout a table gets and which column plays which role, from the operators' declarations.
 
 The layouts are the report's (``imgdiff``, ``region_caption``, else generic); the column names come from
-the operators' ``report_view`` (``dataflow_mm.operators.report_view``), read through the registry.
+the operators' ``report_view`` (``dataflow_mm.core.report_view``), read through the registry.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dataflow_mm.errors import ERROR_COLUMN
-from dataflow_mm.operators.base import OperatorABC
-from dataflow_mm.operators.report_view import ReportView
+from dataflow_mm.common.errors import ERROR_COLUMN
+from dataflow_mm.core.operator import OperatorABC
+from dataflow_mm.core.report_view import ReportView
 
 DEFAULT_PAGE_SIZE = 50
 SAMPLE_ROWS = 2_000

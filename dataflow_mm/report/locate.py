@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataflow_mm.errors import UserError
+from dataflow_mm.common.errors import UserError
 from dataflow_mm.storage.formats import SUPPORTED_TYPES
 from dataflow_mm.storage.manifest import StepManifest
 

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.errors import UserError
+from dataflow_mm.common.errors import UserError
 from dataflow_mm.report.locate import ReportError
 from dataflow_mm.storage.formats import iter_table
 from dataflow_mm.storage.media import is_image_struct
@@ -64,7 +64,7 @@ _BYTES = (bytes, bytearray, memoryview)
 
 def _thumbnail(data: bytes, thumbs: Path) -> str | None:
     """A JPEG thumbnail of image bytes under ``thumbs`` (named from the bytes); None when they are no image."""
-    from dataflow_mm.errors import RowError
+    from dataflow_mm.common.errors import RowError
     from dataflow_mm.imaging.loading import load_image
     from dataflow_mm.imaging.naming import content_name, save_image_atomic
 

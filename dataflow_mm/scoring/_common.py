@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.deps import require
-from dataflow_mm.errors import ConfigError, ModelNotAvailableError
-from dataflow_mm.logger import get_logger
+from dataflow_mm.common.deps import require
+from dataflow_mm.common.errors import ConfigError, ModelNotAvailableError
+from dataflow_mm.common.logger import get_logger
 from dataflow_mm.models.device import resolve_device
 from dataflow_mm.models.fallback import is_smoke_test_folder, resolve_or_tiny
 

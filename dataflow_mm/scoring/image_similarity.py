@@ -14,8 +14,8 @@ from typing import Any
 
 from PIL import Image
 
-from dataflow_mm.deps import require
-from dataflow_mm.errors import UserError
+from dataflow_mm.common.deps import require
+from dataflow_mm.common.errors import UserError
 from dataflow_mm.scoring._common import LazyScorer, batches
 from dataflow_mm.scoring.text_similarity import DEFAULT_CLIP
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from dataflow_mm.deps import require
+from dataflow_mm.common.deps import require
 from dataflow_mm.scoring._common import LazyScorer, batches
 
 DEFAULT_BLIP_ITM = "Salesforce/blip-itm-base-coco"

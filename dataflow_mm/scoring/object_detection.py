@@ -20,8 +20,8 @@ from typing import Any
 
 from PIL import Image
 
-from dataflow_mm.deps import require
-from dataflow_mm.errors import InvalidBoxError, UserError
+from dataflow_mm.common.deps import require
+from dataflow_mm.common.errors import InvalidBoxError, UserError
 from dataflow_mm.imaging.bbox import Box, clip_box
 from dataflow_mm.imaging.nms import kept_indices
 from dataflow_mm.scoring._common import LazyScorer, batches

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.deps import require
-from dataflow_mm.errors import UserError
+from dataflow_mm.common.deps import require
+from dataflow_mm.common.errors import UserError
 from dataflow_mm.scoring._common import LazyScorer, batches
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"

@@ -12,10 +12,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from dataflow_mm.deps import require
-from dataflow_mm.errors import ServingError, row_error_text
-from dataflow_mm.retry import is_retryable_status
-from dataflow_mm.secrets import scrub, scrub_secrets
+from dataflow_mm.common.deps import require
+from dataflow_mm.common.errors import ServingError, row_error_text
+from dataflow_mm.common.retry import is_retryable_status
+from dataflow_mm.common.secrets import scrub, scrub_secrets
 from dataflow_mm.serving.base import Completion
 from dataflow_mm.serving.http_reply import Deadline, ReplyTooLargeError, read_reply
 

@@ -8,7 +8,7 @@ come back in input order.
 Images (``{"type": "image", "image": path | PIL.Image | bytes}``) are sent as base64 ``data:`` URLs of
 the pixels the in-process backends see, downscaled to ``max_image_side`` (``serving.api_images``).
 
-Faults (see ``dataflow_mm.retry.RetryPolicy``): a request is retried, with exponential backoff and jitter, on
+Faults (see ``dataflow_mm.common.retry.RetryPolicy``): a request is retried, with exponential backoff and jitter, on
 HTTP 408, HTTP 429, HTTP 5xx, connection errors (refused, reset, closed without an answer), timeouts
 and a 2xx answer whose body is not valid JSON (a truncated or garbled body from an overloaded server
 or proxy: treated like a server error). As in the OpenAI SDK, the server's wait replaces the
@@ -27,7 +27,7 @@ decompressed (default 4 MiB) is a row error, ``reply too large``, not retried.
 
 Secrets: a key holding a control character is refused before any request; every message that
 reaches a row or the log is scrubbed of the key and of any ``Authorization``/``Bearer`` value
-(``dataflow_mm.secrets``).
+(``dataflow_mm.common.secrets``).
 """
 
 from __future__ import annotations
@@ -42,17 +42,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from dataflow_mm.deps import require
-from dataflow_mm.errors import (
+from dataflow_mm.common.deps import require
+from dataflow_mm.common.errors import (
     RowError,
     ServingError,
     UnsupportedArgumentError,
     UserError,
     row_error_text,
 )
-from dataflow_mm.logger import get_logger
-from dataflow_mm.retry import MAX_RETRY_AFTER_S, RetryPolicy, is_retryable_status
-from dataflow_mm.secrets import has_control_characters, register_secret, scrub
+from dataflow_mm.common.logger import get_logger
+from dataflow_mm.common.retry import MAX_RETRY_AFTER_S, RetryPolicy, is_retryable_status
+from dataflow_mm.common.secrets import has_control_characters, register_secret, scrub
 from dataflow_mm.serving import structured
 from dataflow_mm.serving.api_images import (
     _MIME,

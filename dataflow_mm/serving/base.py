@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dataflow_mm.errors import UserError
+from dataflow_mm.common.errors import UserError
+from dataflow_mm.common.surrogates import replace_lone_surrogates
 from dataflow_mm.serving.messages import Conversation, build_conversation
-from dataflow_mm.surrogates import replace_lone_surrogates
 
 FINISH_LENGTH = "length"  # the finish_reason of an answer cut off by max_tokens (vLLM and OpenAI name)
 

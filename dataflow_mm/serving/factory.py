@@ -12,9 +12,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.deps import is_importable
-from dataflow_mm.errors import UserError
-from dataflow_mm.logger import get_logger
+from dataflow_mm.common.deps import is_importable
+from dataflow_mm.common.errors import UserError
+from dataflow_mm.common.logger import get_logger
 from dataflow_mm.models.device import cuda_available
 from dataflow_mm.models.fallback import resolve_or_tiny
 from dataflow_mm.serving.base import VLMServing

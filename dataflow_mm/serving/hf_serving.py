@@ -21,9 +21,9 @@ from typing import Any
 
 from PIL import Image
 
-from dataflow_mm.deps import is_importable, require
-from dataflow_mm.errors import ConfigError, RowError, ServingError, UserError, row_error_text
-from dataflow_mm.logger import get_logger
+from dataflow_mm.common.deps import is_importable, require
+from dataflow_mm.common.errors import ConfigError, RowError, ServingError, UserError, row_error_text
+from dataflow_mm.common.logger import get_logger
 from dataflow_mm.models.device import resolve_device
 from dataflow_mm.models.processor_loading import load_processor
 from dataflow_mm.serving import structured

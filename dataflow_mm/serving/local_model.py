@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataflow_mm.errors import ModelNotAvailableError
+from dataflow_mm.common.errors import ModelNotAvailableError
 from dataflow_mm.models.fallback import is_smoke_test_folder
 from dataflow_mm.models.resolver import config_sha256, resolve_model_path
 

@@ -24,8 +24,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from dataflow_mm.deps import require
-from dataflow_mm.errors import ServingError
+from dataflow_mm.common.deps import require
+from dataflow_mm.common.errors import ServingError
 
 # Passed to vllm.LLM (structured_outputs_config): xgrammar, no free whitespace.
 ENGINE_CONFIG: dict[str, Any] = {"backend": "xgrammar", "disable_any_whitespace": True}

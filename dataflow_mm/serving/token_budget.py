@@ -26,7 +26,7 @@ from typing import Any
 
 from PIL import Image
 
-from dataflow_mm.errors import PromptTooLongError, RowError, ServingError, row_error_text
+from dataflow_mm.common.errors import PromptTooLongError, RowError, ServingError, row_error_text
 from dataflow_mm.imaging.loading import image_size
 from dataflow_mm.serving.base import Completion, Conversation, ServingStats
 from dataflow_mm.serving.messages import is_image_part, split_images, to_pil

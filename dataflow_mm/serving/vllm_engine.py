@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from dataflow_mm.logger import get_logger
+from dataflow_mm.common.logger import get_logger
 
 logger = get_logger("serving.vllm")
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dataflow_mm.errors import PromptTooLongError, RowError, ServingError, row_error_text
-from dataflow_mm.logger import get_logger
+from dataflow_mm.common.errors import PromptTooLongError, RowError, ServingError, row_error_text
+from dataflow_mm.common.logger import get_logger
 from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import Completion, SamplingParams
 

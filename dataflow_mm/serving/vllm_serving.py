@@ -34,8 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.deps import require
-from dataflow_mm.errors import (
+from dataflow_mm.common.deps import require
+from dataflow_mm.common.errors import (
     ImageLoadError,
     ModelNotAvailableError,
     RowError,
@@ -43,7 +43,7 @@ from dataflow_mm.errors import (
     UserError,
     row_error_text,
 )
-from dataflow_mm.logger import get_logger
+from dataflow_mm.common.logger import get_logger
 from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import (
     Completion,

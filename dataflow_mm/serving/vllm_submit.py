@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from dataflow_mm.errors import RowError
+from dataflow_mm.common.errors import RowError
 
 DEFAULT_BUILD_WORKERS = 2  # threads decoding the next requests' images (PIL releases the GIL while decoding)
 Outcome = Any  # a vLLM RequestOutput, or the Exception that kept the request from being answered

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.errors import StorageError
+from dataflow_mm.common.errors import StorageError
 from dataflow_mm.storage import jsoncodec
 
 _JSON_STARTS = frozenset('-0123456789[{"tfn')

@@ -3,7 +3,8 @@
 Rules shared with :class:`dataflow_mm.serving.api_serving.APIVLMServing_openai`: ``timeout`` seconds
 per attempt (default 60), up to ``max_retries`` retries (default 3) on HTTP 429, 5xx, connection
 errors and timeouts, with the same jittered exponential backoff and ``Retry-After`` handling
-(:class:`dataflow_mm.retry.RetryPolicy`); any other 4xx is final. A reply larger than ``max_bytes`` (default 64 MiB,
+(:class:`dataflow_mm.common.retry.RetryPolicy`); any other 4xx is final. A reply larger than
+``max_bytes`` (default 64 MiB,
 checked against ``Content-Length`` and while reading) is refused. Every failure is an
 ``ImageDownloadError`` for that row. The file is stored content-addressed
 (``{stem}_{sha256[:16]}{suffix}``) and an index file per URL (``.urls/<sha256(url)>``) lets
@@ -20,8 +21,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dataflow_mm.errors import ImageDownloadError
-from dataflow_mm.retry import RetryPolicy, is_retryable_status
+from dataflow_mm.common.errors import ImageDownloadError
+from dataflow_mm.common.retry import RetryPolicy, is_retryable_status
 from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.media_bytes import store_bytes
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from dataflow_mm.errors import StorageError
+from dataflow_mm.common.errors import StorageError
 from dataflow_mm.storage.formats import (
     DEFAULT_CHUNK_SIZE,
     Chunk,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dataflow_mm.errors import StorageError
+from dataflow_mm.common.errors import StorageError
 from dataflow_mm.storage.arrow_exact import JSON_COLUMNS_KEY, batch_frame, frame_to_arrow, parquet_json_columns
 from dataflow_mm.storage.chunks import Chunk, Reject, records_frame
 from dataflow_mm.storage.csv_cells import check_csv_header, decode_csv_cell

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from dataflow_mm.common.surrogates import may_hold_surrogates, replace_lone_surrogates
 from dataflow_mm.storage.chunks import Chunk, Reject, records_frame
-from dataflow_mm.surrogates import may_hold_surrogates, replace_lone_surrogates
 
 # Deepest list/object nesting a table record may have (the record itself is level 1); deeper JSONL lines are
 # rejected (TooDeepJSONLine). Real rows nest a few levels; Parquet reads back about 45 nested lists at most.
@@ -51,7 +51,7 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
 
 def load_json_text(text: str, max_depth: int = MAX_JSON_DEPTH, **kwargs: Any) -> Any:
     """``json.loads`` for table input: nesting capped at ``max_depth`` (``TooDeepError``), lone
-    surrogates replaced by U+FFFD (see ``dataflow_mm.surrogates``)."""
+    surrogates replaced by U+FFFD (see ``dataflow_mm.common.surrogates``)."""
     too_deep = TooDeepError(f"a record is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         value = json.loads(text, **kwargs)

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dataflow_mm.errors import StorageError
-from dataflow_mm.logger import get_logger
+from dataflow_mm.common.errors import StorageError
+from dataflow_mm.common.logger import get_logger
 
 log = get_logger("storage")
 

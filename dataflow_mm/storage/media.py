@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from dataflow_mm.errors import MissingFieldError
+from dataflow_mm.common.errors import MissingFieldError
 from dataflow_mm.storage.atomic import AtomicFile, DurableBatch
 from dataflow_mm.storage.downloads import download_image
 from dataflow_mm.storage.hashing import remember_sha256

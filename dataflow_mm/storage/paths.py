@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dataflow_mm.errors import StorageError
+from dataflow_mm.common.errors import StorageError
 
 
 def check_file_name_prefix(prefix: str) -> str:

@@ -22,8 +22,8 @@ import json
 import re
 from pathlib import Path
 
-from dataflow_mm.errors import StorageError
-from dataflow_mm.logger import get_logger
+from dataflow_mm.common.errors import StorageError
+from dataflow_mm.common.logger import get_logger
 from dataflow_mm.storage.atomic import write_bytes_atomic
 
 log = get_logger("storage.sources")
@@ -97,7 +97,7 @@ def parse_hf_source(source: str) -> tuple[str, str | None, str | None]:
 
 
 def _fetch_snapshot(repo_id: str, revision: str | None, pattern: str | None, source: str) -> Path:
-    from dataflow_mm.deps import require
+    from dataflow_mm.common.deps import require
 
     hub = require("huggingface_hub", "hf")
     from huggingface_hub import constants

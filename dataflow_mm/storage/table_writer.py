@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from dataflow_mm.errors import StorageError
+from dataflow_mm.common.errors import StorageError
 from dataflow_mm.storage import jsoncodec
 from dataflow_mm.storage.arrow_exact import frame_to_arrow
 from dataflow_mm.storage.atomic import AtomicFile, CommitOnExit, write_bytes_atomic

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
-from cli.scaffold import template_files
+from dataflow_mm.cli.main import main
+from dataflow_mm.cli.scaffold import template_files
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = Path("gpu_pipelines/image_region_caption_pipeline.py")
@@ -98,7 +98,7 @@ def test_init_works_from_an_installed_wheel(tmp_path: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "init", str(tmp_path / "ws")],
+        [sys.executable, "-m", "dataflow_mm.cli.main", "init", str(tmp_path / "ws")],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import dataflow_mm.operators
-from cli.main import main
-from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.cli.main import main
+from dataflow_mm.core.operator import OperatorABC
 from dataflow_mm.operators.registry import operator_classes
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli.main import main as cli_main
+from dataflow_mm.cli.main import main as cli_main
 from dataflow_mm.export import export_run, format_box
+from dataflow_mm.pipeline.templates import load_pipeline_script
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
-from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.sample_data import write_jsonl, write_region_caption_table
+from tests.support.sample_data import write_jsonl, write_region_caption_table
 
 datasets = pytest.importorskip("datasets")
 
@@ -192,8 +192,8 @@ def test_a_table_with_nothing_to_export_is_one_line_and_exit_2(tmp_path: Path, c
 def test_a_real_imgdiff_run_exports_one_sample_per_kept_box(
     tmp_path: Path, tiny_blip_dir: Path, tiny_clip_dir: Path, keep_panels: bool
 ) -> None:
-    from dataflow_mm.testing.fake_serving import FakeVLMServing
-    from dataflow_mm.testing.imgdiff_pairs import write_imgdiff_table
+    from tests.support.fake_serving import FakeVLMServing
+    from tests.support.imgdiff_pairs import write_imgdiff_table
 
     table = write_imgdiff_table(tmp_path / "pairs", n_pairs=3, n_boxes=2)
     pipeline = load_pipeline_script("imgdiff_pipeline").ImgDiffPipeline(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dataflow_mm.testing.openai_test_server import Fault, OpenAITestServer
+from tests.support.openai_test_server import Fault, OpenAITestServer
 
 pytest.importorskip("httpx")
 

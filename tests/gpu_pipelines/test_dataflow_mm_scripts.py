@@ -1,5 +1,5 @@
 """DataFlow-MM's own pipeline scripts, written as its users write them with only the imports changed,
-run as subprocesses against the fake OpenAI endpoint (``dataflow_mm.testing.openai_test_server``).
+run as subprocesses against the fake OpenAI endpoint (``tests.support.openai_test_server``).
 
 The scripts follow DataFlow-MM's ``api_pipelines/image_region_caption_api_pipeline.py`` (the seed's
 two-storage pattern), ``api_pipelines/image_vqa.py`` and ``api_pipelines/video_caption_api_pipeline.py``:
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from dataflow_mm.testing.openai_test_server import OpenAITestServer, image_urls
-from dataflow_mm.testing.sample_data import write_region_caption_table
+from tests.support.openai_test_server import OpenAITestServer, image_urls
+from tests.support.sample_data import write_region_caption_table
 
 pytest.importorskip("httpx")
 

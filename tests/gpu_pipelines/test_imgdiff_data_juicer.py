@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from dataflow_mm.imaging.bbox import from_xyxy
-from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.imgdiff_pairs import edited_pair
-from dataflow_mm.testing.sample_data import write_jsonl
+from dataflow_mm.pipeline.templates import load_pipeline_script
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.imgdiff_pairs import edited_pair
+from tests.support.sample_data import write_jsonl
 
 DJ_RESULT = {"region_caption1", "region_caption2", "__dj__bbox__", "bbox_difference_captions"}
 

@@ -13,8 +13,8 @@ from types import ModuleType
 
 import pytest
 
-from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.fake_serving import FakeVLMServing
+from dataflow_mm.pipeline.templates import load_pipeline_script
+from tests.support.fake_serving import FakeVLMServing
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "gpu_pipelines" / "imgdiff_pipeline.py"
@@ -116,7 +116,7 @@ def test_fused_pipeline_with_minilm_similarity_in_process(
 
 
 def test_wrong_keys_fail_before_any_model_loads(tmp_path: Path) -> None:
-    from dataflow_mm.errors import PipelineCompileError
+    from dataflow_mm.common.errors import PipelineCompileError
 
     serving = FakeVLMServing()
     pipeline = load_script().ImgDiffPipeline(
@@ -135,7 +135,7 @@ def test_captioned_pairs_run_the_model_proposer_in_one_command_and_resume(
     tmp_path: Path, tiny_llava_dir: Path, tiny_blip_dir: Path, tiny_clip_dir: Path, tiny_owlv2_dir: Path
 ) -> None:
     """Pairs with caption1/caption2 and no boxes -> generated areas -> difference captions (``--proposer auto``)."""
-    from dataflow_mm.testing.imgdiff_pairs import write_captioned_pairs
+    from tests.support.imgdiff_pairs import write_captioned_pairs
 
     table = write_captioned_pairs(tmp_path / "pairs", 3)
     env = {

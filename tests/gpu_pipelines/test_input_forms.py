@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from dataflow_mm.pipeline.templates import load_pipeline_script
 from dataflow_mm.report import write_report
 from dataflow_mm.storage.formats import read_table
-from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.imgdiff_pairs import edited_pair
-from dataflow_mm.testing.sample_data import scene_with_boxes
-from dataflow_mm.testing.user_inputs import image_bytes, image_http_server, write_hf_image_shard
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.imgdiff_pairs import edited_pair
+from tests.support.sample_data import scene_with_boxes
+from tests.support.user_inputs import image_bytes, image_http_server, write_hf_image_shard
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx  # noqa: F401 - a declared test dependency: imported, never skipped
 from PIL import Image
 
-from dataflow_mm.testing.openai_test_server import Fault, OpenAITestServer, image_urls
+from tests.support.openai_test_server import Fault, OpenAITestServer, image_urls
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "gpu_pipelines" / "image_region_caption_pipeline.py"

@@ -13,8 +13,8 @@ from types import ModuleType
 import pytest
 
 from dataflow_mm import LocalModelVLMServing_hf
-from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.sample_data import write_region_caption_table
+from dataflow_mm.pipeline.templates import load_pipeline_script
+from tests.support.sample_data import write_region_caption_table
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "gpu_pipelines" / "image_region_caption_pipeline.py"

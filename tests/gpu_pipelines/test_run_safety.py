@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dataflow_mm.storage.lock import lock_file_of
-from dataflow_mm.testing.openai_test_server import OpenAITestServer
+from tests.support.openai_test_server import OpenAITestServer
 
 pytest.importorskip("httpx")
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from dataflow_mm.errors import InvalidBoxError, RowError, row_error_text
+from dataflow_mm.common.errors import InvalidBoxError, RowError, row_error_text
 from dataflow_mm.imaging import (
     BOX_FORMATS,
     BoxParseResult,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataflow_mm.errors import InvalidBoxError
+from dataflow_mm.common.errors import InvalidBoxError
 from dataflow_mm.imaging import crop_box
 
 

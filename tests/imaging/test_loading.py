@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataflow_mm.errors import (
+from dataflow_mm.common.errors import (
     ImageDecodeError,
     ImageLoadError,
     ImageNotFoundError,

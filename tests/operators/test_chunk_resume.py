@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from dataflow_mm.testing.sample_data import write_region_caption_table
+from tests.support.sample_data import write_region_caption_table
 
 RUNNER = textwrap.dedent(
     """
     import sys, time
     from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
-    from dataflow_mm.testing.fake_serving import FakeVLMServing
+    from tests.support.fake_serving import FakeVLMServing
 
     class SlowServing(FakeVLMServing):
         def _chat_batch(self, conversations, sampling):

@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from dataflow_mm.errors import ConfigError, UserError
+from dataflow_mm.common.errors import ConfigError, UserError
 from dataflow_mm.imaging.bbox import BOX_FORMATS
-from dataflow_mm.operators.image_bbox_generator import ExistingBBoxDataGenConfig, ImageBboxGenerator
-from dataflow_mm.operators.imgdiff_area_proposer import ImgDiffDifferenceAreaProposer
-from dataflow_mm.operators.imgdiff_difference_caption_generator import ImgDiffDifferenceCaptionGenerator
-from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
-from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
+from dataflow_mm.operators.imgdiff.area_proposer import ImgDiffDifferenceAreaProposer
+from dataflow_mm.operators.imgdiff.fused_generator import ImgDiffDifferenceCaptionGenerator
+from dataflow_mm.operators.imgdiff.step1_region_captioner import ImgDiffRegionCaptioner
+from dataflow_mm.operators.imgdiff.step5_difference_captioner import ImgDiffDifferenceCaptioner
+from dataflow_mm.operators.region_caption.image_bbox_generator import ExistingBBoxDataGenConfig, ImageBboxGenerator
 from dataflow_mm.serving.api_serving import APIVLMServing_openai
-from dataflow_mm.testing.fake_serving import FakeVLMServing
+from tests.support.fake_serving import FakeVLMServing
 
 
 def test_the_issues_config_is_refused_when_built_naming_field_and_allowed_values() -> None:
@@ -76,7 +76,7 @@ def test_good_values_pass() -> None:
 
 SCRIPT = textwrap.dedent(
     """
-    from dataflow_mm.operators.image_bbox_generator import ExistingBBoxDataGenConfig, ImageBboxGenerator
+    from dataflow_mm.operators.region_caption.image_bbox_generator import ExistingBBoxDataGenConfig, ImageBboxGenerator
     from dataflow_mm.pipeline.script import run_main
 
     def main():

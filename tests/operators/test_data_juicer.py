@@ -8,15 +8,15 @@ import json
 import pandas as pd
 import pytest
 
-from dataflow_mm.errors import UserError
-from dataflow_mm.operators.data_juicer import (
+from dataflow_mm.common.errors import UserError
+from dataflow_mm.operators.imgdiff.fused_generator import ImgDiffDifferenceCaptionGenerator
+from dataflow_mm.operators.interop.data_juicer import (
     DJ_BBOX_PATH,
     DataJuicerArgumentError,
     DataJuicerMetaWriter,
     box_values,
 )
-from dataflow_mm.operators.imgdiff_difference_caption_generator import ImgDiffDifferenceCaptionGenerator
-from dataflow_mm.testing.fake_serving import FakeVLMServing
+from tests.support.fake_serving import FakeVLMServing
 
 
 def test_box_values_read_columns_dotted_paths_and_the_meta_fallback() -> None:

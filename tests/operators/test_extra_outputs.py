@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from dataflow_mm import FileStorage
-from dataflow_mm.operators.image_bbox_generator import ExistingBBoxDataGenConfig, ImageBboxGenerator
+from dataflow_mm.operators.region_caption.image_bbox_generator import ExistingBBoxDataGenConfig, ImageBboxGenerator
 from dataflow_mm.storage.manifest import manifest_path
-from dataflow_mm.testing.sample_data import write_region_caption_table
+from tests.support.sample_data import write_region_caption_table
 
 
 def run_boxes(table: Path, cache: Path, extra: Path) -> tuple[ImageBboxGenerator, FileStorage]:

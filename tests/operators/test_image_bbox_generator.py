@@ -9,7 +9,7 @@ import pandas as pd
 from PIL import Image
 
 from dataflow_mm import ExistingBBoxDataGenConfig, FileStorage, ImageBboxGenerator
-from dataflow_mm.testing.sample_data import write_jsonl, write_region_caption_table
+from tests.support.sample_data import write_jsonl, write_region_caption_table
 
 SEED_FIELDS = {
     "image",
@@ -154,7 +154,7 @@ def test_a_box_key_the_caller_named_must_exist_in_some_row(tmp_path: Path) -> No
     """input_bbox_key="bboxes" on a table whose boxes are under "bbox" stops, instead of proposing boxes."""
     import pytest
 
-    from dataflow_mm.errors import PipelineCompileError
+    from dataflow_mm.common.errors import PipelineCompileError
 
     table = write_region_caption_table(tmp_path / "imgs", n_rows=2)
     storage = FileStorage(str(table), cache_path=str(tmp_path / "cache"), file_name_prefix="t")

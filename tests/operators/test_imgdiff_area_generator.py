@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from dataflow_mm.imaging.bbox import iou, to_xyxy
-from dataflow_mm.operators.imgdiff_area_generator import (
+from dataflow_mm.operators.imgdiff.area_generator import (
     AREA_DECISIONS_KEY,
     AREA_REASON_KEY,
     STEP_CROP_SIMILARITY,
@@ -26,14 +26,14 @@ from dataflow_mm.operators.imgdiff_area_generator import (
     ImgDiffDifferenceAreaGenerator,
     choose_proposer,
 )
-from dataflow_mm.operators.imgdiff_dj_meta import DJ_BBOX_KEY, DJ_META_KEY
+from dataflow_mm.operators.interop.dj_meta import DJ_BBOX_KEY, DJ_META_KEY
 from dataflow_mm.pipeline.base import PipelineABC
 from dataflow_mm.scoring._common import ScorerStats
 from dataflow_mm.scoring.image_similarity import ClipImageSimilarity
 from dataflow_mm.scoring.image_text_matching import BlipITMScorer
 from dataflow_mm.scoring.object_detection import Detection, OwlDetector
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.testing.imgdiff_pairs import edited_pair, write_captioned_pairs
+from tests.support.imgdiff_pairs import edited_pair, write_captioned_pairs
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from dataflow_mm.imaging.bbox import iou, to_xyxy
-from dataflow_mm.operators.imgdiff_area_proposer import ImgDiffDifferenceAreaProposer
-from dataflow_mm.testing.imgdiff_pairs import edited_pair
+from dataflow_mm.operators.imgdiff.area_proposer import ImgDiffDifferenceAreaProposer
+from tests.support.imgdiff_pairs import edited_pair
 
 
 def write_pair(folder: Path, edit: str, seed: int) -> tuple[dict, tuple]:
@@ -56,8 +56,8 @@ def test_identical_images_give_no_boxes_and_missing_images_an_error(tmp_path: Pa
 
 def test_a_box_key_the_caller_named_must_exist_instead_of_proposing_for_every_row(tmp_path: Path) -> None:
     from dataflow_mm import FileStorage
-    from dataflow_mm.errors import PipelineCompileError
-    from dataflow_mm.testing.imgdiff_pairs import write_imgdiff_table
+    from dataflow_mm.common.errors import PipelineCompileError
+    from tests.support.imgdiff_pairs import write_imgdiff_table
 
     table = write_imgdiff_table(tmp_path, 2, 2)  # boxes under "bboxes"
     storage = FileStorage(str(table), cache_path=str(tmp_path / "cache"), file_name_prefix="p")

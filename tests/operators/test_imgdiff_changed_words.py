@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dataflow_mm.operators.imgdiff_changed_words import caption_words, changed_nouns
+from dataflow_mm.operators.imgdiff.changed_nouns import caption_words, changed_nouns
 
 
 @pytest.mark.parametrize(

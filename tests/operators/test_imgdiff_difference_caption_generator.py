@@ -9,23 +9,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dataflow_mm.errors import ModelNotAvailableError
-from dataflow_mm.operators.imgdiff_difference_caption_generator import (
+from dataflow_mm.common.errors import ModelNotAvailableError
+from dataflow_mm.operators.imgdiff.fused_generator import (
     ITM_DEFAULTS,
     MLLM_DEFAULTS,
     SIMILARITY_DEFAULTS,
     ImgDiffDifferenceCaptionGenerator,
 )
-from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
-from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
-from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
-from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
+from dataflow_mm.operators.imgdiff.step1_region_captioner import ImgDiffRegionCaptioner
+from dataflow_mm.operators.imgdiff.step2_itm_filter import ImgDiffImageTextMatchingFilter
+from dataflow_mm.operators.imgdiff.step4_similarity_filter import ImgDiffCaptionSimilarityFilter
+from dataflow_mm.operators.imgdiff.step5_difference_captioner import ImgDiffDifferenceCaptioner
 from dataflow_mm.scoring import BlipITMScorer, ClipTextSimilarity
 from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.lock import LOCK_FILE_NAME
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.imgdiff_pairs import write_imgdiff_table
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.imgdiff_pairs import write_imgdiff_table
 
 FINAL = ("region_caption1", "region_caption2", "bboxes", "bbox_difference_captions")
 KEEP_ALL = {
@@ -199,7 +199,7 @@ class _TooLongForDifferences(FakeVLMServing):
     """Answers region requests; every difference request fails as PromptTooLongError (as a small context would)."""
 
     def check_budget(self, conversations, sampling):  # type: ignore[no-untyped-def]
-        from dataflow_mm.errors import PromptTooLongError, row_error_text
+        from dataflow_mm.common.errors import PromptTooLongError, row_error_text
         from dataflow_mm.serving.base import Completion
 
         def text(conversation) -> str:  # type: ignore[no-untyped-def]

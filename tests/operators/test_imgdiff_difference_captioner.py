@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataflow_mm.operators.imgdiff_common import candidate_decisions, drop
-from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner, difference_panel
+from dataflow_mm.operators.imgdiff.box_decisions import candidate_decisions, drop
+from dataflow_mm.operators.imgdiff.step5_difference_captioner import ImgDiffDifferenceCaptioner, difference_panel
 from dataflow_mm.serving.messages import split_images
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.imgdiff_pairs import write_imgdiff_table
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.imgdiff_pairs import write_imgdiff_table
 
 FINAL = ("region_caption1", "region_caption2", "bboxes", "bbox_difference_captions")
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataflow_mm.operators.imgdiff_common import candidate_decisions
-from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
+from dataflow_mm.operators.imgdiff.box_decisions import candidate_decisions
+from dataflow_mm.operators.imgdiff.step2_itm_filter import ImgDiffImageTextMatchingFilter
 from dataflow_mm.scoring import BlipITMScorer
-from dataflow_mm.testing.imgdiff_pairs import write_imgdiff_table
+from tests.support.imgdiff_pairs import write_imgdiff_table
 
 pytestmark = pytest.mark.slow
 CAPTIONS = ["a red car", "a small dog sleeping on a sofa", "a green tree", "the sky is blue", "a cup", "a plate"]

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner, normalized_box_text
+from dataflow_mm.operators.imgdiff.step1_region_captioner import ImgDiffRegionCaptioner, normalized_box_text
 from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
 from dataflow_mm.serving.messages import split_images
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.imgdiff_pairs import edited_pair, write_imgdiff_table
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.imgdiff_pairs import edited_pair, write_imgdiff_table
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dataflow_mm.operators.imgdiff_common import new_decision
-from dataflow_mm.operators.imgdiff_similarity_filter import ImgDiffCaptionSimilarityFilter
+from dataflow_mm.operators.imgdiff.box_decisions import new_decision
+from dataflow_mm.operators.imgdiff.step4_similarity_filter import ImgDiffCaptionSimilarityFilter
 from dataflow_mm.scoring import ClipTextSimilarity, text_similarity_model
 
 pytestmark = pytest.mark.slow

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from dataflow_mm import FileStorage, KeySpec
+from dataflow_mm.core.params import ParamSpec
 from dataflow_mm.operators import (
     ExistingBBoxDataGenConfig,
     ImageBboxGenerator,
@@ -32,10 +33,9 @@ from dataflow_mm.operators import (
     RegionCaptionParser,
     RegionCaptionVerifier,
 )
-from dataflow_mm.operators.data_juicer import DataJuicerMetaWriter
-from dataflow_mm.operators.params import ParamSpec
-from dataflow_mm.operators.region_caption_parsing import PARSER_VERSION
-from dataflow_mm.operators.region_captions import RegionAnswerSchema
+from dataflow_mm.operators.interop.data_juicer import DataJuicerMetaWriter
+from dataflow_mm.operators.region_caption.answer_parsing import PARSER_VERSION
+from dataflow_mm.operators.region_caption.caption_parser import RegionAnswerSchema
 from dataflow_mm.operators.registry import operator_classes
 from dataflow_mm.serving.base import SamplingParams
 from dataflow_mm.storage.formats import read_table, write_table
@@ -504,7 +504,7 @@ def test_the_parser_records_its_derived_version() -> None:
     assert parser.params() == {"parser_version": PARSER_VERSION}
     expected = fingerprint(
         {
-            "operator": "dataflow_mm.operators.region_captions.RegionCaptionParser",
+            "operator": "dataflow_mm.operators.region_caption.caption_parser.RegionCaptionParser",
             "params": {"parser_version": PARSER_VERSION},
             "keys": dict(parser.key_spec.defaults),  # type: ignore[union-attr]
             "provenance": {},

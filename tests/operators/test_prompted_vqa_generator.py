@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from dataflow_mm import FileStorage, PromptedVQAGenerator
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.sample_data import write_jsonl, write_region_caption_table
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.sample_data import write_jsonl, write_region_caption_table
 
 
 def rows_of(path: Path) -> list[dict]:
@@ -87,7 +87,7 @@ def test_sharegpt_conversations_carry_the_image_on_the_first_user_turn(tmp_path:
 def test_every_image_of_a_list_cell_goes_into_the_request(tmp_path: Path) -> None:
     """DataFlow-MM's sample format (``"image": ["./a.jpg", ...]``) and a Hugging Face bytes struct."""
     from dataflow_mm.serving.messages import split_images
-    from dataflow_mm.testing.user_inputs import write_hf_image_shard
+    from tests.support.user_inputs import write_hf_image_shard
 
     paths = [r["image"] for r in rows_of(write_region_caption_table(tmp_path / "imgs", n_rows=2))]
     table = write_jsonl(
@@ -145,7 +145,7 @@ def test_a_table_without_images_is_asked_text_only(tmp_path: Path) -> None:
 def test_video_and_audio_keys_are_one_clear_error_not_a_type_error(tmp_path: Path) -> None:
     import pytest
 
-    from dataflow_mm.errors import UnsupportedArgumentError
+    from dataflow_mm.common.errors import UnsupportedArgumentError
 
     table = vqa_table(tmp_path, 1)
     op = PromptedVQAGenerator(FakeVLMServing())

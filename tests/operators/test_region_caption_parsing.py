@@ -6,8 +6,8 @@ import inspect
 import re
 
 from dataflow_mm.operators import region_caption_parsing
-from dataflow_mm.operators.region_caption_parsing import PARSER_VERSION, code_version
-from dataflow_mm.operators.region_captions import RegionCaptionParser
+from dataflow_mm.operators.region_caption.answer_parsing import PARSER_VERSION, code_version
+from dataflow_mm.operators.region_caption.caption_parser import RegionCaptionParser
 
 SOURCE = inspect.getsource(region_caption_parsing)
 

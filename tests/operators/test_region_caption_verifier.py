@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataflow_mm.operators.base import describe_metrics, histograms
-from dataflow_mm.operators.region_caption_verifier import RegionCaptionVerifier
+from dataflow_mm.core.operator import describe_metrics, histograms
+from dataflow_mm.operators.region_caption.caption_verifier import RegionCaptionVerifier
+from dataflow_mm.pipeline.templates import load_pipeline_script
 from dataflow_mm.scoring.image_text_matching import BlipITMScorer
-from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.sample_data import write_region_caption_table
+from tests.support.sample_data import write_region_caption_table
 
 
 class RecordingScorer(BlipITMScorer):
@@ -84,7 +84,7 @@ def test_metrics_give_a_score_histogram() -> None:
 
 def test_pipeline_with_verify_regions_on_tiny_blip(tmp_path: Path, tiny_blip_dir: Path) -> None:
     """The shipped script's pipeline: step 4 scores every parsed region with a real (tiny) BLIP; report shows it."""
-    from dataflow_mm.testing.fake_serving import FakeVLMServing
+    from tests.support.fake_serving import FakeVLMServing
 
     table = write_region_caption_table(tmp_path / "imgs", n_rows=3, size=(160, 120), n_boxes=1)
     pipeline = load_pipeline_script("image_region_caption_pipeline").ImageRegionCaptionPipeline(

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from dataflow_mm import FileStorage, PipelineABC, PromptedVQAGenerator, RegionCaptionParser
-from dataflow_mm.operators.image_bbox_generator import DEFAULT_REGION_PROMPT
-from dataflow_mm.operators.region_captions import STRUCTURED_ANSWER_INSTRUCTION, parse_region_captions
+from dataflow_mm.operators.region_caption.caption_parser import STRUCTURED_ANSWER_INSTRUCTION, parse_region_captions
+from dataflow_mm.operators.region_caption.image_bbox_generator import DEFAULT_REGION_PROMPT
 from dataflow_mm.serving.base import Completion
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.sample_data import write_jsonl, write_region_caption_table
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.sample_data import write_jsonl, write_region_caption_table
 
 SEED_ANSWER = (
     "In <region1>, the focus is on the lower half of a person wearing high-heeled shoes with an ornate design. "
@@ -153,7 +153,7 @@ def test_table_of_answers_through_a_fake_serving_and_the_parse_rate(tmp_path: Pa
 
 
 def region_pipeline(**kwargs):  # type: ignore[no-untyped-def]
-    from dataflow_mm.templates import load_pipeline_script
+    from dataflow_mm.pipeline.templates import load_pipeline_script
 
     module = load_pipeline_script("image_region_caption_pipeline", "region_caption_script_for_parser_tests")
     return module.ImageRegionCaptionPipeline(**kwargs)

@@ -18,7 +18,7 @@ import pytest
 
 import dataflow_mm.scoring
 import dataflow_mm.serving
-from dataflow_mm.deps import is_importable
+from dataflow_mm.common.deps import is_importable
 from dataflow_mm.models.tiny import ENV_TINY_DIR
 from dataflow_mm.scoring._common import LazyScorer
 from dataflow_mm.scoring.image_similarity import ClipImageSimilarity
@@ -30,7 +30,7 @@ from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
 from dataflow_mm.serving.messages import build_conversation
 from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
-from dataflow_mm.testing.openai_test_server import OpenAITestServer
+from tests.support.openai_test_server import OpenAITestServer
 
 MISSING = "no-such-org/no-such-model"
 

@@ -11,7 +11,7 @@ import pytest
 
 from dataflow_mm.pipeline.flags import add_constructor_flags, constructor_kwargs
 from dataflow_mm.pipeline.script import add_serving_args
-from dataflow_mm.templates import load_pipeline_script
+from dataflow_mm.pipeline.templates import load_pipeline_script
 
 
 class MyPipeline:

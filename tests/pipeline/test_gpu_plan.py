@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dataflow_mm.errors import UserError
+from dataflow_mm.common.errors import UserError
 from dataflow_mm.pipeline.gpu_plan import (
     GIB,
     engine_share,
@@ -17,7 +17,7 @@ from dataflow_mm.pipeline.gpu_plan import (
 from dataflow_mm.scoring import DEFAULT_BLIP_ITM, DEFAULT_CLIP
 from dataflow_mm.serving.vllm_engine_args import DEFAULT_GPU_MEMORY_UTILIZATION
 from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
-from dataflow_mm.testing.fake_serving import FakeVLMServing
+from tests.support.fake_serving import FakeVLMServing
 
 
 def test_the_default_scorers_reserve_is_computed_from_their_parameters() -> None:

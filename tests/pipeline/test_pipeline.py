@@ -14,10 +14,10 @@ from dataflow_mm import (
     PipelineABC,
     PromptedVQAGenerator,
 )
-from dataflow_mm.errors import PipelineCompileError
+from dataflow_mm.common.errors import PipelineCompileError
 from dataflow_mm.serving.base import SamplingParams
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.sample_data import write_jsonl, write_region_caption_table
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.sample_data import write_jsonl, write_region_caption_table
 
 
 class RegionCaptions(PipelineABC):

@@ -18,14 +18,14 @@ from dataflow_mm import (
     PromptedVQAGenerator,
     RegionCaptionParser,
 )
-from dataflow_mm.errors import StorageError
-from dataflow_mm.operators.base import PROVENANCE_COLUMN, step_manifests
+from dataflow_mm.common.errors import StorageError
+from dataflow_mm.core.operator import PROVENANCE_COLUMN, step_manifests
 from dataflow_mm.serving.base import SamplingParams
 from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
 from dataflow_mm.serving.model_resolver import config_sha256
 from dataflow_mm.storage.manifest import StepManifest
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.sample_data import write_jsonl, write_region_caption_table
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.sample_data import write_jsonl, write_region_caption_table
 
 PROMPT = "Describe region {n} carefully."
 

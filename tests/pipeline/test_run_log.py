@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 from dataflow_mm import ExistingBBoxDataGenConfig, FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
-from dataflow_mm.logger import get_logger
-from dataflow_mm.secrets import REDACTED, register_secret
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.sample_data import write_region_caption_table
+from dataflow_mm.common.logger import get_logger
+from dataflow_mm.common.secrets import REDACTED, register_secret
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.sample_data import write_region_caption_table
 
 SECRET = "sk-run-log-test-0123456789abcdef"
 

@@ -1,6 +1,6 @@
 """The whole bad-input corpus through both shipped pipelines (fake VLM, tiny BLIP and CLIP), twice each:
 no run stops, every row ends as its case expects, rows in = rows out + lines rejected, and the README
-reports exactly the figures this run computes (``python -m dataflow_mm.testing.bad_inputs`` prints them)."""
+reports exactly the figures this run computes (``python -m tests.support.bad_inputs`` prints them)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from dataflow_mm.errors import error_class_of
-from dataflow_mm.testing.bad_input_runs import CorpusFigures, run_corpus
-from dataflow_mm.testing.bad_inputs import Case, build_chunk_corpus, build_imgdiff_corpus, build_region_caption_corpus
+from dataflow_mm.common.errors import error_class_of
+from tests.support.bad_input_runs import CorpusFigures, run_corpus
+from tests.support.bad_inputs import Case, build_chunk_corpus, build_imgdiff_corpus, build_region_caption_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 

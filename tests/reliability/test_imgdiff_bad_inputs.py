@@ -11,9 +11,9 @@ from types import ModuleType
 import pytest
 
 from dataflow_mm import LocalModelVLMServing_hf
-from dataflow_mm.errors import error_class_of
-from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.bad_inputs import write_bad_images
+from dataflow_mm.common.errors import error_class_of
+from dataflow_mm.pipeline.templates import load_pipeline_script
+from tests.support.bad_inputs import write_bad_images
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD_BOX = [10, 10, 30, 30]

@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 
 from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
-from dataflow_mm.errors import error_class_of
+from dataflow_mm.common.errors import error_class_of
 from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams
 from dataflow_mm.storage.manifest import StepManifest, iter_media_stamps
 from dataflow_mm.storage.media_stamps import changed_media, media_stamps
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.sample_data import write_jsonl
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.sample_data import write_jsonl
 
 
 class CountingServing(FakeVLMServing):

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from dataflow_mm import FileStorage, ImageBboxGenerator, LocalModelVLMServing_hf, PipelineABC, PromptedVQAGenerator
-from dataflow_mm.errors import UserError, error_class_of
-from dataflow_mm.operators.image_bbox_generator import ExistingBBoxDataGenConfig
+from dataflow_mm.common.errors import UserError, error_class_of
+from dataflow_mm.operators.region_caption.image_bbox_generator import ExistingBBoxDataGenConfig
 from dataflow_mm.pipeline.summary import RunSummary
-from dataflow_mm.testing.bad_inputs import Case, build_region_caption_corpus
-from dataflow_mm.testing.sample_data import write_region_caption_table
+from tests.support.bad_inputs import Case, build_region_caption_corpus
+from tests.support.sample_data import write_region_caption_table
 
 
 class RegionCaptions(PipelineABC):

@@ -16,15 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
-from dataflow_mm.errors import error_class_of
+from dataflow_mm.common.errors import error_class_of
 from dataflow_mm.pipeline.summary import RunSummary
+from dataflow_mm.pipeline.templates import load_pipeline_script
 from dataflow_mm.serving.api_serving import APIVLMServing_openai
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.storage.formats import MAX_JSON_DEPTH
-from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.bad_inputs import build_region_caption_corpus, write_bad_images
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.openai_test_server import OpenAITestServer
+from tests.support.bad_inputs import build_region_caption_corpus, write_bad_images
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.openai_test_server import OpenAITestServer
 
 REPO = Path(__file__).resolve().parents[2]
 BOX = [10, 10, 30, 30]

@@ -18,14 +18,14 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from cli.main import main
+from dataflow_mm.cli.main import main
+from dataflow_mm.pipeline.templates import load_pipeline_script
 from dataflow_mm.report import ReportError, build_report_html, report_after_run, write_report
 from dataflow_mm.report.html_report import detect_layout
 from dataflow_mm.serving.base import Completion
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.sample_data import scene_with_boxes, write_jsonl, write_region_caption_table
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.sample_data import scene_with_boxes, write_jsonl, write_region_caption_table
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_TABLE = REPO / "data" / "image_region_caption" / "image_region_caption_demo.jsonl"
@@ -412,7 +412,7 @@ def test_parquet_steps_with_numpy_values_and_nan(tmp_path: Path) -> None:
 def test_cli_report_shows_hugging_face_image_structs_bytes_and_lists(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from dataflow_mm.testing.user_inputs import image_bytes, write_hf_image_shard
+    from tests.support.user_inputs import image_bytes, write_hf_image_shard
 
     table = write_region_caption_table(tmp_path / "imgs", n_rows=2)
     paths = [json.loads(line)["image"] for line in table.read_text().splitlines()]

@@ -6,9 +6,9 @@ from typing import Any
 
 import pandas as pd
 
-from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.core.operator import OperatorABC
+from dataflow_mm.core.report_view import ReportView
 from dataflow_mm.operators.registry import operator_classes
-from dataflow_mm.operators.report_view import ReportView
 from dataflow_mm.report.layout import LAYOUTS, detect_layout, report_views
 
 COLUMNS = ["shot", "reply", "n"]

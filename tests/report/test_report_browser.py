@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
+from dataflow_mm.pipeline.templates import load_pipeline_script
 from dataflow_mm.report import write_report
 from dataflow_mm.serving.base import Completion
-from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.sample_data import scene_with_boxes, write_jsonl, write_region_caption_table
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.sample_data import scene_with_boxes, write_jsonl, write_region_caption_table
 
 fcntl = pytest.importorskip("fcntl", reason="the DevTools pipe needs POSIX file descriptors")
 

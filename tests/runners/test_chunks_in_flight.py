@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
-from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
-from dataflow_mm.operators.imgdiff_region_captioner import ImgDiffRegionCaptioner
-from dataflow_mm.runners import LocalRunner
+from dataflow_mm.engine import LocalRunner
+from dataflow_mm.operators.imgdiff.step1_region_captioner import ImgDiffRegionCaptioner
+from dataflow_mm.operators.imgdiff.step5_difference_captioner import ImgDiffDifferenceCaptioner
 from dataflow_mm.serving.api_serving import APIVLMServing_openai
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.storage.step import StepTransaction
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.imgdiff_pairs import write_imgdiff_table
-from dataflow_mm.testing.openai_test_server import OpenAITestServer
-from dataflow_mm.testing.sample_data import write_region_caption_table
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.imgdiff_pairs import write_imgdiff_table
+from tests.support.openai_test_server import OpenAITestServer
+from tests.support.sample_data import write_region_caption_table
 
 STEP_FILES = ("rc_step1.jsonl", "rc_step2.jsonl")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from dataflow_mm.testing.openai_test_server import OpenAITestServer
+from tests.support.openai_test_server import OpenAITestServer
 
 pytest.importorskip("ray")
 

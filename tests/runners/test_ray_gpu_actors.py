@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 from dataflow_mm import LocalModelVLMServing_hf, PromptedVQAGenerator
+from dataflow_mm.engine.ray_runner import DEFAULT_CPU_THREADS_PER_ACTOR, RayRunner
 from dataflow_mm.pipeline.base import PipelineABC
-from dataflow_mm.runners.ray_runner import DEFAULT_CPU_THREADS_PER_ACTOR, RayRunner
 from dataflow_mm.serving.base import Completion, Conversation, EngineDiedError, SamplingParams
 from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.sample_data import write_jsonl
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.sample_data import write_jsonl
 
 ray = pytest.importorskip("ray")
 

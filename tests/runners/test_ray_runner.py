@@ -20,16 +20,16 @@ import pytest
 import ray
 
 from dataflow_mm import LocalModelVLMServing_hf, PromptedVQAGenerator
-from dataflow_mm.errors import ModelNotAvailableError
-from dataflow_mm.operators.base import OperatorABC
+from dataflow_mm.common.errors import ModelNotAvailableError
+from dataflow_mm.core.operator import OperatorABC
+from dataflow_mm.engine import get_runner
+from dataflow_mm.engine.ray_runner import RayRunner, holds_model
 from dataflow_mm.pipeline.base import PipelineABC
 from dataflow_mm.pipeline.script import add_runner_args, runner_from_args
-from dataflow_mm.runners import get_runner
-from dataflow_mm.runners.ray_runner import RayRunner, holds_model
+from dataflow_mm.pipeline.templates import load_pipeline_script
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.sample_data import write_jsonl, write_region_caption_table
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.sample_data import write_jsonl, write_region_caption_table
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "gpu_pipelines" / "image_region_caption_pipeline.py"
@@ -272,7 +272,7 @@ def test_a_user_error_inside_a_worker_reaches_the_driver_as_itself(ray_cluster: 
 def test_an_operator_that_cannot_be_pickled_is_named(ray_cluster: Any, tmp_path: Path) -> None:
     import threading
 
-    from dataflow_mm.errors import UserError
+    from dataflow_mm.common.errors import UserError
 
     operator = PromptedVQAGenerator(FakeVLMServing())
     operator.serving.lock = threading.Lock()  # type: ignore[attr-defined]
@@ -312,7 +312,7 @@ def test_the_api_backend_runs_on_ray_against_a_real_server(ray_cluster: Any, tmp
     """The OpenAI-compatible backend pickles to Ray actors; rows come back answered, in order, as in-process,
     and the serving's extra counters (HTTP requests, retry causes) come back from the actors too."""
     from dataflow_mm.serving.api_serving import APIVLMServing_openai
-    from dataflow_mm.testing.openai_test_server import OpenAITestServer
+    from tests.support.openai_test_server import OpenAITestServer
 
     table = write_region_caption_table(tmp_path / "imgs", n_rows=4, size=(64, 48), n_boxes=1)
     answers, extras = {}, {}
@@ -370,7 +370,7 @@ def test_a_hugging_face_image_shard_runs_on_ray_as_in_process(ray_cluster: Any, 
     """Image bytes reach Ray workers in the chunks; each worker stores them under the same media cache."""
     from PIL import Image
 
-    from dataflow_mm.testing.user_inputs import image_bytes, write_hf_image_shard
+    from tests.support.user_inputs import image_bytes, write_hf_image_shard
 
     images = [image_bytes(Image.new("RGB", (64, 48), (40 * i, 90, 200))) for i in range(3)]
     shard = write_hf_image_shard(
@@ -395,7 +395,7 @@ def test_the_model_proposer_on_ray_equals_in_process(
     ray_cluster: Any, tmp_path: Path, tiny_blip_dir: Path, tiny_clip_dir: Path, tiny_owlv2_dir: Path
 ) -> None:
     """Captioned pairs: the difference-area generator (CLIP, OWLv2, BLIP) and the four Img-Diff steps on Ray."""
-    from dataflow_mm.testing.imgdiff_pairs import write_captioned_pairs
+    from tests.support.imgdiff_pairs import write_captioned_pairs
 
     table = write_captioned_pairs(tmp_path / "pairs", 4)
     script = load_pipeline_script("imgdiff_pipeline")

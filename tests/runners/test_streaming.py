@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from dataflow_mm.testing.sample_data import write_region_caption_table
+from tests.support.sample_data import write_region_caption_table
 
 SCRIPT = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
     from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
-    from dataflow_mm.runners import LocalRunner
-    from dataflow_mm.testing.fake_serving import FakeVLMServing
+    from dataflow_mm.engine import LocalRunner
+    from tests.support.fake_serving import FakeVLMServing
 
     class SlowServing(FakeVLMServing):
         # Sleeps per call; the watching one notes (in a file: it may run in a Ray actor) whether
@@ -43,7 +43,7 @@ SCRIPT = textwrap.dedent(
 
     def runner(mode):
         if mode.startswith("ray"):
-            from dataflow_mm.runners.ray_runner import RayRunner
+            from dataflow_mm.engine.ray_runner import RayRunner
 
             # 4 logical CPUs: both model operators' actors and a CPU for the box step fit at once.
             return RayRunner(num_cpus=4, streaming=mode == "ray", ray_init_kwargs={"log_to_driver": False})
@@ -149,7 +149,7 @@ def test_sigkill_while_two_steps_stream_then_rerun_equals_a_clean_run(
 @pytest.mark.parametrize("script", ["image_region_caption_pipeline", "imgdiff_pipeline"])
 def test_both_scripts_stream_unless_told_not_to(script: str) -> None:
     from dataflow_mm.pipeline.script import runner_from_args
-    from dataflow_mm.templates import load_pipeline_script
+    from dataflow_mm.pipeline.templates import load_pipeline_script
 
     parse_args = load_pipeline_script(script).parse_args
     assert runner_from_args(parse_args([])).streaming is True
@@ -164,7 +164,7 @@ class _Watched:
     def __init__(self, fail: bool = False) -> None:
         import threading
 
-        from dataflow_mm.testing.fake_serving import FakeVLMServing
+        from tests.support.fake_serving import FakeVLMServing
 
         watched = self
 
@@ -176,7 +176,7 @@ class _Watched:
                 try:
                     time.sleep(0.05)
                     if fail:
-                        from dataflow_mm.errors import UserError
+                        from dataflow_mm.common.errors import UserError
 
                         raise UserError("the backend refused the run")
                     return super()._chat_batch(conversations, sampling)
@@ -221,7 +221,7 @@ def test_a_model_two_steps_share_serves_one_step_at_a_time(tmp_path: Path, promp
 
 
 def test_a_failing_step_stops_the_streaming_run_with_its_own_error(tmp_path: Path, prompts: Path) -> None:
-    from dataflow_mm.errors import UserError
+    from dataflow_mm.common.errors import UserError
 
     watched = _Watched(fail=True)
     started = time.monotonic()

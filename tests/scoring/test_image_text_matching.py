@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dataflow_mm.errors import ModelNotAvailableError
+from dataflow_mm.common.errors import ModelNotAvailableError
 from dataflow_mm.scoring import BlipITMScorer
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dataflow_mm.errors import UserError
+from dataflow_mm.common.errors import UserError
 from dataflow_mm.scoring.object_detection import OwlDetector
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dataflow_mm.errors import UserError
+from dataflow_mm.common.errors import UserError
 from dataflow_mm.scoring import (
     ClipTextSimilarity,
     SentenceTransformerSimilarity,

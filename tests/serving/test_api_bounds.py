@@ -12,7 +12,7 @@ import pytest
 
 from dataflow_mm.serving.api_serving import APIVLMServing_openai
 from dataflow_mm.serving.http_reply import DEFAULT_MAX_RESPONSE_BYTES
-from dataflow_mm.testing.openai_test_server import Fault, OpenAITestServer
+from tests.support.openai_test_server import Fault, OpenAITestServer
 
 pytest.importorskip("httpx")
 

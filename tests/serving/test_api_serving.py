@@ -13,7 +13,7 @@ import httpx  # noqa: F401 - a declared test dependency: imported, never skipped
 import pytest
 from PIL import Image
 
-from dataflow_mm.errors import UserError, error_class_of
+from dataflow_mm.common.errors import UserError, error_class_of
 from dataflow_mm.serving.api_serving import (
     APIVLMServing_openai,
     RetryPolicy,
@@ -23,7 +23,7 @@ from dataflow_mm.serving.api_serving import (
 )
 from dataflow_mm.serving.base import SamplingParams
 from dataflow_mm.serving.messages import build_conversation
-from dataflow_mm.testing.openai_test_server import (
+from tests.support.openai_test_server import (
     Fault,
     OpenAITestServer,
     default_answer,
@@ -712,7 +712,7 @@ def test_server_shuts_down_cleanly_with_open_keepalive_connections(backends):
 def test_dataflow_mm_constructor_arguments_and_its_key_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     """``APIVLMServing_openai(api_url=..., key_name_of_api_key=..., model_name=..., image_io=None,
     send_request_stream=False, max_workers=10, timeout=1800)`` as DataFlow-MM's scripts call it."""
-    from dataflow_mm.errors import UnsupportedArgumentError
+    from dataflow_mm.common.errors import UnsupportedArgumentError
 
     monkeypatch.setenv("DF_API_KEY", "sk-df")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")

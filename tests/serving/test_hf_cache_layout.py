@@ -17,7 +17,7 @@ import huggingface_hub
 import pytest
 from huggingface_hub.file_download import repo_folder_name
 
-from dataflow_mm.errors import ModelNotAvailableError
+from dataflow_mm.common.errors import ModelNotAvailableError
 from dataflow_mm.pipeline.script import add_serving_args
 from dataflow_mm.serving.model_resolver import MODEL_FILE_PATTERNS, resolve_model_path
 

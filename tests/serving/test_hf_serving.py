@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from dataflow_mm.errors import ModelNotAvailableError
+from dataflow_mm.common.errors import ModelNotAvailableError
 from dataflow_mm.serving.base import Completion, SamplingParams
 from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
 from dataflow_mm.serving.messages import build_conversation

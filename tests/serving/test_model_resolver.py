@@ -10,7 +10,7 @@ import huggingface_hub
 import pytest
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from dataflow_mm.errors import ModelNotAvailableError, UserError
+from dataflow_mm.common.errors import ModelNotAvailableError, UserError
 from dataflow_mm.serving.model_resolver import resolve_model_path
 
 REPO_ID = "some-org/some-vlm"

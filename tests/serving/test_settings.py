@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dataflow_mm.errors import UserError
+from dataflow_mm.common.errors import UserError
 from dataflow_mm.pipeline.script import add_serving_args, serving_from_args
 from dataflow_mm.serving.factory import create_serving
 from dataflow_mm.serving.settings import ServingSettings

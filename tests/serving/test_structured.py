@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 
 from dataflow_mm import APIVLMServing_openai, LocalModelVLMServing_hf
-from dataflow_mm.errors import UserError
-from dataflow_mm.operators.region_captions import (
+from dataflow_mm.common.errors import UserError
+from dataflow_mm.operators.region_caption.caption_parser import (
     RegionAnswerSchema,
     parse_region_captions,
     region_answer_schema,
     structured_answer_overhead,
 )
-from dataflow_mm.templates import load_pipeline_script
-from dataflow_mm.testing.openai_test_server import OpenAITestServer
-from dataflow_mm.testing.sample_data import write_jsonl, write_region_caption_table
+from dataflow_mm.pipeline.templates import load_pipeline_script
+from tests.support.openai_test_server import OpenAITestServer
+from tests.support.sample_data import write_jsonl, write_region_caption_table
 
 MAX_TOKENS = 120
 

@@ -22,7 +22,7 @@ from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
 from dataflow_mm.serving.messages import build_conversation, split_images
 from dataflow_mm.serving.processor_loading import load_processor
 from dataflow_mm.serving.token_budget import PromptTokenCounter, fit_to_budget
-from dataflow_mm.testing.sample_data import write_jsonl
+from tests.support.sample_data import write_jsonl
 
 pytestmark = pytest.mark.slow
 

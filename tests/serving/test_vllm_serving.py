@@ -34,7 +34,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from dataflow_mm.serving.messages import build_conversation
-from dataflow_mm.testing.tiny_models import ENV_TINY_DIR
+from tests.support.tiny_models import ENV_TINY_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 VLLM_VENV = Path(os.environ.get("DATAFLOW_MM_VLLM_VENV", REPO / ".venv-vllm"))
@@ -246,7 +246,7 @@ STRUCTURED_MAX_TOKENS = 80
 
 def structured_calls(images: list[str]) -> list[dict[str, Any]]:
     """One greedy call per region count (1 and 2 regions), with that count's schema, plus a sampled one."""
-    from dataflow_mm.operators.region_captions import RegionAnswerSchema
+    from dataflow_mm.operators.region_caption.caption_parser import RegionAnswerSchema
 
     budget = RegionAnswerSchema(max_tokens=STRUCTURED_MAX_TOKENS, max_boxes=2)
     calls = []
@@ -269,7 +269,7 @@ def test_vllm_structured_answers_always_parse_and_equal_transformers_tokens(
 ) -> None:
     """--structured_answer json on vLLM's CPU build: every answer is exactly the region object (greedy and
     sampled at temperature 1.5), and greedy tokens equal the transformers backend's (both use xgrammar)."""
-    from dataflow_mm.operators.region_captions import parse_region_captions
+    from dataflow_mm.operators.region_caption.caption_parser import parse_region_captions
     from dataflow_mm.serving.base import SamplingParams
     from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
 
@@ -552,8 +552,8 @@ def fake_serving(model_dir: Path, **kwargs: Any) -> Any:
 
 
 def test_without_vllm_the_error_names_the_install_command(tiny_qwen_dir: Path) -> None:
-    from dataflow_mm.deps import is_importable
-    from dataflow_mm.errors import MissingDependencyError
+    from dataflow_mm.common.deps import is_importable
+    from dataflow_mm.common.errors import MissingDependencyError
 
     if is_importable("vllm"):
         pytest.skip("vllm is importable here")
@@ -610,7 +610,7 @@ def test_engine_is_lazy_started_with_the_constructor_settings_and_engine_kwargs(
 def test_gpu_defaults_context_length_image_cap_and_auto_fit(
     fake_vllm: type[FakeLLM], tiny_qwen_dir: Path, tiny_llava_dir: Path
 ) -> None:
-    from dataflow_mm.errors import UserError
+    from dataflow_mm.common.errors import UserError
     from dataflow_mm.serving.vllm_engine_args import (
         DEFAULT_MAX_MODEL_LEN,
         FAMILY_MM_PROCESSOR_KWARGS,
@@ -647,7 +647,7 @@ def _small_image() -> Image.Image:
 
 
 def test_an_engine_that_cannot_start_names_the_flags_to_change(fake_vllm: type[FakeLLM], tiny_qwen_dir: Path) -> None:
-    from dataflow_mm.errors import UserError
+    from dataflow_mm.common.errors import UserError
 
     fake_vllm.fail_to_start = "Engine core initialization failed. See root cause above."
     with pytest.raises(UserError) as caught:
@@ -744,7 +744,7 @@ def test_steps_that_share_a_serving_object_share_one_engine(
     fake_vllm: type[FakeLLM], tiny_qwen_dir: Path, image_files: list[str], tmp_path: Path
 ) -> None:
     from dataflow_mm import FileStorage, PipelineABC, PromptedVQAGenerator
-    from dataflow_mm.testing.sample_data import write_jsonl
+    from tests.support.sample_data import write_jsonl
 
     table = write_jsonl(tmp_path / "rows.jsonl", [{"image": image_files[i % 3], "q": f"row {i}"} for i in range(5)])
 
@@ -830,7 +830,7 @@ def test_image_tokens_in_user_text_are_removed_for_each_family(
 def test_a_dead_engine_stops_the_run_instead_of_failing_every_row(
     fake_vllm: type[FakeLLM], tiny_qwen_dir: Path
 ) -> None:
-    from dataflow_mm.errors import UserError
+    from dataflow_mm.common.errors import UserError
 
     serving = fake_serving(tiny_qwen_dir)
     serving.chat([build_conversation("start")])

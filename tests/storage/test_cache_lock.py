@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dataflow_mm.errors import StorageError
+from dataflow_mm.common.errors import StorageError
 from dataflow_mm.storage import FileStorage
 from dataflow_mm.storage.lock import CacheLockedError, cache_lock, lock_file_of
 

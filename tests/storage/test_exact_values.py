@@ -129,8 +129,8 @@ def test_a_parquet_cache_step_is_written_when_a_column_mixes_int_and_text(tmp_pa
     import json
 
     from dataflow_mm import FileStorage
-    from dataflow_mm.operators.image_bbox_generator import ImageBboxGenerator
-    from dataflow_mm.testing.sample_data import write_region_caption_table
+    from dataflow_mm.operators.region_caption.image_bbox_generator import ImageBboxGenerator
+    from tests.support.sample_data import write_region_caption_table
 
     table = write_region_caption_table(tmp_path / "imgs", n_rows=2, size=(48, 40), n_boxes=1)
     rows = [json.loads(line) for line in Path(table).read_text().splitlines()]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dataflow_mm import FileStorage
-from dataflow_mm.errors import StorageError
+from dataflow_mm.common.errors import StorageError
 from dataflow_mm.storage.formats import AtomicTableWriter, iter_table, read_table, write_table
 
 ROWS = [

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataflow_mm.errors import ImageDownloadError, MissingFieldError
+from dataflow_mm.common.errors import ImageDownloadError, MissingFieldError
 from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.storage.downloads import download_image
 from dataflow_mm.storage.formats import read_table, write_table
 from dataflow_mm.storage.media import externalize_media, image_count, resolve_media_path
-from dataflow_mm.testing.user_inputs import image_bytes, image_http_server
+from tests.support.user_inputs import image_bytes, image_http_server
 
 RED = image_bytes(Image.new("RGB", (40, 30), (200, 20, 20)))
 BLUE = image_bytes(Image.new("RGB", (40, 30), (20, 20, 200)), "PNG")
@@ -88,7 +88,7 @@ def test_urls_download_once_and_failures_are_row_errors(tmp_path: Path) -> None:
 def test_a_custom_operator_writing_bytes_through_file_storage(tmp_path: Path) -> None:
     """DataFlow-MM-style code that reads and writes the storage itself gets references, not a crash."""
     from dataflow_mm.storage.file_storage import FileStorage
-    from dataflow_mm.testing.user_inputs import write_hf_image_shard
+    from tests.support.user_inputs import write_hf_image_shard
 
     shard = write_hf_image_shard(tmp_path / "in.parquet", {"image": [{"bytes": RED, "path": "r.jpg"}]}, ["image"])
     storage = FileStorage(str(shard), cache_path=str(tmp_path / "cache"), cache_type="jsonl")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dataflow_mm.errors import StorageError, UserError
+from dataflow_mm.common.errors import StorageError, UserError
 from dataflow_mm.storage import FileStorage
 from dataflow_mm.storage.paths import check_file_name_prefix, unwritable_reason, write_conflicts
 

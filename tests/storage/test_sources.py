@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dataflow_mm.errors import StorageError
+from dataflow_mm.common.errors import StorageError
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.sources import is_hf_dataset, parse_hf_source
-from dataflow_mm.testing.user_inputs import image_bytes, lay_out_hub_dataset, write_hf_image_shard
+from tests.support.user_inputs import image_bytes, lay_out_hub_dataset, write_hf_image_shard
 
 
 def photo_folder(root: Path) -> list[Path]:

@@ -22,8 +22,8 @@ from dataflow_mm import (
     PromptedVQAGenerator,
 )
 from dataflow_mm.storage.file_storage import producing_step, step_number
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.sample_data import write_region_caption_table
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.sample_data import write_region_caption_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 TWO_PROCESS_SCRIPT = """
 import sys
 from dataflow_mm import ExistingBBoxDataGenConfig, FileStorage, ImageBboxGenerator, PromptedVQAGenerator
-from dataflow_mm.testing.fake_serving import FakeVLMServing
+from tests.support.fake_serving import FakeVLMServing
 
 table, cache, extra, phase = sys.argv[1:5]
 if phase == "boxes":

@@ -8,9 +8,9 @@ import urllib.request
 import pytest
 
 from dataflow_mm.serving.base import SamplingParams
-from dataflow_mm.testing.bounded_log import BoundedLog
-from dataflow_mm.testing.fake_serving import FakeVLMServing
-from dataflow_mm.testing.openai_test_server import OpenAITestServer
+from tests.support.bounded_log import BoundedLog
+from tests.support.fake_serving import FakeVLMServing
+from tests.support.openai_test_server import OpenAITestServer
 
 
 def test_bounded_log_keeps_the_latest_window_and_counts_everything() -> None:

@@ -21,8 +21,8 @@ from transformers import (
 )
 
 from dataflow_mm.serving.processor_loading import load_processor
-from dataflow_mm.testing import tiny_models
-from dataflow_mm.testing.tiny_models import (
+from tests.support import tiny_models
+from tests.support.tiny_models import (
     BUILDER_VERSION,
     MARKER_FILE,
     is_tiny_model,

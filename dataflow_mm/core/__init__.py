@@ -1,0 +1,1 @@
+"""The operator contract: the base class, its keys, parameters, calls and step results."""

@@ -1,0 +1,25 @@
+"""Where pipelines execute: in-process (default) or on Ray; both through one step executor."""
+
+from __future__ import annotations
+
+from dataflow_mm.common.errors import UserError
+from dataflow_mm.engine.local_runner import LocalRunner
+from dataflow_mm.engine.runner import Runner
+
+RUNNERS = ("local", "ray")
+
+
+def get_runner(runner: Runner | str | None) -> Runner:
+    """A Runner from an instance, a name ("local", "ray") or None (local)."""
+    if isinstance(runner, Runner):
+        return runner
+    if runner in (None, "local"):
+        return LocalRunner()
+    if runner == "ray":
+        from dataflow_mm.engine.ray_runner import RayRunner
+
+        return RayRunner()
+    raise UserError(f"Unknown runner '{runner}': choose one of {', '.join(RUNNERS)}")
+
+
+__all__ = ["RUNNERS", "LocalRunner", "Runner", "get_runner"]

@@ -1,0 +1,1 @@
+"""Other tools' formats and argument names (Data-Juicer's sample format and Img-Diff arguments)."""

@@ -1,0 +1,1 @@
+"""The region-caption family: boxes drawn and prompted, the VLM asked, answers split and checked per region."""
