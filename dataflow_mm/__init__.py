@@ -53,3 +53,8 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+# The package root is the top of the house: importing it installs the engine as the default dispatcher of
+# operator calls (core never imports the engine), so ``op.run(storage)`` runs wherever dataflow_mm is used.
+import dataflow_mm.engine  # noqa: E402, F401

@@ -1,111 +1,39 @@
-"""The operator contract: an operator declares its keys and transforms a DataFrame; runners do the rest.
+"""The operator contract: an operator declares its keys and transforms a DataFrame; the engine does the rest.
 
 Subclasses implement ``process(frame, **keys) -> frame`` (pure: a DataFrame in, the same rows out
-with new columns) and declare their keys once in ``key_spec`` (``operators.keys``), from which the
-base class builds ``run(storage, ...)`` (or, the older way, write a ``run`` that calls
-``self.execute(storage, **keys)``). The step itself (chunks, resume, rejects, manifest, extra outputs,
-streaming into the next step) is run by ``runners.step_executor`` through the storage's step
-transaction (``storage.step``). What stays here, once, is the per-chunk contract:
+with new columns) and declare their keys once in ``key_spec`` (``core.keys``), from which the base
+class builds ``run(storage, ...)``. ``run`` hands an :class:`~dataflow_mm.core.calls.OperatorCall`
+to ``core.calls.dispatch``: a compiling pipeline records it, the engine runs it (chunks, resume,
+rejects, manifest, streaming: ``engine.step_executor``). What stays here is the contract itself:
 
-* rows that already carry an ``error`` pass through untouched; rows that fail get one;
-* compile: while a pipeline is being compiled, ``execute`` records the call instead of running it;
-* metrics: ``chunk_metrics`` (optional) gives numbers per chunk, summed into the step's stats;
-* provenance: rows answered by a step whose ``provenance()`` is not empty (a model step) get
-  ``{"step<k>": "<fingerprint>"}`` merged into their ``provenance`` column; the step's manifest
-  (``<step file>.manifest.json``, same fingerprint) records the model, backend, sampling and params.
+* what an operator reads, writes and depends on (keys, columns, media, optional modules);
+* what makes its output current: ``params()``, ``provenance()`` and the ``fingerprint`` of both;
+* ``process_chunk``: rows that already carry an ``error`` pass through untouched, rows that fail get
+  one, failed rows keep their input values, every declared output column exists.
 """
 
 from __future__ import annotations
 
 from abc import ABC, ABCMeta, abstractmethod
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
 
 from dataflow_mm.common.deps import check_available
-from dataflow_mm.common.errors import (
-    ERROR_COLUMN,
-    MissingFieldError,
-    error_class_of,
-    is_row_error,
-    row_error_text,
-)
+from dataflow_mm.common.errors import ERROR_COLUMN, MissingFieldError, is_row_error, row_error_text
 from dataflow_mm.common.logger import get_logger
+from dataflow_mm.core.calls import OperatorCall, dispatch
 from dataflow_mm.core.keys import KeySpec, spec_run
 from dataflow_mm.core.params import ParamSpec, bound_arguments, derive_params, derive_provenance
-from dataflow_mm.core.results import (  # noqa: F401 - their home before results.py
-    HISTOGRAM_BINS,
-    HISTOGRAM_MARK,
-    RATE_SUFFIX,
-    StepResult,
-    describe_metrics,
-    histogram_metrics,
-    histograms,
-    metric_rates,
-)
+from dataflow_mm.core.results import StepResult
 from dataflow_mm.storage.file_storage import FileStorage, record_produced
-from dataflow_mm.storage.formats import Reject
-from dataflow_mm.storage.manifest import StepManifest, fingerprint
+from dataflow_mm.storage.manifest import fingerprint
 from dataflow_mm.storage.media import externalize_media
-from dataflow_mm.storage.media_stamps import media_stamps
 
 log = get_logger("operators")
 
-PROVENANCE_COLUMN = "provenance"
-# Input rows whose ``error`` field held a value that is not an error ("", false, 0, [], {}): processed as usual.
-NON_ERROR_VALUES_METRIC = "input_error_values_ignored"
 TRUNCATED_COLUMN = "truncated"  # True on rows whose model answer stopped at max_tokens
-
-
-def count_non_error_values(frame: pd.DataFrame) -> int:
-    """Rows of an input chunk whose ``error`` field is set but is not an error (not a non-empty string)."""
-    if ERROR_COLUMN not in frame.columns:
-        return 0
-    return sum(1 for v in frame[ERROR_COLUMN] if not _is_missing(v) and not is_row_error(v))
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
-
-
-@dataclass
-class OperatorCall:
-    """One ``run`` call seen while compiling: which operator, on which step, with which keys."""
-
-    operator: OperatorABC
-    storage: FileStorage
-    keys: dict[str, Any]
-
-
-_recording: ContextVar[list[OperatorCall] | None] = ContextVar("dataflow_mm_recording", default=None)
-_results: ContextVar[list[StepResult] | None] = ContextVar("dataflow_mm_results", default=None)
-
-
-@contextmanager
-def _collecting(into: ContextVar[list[Any] | None]) -> Iterator[list[Any]]:
-    """Within this block, ``into`` holds a fresh list (returned), where the operators append."""
-    items: list[Any] = []
-    token = into.set(items)
-    try:
-        yield items
-    finally:
-        into.reset(token)
-
-
-def recording_calls() -> AbstractContextManager[list[OperatorCall]]:
-    """Within this block, operators record their ``run`` calls instead of executing them."""
-    return _collecting(_recording)
-
-
-def collecting_results() -> AbstractContextManager[list[StepResult]]:
-    """Within this block, every executed (or skipped) step appends its StepResult to the list."""
-    return _collecting(_results)
 
 
 class _OperatorMeta(ABCMeta):
@@ -123,9 +51,9 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
     """Base class of every operator.
 
     Declare the keys once in ``key_spec`` (see ``operators.keys``): the base class builds ``run``,
-    ``input_columns``, ``output_columns`` and ``explicit_input_columns`` from it. An operator that
-    writes its own ``run(storage, ...)`` calling ``self.execute(storage, **keys)`` (the older way)
-    keeps working; it then overrides the column methods it needs. ``holds_model``: whether it loads
+    ``input_columns``, ``output_columns`` and ``explicit_input_columns`` from it (an operator whose
+    ``run`` takes arguments a KeySpec cannot say writes ``run`` itself, calling
+    ``self.execute(storage, **keys)``, and overrides the column methods it needs). ``holds_model``: whether it loads
     a model (Ray gives such an operator long-lived actors; None: detected from its attributes).
     ``params()`` (the resume fingerprint's parameters) and ``provenance()`` are derived from the
     constructor's arguments (``operators.params``); ``param_spec`` says where they differ.
@@ -135,12 +63,13 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
     """
 
     key_spec: ClassVar[KeySpec | None] = None
+    # The name the resume fingerprint records for this class (its own ``__dict__`` only, never inherited):
+    # a shipped operator keeps the name it had when its caches were written; None: ``module.qualname``.
+    operator_id: ClassVar[str | None] = None
     param_spec: ClassVar[ParamSpec] = ParamSpec()
     holds_model: ClassVar[bool | None] = None
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()
 
-    # The row reference of the running step ({"step<k>": fingerprint}), set by ``bind_step``.
-    _provenance_ref: dict[str, str] | None = None
     # Where image bytes and downloads of the running step go, set by ``bind_storage``.
     _media_cache: Path | None = None
     # The constructor's arguments by name (defaults applied), set once the operator is built.
@@ -232,35 +161,19 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
     def name(self) -> str:
         return type(self).__name__
 
-    def bind_step(self, step: int, fingerprint: str) -> None:
-        """Before the first chunk of step ``step``: rows of a model step will reference its manifest."""
-        self._provenance_ref = {f"step{step}": fingerprint} if self.provenance() else None
-
     def bind_storage(self, storage: FileStorage) -> None:
         """Before the first chunk: image bytes in the input are stored under the storage's media cache."""
         self._media_cache = storage.media_cache
 
-    def chunk_counts(
-        self, frame: pd.DataFrame, rejects: list[Reject], out: pd.DataFrame, keys: dict[str, Any]
-    ) -> dict[str, Any]:
-        """What a chunk's done-marker records: rows in/out, row errors by class and the chunk's metrics."""
-        counts: dict[str, Any] = {
-            "rows_in": len(frame) + len(rejects),
-            "rows_out": len(out),
-            "row_errors": dict(Counter(c for c in map(error_class_of, out[ERROR_COLUMN]) if c)),
-        }
-        metrics = self.chunk_metrics(out, **keys)
-        ignored = count_non_error_values(frame)
-        if ignored:
-            metrics = {**metrics, NON_ERROR_VALUES_METRIC: ignored}
-        if metrics:
-            counts["metrics"] = metrics
-        return counts
+    @classmethod
+    def stable_id(cls) -> str:
+        """The class's name in resume fingerprints: its own ``operator_id``, else ``module.qualname``."""
+        return cls.__dict__.get("operator_id") or f"{cls.__module__}.{cls.__qualname__}"
 
     def fingerprint(self, keys: dict[str, Any]) -> str:
         return fingerprint(
             {
-                "operator": f"{type(self).__module__}.{type(self).__qualname__}",
+                "operator": self.stable_id(),
                 "params": self.params(),
                 "keys": keys,
                 "provenance": self.provenance(),
@@ -268,35 +181,11 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
         )
 
     def execute(self, storage: FileStorage, **keys: Any) -> StepResult | None:
-        """Run this operator on ``storage``'s current step (or record the call while compiling).
-
-        The step itself is run by the step executor (``runners.step_executor``), the one loop every
-        runner shares.
-        """
+        """Run this operator on ``storage``'s current step: the call goes to ``core.calls.dispatch``
+        (recorded while a pipeline compiles, else run by the engine)."""
         for path in self.extra_output_paths():
             record_produced(path, storage.output_path)
-        calls = _recording.get()
-        if calls is not None:
-            calls.append(OperatorCall(self, storage, keys))
-            return None
-        from dataflow_mm.engine.step_executor import execute_step  # runners execute operators
-
-        result = execute_step(OperatorCall(self, storage, keys))
-        results = _results.get()
-        if results is not None:
-            results.append(result)
-        return result
-
-    def run_chunk(
-        self, frame: pd.DataFrame, rejects: list[Reject], keys: dict[str, Any], media_root: Path | None
-    ) -> tuple[pd.DataFrame, dict[str, Any]]:
-        """One chunk: the media it names stamped first, then processed; returns the rows and the marker's counts."""
-        media = media_stamps((frame[c] for c in self.media_columns(**keys) if c in frame.columns), media_root)
-        out = self.process_chunk(frame, **keys)
-        counts = self.chunk_counts(frame, rejects, out, keys)
-        if media:
-            counts["media"] = media
-        return out, counts
+        return dispatch(OperatorCall(self, storage, keys))
 
     def process_chunk(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         """``process`` on the rows without an error; rows with one pass through, order kept."""
@@ -317,8 +206,6 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
         if len(processed) != int(ok.sum()):
             raise RuntimeError(f"{self.name}.process returned {len(processed)} rows for {int(ok.sum())}")
         processed = _keep_input_of_failed_rows(frame[ok], processed)
-        if self._provenance_ref:
-            processed = _with_provenance(processed, self._provenance_ref)
         if not ok.all():
             processed = pd.concat([processed.astype(object), frame[~ok]]).sort_index()
         return self._with_output_columns(processed, keys)
@@ -365,32 +252,3 @@ def _keep_input_of_failed_rows(before: pd.DataFrame, after: pd.DataFrame) -> pd.
 
 def _is_null(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
-
-
-def _with_provenance(frame: pd.DataFrame, ref: dict[str, str]) -> pd.DataFrame:
-    """``frame`` with ``ref`` merged into each row's provenance reference (earlier steps' entries kept)."""
-    previous = frame[PROVENANCE_COLUMN] if PROVENANCE_COLUMN in frame.columns else [None] * len(frame)
-    frame = frame.copy()
-    frame[PROVENANCE_COLUMN] = [
-        {**({k: v for k, v in p.items() if v} if isinstance(p, dict) else {}), **ref} for p in previous
-    ]
-    return frame
-
-
-def step_manifests(row_provenance: dict[str, str] | None, storage: FileStorage) -> dict[str, StepManifest]:
-    """The manifests a row's ``provenance`` reference points to, each checked by its fingerprint.
-
-    ``storage`` is the pipeline's storage (its cache folder, prefix and type name the step files).
-    Raises ``StorageError`` when a manifest is missing or was rewritten by a different run.
-    """
-    from dataflow_mm.common.errors import StorageError
-
-    found: dict[str, StepManifest] = {}
-    for step, expected in (row_provenance or {}).items():
-        path = storage.step_file(int(step.removeprefix("step")))
-        manifest = StepManifest.load(path)
-        if manifest is None or manifest.fingerprint != expected:
-            got = "missing" if manifest is None else f"fingerprint {manifest.fingerprint}"
-            raise StorageError(f"the manifest of {path} does not match the row's {step}={expected} ({got})")
-        found[step] = manifest
-    return found

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from dataflow_mm.core.operator import OperatorCall, StepResult
+from dataflow_mm.core.calls import OperatorCall
+from dataflow_mm.core.results import StepResult
 from dataflow_mm.engine.runner import Runner
 from dataflow_mm.engine.step_executor import execute_step
 from dataflow_mm.engine.streaming import DEFAULT_QUEUE_CHUNKS, can_stream, execute_streaming
-
-if TYPE_CHECKING:
-    from dataflow_mm.pipeline.base import PipelineABC
 
 
 class LocalRunner(Runner):
@@ -27,7 +23,7 @@ class LocalRunner(Runner):
         self.streaming = streaming
         self.queue_chunks = queue_chunks
 
-    def execute(self, pipeline: PipelineABC, calls: list[OperatorCall]) -> list[StepResult]:
+    def execute(self, calls: list[OperatorCall]) -> list[StepResult]:
         try:
             if self.streaming and len(calls) > 1 and can_stream(calls):
                 return execute_streaming(calls, self.queue_chunks)

@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any
 from dataflow_mm.common.deps import require
 from dataflow_mm.common.errors import ConfigError
 from dataflow_mm.common.logger import get_logger
-from dataflow_mm.core.operator import OperatorABC, OperatorCall, StepResult
+from dataflow_mm.core.calls import OperatorCall
+from dataflow_mm.core.operator import OperatorABC
+from dataflow_mm.core.results import StepResult
 from dataflow_mm.engine.ray_pools import DEFAULT_CPU_THREADS_PER_ACTOR, ActorPools, ActorSettings, check_sendable
 from dataflow_mm.engine.ray_workers import (
     add_serving_counters,
@@ -60,7 +62,6 @@ from dataflow_mm.storage.step import StepChunk
 if TYPE_CHECKING:
     import pandas as pd
 
-    from dataflow_mm.pipeline.base import PipelineABC
 
 log = get_logger("runners.ray")
 
@@ -165,7 +166,7 @@ class RayRunner(Runner):
         log.info(f"Ray started: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
         return ray, True
 
-    def execute(self, pipeline: PipelineABC, calls: list[OperatorCall]) -> list[StepResult]:
+    def execute(self, calls: list[OperatorCall]) -> list[StepResult]:
         ray, started = self._connect()
         self._warn_about_relative_paths(ray, calls)
         calls = [self._with_batch_size(call) for call in calls]

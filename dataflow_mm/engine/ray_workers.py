@@ -97,6 +97,7 @@ class _ChunkWorker:
         self._startup_error: UserError | None = None
         self._is_actor = load_models
         self._step_token: str | None = None
+        self.provenance: dict[str, str] | None = None
         settings = actor_settings or {}
         if settings.get("cpu_threads"):
             _set_cpu_threads(int(settings["cpu_threads"]))

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
 
-from dataflow_mm.core.operator import OperatorCall, StepResult
-
-if TYPE_CHECKING:
-    from dataflow_mm.pipeline.base import PipelineABC
+from dataflow_mm.core.calls import OperatorCall
+from dataflow_mm.core.results import StepResult
 
 
 class Runner(ABC):
@@ -17,5 +14,5 @@ class Runner(ABC):
     name: str = "base"
 
     @abstractmethod
-    def execute(self, pipeline: PipelineABC, calls: list[OperatorCall]) -> list[StepResult]:
+    def execute(self, calls: list[OperatorCall]) -> list[StepResult]:
         """Run every call in order and return one StepResult per step."""

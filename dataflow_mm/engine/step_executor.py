@@ -22,21 +22,20 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import pandas as pd
 
 from dataflow_mm.common.errors import PipelineCompileError
 from dataflow_mm.common.logger import get_logger
+from dataflow_mm.core.calls import OperatorCall
 from dataflow_mm.core.results import StepResult
+from dataflow_mm.engine.chunk_processing import provenance_ref, run_chunk
 from dataflow_mm.engine.progress import StepProgress, count_rows
 from dataflow_mm.storage.formats import Chunk
 from dataflow_mm.storage.manifest import StepManifest
 from dataflow_mm.storage.paths import check_writes
 from dataflow_mm.storage.step import StepChunk, StepIdentity, StepTransaction
-
-if TYPE_CHECKING:  # operators.base calls this module: importing it back at run time would be a cycle
-    from dataflow_mm.core.operator import OperatorCall
 
 log = get_logger("operators")
 
@@ -83,7 +82,7 @@ class InProcessTransformer:
         self.call = call
         self.model_lock = model_lock or nullcontext()
         operator = call.operator
-        operator.bind_step(number, fingerprint)
+        self.provenance = provenance_ref(operator, number, fingerprint)
         operator.bind_storage(call.storage)
         operator.prepare(call.storage)
         self.in_flight = max(1, operator.chunks_in_flight())
@@ -91,7 +90,9 @@ class InProcessTransformer:
     def transform(self, chunk: StepChunk) -> tuple[pd.DataFrame, dict[str, Any]]:
         call = self.call
         with self.model_lock:
-            return call.operator.run_chunk(chunk.frame, chunk.rejects, call.keys, call.storage.media_root)
+            return run_chunk(
+                call.operator, chunk.frame, chunk.rejects, call.keys, call.storage.media_root, self.provenance
+            )
 
     def close(self) -> None:
         """Nothing to release: the models stay with their operator."""

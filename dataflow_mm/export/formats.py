@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from dataflow_mm.export.samples import Sample
-from dataflow_mm.imaging.naming import content_name
 from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage.naming import content_name
 
 EXPORT_FORMATS = ("llava", "sharegpt", "jsonl-messages")
 IMAGE_TOKEN = "<image>"

@@ -1,4 +1,4 @@
-"""Image helpers shared by the operators: boxes, safe loading, drawing, crops, proposals, file names.
+"""Image helpers shared by the operators: boxes, safe loading, drawing, crops, proposals, atomic image writes.
 
 Pure Pillow/numpy/scipy, everything in memory. Boxes are pixel ``xyxy`` of the image as displayed
 unless a function says otherwise; the clipping rule is documented in :mod:`.bbox`.
@@ -22,8 +22,8 @@ from dataflow_mm.imaging.bbox import (
 from dataflow_mm.imaging.crop import crop_box
 from dataflow_mm.imaging.draw import PALETTE, draw_numbered_boxes, draw_red_box, side_by_side
 from dataflow_mm.imaging.loading import DEFAULT_MAX_PIXELS, image_size, load_image, to_rgb
-from dataflow_mm.imaging.naming import content_name, image_format_for, safe_stem, save_image_atomic
 from dataflow_mm.imaging.proposals import difference_boxes, propose_boxes
+from dataflow_mm.imaging.saving import image_format_for, save_image_atomic
 
 __all__ = [
     "BOX_FORMATS",
@@ -34,7 +34,6 @@ __all__ = [
     "BoxParseResult",
     "box_area",
     "clip_box",
-    "content_name",
     "crop_box",
     "difference_boxes",
     "draw_numbered_boxes",
@@ -49,7 +48,6 @@ __all__ = [
     "parse_box",
     "parse_boxes",
     "propose_boxes",
-    "safe_stem",
     "save_image_atomic",
     "side_by_side",
     "to_rgb",

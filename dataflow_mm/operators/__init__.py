@@ -1,6 +1,7 @@
 """Operators: batch transforms over pandas DataFrames, one file each."""
 
-from dataflow_mm.core.operator import OperatorABC, StepResult
+from dataflow_mm.core.operator import OperatorABC
+from dataflow_mm.core.results import StepResult
 from dataflow_mm.operators.imgdiff.area_generator import ImgDiffDifferenceAreaGenerator
 from dataflow_mm.operators.imgdiff.area_proposer import ImgDiffDifferenceAreaProposer
 from dataflow_mm.operators.imgdiff.fused_generator import ImgDiffDifferenceCaptionGenerator

@@ -17,9 +17,9 @@ from dataflow_mm.core.operator import OperatorABC
 
 @cache
 def operator_classes() -> dict[str, type[OperatorABC]]:
-    """Name -> class of every concrete ``OperatorABC`` subclass defined in ``dataflow_mm.operators``, by name."""
+    """Name -> class of every concrete ``OperatorABC`` subclass in ``dataflow_mm.operators`` and its families."""
     found: dict[str, type[OperatorABC]] = {}
-    for info in pkgutil.iter_modules(_package.__path__, _package.__name__ + "."):
+    for info in pkgutil.walk_packages(_package.__path__, _package.__name__ + "."):
         module = importlib.import_module(info.name)
         for name, cls in inspect.getmembers(module, inspect.isclass):
             if (

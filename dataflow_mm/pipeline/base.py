@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from dataflow_mm.common.errors import ERROR_COLUMN, PipelineCompileError, StorageError
 from dataflow_mm.common.logger import get_logger
-from dataflow_mm.core.operator import OperatorCall, recording_calls
+from dataflow_mm.core.calls import OperatorCall, recording_calls
 from dataflow_mm.pipeline.run_log import run_log
 from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.report import report_after_run
@@ -158,7 +158,7 @@ class PipelineABC(ABC):
             for folder in sorted(folders):  # one order everywhere: two runs never hold one lock each
                 held.enter_context(folders[folder].locked())
             logged = held.enter_context(run_log(calls[-1].storage.cache_path)) if calls else None
-            results = get_runner(runner).execute(self, calls)
+            results = get_runner(runner).execute(calls)
             summary = RunSummary(results, self.servings(), log_path=str(logged.path) if logged else None)
             if calls:
                 storage = calls[-1].storage

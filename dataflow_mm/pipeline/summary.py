@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.core.operator import StepResult, metric_rates
+from dataflow_mm.core.results import StepResult, metric_rates
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.storage.formats import write_json_atomic
 

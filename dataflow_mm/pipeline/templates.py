@@ -15,7 +15,7 @@ TEMPLATE_DIRS = ("gpu_pipelines", "data")
 
 def template_root() -> Path:
     """Folder holding ``gpu_pipelines/`` and ``data/``: packaged templates first, else the source checkout."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # dataflow_mm/
     for candidate in (package / "_templates", package.parent):
         if all((candidate / name).is_dir() for name in TEMPLATE_DIRS):
             return candidate

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from dataflow_mm.core.operator import histograms
+from dataflow_mm.core.results import histograms
 
 BAR_HEIGHT_PX = 60
 

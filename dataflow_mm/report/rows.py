@@ -66,7 +66,8 @@ def _thumbnail(data: bytes, thumbs: Path) -> str | None:
     """A JPEG thumbnail of image bytes under ``thumbs`` (named from the bytes); None when they are no image."""
     from dataflow_mm.common.errors import RowError
     from dataflow_mm.imaging.loading import load_image
-    from dataflow_mm.imaging.naming import content_name, save_image_atomic
+    from dataflow_mm.imaging.saving import save_image_atomic
+    from dataflow_mm.storage.naming import content_name
 
     target = thumbs / content_name("thumb", data, ".jpg")
     if target.is_file():

@@ -181,7 +181,7 @@ def write_jpeg(image: Any, folder: Path, stem: str, quality: int, batch: Durable
     Without ``batch`` the file is durable on return; with one, it becomes so (and gets its name) at
     ``batch.commit()``, which a caller writing many images calls once for all of them.
     """
-    from dataflow_mm.imaging.naming import digest_name, safe_stem  # naming sits above storage
+    from dataflow_mm.storage.naming import digest_name, safe_stem
 
     atomic = AtomicFile(Path(folder) / f"{safe_stem(stem)}.jpg")  # a temp name of the writer's pattern
     try:

@@ -30,7 +30,7 @@ def suffix_of(data: bytes) -> str:
 
 def store_bytes(data: bytes, cache_dir: Path | None, name_hint: str | None = None) -> Path:
     """Write image bytes once to ``{cache_dir}/{stem}_{sha256[:16]}{suffix}`` and return that path."""
-    from dataflow_mm.imaging.naming import safe_stem
+    from dataflow_mm.storage.naming import safe_stem
 
     data = bytes(data)
     folder = Path(cache_dir) if cache_dir is not None else fallback_cache_dir()

@@ -7,7 +7,8 @@ import hashlib
 import pytest
 from PIL import Image
 
-from dataflow_mm.imaging import content_name, safe_stem, save_image_atomic
+from dataflow_mm.imaging.saving import save_image_atomic
+from dataflow_mm.storage.naming import content_name, safe_stem
 
 
 def test_content_name_is_stable_and_content_dependent():

@@ -212,7 +212,7 @@ def test_sync_data_without_syncfs_fsyncs_each_file(tmp_path: Path, monkeypatch) 
 
 def test_output_files_equal_those_of_the_sequential_path(tmp_path: Path) -> None:
     """Two workers write the same files (names and bytes) as one, each named by its own bytes."""
-    from dataflow_mm.imaging.naming import content_name
+    from dataflow_mm.storage.naming import content_name
 
     table = write_region_caption_table(tmp_path / "imgs", n_rows=12, n_boxes=3)
     pooled = run_generator(table, tmp_path / "pooled", ExistingBBoxDataGenConfig(num_workers=2))

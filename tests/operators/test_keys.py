@@ -136,7 +136,7 @@ def test_missing_dependencies_stop_before_any_step_writes(tmp_path: Path, table:
 
 def test_prompted_vqa_run_is_built_from_its_key_spec_in_dataflow_mm_order(tmp_path: Path, table: Path) -> None:
     from dataflow_mm.common.errors import UnsupportedArgumentError
-    from dataflow_mm.core.operator import recording_calls
+    from dataflow_mm.core.calls import recording_calls
 
     assert PromptedVQAGenerator.run.__qualname__.startswith("spec_run")  # built from key_spec, not hand-written
     names = list(inspect.signature(PromptedVQAGenerator.run).parameters)

@@ -504,7 +504,7 @@ def test_the_parser_records_its_derived_version() -> None:
     assert parser.params() == {"parser_version": PARSER_VERSION}
     expected = fingerprint(
         {
-            "operator": "dataflow_mm.operators.region_caption.caption_parser.RegionCaptionParser",
+            "operator": "dataflow_mm.operators.region_captions.RegionCaptionParser",  # its name before the move
             "params": {"parser_version": PARSER_VERSION},
             "keys": dict(parser.key_spec.defaults),  # type: ignore[union-attr]
             "provenance": {},

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataflow_mm.core.operator import describe_metrics, histograms
+from dataflow_mm.core.results import describe_metrics, histograms
 from dataflow_mm.operators.region_caption.caption_verifier import RegionCaptionVerifier
 from dataflow_mm.pipeline.templates import load_pipeline_script
 from dataflow_mm.scoring.image_text_matching import BlipITMScorer

@@ -19,7 +19,7 @@ from dataflow_mm import (
     RegionCaptionParser,
 )
 from dataflow_mm.common.errors import StorageError
-from dataflow_mm.core.operator import PROVENANCE_COLUMN, step_manifests
+from dataflow_mm.engine.chunk_processing import PROVENANCE_COLUMN, step_manifests
 from dataflow_mm.serving.base import SamplingParams
 from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
 from dataflow_mm.serving.model_resolver import config_sha256

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dataflow_mm.imaging.naming import save_image_atomic
+from dataflow_mm.imaging.saving import save_image_atomic
 from dataflow_mm.storage.atomic import AtomicFile, remove_stale_temps, write_bytes_atomic
 from dataflow_mm.storage.formats import SUPPORTED_TYPES, write_json_atomic, write_table
 

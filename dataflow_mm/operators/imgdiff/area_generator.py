@@ -94,6 +94,9 @@ from dataflow_mm.scoring.object_detection import OwlDetector
 class ImgDiffDifferenceAreaGenerator(ImgDiffOperator, OperatorABC):
     """Boxes around the object that changed between two captioned images (Data-Juicer's generator)."""
 
+    # the name its resume fingerprints record (caches made before it moved into its family folder)
+    operator_id = "dataflow_mm.operators.imgdiff_area_generator.ImgDiffDifferenceAreaGenerator"
+
     key_spec = KeySpec(
         defaults={
             **PAIR_KEYS,

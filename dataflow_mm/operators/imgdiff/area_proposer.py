@@ -42,6 +42,9 @@ from dataflow_mm.operators.interop.data_juicer import box_values, key_column
 class ImgDiffDifferenceAreaProposer(ImgDiffOperator, OperatorABC):
     """Fill in boxes around the differing areas of image pairs for rows that have none."""
 
+    # the name its resume fingerprints record (caches made before it moved into its family folder)
+    operator_id = "dataflow_mm.operators.imgdiff_area_proposer.ImgDiffDifferenceAreaProposer"
+
     key_spec = KeySpec(
         defaults={
             **PAIR_KEYS,

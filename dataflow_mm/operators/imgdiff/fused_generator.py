@@ -126,6 +126,9 @@ def sampling_from_mllm_args(args: dict[str, Any]) -> SamplingParams:
 class ImgDiffDifferenceCaptionGenerator(ImgDiffOperator, OperatorABC):
     """The seed's fused Img-Diff operator: region captions, ITM filter, caption similarity, difference captions."""
 
+    # the name its resume fingerprints record (caches made before it moved into its family folder)
+    operator_id = "dataflow_mm.operators.imgdiff_difference_caption_generator.ImgDiffDifferenceCaptionGenerator"
+
     key_spec = KeySpec(
         defaults={
             **PAIR_KEYS,

@@ -57,6 +57,9 @@ def normalized_box_text(xyxy: list[float], size: tuple[int, int]) -> str:
 class ImgDiffRegionCaptioner(ImgDiffOperator, OperatorABC):
     """Caption every candidate box region in image 1 and image 2 (all rows of a chunk in one VLM call)."""
 
+    # the name its resume fingerprints record (caches made before it moved into its family folder)
+    operator_id = "dataflow_mm.operators.imgdiff_region_captioner.ImgDiffRegionCaptioner"
+
     key_spec = KeySpec(
         defaults={
             **PAIR_KEYS,

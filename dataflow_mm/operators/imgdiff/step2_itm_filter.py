@@ -37,6 +37,9 @@ from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMSco
 class ImgDiffImageTextMatchingFilter(ImgDiffOperator, OperatorABC):
     """Keep a box when BLIP ITM says both crops match their region captions (within the score range)."""
 
+    # the name its resume fingerprints record (caches made before it moved into its family folder)
+    operator_id = "dataflow_mm.operators.imgdiff_itm_filter.ImgDiffImageTextMatchingFilter"
+
     key_spec = KeySpec(
         defaults={**PAIR_KEYS, "decisions_key": DECISIONS_KEY},
         reads=("input_image1_key", "input_image2_key", "decisions_key"),

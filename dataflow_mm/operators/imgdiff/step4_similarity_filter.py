@@ -33,6 +33,9 @@ from dataflow_mm.scoring.text_similarity import DEFAULT_CLIP, TextSimilarity, te
 class ImgDiffCaptionSimilarityFilter(ImgDiffOperator, OperatorABC):
     """Keep a box when the similarity of its two region captions lies within the score range."""
 
+    # the name its resume fingerprints record (caches made before it moved into its family folder)
+    operator_id = "dataflow_mm.operators.imgdiff_similarity_filter.ImgDiffCaptionSimilarityFilter"
+
     key_spec = KeySpec(defaults={"decisions_key": DECISIONS_KEY}, reads=("decisions_key",), writes=("decisions_key",))
     holds_model = True
     counted_steps = (DROP_SIMILARITY,)

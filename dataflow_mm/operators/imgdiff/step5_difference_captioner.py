@@ -76,6 +76,9 @@ def difference_panel(
 class ImgDiffDifferenceCaptioner(ImgDiffOperator, OperatorABC):
     """Ask the VLM what differs inside each kept box (all boxes of a chunk in one call); write the final columns."""
 
+    # the name its resume fingerprints record (caches made before it moved into its family folder)
+    operator_id = "dataflow_mm.operators.imgdiff_difference_captioner.ImgDiffDifferenceCaptioner"
+
     key_spec = KeySpec(
         defaults={
             **PAIR_KEYS,

@@ -184,6 +184,9 @@ class DataJuicerMetaWriter(OperatorABC):
     a row with an error passes through with its meta unchanged.
     """
 
+    # the name its resume fingerprints record (caches made before it moved into its family folder)
+    operator_id = "dataflow_mm.operators.data_juicer.DataJuicerMetaWriter"
+
     key_spec = KeySpec(
         defaults={
             "bbox_key": BBOX_KEY,

@@ -134,6 +134,9 @@ class RegionCaptionParser(OperatorABC):
     / ``..._total``, so truncation does not pass for a parser failure.
     """
 
+    # the name its resume fingerprints record (caches made before it moved into its family folder)
+    operator_id = "dataflow_mm.operators.region_captions.RegionCaptionParser"
+
     key_spec = KeySpec(
         defaults={"input_answer_key": "answer", "input_count_key": "valid_bboxes_num", "output_key": "region_captions"},
         reads=("input_answer_key", "input_count_key"),

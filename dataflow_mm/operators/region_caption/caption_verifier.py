@@ -26,8 +26,9 @@ from PIL import Image
 
 from dataflow_mm.common.errors import ERROR_COLUMN, InvalidBoxError, RowError, row_error_text
 from dataflow_mm.core.keys import KeySpec
-from dataflow_mm.core.operator import OperatorABC, histogram_metrics
+from dataflow_mm.core.operator import OperatorABC
 from dataflow_mm.core.params import ParamSpec
+from dataflow_mm.core.results import histogram_metrics
 from dataflow_mm.imaging.crop import crop_box
 from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM, BlipITMScorer
@@ -54,6 +55,9 @@ def _pixel_box(normalized: Any, size: tuple[int, int]) -> list[float]:
 
 class RegionCaptionVerifier(OperatorABC):
     """Score each region caption against its box's crop; with ``min_region_score``, drop the regions below it."""
+
+    # the name its resume fingerprints record (caches made before it moved into its family folder)
+    operator_id = "dataflow_mm.operators.region_caption_verifier.RegionCaptionVerifier"
 
     key_spec = KeySpec(
         defaults={

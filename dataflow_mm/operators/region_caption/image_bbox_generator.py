@@ -86,6 +86,9 @@ class ImageBboxGenerator(OperatorABC):
     drawn from its first image, and the row's ``warning`` says how many there were (else null).
     """
 
+    # the name its resume fingerprints record (caches made before it moved into its family folder)
+    operator_id = "dataflow_mm.operators.image_bbox_generator.ImageBboxGenerator"
+
     # What the HTML report's region-caption page shows of the output (column names: the defaults).
     report_view = ReportView(
         "region_caption",

@@ -96,6 +96,9 @@ class PromptedVQAGenerator(OperatorABC):
     row (structured output); rows sharing a schema go to the serving in one batched call.
     """
 
+    # the name its resume fingerprints record (caches made before it moved into its family folder)
+    operator_id = "dataflow_mm.operators.prompted_vqa_generator.PromptedVQAGenerator"
+
     # The report shows the answer beside the row's image on the region-caption page.
     report_view = ReportView(
         "region_caption", roles={"answer": "answer", "prompt": "prompt"}, identifies=(("answer",),)
