@@ -36,6 +36,7 @@ import pandas as pd
 
 from dataflow_mm.imaging.crop import crop_box
 from dataflow_mm.imaging.loading import load_image
+from dataflow_mm.models.tiny import tiny_model_path
 from dataflow_mm.operators.imgdiff.box_decisions import candidate_decisions
 from dataflow_mm.operators.imgdiff.fused_generator import ImgDiffDifferenceCaptionGenerator
 from dataflow_mm.operators.imgdiff.step1_region_captioner import (
@@ -50,7 +51,6 @@ from dataflow_mm.scoring import BlipITMScorer, text_similarity_model
 from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
 from dataflow_mm.serving.messages import build_conversation
 from tests.support.imgdiff_pairs import write_imgdiff_table
-from tests.support.tiny_models import tiny_model_path
 
 
 class Counted:

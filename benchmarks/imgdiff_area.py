@@ -36,13 +36,13 @@ from PIL import Image
 from dataflow_mm.imaging.crop import crop_box
 from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.imaging.nms import kept_indices
+from dataflow_mm.models.tiny import tiny_model_path
 from dataflow_mm.operators.imgdiff.area_generator import ImgDiffDifferenceAreaGenerator
 from dataflow_mm.operators.imgdiff.changed_nouns import changed_nouns
 from dataflow_mm.scoring.image_similarity import ClipImageSimilarity
 from dataflow_mm.scoring.image_text_matching import BlipITMScorer
 from dataflow_mm.scoring.object_detection import OwlDetector
 from tests.support.imgdiff_pairs import write_captioned_pairs
-from tests.support.tiny_models import tiny_model_path
 
 KEEP_ALL = ({"min_score_1": -1.0, "min_score_2": -1.0}, {"conf": 0.0}, {"min_score": 0.0})
 

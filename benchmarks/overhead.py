@@ -119,8 +119,8 @@ def main() -> None:
                 serving.cleanup()
             report(f"api, fake server {delay * 1000:.0f} ms/request", args.rows, wall, inside)
         if args.hf_rows:
+            from dataflow_mm.models.tiny import tiny_model_path
             from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
-            from tests.support.tiny_models import tiny_model_path
 
             (workdir / "hf").mkdir()
             hf_table = make_table(workdir / "hf", args.hf_rows) if args.hf_rows != args.rows else table

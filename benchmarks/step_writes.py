@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dataflow_mm.storage.formats import AtomicTableWriter, read_table
+from dataflow_mm.storage.formats import read_table
+from dataflow_mm.storage.table_writer import AtomicTableWriter
 
 
 def step_table(rows: int) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """Shared pytest fixtures.
 
 Every test runs offline: no test may reach a model hub or write to the user's HF cache.
-Tiny random-weight models (``tests.support.tiny_models``) stand in for real ones.
+Tiny random-weight models (``dataflow_mm.models.tiny``) stand in for real ones.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.tiny_models import ENV_TINY_DIR, tiny_model_path
+from dataflow_mm.models.tiny import ENV_TINY_DIR, tiny_model_path
 
 # huggingface_hub and transformers read these variables once, when first imported, so they are
 # set here (conftest is imported before any test module) and re-asserted by ``offline_hub``.

@@ -2,8 +2,8 @@
 
 Subclasses implement ``process(frame, **keys) -> frame`` (pure: a DataFrame in, the same rows out
 with new columns) and declare their keys once in ``key_spec`` (``core.keys``), from which the base
-class builds ``run(storage, ...)``. ``run`` hands an :class:`~dataflow_mm.core.calls.OperatorCall`
-to ``core.calls.dispatch``: a compiling pipeline records it, the engine runs it (chunks, resume,
+class builds ``run(storage, ...)``. ``run`` hands an :class:`OperatorCall`
+to ``core.dispatch``: a compiling pipeline records it, the engine runs it (chunks, resume,
 rejects, manifest, streaming: ``engine.step_executor``). What stays here is the contract itself:
 
 * what an operator reads, writes and depends on (keys, columns, media, optional modules);
@@ -15,6 +15,7 @@ rejects, manifest, streaming: ``engine.step_executor``). What stays here is the 
 from __future__ import annotations
 
 from abc import ABC, ABCMeta, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,7 +24,7 @@ import pandas as pd
 from dataflow_mm.common.deps import check_available
 from dataflow_mm.common.errors import ERROR_COLUMN, MissingFieldError, is_row_error, row_error_text
 from dataflow_mm.common.logger import get_logger
-from dataflow_mm.core.calls import OperatorCall, dispatch
+from dataflow_mm.core.dispatch import dispatch
 from dataflow_mm.core.keys import KeySpec, spec_run
 from dataflow_mm.core.params import ParamSpec, bound_arguments, derive_params, derive_provenance
 from dataflow_mm.core.results import StepResult
@@ -34,6 +35,15 @@ from dataflow_mm.storage.media import externalize_media
 log = get_logger("operators")
 
 TRUNCATED_COLUMN = "truncated"  # True on rows whose model answer stopped at max_tokens
+
+
+@dataclass
+class OperatorCall:
+    """One ``run`` call: which operator, on which step of which storage, with which keys."""
+
+    operator: OperatorABC
+    storage: FileStorage
+    keys: dict[str, Any]
 
 
 class _OperatorMeta(ABCMeta):
@@ -181,7 +191,7 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
         )
 
     def execute(self, storage: FileStorage, **keys: Any) -> StepResult | None:
-        """Run this operator on ``storage``'s current step: the call goes to ``core.calls.dispatch``
+        """Run this operator on ``storage``'s current step: the call goes to ``core.dispatch``
         (recorded while a pipeline compiles, else run by the engine)."""
         for path in self.extra_output_paths():
             record_produced(path, storage.output_path)

@@ -1,6 +1,6 @@
 """Where pipelines execute: in-process (default) or on Ray; both through one step executor.
 
-Importing the engine makes it the default dispatcher of operator calls (``core.calls``): an operator's
+Importing the engine makes it the default dispatcher of operator calls (``core.dispatch``): an operator's
 ``run`` outside a compiling pipeline (DataFlow-MM style ``forward()``, or a direct ``op.run(storage)``)
 runs its step here. The package root imports the engine, so that is true after ``import dataflow_mm``.
 """
@@ -8,7 +8,7 @@ runs its step here. The package root imports the engine, so that is true after `
 from __future__ import annotations
 
 from dataflow_mm.common.errors import UserError
-from dataflow_mm.core.calls import set_default_dispatcher
+from dataflow_mm.core.dispatch import set_default_dispatcher
 from dataflow_mm.engine.local_runner import LocalRunner
 from dataflow_mm.engine.runner import Runner
 from dataflow_mm.engine.step_executor import execute_step

@@ -16,8 +16,8 @@ import pandas as pd
 
 from dataflow_mm.common.errors import ERROR_COLUMN, StorageError, error_class_of, is_row_error
 from dataflow_mm.core.operator import OperatorABC
+from dataflow_mm.storage.chunks import Reject
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.storage.formats import Reject
 from dataflow_mm.storage.manifest import StepManifest
 from dataflow_mm.storage.media_stamps import media_stamps
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataflow_mm.core.calls import OperatorCall
+from dataflow_mm.core.operator import OperatorCall
 from dataflow_mm.core.results import StepResult
 from dataflow_mm.engine.runner import Runner
 from dataflow_mm.engine.step_executor import execute_step

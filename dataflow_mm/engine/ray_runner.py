@@ -42,10 +42,9 @@ from typing import TYPE_CHECKING, Any
 from dataflow_mm.common.deps import require
 from dataflow_mm.common.errors import ConfigError
 from dataflow_mm.common.logger import get_logger
-from dataflow_mm.core.calls import OperatorCall
-from dataflow_mm.core.operator import OperatorABC
+from dataflow_mm.core.operator import OperatorABC, OperatorCall
 from dataflow_mm.core.results import StepResult
-from dataflow_mm.engine.ray_pools import DEFAULT_CPU_THREADS_PER_ACTOR, ActorPools, ActorSettings, check_sendable
+from dataflow_mm.engine.ray_pools import ActorPools, ActorSettings, check_sendable
 from dataflow_mm.engine.ray_workers import (
     add_serving_counters,
     holds_model,
@@ -65,7 +64,6 @@ if TYPE_CHECKING:
 
 log = get_logger("runners.ray")
 
-__all__ = ["DEFAULT_CPU_THREADS_PER_ACTOR", "RayRunner", "RayTransformer", "holds_model"]
 
 
 class RayRunner(Runner):
@@ -133,12 +131,6 @@ class RayRunner(Runner):
             actor_start_timeout_s,
         )
         self.workers_by_step: dict[int, set[str]] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        """The actor settings read as the runner's own (``runner.actors_per_model_operator``...)."""
-        if name != "actor_settings" and name in ActorSettings.__dataclass_fields__:
-            return getattr(self.actor_settings, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def pools_fit(self, operators: list[OperatorABC]) -> bool:
         """Whether every model operator's actors fit the connected cluster at once with a CPU to spare

@@ -25,8 +25,8 @@ from dataflow_mm.common.errors import UserError
 from dataflow_mm.common.logger import get_logger
 from dataflow_mm.core.operator import OperatorABC
 from dataflow_mm.serving.base import EngineDiedError, ServingStats, VLMServing
+from dataflow_mm.storage.chunks import Reject
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.storage.formats import Reject
 
 log = get_logger("runners.ray")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from dataflow_mm.core.calls import OperatorCall
+from dataflow_mm.core.operator import OperatorCall
 from dataflow_mm.core.results import StepResult
 
 

@@ -28,11 +28,11 @@ import pandas as pd
 
 from dataflow_mm.common.errors import PipelineCompileError
 from dataflow_mm.common.logger import get_logger
-from dataflow_mm.core.calls import OperatorCall
+from dataflow_mm.core.operator import OperatorCall
 from dataflow_mm.core.results import StepResult
 from dataflow_mm.engine.chunk_processing import provenance_ref, run_chunk
 from dataflow_mm.engine.progress import StepProgress, count_rows
-from dataflow_mm.storage.formats import Chunk
+from dataflow_mm.storage.chunks import Chunk
 from dataflow_mm.storage.manifest import StepManifest
 from dataflow_mm.storage.paths import check_writes
 from dataflow_mm.storage.step import StepChunk, StepIdentity, StepTransaction

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataflow_mm.common.logger import get_logger
-from dataflow_mm.core.calls import OperatorCall
+from dataflow_mm.core.operator import OperatorCall
 from dataflow_mm.core.results import StepResult
 from dataflow_mm.engine.step_executor import InProcessTransformer, TransformerFactory, execute_step
-from dataflow_mm.storage.formats import iter_jsonl_lines
+from dataflow_mm.storage.jsonl_reading import iter_jsonl_lines
 from dataflow_mm.storage.manifest import StepManifest
 
 log = get_logger("runners")

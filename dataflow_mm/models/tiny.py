@@ -16,8 +16,8 @@ LLaVA-NeXT weights under the real llava-hf key layout (``vision_tower.vision_mod
 Each folder holds a marker file (``dataflow_mm_tiny_model.json``) so a serving backend can
 tell it is a smoke-test model (``is_tiny_model``).
 
-This is product code: ``--allow_tiny_fallback`` uses it when a real model is unavailable, and
-``tests.support.tiny_models`` re-exports it for tests.
+This is product code: ``--allow_tiny_fallback`` uses it when a real model is unavailable; tests use
+it directly.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from dataflow_mm.common.errors import ERROR_COLUMN, PipelineCompileError, StorageError
 from dataflow_mm.common.logger import get_logger
-from dataflow_mm.core.calls import OperatorCall, recording_calls
+from dataflow_mm.core.dispatch import recording_calls
+from dataflow_mm.core.operator import OperatorCall
 from dataflow_mm.pipeline.run_log import run_log
 from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.report import report_after_run

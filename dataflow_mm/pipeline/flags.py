@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from dataflow_mm.imaging.bbox import BOX_FORMATS
-from dataflow_mm.storage.formats import SUPPORTED_TYPES
+from dataflow_mm.storage.table_types import SUPPORTED_TYPES
 
 PLAIN_TYPES = (str, int, float, bool)
 # Decided by the serving flags --no_tiny_fallback / --smoke_test (``script.tiny_fallback_allowed``), not a flag.

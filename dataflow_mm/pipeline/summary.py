@@ -8,7 +8,7 @@ from typing import Any
 
 from dataflow_mm.core.results import StepResult, metric_rates
 from dataflow_mm.serving.base import VLMServing
-from dataflow_mm.storage.formats import write_json_atomic
+from dataflow_mm.storage.table_writer import write_json_atomic
 
 SMOKE_TEST_WARNING = (
     "The model is a tiny random-weight smoke-test model: its answers are meaningless text, "

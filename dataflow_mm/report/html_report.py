@@ -37,19 +37,9 @@ from typing import Any
 from dataflow_mm.report.header import esc, header_html, load_json
 from dataflow_mm.report.layout import detect_layout
 from dataflow_mm.report.links import image_links, media_roots
-from dataflow_mm.report.locate import ReportError, StepLocation, locate_step
+from dataflow_mm.report.locate import ReportError, locate_step
 from dataflow_mm.report.rows import THUMBS_DIR, deep_clean, read_rows
 from dataflow_mm.storage.manifest import StepManifest
-
-__all__ = [
-    "ReportError",
-    "StepLocation",
-    "build_report_html",
-    "detect_layout",
-    "locate_step",
-    "report_after_run",
-    "write_report",
-]
 
 REPORT_NAME = "report.html"
 

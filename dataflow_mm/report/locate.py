@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataflow_mm.common.errors import UserError
-from dataflow_mm.storage.formats import SUPPORTED_TYPES
 from dataflow_mm.storage.manifest import StepManifest
+from dataflow_mm.storage.table_types import SUPPORTED_TYPES
 
 _STEP_RE = re.compile(r"^(?P<prefix>.+)_step(?P<step>\d+)\.(?P<ext>" + "|".join(SUPPORTED_TYPES) + r")$")
 

@@ -51,14 +51,11 @@ from dataflow_mm.common.errors import (
     row_error_text,
 )
 from dataflow_mm.common.logger import get_logger
-from dataflow_mm.common.retry import MAX_RETRY_AFTER_S, RetryPolicy, is_retryable_status
+from dataflow_mm.common.retry import MAX_RETRY_AFTER_S, RetryPolicy
 from dataflow_mm.common.secrets import has_control_characters, register_secret, scrub
 from dataflow_mm.serving import structured
 from dataflow_mm.serving.api_images import (
     _MIME,
-    PASS_THROUGH_PREFIXES,
-    encode_image,
-    file_bytes_data_url,
     image_format_name,
     image_part,
 )
@@ -70,8 +67,6 @@ from dataflow_mm.serving.http_reply import (
 )
 
 # Re-exported: they lived here before the retry policy, the images and the replies got modules of their own.
-__all__ = ["MAX_RETRY_AFTER_S", "PASS_THROUGH_PREFIXES", "AttemptFailure", "RetryPolicy", "encode_image"]
-__all__ += ["APIVLMServing_openai", "chat_completions_url", "file_bytes_data_url", "is_retryable_status"]
 
 logger = get_logger("serving.api")
 

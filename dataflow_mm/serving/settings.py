@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from dataflow_mm.serving.api_serving import DEFAULT_MAX_RESPONSE_BYTES
+from dataflow_mm.serving.http_reply import DEFAULT_MAX_RESPONSE_BYTES
 from dataflow_mm.serving.vllm_engine_args import (
     AUTO_FIT_MAX_MODEL_LEN,
     DEFAULT_GPU_MEMORY_UTILIZATION,

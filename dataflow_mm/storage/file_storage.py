@@ -20,21 +20,16 @@ from typing import Any, Literal
 import pandas as pd
 
 from dataflow_mm.common.errors import StorageError
-from dataflow_mm.storage.formats import (
-    DEFAULT_CHUNK_SIZE,
-    Chunk,
-    check_table_type,
-    iter_table,
-    read_table,
-    table_type_of,
-    write_table,
-)
+from dataflow_mm.storage.chunks import Chunk
+from dataflow_mm.storage.formats import DEFAULT_CHUNK_SIZE, iter_table, read_table
 from dataflow_mm.storage.lock import cache_lock
 from dataflow_mm.storage.manifest import MANIFEST_SUFFIX, StepManifest
 from dataflow_mm.storage.media import externalize_media, media_cache_dir
 from dataflow_mm.storage.paths import check_file_name_prefix
 from dataflow_mm.storage.sources import resolve_first_entry
 from dataflow_mm.storage.step import StepIdentity, StepTransaction
+from dataflow_mm.storage.table_types import check_table_type, table_type_of
+from dataflow_mm.storage.table_writer import write_table
 
 REJECTS_SUFFIX = ".rejects.jsonl"
 

@@ -31,27 +31,20 @@ from pathlib import Path
 import pandas as pd
 
 from dataflow_mm.common.errors import StorageError
-from dataflow_mm.storage.arrow_exact import JSON_COLUMNS_KEY, batch_frame, frame_to_arrow, parquet_json_columns
-from dataflow_mm.storage.chunks import Chunk, Reject, records_frame
+from dataflow_mm.storage.arrow_exact import batch_frame, parquet_json_columns
+from dataflow_mm.storage.chunks import Chunk, records_frame
 from dataflow_mm.storage.csv_cells import check_csv_header, decode_csv_cell
 from dataflow_mm.storage.jsonl_reading import (
     MAX_JSON_DEPTH,
-    DuplicateKeyError,
     TooDeepError,
     iter_jsonl,
-    iter_jsonl_lines,
     load_json_text,
 )
-from dataflow_mm.storage.table_types import SUPPORTED_TYPES, check_readable, check_table_type, table_type_of
-from dataflow_mm.storage.table_writer import AtomicTableWriter, frame_to_jsonl, write_json_atomic, write_table
+from dataflow_mm.storage.table_types import check_readable, table_type_of
 
 DEFAULT_CHUNK_SIZE = 512
 
 # Re-exported: every format's reader and writer is reached from here, as before the modules were split.
-__all__ = ["JSON_COLUMNS_KEY", "MAX_JSON_DEPTH", "SUPPORTED_TYPES", "AtomicTableWriter", "Chunk", "Reject"]
-__all__ += ["check_readable", "check_table_type", "frame_to_arrow", "frame_to_jsonl", "iter_jsonl", "iter_jsonl_lines"]
-__all__ += ["DuplicateKeyError", "TooDeepError", "load_json_text", "table_type_of", "write_json_atomic", "write_table"]
-__all__ += ["DEFAULT_CHUNK_SIZE", "find_columns", "has_records", "iter_table", "peek_columns", "read_table"]
 
 
 def _iter_frame(frame: pd.DataFrame, chunk_size: int) -> Iterator[Chunk]:

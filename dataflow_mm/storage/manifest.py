@@ -26,9 +26,9 @@ from typing import Any
 import orjson
 
 from dataflow_mm.storage.atomic import AtomicFile, write_bytes_atomic
-from dataflow_mm.storage.formats import write_json_atomic
 from dataflow_mm.storage.hashing import file_sha256
 from dataflow_mm.storage.media_stamps import changed_media
+from dataflow_mm.storage.table_writer import write_json_atomic
 
 MANIFEST_SUFFIX = ".manifest.json"
 MEDIA_SUFFIX = ".media.ndjson"  # not ending in a table type's suffix: never taken for a step file

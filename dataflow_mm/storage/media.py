@@ -32,6 +32,7 @@ from dataflow_mm.storage.atomic import AtomicFile, DurableBatch
 from dataflow_mm.storage.downloads import download_image
 from dataflow_mm.storage.hashing import remember_sha256
 from dataflow_mm.storage.media_bytes import fallback_cache_dir, store_bytes
+from dataflow_mm.storage.naming import digest_name, safe_stem
 
 MEDIA_DIR_NAME = "media"
 URL_PREFIXES = ("http://", "https://")
@@ -181,8 +182,6 @@ def write_jpeg(image: Any, folder: Path, stem: str, quality: int, batch: Durable
     Without ``batch`` the file is durable on return; with one, it becomes so (and gets its name) at
     ``batch.commit()``, which a caller writing many images calls once for all of them.
     """
-    from dataflow_mm.storage.naming import digest_name, safe_stem
-
     atomic = AtomicFile(Path(folder) / f"{safe_stem(stem)}.jpg")  # a temp name of the writer's pattern
     try:
         with atomic.tmp.open("wb") as handle:

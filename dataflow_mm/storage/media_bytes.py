@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage.naming import safe_stem
 
 _SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -30,7 +31,6 @@ def suffix_of(data: bytes) -> str:
 
 def store_bytes(data: bytes, cache_dir: Path | None, name_hint: str | None = None) -> Path:
     """Write image bytes once to ``{cache_dir}/{stem}_{sha256[:16]}{suffix}`` and return that path."""
-    from dataflow_mm.storage.naming import safe_stem
 
     data = bytes(data)
     folder = Path(cache_dir) if cache_dir is not None else fallback_cache_dir()

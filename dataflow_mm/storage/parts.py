@@ -21,7 +21,9 @@ from typing import Any
 import pandas as pd
 
 from dataflow_mm.storage.atomic import write_bytes_atomic
-from dataflow_mm.storage.formats import AtomicTableWriter, Reject, frame_to_jsonl, iter_jsonl, write_json_atomic
+from dataflow_mm.storage.chunks import Reject
+from dataflow_mm.storage.jsonl_reading import iter_jsonl
+from dataflow_mm.storage.table_writer import AtomicTableWriter, frame_to_jsonl, write_json_atomic
 
 STATE_FILE = "state.json"
 

@@ -22,18 +22,36 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandas as pd
 
 from dataflow_mm.storage.atomic import AtomicFile, remove_stale_temps
-from dataflow_mm.storage.formats import Chunk, Reject, check_readable, read_table, table_type_of, write_table
+from dataflow_mm.storage.chunks import Chunk, Reject
+from dataflow_mm.storage.formats import read_table
 from dataflow_mm.storage.manifest import StepManifest, file_sha256, manifest_path, media_path, write_media_stamps
 from dataflow_mm.storage.media_stamps import changed_media
 from dataflow_mm.storage.parts import ChunkParts
+from dataflow_mm.storage.table_types import check_readable, table_type_of
+from dataflow_mm.storage.table_writer import write_table
 
-if TYPE_CHECKING:
-    from dataflow_mm.storage.file_storage import FileStorage
+
+class StepFiles(Protocol):
+    """What a step transaction needs of its storage (``FileStorage`` is one): the step's files and its input."""
+
+    cache_type: str
+    chunk_size: int
+
+    @property
+    def input_path(self) -> Path: ...
+
+    @property
+    def output_path(self) -> Path: ...
+
+    @property
+    def rejects_path(self) -> Path: ...
+
+    def iter_chunks(self) -> Iterator[Chunk]: ...
 
 STREAMED = "streamed"  # the parts state's input hash while the input is still being written by the step before
 CHUNK_SHA_KEY = "input_chunk_sha256"  # a marker's hash of the input lines its chunk was made from
@@ -75,7 +93,7 @@ class StepTotals:
 class StepTransaction:
     """The files of one step (see the module docstring). ``streamed``: the input file is still being written."""
 
-    def __init__(self, storage: FileStorage, identity: StepIdentity, streamed: bool = False) -> None:
+    def __init__(self, storage: StepFiles, identity: StepIdentity, streamed: bool = False) -> None:
         self.storage = storage
         self.identity = identity
         self.input_sha: str | None = None if streamed else file_sha256(check_readable(storage.input_path))

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.openai_test_server import Fault, OpenAITestServer
+from tests.support.openai_test_requests import Fault
+from tests.support.openai_test_server import OpenAITestServer
 
 pytest.importorskip("httpx")
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.openai_test_server import OpenAITestServer, image_urls
+from tests.support.openai_test_requests import image_urls
+from tests.support.openai_test_server import OpenAITestServer
 from tests.support.sample_data import write_region_caption_table
 
 pytest.importorskip("httpx")

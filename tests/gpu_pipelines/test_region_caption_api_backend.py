@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx  # noqa: F401 - a declared test dependency: imported, never skipped
 from PIL import Image
 
-from tests.support.openai_test_server import Fault, OpenAITestServer, image_urls
+from tests.support.openai_test_requests import Fault, image_urls
+from tests.support.openai_test_server import OpenAITestServer
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "gpu_pipelines" / "image_region_caption_pipeline.py"

@@ -14,7 +14,8 @@ from dataflow_mm import FileStorage, KeySpec, PipelineABC, PromptedVQAGenerator
 from dataflow_mm.common.errors import MissingDependencyError, PipelineCompileError
 from dataflow_mm.core.operator import OperatorABC
 from dataflow_mm.operators.imgdiff.step4_similarity_filter import ImgDiffCaptionSimilarityFilter
-from dataflow_mm.storage.formats import read_table, write_table
+from dataflow_mm.storage.formats import read_table
+from dataflow_mm.storage.table_writer import write_table
 from tests.support.fake_serving import FakeVLMServing
 
 
@@ -136,7 +137,7 @@ def test_missing_dependencies_stop_before_any_step_writes(tmp_path: Path, table:
 
 def test_prompted_vqa_run_is_built_from_its_key_spec_in_dataflow_mm_order(tmp_path: Path, table: Path) -> None:
     from dataflow_mm.common.errors import UnsupportedArgumentError
-    from dataflow_mm.core.calls import recording_calls
+    from dataflow_mm.core.dispatch import recording_calls
 
     assert PromptedVQAGenerator.run.__qualname__.startswith("spec_run")  # built from key_spec, not hand-written
     names = list(inspect.signature(PromptedVQAGenerator.run).parameters)

@@ -38,8 +38,9 @@ from dataflow_mm.operators.region_caption.answer_parsing import PARSER_VERSION
 from dataflow_mm.operators.region_caption.caption_parser import RegionAnswerSchema
 from dataflow_mm.operators.registry import operator_classes
 from dataflow_mm.serving.base import SamplingParams
-from dataflow_mm.storage.formats import read_table, write_table
+from dataflow_mm.storage.formats import read_table
 from dataflow_mm.storage.manifest import fingerprint
+from dataflow_mm.storage.table_writer import write_table
 
 
 class StubModel:

@@ -20,9 +20,9 @@ from dataflow_mm import (
 )
 from dataflow_mm.common.errors import StorageError
 from dataflow_mm.engine.chunk_processing import PROVENANCE_COLUMN, step_manifests
+from dataflow_mm.models.resolver import config_sha256
 from dataflow_mm.serving.base import SamplingParams
 from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
-from dataflow_mm.serving.model_resolver import config_sha256
 from dataflow_mm.storage.manifest import StepManifest
 from tests.support.fake_serving import FakeVLMServing
 from tests.support.sample_data import write_jsonl, write_region_caption_table

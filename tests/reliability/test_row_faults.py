@@ -21,7 +21,7 @@ from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.pipeline.templates import load_pipeline_script
 from dataflow_mm.serving.api_serving import APIVLMServing_openai
 from dataflow_mm.serving.base import VLMServing
-from dataflow_mm.storage.formats import MAX_JSON_DEPTH
+from dataflow_mm.storage.jsonl_reading import MAX_JSON_DEPTH
 from tests.support.bad_inputs import build_region_caption_corpus, write_bad_images
 from tests.support.fake_serving import FakeVLMServing
 from tests.support.openai_test_server import OpenAITestServer

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from dataflow_mm.cli.main import main
 from dataflow_mm.pipeline.templates import load_pipeline_script
 from dataflow_mm.report import ReportError, build_report_html, report_after_run, write_report
-from dataflow_mm.report.html_report import detect_layout
+from dataflow_mm.report.layout import detect_layout
 from dataflow_mm.serving.base import Completion
 from dataflow_mm.storage.file_storage import FileStorage
 from tests.support.fake_serving import FakeVLMServing

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dataflow_mm.scoring.device import resolve_device
+from dataflow_mm.models.device import resolve_device
 
 
 def test_auto_is_cpu_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from dataflow_mm.serving.api_serving import APIVLMServing_openai
 from dataflow_mm.serving.http_reply import DEFAULT_MAX_RESPONSE_BYTES
-from tests.support.openai_test_server import Fault, OpenAITestServer
+from tests.support.openai_test_requests import Fault
+from tests.support.openai_test_server import OpenAITestServer
 
 pytest.importorskip("httpx")
 

@@ -14,22 +14,13 @@ import pytest
 from PIL import Image
 
 from dataflow_mm.common.errors import UserError, error_class_of
-from dataflow_mm.serving.api_serving import (
-    APIVLMServing_openai,
-    RetryPolicy,
-    chat_completions_url,
-    encode_image,
-    is_retryable_status,
-)
+from dataflow_mm.common.retry import RetryPolicy, is_retryable_status
+from dataflow_mm.serving.api_images import encode_image
+from dataflow_mm.serving.api_serving import APIVLMServing_openai, chat_completions_url
 from dataflow_mm.serving.base import SamplingParams
 from dataflow_mm.serving.messages import build_conversation
-from tests.support.openai_test_server import (
-    Fault,
-    OpenAITestServer,
-    default_answer,
-    image_urls,
-    user_text,
-)
+from tests.support.openai_test_requests import Fault, default_answer, image_urls, user_text
+from tests.support.openai_test_server import OpenAITestServer
 
 FAST = {"timeout": 1.0, "backoff_base": 0.01, "backoff_max": 0.05}
 

@@ -18,8 +18,8 @@ import pytest
 from huggingface_hub.file_download import repo_folder_name
 
 from dataflow_mm.common.errors import ModelNotAvailableError
+from dataflow_mm.models.resolver import MODEL_FILE_PATTERNS, resolve_model_path
 from dataflow_mm.pipeline.script import add_serving_args
-from dataflow_mm.serving.model_resolver import MODEL_FILE_PATTERNS, resolve_model_path
 
 REPO_ID = "some-org/tiny-vlm"
 COMMIT = "aaaabbbbccccddddeeeeffff0000111122223333"
@@ -48,7 +48,7 @@ def build_hub_cache(hub_cache: Path, repo_id: str = REPO_ID, commit: str = COMMI
 RESOLVE_WITH_DEFAULT_FLAGS = """
 import argparse, sys
 from dataflow_mm.pipeline.script import add_serving_args
-from dataflow_mm.serving.model_resolver import resolve_model_path
+from dataflow_mm.models.resolver import resolve_model_path
 parser = argparse.ArgumentParser()
 add_serving_args(parser, default_model=sys.argv[1])
 args = parser.parse_args([])

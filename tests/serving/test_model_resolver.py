@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from dataflow_mm.common.errors import ModelNotAvailableError, UserError
-from dataflow_mm.serving.model_resolver import resolve_model_path
+from dataflow_mm.models.resolver import resolve_model_path
 
 REPO_ID = "some-org/some-vlm"
 

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from dataflow_mm import FileStorage, PromptedVQAGenerator
+from dataflow_mm.models.processor_loading import load_processor
 from dataflow_mm.pipeline.summary import RunSummary
 from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
 from dataflow_mm.serving.messages import build_conversation, split_images
-from dataflow_mm.serving.processor_loading import load_processor
 from dataflow_mm.serving.token_budget import PromptTokenCounter, fit_to_budget
 from tests.support.sample_data import write_jsonl
 

@@ -33,8 +33,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from dataflow_mm.models.tiny import ENV_TINY_DIR
 from dataflow_mm.serving.messages import build_conversation
-from tests.support.tiny_models import ENV_TINY_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 VLLM_VENV = Path(os.environ.get("DATAFLOW_MM_VLLM_VENV", REPO / ".venv-vllm"))
@@ -665,8 +665,8 @@ def test_an_engine_that_cannot_start_names_the_flags_to_change(fake_vllm: type[F
 def test_each_request_is_enqueued_once_with_chat_template_prompts_and_in_memory_images(
     fake_vllm: type[FakeLLM], tiny_qwen_dir: Path, image_files: list[str], tmp_path: Path
 ) -> None:
+    from dataflow_mm.models.processor_loading import load_processor
     from dataflow_mm.serving.messages import split_images
-    from dataflow_mm.serving.processor_loading import load_processor
 
     serving = fake_serving(tiny_qwen_dir)
     conversations = [
@@ -810,8 +810,8 @@ def test_answers_cut_off_at_max_tokens_are_marked_truncated(fake_vllm: type[Fake
 def test_image_tokens_in_user_text_are_removed_for_each_family(
     fake_vllm: type[FakeLLM], tiny_qwen_dir: Path, tiny_llava_dir: Path, image_files: list[str]
 ) -> None:
+    from dataflow_mm.models.processor_loading import load_processor
     from dataflow_mm.serving.image_tokens import image_placeholder_tokens
-    from dataflow_mm.serving.processor_loading import load_processor
 
     for folder, image_token in ((tiny_qwen_dir, "<|image_pad|>"), (tiny_llava_dir, "<image>")):
         tokens = image_placeholder_tokens(load_processor(folder))

@@ -88,8 +88,8 @@ class PeakRSS:
 
 def counted_tokens(serving: object, conversations: list) -> list:
     """Each request's prompt tokens as the token budget counts them (the engine's processor kwargs)."""
+    from dataflow_mm.models.processor_loading import load_processor
     from dataflow_mm.serving.messages import split_images, to_pil
-    from dataflow_mm.serving.processor_loading import load_processor
     from dataflow_mm.serving.token_budget import PromptTokenCounter
 
     counter = PromptTokenCounter(load_processor(serving.model_dir), serving.mm_processor_kwargs())

@@ -15,7 +15,8 @@ from PIL import Image
 
 from dataflow_mm.imaging.saving import save_image_atomic
 from dataflow_mm.storage.atomic import AtomicFile, remove_stale_temps, write_bytes_atomic
-from dataflow_mm.storage.formats import SUPPORTED_TYPES, write_json_atomic, write_table
+from dataflow_mm.storage.table_types import SUPPORTED_TYPES
+from dataflow_mm.storage.table_writer import write_json_atomic, write_table
 
 
 @pytest.fixture

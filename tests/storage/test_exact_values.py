@@ -13,7 +13,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from dataflow_mm.storage.formats import JSON_COLUMNS_KEY, SUPPORTED_TYPES, read_table, write_table
+from dataflow_mm.storage.arrow_exact import JSON_COLUMNS_KEY
+from dataflow_mm.storage.formats import read_table
+from dataflow_mm.storage.table_types import SUPPORTED_TYPES
+from dataflow_mm.storage.table_writer import write_table
 
 FLOATS = [1e-12, 0.123456789012345, 1e308, -0.0, 5e-324, 2.5]
 BIG = 2**53 + 1

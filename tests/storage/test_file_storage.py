@@ -10,7 +10,8 @@ import pytest
 
 from dataflow_mm import FileStorage
 from dataflow_mm.common.errors import StorageError
-from dataflow_mm.storage.formats import AtomicTableWriter, iter_table, read_table, write_table
+from dataflow_mm.storage.formats import iter_table, read_table
+from dataflow_mm.storage.table_writer import AtomicTableWriter, write_table
 
 ROWS = [
     {"image": "a.jpg", "bbox": [[1, 2, 3, 4]], "n": 1, "score": 0.5, "text": "héllo"},

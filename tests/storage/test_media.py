@@ -15,8 +15,9 @@ from PIL import Image
 from dataflow_mm.common.errors import ImageDownloadError, MissingFieldError
 from dataflow_mm.imaging.loading import load_image
 from dataflow_mm.storage.downloads import download_image
-from dataflow_mm.storage.formats import read_table, write_table
+from dataflow_mm.storage.formats import read_table
 from dataflow_mm.storage.media import externalize_media, image_count, resolve_media_path
+from dataflow_mm.storage.table_writer import write_table
 from tests.support.user_inputs import image_bytes, image_http_server
 
 RED = image_bytes(Image.new("RGB", (40, 30), (200, 20, 20)))

@@ -107,7 +107,7 @@ def main() -> None:
     import os
     import tempfile
 
-    from tests.support.tiny_models import DEFAULT_TINY_DIR, ENV_TINY_DIR, tiny_model_path
+    from dataflow_mm.models.tiny import DEFAULT_TINY_DIR, ENV_TINY_DIR, tiny_model_path
 
     logging.disable(logging.INFO)
     root = Path(os.environ.get(ENV_TINY_DIR) or DEFAULT_TINY_DIR).expanduser()

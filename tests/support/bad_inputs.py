@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image
 
-from dataflow_mm.storage.formats import MAX_JSON_DEPTH
+from dataflow_mm.storage.jsonl_reading import MAX_JSON_DEPTH
 from tests.support.sample_data import scene_with_boxes
 
 GOOD_SIZE = (320, 240)

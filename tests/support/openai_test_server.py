@@ -57,22 +57,9 @@ from tests.support.openai_test_requests import (  # re-exported: tests import th
     DEFAULT_MODEL,
     Fault,
     RecordedRequest,
-    answer_for_schema,
     default_answer,
-    image_urls,
     user_text,
 )
-
-__all__ = [
-    "DEFAULT_MODEL",
-    "Fault",
-    "OpenAITestServer",
-    "RecordedRequest",
-    "answer_for_schema",
-    "default_answer",
-    "image_urls",
-    "user_text",
-]
 
 
 class OpenAITestServer:

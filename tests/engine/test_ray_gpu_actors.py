@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from dataflow_mm import LocalModelVLMServing_hf, PromptedVQAGenerator
-from dataflow_mm.engine.ray_runner import DEFAULT_CPU_THREADS_PER_ACTOR, RayRunner
+from dataflow_mm.engine.ray_pools import DEFAULT_CPU_THREADS_PER_ACTOR
+from dataflow_mm.engine.ray_runner import RayRunner
 from dataflow_mm.pipeline.base import PipelineABC
 from dataflow_mm.serving.base import Completion, Conversation, EngineDiedError, SamplingParams
 from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm

@@ -23,7 +23,8 @@ from dataflow_mm import LocalModelVLMServing_hf, PromptedVQAGenerator
 from dataflow_mm.common.errors import ModelNotAvailableError
 from dataflow_mm.core.operator import OperatorABC
 from dataflow_mm.engine import get_runner
-from dataflow_mm.engine.ray_runner import RayRunner, holds_model
+from dataflow_mm.engine.ray_runner import RayRunner
+from dataflow_mm.engine.ray_workers import holds_model
 from dataflow_mm.pipeline.base import PipelineABC
 from dataflow_mm.pipeline.script import add_runner_args, runner_from_args
 from dataflow_mm.pipeline.templates import load_pipeline_script
@@ -302,7 +303,8 @@ def test_runner_choice_is_one_flag() -> None:
         parser.parse_args(["--runner", "ray", "--ray_address", "auto", "--ray_num_gpus_per_actor", "1"])
     )
     assert isinstance(runner, RayRunner)
-    assert (runner.address, runner.num_gpus_per_actor, runner.actors_per_model_operator) == ("auto", 1, 1)
+    settings = runner.actor_settings
+    assert (runner.address, settings.num_gpus_per_actor, settings.actors_per_model_operator) == ("auto", 1, 1)
     assert isinstance(get_runner("ray"), RayRunner)
     with pytest.raises(ValueError, match="actors_per_model_operator"):
         RayRunner(actors_per_model_operator=0)

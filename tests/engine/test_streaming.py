@@ -208,7 +208,7 @@ def _two_steps_on(serving: object, table: Path, cache: Path):  # type: ignore[no
 def prompts(tmp_path: Path) -> Path:
     import pandas as pd
 
-    from dataflow_mm.storage.formats import write_table
+    from dataflow_mm.storage.table_writer import write_table
 
     return write_table(pd.DataFrame({"prompt": [f"q{i}" for i in range(6)]}), tmp_path / "prompts.jsonl")
 

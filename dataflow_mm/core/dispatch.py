@@ -1,9 +1,9 @@
-"""An operator's ``run`` becomes an :class:`OperatorCall`, handed to whoever dispatches calls now.
+"""Who runs an operator call: ``OperatorABC.execute`` hands its ``OperatorCall`` to :func:`dispatch`.
 
-The operator never decides how its step runs: ``OperatorABC.execute`` builds the call and gives it to
-:func:`dispatch`. While a pipeline compiles, the pipeline records the calls (``dispatching_to``); at
-other times the engine runs them (it installs itself as the default with ``set_default_dispatcher``
-when it is imported, which the package root does). Core thus never imports the engine.
+The operator never decides how its step runs. While a pipeline compiles, the pipeline records the
+calls (``dispatching_to``); at other times the engine runs them (it installs itself as the default
+with ``set_default_dispatcher`` when it is imported, which the package root does). Core thus never
+imports the engine.
 """
 
 from __future__ import annotations
@@ -11,24 +11,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from dataflow_mm.core.operator import OperatorABC
-    from dataflow_mm.storage.file_storage import FileStorage
-
-
-@dataclass
-class OperatorCall:
-    """One ``run`` call: which operator, on which step of which storage, with which keys."""
-
-    operator: OperatorABC
-    storage: FileStorage
-    keys: dict[str, Any]
-
-
-Dispatcher = Callable[[OperatorCall], Any]
+Dispatcher = Callable[[Any], Any]  # takes an ``OperatorCall`` (core.operator)
 
 _default: Dispatcher | None = None
 _local = threading.local()  # per thread: a stack of dispatchers pushed by ``dispatching_to``
@@ -58,14 +43,14 @@ def dispatching_to(dispatcher: Dispatcher) -> Iterator[None]:
 
 
 @contextmanager
-def recording_calls() -> Iterator[list[OperatorCall]]:
+def recording_calls() -> Iterator[list[Any]]:
     """Within this block, calls are recorded into the returned list instead of being run."""
-    calls: list[OperatorCall] = []
+    calls: list[Any] = []
     with dispatching_to(calls.append):
         yield calls
 
 
-def dispatch(call: OperatorCall) -> Any:
+def dispatch(call: Any) -> Any:
     """Hand ``call`` to the innermost active dispatcher, else to the default one."""
     stack = _stack()
     if stack:

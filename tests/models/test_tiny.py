@@ -20,14 +20,10 @@ from transformers import (
     CLIPModel,
 )
 
-from dataflow_mm.serving.processor_loading import load_processor
-from tests.support import tiny_models
-from tests.support.tiny_models import (
-    BUILDER_VERSION,
-    MARKER_FILE,
-    is_tiny_model,
-    tiny_model_path,
-)
+from dataflow_mm.models import tiny as tiny_models
+from dataflow_mm.models.processor_loading import load_processor
+from dataflow_mm.models.tiny import is_tiny_model, tiny_model_path
+from dataflow_mm.models.tiny_builders import BUILDER_VERSION, MARKER_FILE
 
 pytestmark = pytest.mark.slow
 
