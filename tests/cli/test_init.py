@@ -77,6 +77,12 @@ def test_init_works_from_an_installed_wheel(tmp_path: Path) -> None:
     )
     (wheel,) = (tmp_path / "dist").glob("dataflow_mm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
+    # one top-level package (cli/ installs as dataflow_mm.cli), and no test code in the product
+    assert {name.split("/")[0] for name in names} == {"dataflow_mm", wheel.name.split("-py")[0] + ".dist-info"}
+    assert "dataflow_mm/cli/main.py" in names
+    assert not [name for name in names if "/testing/" in name or "/support/" in name or "/tests/" in name]
+    entry_points = zipfile.ZipFile(wheel).read(wheel.name.split("-py")[0] + ".dist-info/entry_points.txt").decode()
+    assert "dataflowmm = dataflow_mm.cli.main:main" in entry_points
     assert f"dataflow_mm/_templates/{PIPELINE.as_posix()}" in names
     assert f"dataflow_mm/_templates/{DEMO_TABLE.as_posix()}" in names
     assert {"dataflow_mm/report/assets/report.js", "dataflow_mm/report/assets/report.css"} <= set(names)
