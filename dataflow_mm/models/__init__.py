@@ -1,6 +1,6 @@
 """Models: where a model folder comes from, the tiny-model fallback, and where a model runs.
 
-Serving and scoring depend on this layer; ``tests.support`` re-exports its tiny models.
+Serving and scoring depend on this layer.
 It depends only on ``errors``, ``logger`` and ``deps``.
 """
 

@@ -66,8 +66,6 @@ from dataflow_mm.serving.http_reply import (
     DEFAULT_MAX_RESPONSE_BYTES,
 )
 
-# Re-exported: they lived here before the retry policy, the images and the replies got modules of their own.
-
 logger = get_logger("serving.api")
 
 # How a server that does not support structured outputs refuses a request carrying response_format.

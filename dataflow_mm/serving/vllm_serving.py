@@ -73,11 +73,6 @@ from dataflow_mm.serving.vllm_engine_args import (
 from dataflow_mm.serving.vllm_io import completion_of, engine_image, failed_completion, sampling_params
 from dataflow_mm.serving.vllm_submit import is_engine_dead, submit_windowed
 
-# Old names of helpers that now live in serving.vllm_engine / serving.vllm_io.
-_installed_vllm_version = installed_vllm_version
-_engine_max_model_len = engine_max_model_len
-_engine_image = engine_image
-
 logger = get_logger("serving.vllm")
 
 

@@ -44,8 +44,6 @@ from dataflow_mm.storage.table_types import check_readable, table_type_of
 
 DEFAULT_CHUNK_SIZE = 512
 
-# Re-exported: every format's reader and writer is reached from here, as before the modules were split.
-
 
 def _iter_frame(frame: pd.DataFrame, chunk_size: int) -> Iterator[Chunk]:
     for start in range(0, len(frame), chunk_size):

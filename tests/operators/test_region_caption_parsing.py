@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 
-from dataflow_mm.operators import region_caption_parsing
+from dataflow_mm.operators.region_caption import answer_parsing as region_caption_parsing
 from dataflow_mm.operators.region_caption.answer_parsing import PARSER_VERSION, code_version
 from dataflow_mm.operators.region_caption.caption_parser import RegionCaptionParser
 

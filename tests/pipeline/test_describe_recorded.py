@@ -21,7 +21,8 @@ from dataflow_mm.scoring.object_detection import OwlDetector
 from dataflow_mm.scoring.text_similarity import AutoTextSimilarity, ClipTextSimilarity, SentenceTransformerSimilarity
 from dataflow_mm.serving.api_serving import APIVLMServing_openai
 from dataflow_mm.serving.hf_serving import LocalModelVLMServing_hf
-from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm, _installed_vllm_version
+from dataflow_mm.serving.vllm_engine import installed_vllm_version
+from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
 
 MISSING = "no-such-org/no-such-model"
 
@@ -106,7 +107,7 @@ def test_vllm_serving_describe_is_as_recorded(tiny_qwen_dir: Path) -> None:
         ("engine_kwargs", {}),
         ("config_sha256", config_sha256(tiny_qwen_dir)),
         ("allow_downscale", False),
-        ("vllm_version", _installed_vllm_version()),
+        ("vllm_version", installed_vllm_version()),
     ]
 
 

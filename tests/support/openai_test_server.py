@@ -53,7 +53,7 @@ from typing import Any
 
 from tests.support.bounded_log import DEFAULT_WINDOW, BoundedLog
 from tests.support.openai_test_handler import _HTTPServer
-from tests.support.openai_test_requests import (  # re-exported: tests import them from here
+from tests.support.openai_test_requests import (
     DEFAULT_MODEL,
     Fault,
     RecordedRequest,
