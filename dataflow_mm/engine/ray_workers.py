@@ -24,6 +24,7 @@ import pandas as pd
 from dataflow_mm.common.errors import UserError
 from dataflow_mm.common.logger import get_logger
 from dataflow_mm.core.operator import OperatorABC
+from dataflow_mm.engine.chunk_processing import provenance_ref, run_chunk
 from dataflow_mm.serving.base import EngineDiedError, ServingStats, VLMServing
 from dataflow_mm.storage.chunks import Reject
 from dataflow_mm.storage.file_storage import FileStorage
@@ -128,7 +129,7 @@ class _ChunkWorker:
         if self._step_error is not None:
             return
         try:
-            self.operator.bind_step(step, fingerprint)
+            self.provenance = provenance_ref(self.operator, step, fingerprint)
             self.operator.bind_storage(storage)
             self.operator.prepare(storage)
         except EngineDiedError as exc:
@@ -162,7 +163,7 @@ class _ChunkWorker:
         try:
             if self._step_error is not None:
                 raise self._step_error
-            out, counts = self.operator.run_chunk(frame, rejects, self.keys, self.media_root)
+            out, counts = run_chunk(self.operator, frame, rejects, self.keys, self.media_root, self.provenance)
         except EngineDiedError as exc:
             self._engine_died(exc)
             raise

@@ -1,7 +1,7 @@
 """The step executor: runs one recorded operator call over its step, chunk by chunk.
 
 It owns the loop every runner shares: the lock, the resume check (a step whose manifest proves it
-current is skipped), the chunks not done yet (one ``operator.run_chunk`` each, written through the
+current is skipped), the chunks not done yet (one ``chunk_processing.run_chunk`` each, written through the
 storage's step transaction), and the commit (step file, rejects, extra outputs, manifest). The
 operator only transforms a chunk; the storage only keeps files.
 
@@ -69,7 +69,7 @@ TransformerFactory = Callable[["OperatorCall", int, str], ChunkTransformer]  # (
 
 
 class InProcessTransformer:
-    """The operator's own ``run_chunk`` in this process; ``model_lock`` is held around each chunk
+    """The operator's chunks in this process (``chunk_processing.run_chunk``); ``model_lock`` is held around each chunk
     (a model shared with another step's thread)."""
 
     def __init__(
