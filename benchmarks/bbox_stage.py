@@ -19,9 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
 
 from dataflow_mm import ExistingBBoxDataGenConfig, FileStorage, ImageBboxGenerator
 from dataflow_mm.storage.file_storage import DEFAULT_CHUNK_SIZE

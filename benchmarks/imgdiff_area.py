@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
 
 from dataflow_mm.imaging.crop import crop_box
 from dataflow_mm.imaging.loading import load_image

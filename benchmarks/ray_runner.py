@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
 
 from dataflow_mm.pipeline.templates import load_pipeline_script
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams
