@@ -42,16 +42,16 @@ def has_pattern(source: str) -> bool:
 def expand_braces(pattern: str) -> list[str]:
     """``shard-{000..002}.tar`` -> ``shard-000.tar``, ``shard-001.tar``, ``shard-002.tar`` (zero padding kept);
     ``{a,b}`` lists too, several groups multiply (WebDataset's shard notation)."""
-    match = _BRACE_RANGE.search(pattern)
-    if match:
+    found = [m for m in (_BRACE_RANGE.search(pattern), _BRACE_LIST.search(pattern)) if m is not None]
+    if not found:
+        return [pattern]
+    match = min(found, key=lambda m: m.start())  # the leftmost group varies slowest, as in bash
+    if match.re is _BRACE_RANGE:
         first, last = match.group(1), match.group(2)
         width = len(first) if first.startswith("0") or len(first) == len(last) else 0
         step = 1 if int(last) >= int(first) else -1
         items = [str(n).zfill(width) for n in range(int(first), int(last) + step, step)]
     else:
-        match = _BRACE_LIST.search(pattern)
-        if not match:
-            return [pattern]
         items = match.group(1).split(",")
     head, tail = pattern[: match.start()], pattern[match.end() :]
     return [name for item in items for name in expand_braces(f"{head}{item}{tail}")]

@@ -6,7 +6,7 @@ A sample ``00042.jpg`` + ``00042.json`` + ``00042.txt`` (img2dataset's layout) b
 first dot of its file name, as the ``webdataset`` library splits it. The first image member (by
 extension: jpg, jpeg, png, webp...) is the ``image`` cell, kept as bytes (decoded only when an
 operator loads it, stored once in the media cache when a step is written); further images get a
-column named by their extension. ``txt``/``text``/``caption`` members are text, ``cls``/``index``
+column named by their extension (``seg.png``). ``txt``/``text``/``caption`` members are text, ``cls``/``index``
 integers; other members are skipped. A JSON field never replaces ``__key__``, ``__url__`` or ``image``.
 """
 
@@ -45,7 +45,7 @@ def sample_row(key: str, members: dict[str, bytes], url: str) -> dict[str, Any]:
             raise StorageError(f"WebDataset sample '{key}' in '{url}': its .json member is not JSON ({exc})") from None
         row.update(value if isinstance(value, dict) else {"json": value})
     row[KEY_COLUMN], row[URL_COLUMN] = key, url
-    images = [ext for ext in members if ext in IMAGE_EXTENSIONS]
+    images = [ext for ext in members if ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]  # jpg, seg.png
     for index, ext in enumerate(images):
         row[IMAGE_COLUMN if index == 0 else ext] = {"bytes": members[ext], "path": f"{key.rsplit('/', 1)[-1]}.{ext}"}
     for ext in TEXT_EXTENSIONS:

@@ -46,8 +46,11 @@ class LocalS3:
 def local_s3() -> Iterator[LocalS3]:
     """Start moto's ThreadedMotoServer on a free loopback port, point this process's AWS variables at it
     (restored afterwards), and stop it on exit."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     server = LocalS3(free_port())
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=server.port, verbose=False)
     moto.start()
