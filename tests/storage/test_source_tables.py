@@ -69,7 +69,7 @@ def test_a_dataset_dict_folder_needs_its_split(tmp_path: Path) -> None:
     datasets.DatasetDict({"train": image_dataset(3), "test": image_dataset(2, offset=50)}).save_to_disk(str(folder))
     rows = [r for c in rows_of(folder, tmp_path, split="test") for r in c]
     assert [r["id"] for r in rows] == [50, 51]
-    with pytest.raises(StorageError, match=r"DatasetDict folder with splits \['train', 'test'\]: choose one with --split"):
+    with pytest.raises(StorageError, match=r"DatasetDict folder with splits \['train', 'test'\]: choose one with"):
         rows_of(folder, tmp_path)
     with pytest.raises(StorageError, match="split 'valid' is not one of them"):
         rows_of(folder, tmp_path, split="valid")
@@ -130,7 +130,7 @@ def test_a_truncated_tar_is_one_storage_error(tmp_path: Path) -> None:
     with wds.TarWriter(str(tmp_path / "ok.tar")) as writer:
         writer.write({"__key__": "a", "jpg": picture(0) * 50})
     (tmp_path / "bad.tar").write_bytes((tmp_path / "ok.tar").read_bytes()[:700])
-    with pytest.raises(StorageError, match="bad.tar"):
+    with pytest.raises(StorageError, match=r"bad\.tar"):
         rows_of(tmp_path / "bad.tar", tmp_path)
 
 
@@ -153,6 +153,6 @@ def test_a_glob_of_parquet_shards_is_one_table_and_a_rewritten_shard_changes_its
 
 @pytest.mark.parametrize("cache", ["s3://bucket/cache", "gs://b/c", "hf://datasets/a/b"])
 def test_an_object_store_cache_path_is_refused_in_one_line(cache: str) -> None:
-    with pytest.raises(StorageError, match="is object storage: the cache must be a folder on a POSIX filesystem") as err:
+    with pytest.raises(StorageError, match="is object storage: the cache must be a folder on a POSIX") as err:
         FileStorage("in.jsonl", cache_path=cache)
     assert "\n" not in str(err.value)
