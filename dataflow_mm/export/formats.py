@@ -108,7 +108,7 @@ def write_samples(
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
     if fmt in SHARD_FORMATS:  # images embedded, streamed into shards
-        return write_shards(samples, fmt, out_dir, shard_options)
+        return write_shards(samples, fmt, out_dir, _from_value, shard_options)
     out_dir.mkdir(parents=True, exist_ok=True)
     refs = ImageRefs(out_dir, copy_images)
     records = [RECORDS[fmt](sample, refs) for sample in samples]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +67,10 @@ class _Encoded:
         return sum(len(data) for _, data in self.images) + len(json.dumps(self.conversations))
 
 
-def _encoded(sample: Sample) -> _Encoded:
-    from dataflow_mm.export.formats import _from_value  # the ShareGPT turns, written once there
+Turns = Callable[[Sample], list[dict[str, str]]]  # a sample's ShareGPT turns (export.formats writes them)
+
+
+def _encoded(sample: Sample, turns: Turns) -> _Encoded:
     from dataflow_mm.storage.media_bytes import suffix_of
 
     images = []
@@ -76,16 +78,16 @@ def _encoded(sample: Sample) -> _Encoded:
         data = Path(path).read_bytes()
         suffix = Path(path).suffix.lower() or suffix_of(data)
         images.append((f"{Path(path).stem}{suffix}", data))
-    return _Encoded(sample.id, _from_value(sample), images)
+    return _Encoded(sample.id, turns(sample), images)
 
 
 def _fits(count: int, size: int, more: int, options: ShardOptions) -> bool:
     return count < options.max_samples and size + more <= options.max_bytes
 
 
-def _grouped(samples: Iterable[Sample], options: ShardOptions) -> Iterator[Iterator[_Encoded]]:
+def _grouped(samples: Iterable[Sample], turns: Turns, options: ShardOptions) -> Iterator[Iterator[_Encoded]]:
     """The samples cut into shards: an iterator per shard, each consumed before the next is asked for."""
-    source = (_encoded(s) for s in samples)
+    source = (_encoded(s, turns) for s in samples)
     pending = next(source, None)
 
     def shard() -> Iterator[_Encoded]:
@@ -175,8 +177,12 @@ def shard_folder(out_dir: Path, fmt: str) -> Path:
     return out_dir / (PARQUET_DIR if fmt == "parquet" else WEBDATASET_DIR)
 
 
-def write_shards(samples: Iterable[Sample], fmt: str, out_dir: Path, options: ShardOptions | None = None) -> list[Path]:
-    """Write ``samples`` as ``fmt`` shards under ``out_dir`` (see the module docstring); the files written."""
+def write_shards(
+    samples: Iterable[Sample], fmt: str, out_dir: Path, turns: Turns, options: ShardOptions | None = None
+) -> list[Path]:
+    """Write ``samples`` as ``fmt`` shards under ``out_dir`` (see the module docstring); the files written.
+
+    ``turns`` gives a sample's ShareGPT turns (``export.formats`` passes its own, so both layouts agree)."""
     options = options or ShardOptions()
     folder = shard_folder(out_dir, fmt)
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,7 +191,7 @@ def write_shards(samples: Iterable[Sample], fmt: str, out_dir: Path, options: Sh
     temps: list[Path] = []
     written = 0
     try:
-        for items in _grouped(samples, options):
+        for items in _grouped(samples, turns, options):
             temp = folder / f"{_TMP}{len(temps):06d}"
             temps.append(temp)
             if fmt == "parquet":

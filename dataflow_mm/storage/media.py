@@ -37,6 +37,7 @@ from dataflow_mm.storage.media_bytes import fallback_cache_dir, store_bytes
 from dataflow_mm.storage.remote import is_remote
 
 MEDIA_DIR_NAME = "media"
+IMAGE_COLUMN = "image"  # the image column of the tables built from a folder of images or WebDataset shards
 URL_PREFIXES = ("http://", "https://")
 STRUCT_KEYS = frozenset({"bytes", "path"})
 _BYTES = (bytes, bytearray, memoryview)

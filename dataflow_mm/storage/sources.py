@@ -28,11 +28,11 @@ from pathlib import Path
 from dataflow_mm.errors import StorageError
 from dataflow_mm.logger import get_logger
 from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage.media import IMAGE_COLUMN
 
 log = get_logger("storage.sources")
 
 FOLDER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-IMAGE_COLUMN = "image"
 HF_PREFIX = "hf://datasets/"
 _TABLE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 _BARE_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from dataflow_mm.errors import StorageError
-from dataflow_mm.storage.sources import IMAGE_COLUMN
+from dataflow_mm.storage.media import IMAGE_COLUMN
 
 KEY_COLUMN = "__key__"
 URL_COLUMN = "__url__"
