@@ -98,19 +98,20 @@ def list_shards(source: str, split: str | None = None) -> tuple[str, list[dict[s
     for pattern in expand_braces(source):
         fs, path = filesystem(pattern)
         if any(c in pattern for c in "*?["):
-            paths = sorted(p for p in fs.glob(path) if not fs.isdir(p))
+            found = fs.glob(path, detail=True)  # one listing gives every match's size and version
+            infos = [found[p] for p in sorted(found) if found[p].get("type") != "directory"]
         elif fs.isdir(path):
             if not any(fs.isfile(posixpath.join(path, name)) for name in ("state.json", "dataset_dict.json")):
                 raise StorageError(f"'{source}' is a folder, not a table: name its files or a glob (part-*.parquet)")
-            paths = _dataset_files(fs, path, split, source)
+            infos = [fs.info(p) for p in _dataset_files(fs, path, split, source)]
             split = None
         elif fs.exists(path):
-            paths = [path]
+            infos = [fs.info(path)]
         else:
             raise StorageError(f"Input file does not exist: '{pattern}'")
-        for item in paths:
-            info = fs.info(item)
-            shards.append({"url": full_url(fs, item), "size": info.get("size"), "version": version_of(info)})
+        for info in infos:
+            url = full_url(fs, info["name"])
+            shards.append({"url": url, "size": info.get("size"), "version": version_of(info)})
     if split is not None:
         raise StorageError(f"--split '{split}' was given, but '{source}' is not a DatasetDict folder")
     if not shards:
