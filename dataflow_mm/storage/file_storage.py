@@ -207,7 +207,9 @@ class FileStorage:
     @property
     def media_root(self) -> Path:
         """Folder against which relative media paths in the user's table are also tried."""
-        return self.first_entry_path.resolve().parent
+        from dataflow_mm.storage.source_tables import source_media_root  # local shards: their folder
+
+        return source_media_root(self.first_entry_path) or self.first_entry_path.resolve().parent
 
     @property
     def media_cache(self) -> Path:

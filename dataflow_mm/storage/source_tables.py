@@ -34,7 +34,15 @@ from dataflow_mm.storage.arrow_exact import batch_frame, parquet_json_columns
 from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.chunks import Chunk, Reject, records_frame
 from dataflow_mm.storage.csv_cells import decode_csv_cell
-from dataflow_mm.storage.remote import expand_braces, filesystem, fs_is_local, full_url, has_pattern, version_of
+from dataflow_mm.storage.remote import (
+    expand_braces,
+    filesystem,
+    fs_is_local,
+    full_url,
+    has_pattern,
+    scheme_of,
+    version_of,
+)
 from dataflow_mm.storage.table_types import SOURCE_SUFFIX
 
 log = get_logger("storage.source_tables")
@@ -135,6 +143,20 @@ def source_table(source: str, cache_path: Path, prefix: str, split: str | None =
     total = sum(s["size"] or 0 for s in shards)
     log.info(f"first_entry_file: {len(shards)} {kind} shard(s), {total / 1e6:.1f} MB, from '{source}' -> {target}")
     return target
+
+
+def source_media_root(table: Path) -> Path | None:
+    """For a source file of local shards, their common folder: relative image paths in them are tried
+    against it (as against a table file's own folder); None for anything else. Relative paths in remote
+    tables are not resolved against the bucket: write them as URLs (``s3://bucket/images/a.jpg``)."""
+    if is_source_file(table):
+        try:
+            urls = [s["url"] for s in json.loads(Path(table).read_text(encoding="utf-8"))["shards"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            urls = []
+        if urls and not any(scheme_of(u) for u in urls):
+            return Path(posixpath.commonpath([posixpath.dirname(u) for u in urls]))
+    return None
 
 
 # -- reading them --------------------------------------------------------------------------------
