@@ -55,8 +55,10 @@ SHARD_KINDS = {
     ".csv": "csv",
     ".arrow": "arrow",
     ".tar": "webdataset",
+    ".tgz": "webdataset",
+    ".tar.gz": "webdataset",
 }
-_DIRECT_SUFFIXES = (".arrow", ".tar")  # local files that step 0 cannot read as they are
+_DIRECT_SUFFIXES = (".arrow", ".tar", ".tgz", ".tar.gz")  # local files that step 0 cannot read as they are
 
 
 def is_source_file(path: str | Path) -> bool:
@@ -74,13 +76,14 @@ def needs_source_table(source: str, is_remote_source: bool) -> bool:
         return True
     path = Path(source).expanduser()
     if path.exists():
-        return path.suffix.lower() in _DIRECT_SUFFIXES or is_datasets_folder(path)
+        return path.name.lower().endswith(_DIRECT_SUFFIXES) or is_datasets_folder(path)
     return has_pattern(source)
 
 
 # -- listing the shards --------------------------------------------------------------------------
 def _kind_of(name: str) -> str | None:
-    return SHARD_KINDS.get(posixpath.splitext(name)[1].lower())
+    lower = name.lower()
+    return SHARD_KINDS.get(".tar.gz") if lower.endswith(".tar.gz") else SHARD_KINDS.get(posixpath.splitext(lower)[1])
 
 
 def _dataset_files(fs: Any, folder: str, split: str | None, source: str) -> list[str]:

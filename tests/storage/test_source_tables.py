@@ -126,6 +126,13 @@ def test_img2dataset_layout_with_text_and_a_second_image(tmp_path: Path) -> None
     assert second["image"] == {"bytes": picture(1), "path": "000000001.jpg"}  # the member wins over a field
 
 
+def test_a_gzipped_shard_streams_too(tmp_path: Path) -> None:
+    with wds.TarWriter(str(tmp_path / "s.tar.gz"), compress=True) as writer:
+        writer.write({"__key__": "only", "png": picture(3, "PNG"), "txt": "words"})
+    (row,) = [r for c in rows_of(tmp_path / "s.tar.gz", tmp_path) for r in c]
+    assert row["txt"] == "words" and row["image"] == {"bytes": picture(3, "PNG"), "path": "only.png"}
+
+
 def test_a_truncated_tar_is_one_storage_error(tmp_path: Path) -> None:
     with wds.TarWriter(str(tmp_path / "ok.tar")) as writer:
         writer.write({"__key__": "a", "jpg": picture(0) * 50})
