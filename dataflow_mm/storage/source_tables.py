@@ -237,6 +237,7 @@ def iter_source(path: Path, chunk_size: int) -> Iterator[Chunk]:
         url = shard["url"]
         fs, inner = filesystem(url)
         try:
+            _check_unchanged(fs, inner, shard)
             for frame, found in _shard_chunks(fs, inner, url, kind, chunk_size):
                 rejects += found
                 while len(frame):
@@ -253,6 +254,17 @@ def iter_source(path: Path, chunk_size: int) -> Iterator[Chunk]:
             raise StorageError(f"cannot read input shard '{url}' as {kind}: {type(exc).__name__}: {exc}") from None
     if frames or rejects:
         yield Chunk(_joined(frames) if frames else pd.DataFrame(), rejects)
+
+
+def _check_unchanged(fs: Any, path: str, shard: dict[str, Any]) -> None:
+    """A shard rewritten since it was listed would mix old and new rows across a resume: stop instead."""
+    fs.invalidate_cache(path)
+    info = fs.info(path)
+    if info.get("size") != shard["size"] or version_of(info) != shard["version"]:
+        raise StorageError(
+            f"input shard '{shard['url']}' changed since the run listed it (size or version): "
+            "run again to start from the new shards"
+        )
 
 
 def _joined(frames: list[pd.DataFrame]) -> pd.DataFrame:

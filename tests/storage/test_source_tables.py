@@ -151,6 +151,9 @@ def test_a_glob_of_parquet_shards_is_one_table_and_a_rewritten_shard_changes_its
     pq.write_table(pa.table({"id": list(range(100, 107))}), tmp_path / "part-1.parquet")
     assert resolve_first_entry(str(tmp_path / "part-*.parquet"), str(tmp_path / "cache"), "t").read_bytes() != before
     assert len(read_table(source).frame) == 17
+    pq.write_table(pa.table({"id": [1]}), tmp_path / "part-2.parquet")  # rewritten after the listing
+    with pytest.raises(StorageError, match=r"part-2\.parquet' changed since the run listed it"):
+        read_table(source)
     with pytest.raises(StorageError, match="no file matches"):
         resolve_first_entry(str(tmp_path / "nothing-*.parquet"), str(tmp_path / "cache"), "t")
     (tmp_path / "part-9.csv").write_text("id\n1\n")
