@@ -166,3 +166,16 @@ def test_an_object_store_cache_path_is_refused_in_one_line(cache: str) -> None:
     with pytest.raises(StorageError, match="is object storage: the cache must be a folder on a POSIX") as err:
         FileStorage("in.jsonl", cache_path=cache)
     assert "\n" not in str(err.value)
+
+
+def test_a_protocol_whose_package_is_missing_names_it(tmp_path: Path) -> None:
+    import importlib.util
+
+    from dataflow_mm.errors import MissingDependencyError
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
+    with pytest.raises(MissingDependencyError, match=r"gs:// URLs needs gcsfs.*pip install 'dataflow-mm\[remote\]'"):
+        resolve_first_entry("gs://bucket/part-*.parquet", str(tmp_path), "t")
+    with pytest.raises(StorageError, match="cannot read 'nosuchproto://x/y.parquet'"):
+        resolve_first_entry("nosuchproto://x/y.parquet", str(tmp_path), "t")
