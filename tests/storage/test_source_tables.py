@@ -177,5 +177,5 @@ def test_a_protocol_whose_package_is_missing_names_it(tmp_path: Path) -> None:
         pytest.skip("gcsfs is installed here")
     with pytest.raises(MissingDependencyError, match=r"gs:// URLs needs gcsfs.*pip install 'dataflow-mm\[remote\]'"):
         resolve_first_entry("gs://bucket/part-*.parquet", str(tmp_path), "t")
-    with pytest.raises(StorageError, match="cannot read 'nosuchproto://x/y.parquet'"):
+    with pytest.raises(StorageError, match=r"cannot read 'nosuchproto://x/y\.parquet'"):
         resolve_first_entry("nosuchproto://x/y.parquet", str(tmp_path), "t")
