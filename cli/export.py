@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dataflow_mm.cli.export_shards import add_shard_flags, shard_options
+
 
 def add_export_parser(commands: argparse._SubParsersAction) -> None:
     """Register the ``export`` subcommand on the CLI's subparsers."""
@@ -28,6 +30,7 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--step", type=int, default=None, help="step to export (default: the last)")
     export.add_argument("--prefix", default=None, help="file name prefix of the run (default: newest)")
     export.add_argument("--image_key", default="image", help="column of the region-caption rows' original image")
+    add_shard_flags(export)
     export.set_defaults(func=cmd_export)
 
 
@@ -45,6 +48,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             step=args.step,
             prefix=args.prefix,
             image_key=args.image_key,
+            shard_options=shard_options(args),
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

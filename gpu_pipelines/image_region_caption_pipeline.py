@@ -67,6 +67,7 @@ class ImageRegionCaptionPipeline(PipelineABC):
         output_image_with_bbox_path: str | None = "./cache/image_region_caption/image_with_bbox_result.jsonl",
         chunk_size: int = 512,
         wait_for_lock: bool = False,
+        split: str | None = None,
         bbox_format: str = "xywh",
         structured_answer: bool | str | None = None,
         max_caption_chars: int | None = None,
@@ -82,6 +83,7 @@ class ImageRegionCaptionPipeline(PipelineABC):
             cache_type=cache_type,
             chunk_size=chunk_size,
             wait_for_lock=wait_for_lock,
+            split=split,
         )
         self.cfg = ExistingBBoxDataGenConfig(
             max_boxes=max_boxes,

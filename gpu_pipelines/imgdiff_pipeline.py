@@ -84,6 +84,7 @@ class ImgDiffPipeline(PipelineABC):
         cache_type: str = "jsonl",
         chunk_size: int = 64,
         wait_for_lock: bool = False,
+        split: str | None = None,
         input_image1_key: str = "image_path1",
         input_image2_key: str = "image_path2",
         input_bbox_key: str = "bboxes",
@@ -124,6 +125,7 @@ class ImgDiffPipeline(PipelineABC):
             cache_type=cache_type,
             chunk_size=chunk_size,
             wait_for_lock=wait_for_lock,
+            split=split,
         )
         self.serving = serving
         fallback = _fallback_rule(allow_tiny_fallback)

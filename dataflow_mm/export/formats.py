@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from dataflow_mm.export.samples import Sample
+from dataflow_mm.export.shards import SHARD_FORMATS, ShardOptions, write_shards
 from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.naming import content_name
 
-EXPORT_FORMATS = ("llava", "sharegpt", "jsonl-messages")
+EXPORT_FORMATS = ("llava", "sharegpt", "jsonl-messages", *SHARD_FORMATS)  # shards: see export.shards
 IMAGE_TOKEN = "<image>"
 DATASET_NAME = "dataflow_mm"
 IMAGES_DIR = "images"
@@ -96,10 +97,18 @@ def messages_record(sample: Sample, refs: ImageRefs) -> dict[str, Any]:
 RECORDS = {"llava": llava_record, "sharegpt": sharegpt_record, "jsonl-messages": messages_record}
 
 
-def write_samples(samples: Iterable[Sample], fmt: str, out_dir: Path, copy_images: bool = False) -> list[Path]:
+def write_samples(
+    samples: Iterable[Sample],
+    fmt: str,
+    out_dir: Path,
+    copy_images: bool = False,
+    shard_options: ShardOptions | None = None,
+) -> list[Path]:
     """Write ``samples`` in ``fmt`` under ``out_dir``; return the files written (each atomically)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    if fmt in SHARD_FORMATS:  # images embedded, streamed into shards
+        return write_shards(samples, fmt, out_dir, _from_value, shard_options)
     out_dir.mkdir(parents=True, exist_ok=True)
     refs = ImageRefs(out_dir, copy_images)
     records = [RECORDS[fmt](sample, refs) for sample in samples]

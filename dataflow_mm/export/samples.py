@@ -30,6 +30,7 @@ from dataflow_mm.operators.imgdiff.box_decisions import DECISIONS_KEY, IMAGE1_KE
 from dataflow_mm.storage.formats import iter_table
 from dataflow_mm.storage.manifest import StepManifest
 from dataflow_mm.storage.media import resolve_media_path
+from dataflow_mm.storage.source_tables import source_media_root
 
 REGION_CAPTIONS_KEY = "region_captions"
 REGION_KEPT_KEY = "region_kept"
@@ -98,7 +99,8 @@ class RunContext:
             if manifest is None:
                 continue
             if context.media_root is None and manifest.input_path:
-                context.media_root = Path(manifest.input_path).parent
+                source = Path(manifest.input_path)
+                context.media_root = source_media_root(source) or source.parent
             config = manifest.params.get("config")
             if isinstance(config, dict) and "bbox_format" in config:
                 context.bbox_format = str(config["bbox_format"])

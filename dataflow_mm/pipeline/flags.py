@@ -29,7 +29,12 @@ NOT_FLAGS = ("allow_tiny_fallback",)
 
 # What the storage settings every pipeline has mean (a script's own ``help`` may add more).
 STORAGE_HELP = {
-    "first_entry_file": "input table (JSONL, JSON, CSV, Parquet), a folder of images, or a Hugging Face dataset",
+    "first_entry_file": (
+        "input: a table (JSONL, JSON, CSV, Parquet), a folder of images, a Hugging Face dataset, a datasets "
+        "save_to_disk folder, an .arrow file, WebDataset .tar shards; local or s3:// gs:// hf:// http(s)://; "
+        "a glob or brace pattern of shards (s3://bucket/part-*.parquet, shard-{000000..000099}.tar)"
+    ),
+    "split": "the split to read when first_entry_file is a DatasetDict folder (save_to_disk of a DatasetDict)",
     "cache_path": "folder of the step files, their manifests, media and run logs",
     "file_name_prefix": "step files are named {prefix}_step{k}.{cache_type}",
     "cache_type": "format of the step files",

@@ -114,6 +114,11 @@ def download_image(
             time.sleep(policy.delay(attempt, failure.retry_after))
     if not data:
         raise ImageDownloadError(f"cannot download {url[:200]}: the reply is empty (0 bytes)")
-    stored = store_bytes(data, cache_dir, parts.path.rsplit("/", 1)[-1] or None)
+    return remember_download(url, data, cache_dir)
+
+
+def remember_download(url: str, data: bytes, cache_dir: Path) -> Path:
+    """Store the bytes fetched for ``url`` (content-addressed) and index them under the URL; the stored path."""
+    stored = store_bytes(data, cache_dir, urlsplit(url).path.rsplit("/", 1)[-1] or None)
     write_bytes_atomic(stored.name.encode("utf-8"), _index_file(url, cache_dir))
     return stored

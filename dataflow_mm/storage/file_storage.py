@@ -26,6 +26,7 @@ from dataflow_mm.storage.lock import cache_lock
 from dataflow_mm.storage.manifest import MANIFEST_SUFFIX, StepManifest
 from dataflow_mm.storage.media import externalize_media, media_cache_dir
 from dataflow_mm.storage.paths import check_file_name_prefix
+from dataflow_mm.storage.remote import check_posix_cache_path
 from dataflow_mm.storage.sources import resolve_first_entry
 from dataflow_mm.storage.step import StepIdentity, StepTransaction
 from dataflow_mm.storage.table_types import check_table_type, table_type_of
@@ -107,9 +108,11 @@ class FileStorage:
         cache_type: Literal["jsonl", "json", "csv", "parquet"] = "jsonl",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         wait_for_lock: bool = False,
+        split: str | None = None,
     ) -> None:
         self.first_entry_file_name = str(first_entry_file_name)
-        self.cache_path = str(cache_path)
+        self.cache_path = check_posix_cache_path(str(cache_path))
+        self.split = split  # a DatasetDict folder's split (see storage.source_tables)
         self.file_name_prefix = check_file_name_prefix(file_name_prefix)
         self.cache_type = check_table_type(cache_type)
         if chunk_size < 1:
@@ -176,7 +179,7 @@ class FileStorage:
         origin = self._origin
         if origin._first_entry is None:
             origin._first_entry = resolve_first_entry(
-                self.first_entry_file_name, self.cache_path, self.file_name_prefix
+                self.first_entry_file_name, self.cache_path, self.file_name_prefix, self.split
             )
         return origin._first_entry
 
@@ -199,7 +202,9 @@ class FileStorage:
     @property
     def media_root(self) -> Path:
         """Folder against which relative media paths in the user's table are also tried."""
-        return self.first_entry_path.resolve().parent
+        from dataflow_mm.storage.source_tables import source_media_root  # local shards: their folder
+
+        return source_media_root(self.first_entry_path) or self.first_entry_path.resolve().parent
 
     @property
     def media_cache(self) -> Path:

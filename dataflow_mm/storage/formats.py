@@ -59,7 +59,11 @@ def iter_table(
     table_type = table_type or table_type_of(path)
     if path.stat().st_size == 0:
         return
-    if table_type == "jsonl":
+    if table_type == "source":  # shards elsewhere (object storage, datasets folders, WebDataset)
+        from dataflow_mm.storage.source_tables import iter_source
+
+        yield from iter_source(path, chunk_size)
+    elif table_type == "jsonl":
         yield from iter_jsonl(path, chunk_size)
     elif table_type == "csv":
         check_csv_header(path)

@@ -7,7 +7,9 @@ An image cell may hold:
   :func:`image_count` tells operators how many there were so they can say so;
 * a Hugging Face ``datasets`` Image struct ``{"bytes": ..., "path": ...}`` (bytes-only,
   path-only or both: the bytes win) or raw bytes (Parquet/Arrow shards);
-* an ``http(s)://`` URL, downloaded once into the media cache (:mod:`dataflow_mm.storage.downloads`).
+* an ``http(s)://`` URL, downloaded once into the media cache (:mod:`dataflow_mm.storage.downloads`);
+* an object-store URL (``s3://``, ``gs://``, ``hf://``...), fetched once through fsspec
+  (:mod:`dataflow_mm.storage.remote_media`).
 
 Bytes are never kept in step files. :func:`externalize_media` writes them once to a
 content-addressed file under ``{cache_path}/media/`` and leaves a reference in the cell: a struct
@@ -33,8 +35,10 @@ from dataflow_mm.storage.downloads import download_image
 from dataflow_mm.storage.hashing import remember_sha256
 from dataflow_mm.storage.media_bytes import fallback_cache_dir, store_bytes
 from dataflow_mm.storage.naming import digest_name, safe_stem
+from dataflow_mm.storage.remote import is_remote
 
 MEDIA_DIR_NAME = "media"
+IMAGE_COLUMN = "image"  # the image column of the tables built from a folder of images or WebDataset shards
 URL_PREFIXES = ("http://", "https://")
 STRUCT_KEYS = frozenset({"bytes", "path"})
 _BYTES = (bytes, bytearray, memoryview)
@@ -116,6 +120,10 @@ def resolve_media_path(value: object, media_root: Path | None = None, cache_dir:
         return store_bytes(value, cache_dir)
     if isinstance(value, str) and value.lower().startswith(URL_PREFIXES):
         return download_image(value, cache_dir if cache_dir is not None else fallback_cache_dir())
+    if is_remote(value):  # s3://, gs://, hf://...: through fsspec
+        from dataflow_mm.storage.remote_media import fetch_remote_image
+
+        return fetch_remote_image(str(value), cache_dir if cache_dir is not None else fallback_cache_dir())
     if not isinstance(value, (str, Path)):
         raise MissingFieldError(
             f"the image field must be a path, a list of paths, bytes, a URL or a {{'bytes', 'path'}} struct, "

@@ -12,6 +12,9 @@
   are joined into ``{cache_path}/{prefix}_input_from_hf.parquet``. Offline and not cached, or not
   reachable, is one clear ``StorageError`` (exit 2 in the scripts).
 
+* **Object storage, globs of shards, ``datasets`` folders, ``.arrow`` files, WebDataset shards**: listed
+  into a source file and streamed from where they are (:mod:`dataflow_mm.storage.source_tables`).
+
 Anything else is returned unchanged (a table path, checked later by the reader).
 """
 
@@ -25,11 +28,11 @@ from pathlib import Path
 from dataflow_mm.common.errors import StorageError
 from dataflow_mm.common.logger import get_logger
 from dataflow_mm.storage.atomic import write_bytes_atomic
+from dataflow_mm.storage.media import IMAGE_COLUMN
 
 log = get_logger("storage.sources")
 
 FOLDER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-IMAGE_COLUMN = "image"
 HF_PREFIX = "hf://datasets/"
 _TABLE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 _BARE_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -46,10 +49,16 @@ def is_hf_dataset(source: str) -> bool:
     )
 
 
-def resolve_first_entry(source: str, cache_path: str, prefix: str) -> Path:
-    """The table file that step 0 reads for ``source`` (see the module docstring)."""
-    if is_hf_dataset(source):
+def resolve_first_entry(source: str, cache_path: str, prefix: str, split: str | None = None) -> Path:
+    """The table file that step 0 reads for ``source`` (see the module docstring; object storage, globs,
+    ``datasets`` folders, ``.arrow`` and WebDataset shards: :mod:`dataflow_mm.storage.source_tables`)."""
+    from dataflow_mm.storage.remote import is_remote
+    from dataflow_mm.storage.source_tables import needs_source_table, source_table
+
+    if is_hf_dataset(source) and split is None:
         return hf_dataset_table(source, Path(cache_path), prefix)
+    if needs_source_table(source, is_remote(source)) or split is not None:
+        return source_table(source, Path(cache_path), prefix, split)
     path = Path(source).expanduser()
     if path.is_dir() and not path.name.lower().endswith(_TABLE_SUFFIXES):
         return folder_table(path, Path(cache_path) / f"{prefix}_input_from_folder.jsonl")

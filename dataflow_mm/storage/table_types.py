@@ -8,10 +8,14 @@ from pathlib import Path
 from dataflow_mm.common.errors import StorageError
 
 SUPPORTED_TYPES = ("jsonl", "json", "csv", "parquet")
+SOURCE_SUFFIX = ".dfmm-source.json"  # declared here (the lowest module); storage.source_tables writes it
 
 
 def table_type_of(path: str | os.PathLike) -> str:
-    """The table type from a file name (``.jsonl``/``.json``/``.csv``/``.parquet``)."""
+    """The table type from a file name (``.jsonl``/``.json``/``.csv``/``.parquet``; ``source`` for the
+    list of input shards that ``storage.source_tables`` writes, which only step 0 reads)."""
+    if str(path).endswith(SOURCE_SUFFIX):
+        return "source"
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix in ("jsonl", "ndjson"):
         return "jsonl"

@@ -1,0 +1,144 @@
+"""Inputs and image cells on object storage, against a real S3-protocol server on loopback (moto's standalone
+server): a glob of Parquet shards, WebDataset shards by brace pattern, a ``datasets`` folder saved to the
+bucket, ``s3://`` image cells fetched once into the media cache; credentials only from the environment."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from dataflow_mm.common.errors import ImageDownloadError, StorageError
+from dataflow_mm.storage.formats import iter_table
+from dataflow_mm.storage.media import resolve_media_path
+from dataflow_mm.storage.sources import resolve_first_entry
+from tests.support.s3_server import LocalS3, local_s3
+from tests.support.user_inputs import image_bytes
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto.server")
+wds = pytest.importorskip("webdataset")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[LocalS3]:
+    with local_s3() as server:
+        yield server
+
+
+def picture(i: int) -> bytes:
+    return image_bytes(Image.new("RGB", (20 + i, 12), (i * 30 % 255, 90, 10)))
+
+
+def put_parquet(fs, key: str, table: pa.Table, row_group_size: int | None = None) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=row_group_size)
+    fs.pipe(key, buffer.getvalue())
+
+
+def test_a_glob_of_s3_parquet_shards_streams_as_one_table(s3: LocalS3, tmp_path: Path) -> None:
+    fs = s3.fs()
+    s3.make_bucket("glob")
+    for shard in range(4):
+        ids = list(range(shard * 6, shard * 6 + 6))
+        table = pa.table({"id": ids, "image": [f"s3://glob/{i}.jpg" for i in ids]})
+        put_parquet(fs, f"glob/part-{shard:05d}.parquet", table)
+    fs.pipe("glob/other.parquet", b"not selected")
+    source = resolve_first_entry("s3://glob/part-*.parquet", str(tmp_path), "t")
+    chunks = [c.frame for c in iter_table(source, chunk_size=5)]
+    assert [len(c) for c in chunks] == [5, 5, 5, 5, 4]
+    assert [i for c in chunks for i in c["id"].tolist()] == list(range(24))
+    assert "s3://glob/part-00003.parquet" in source.read_text() and "other.parquet" not in source.read_text()
+    # the endpoint and keys came from the environment: nothing of them is in the cache
+    assert s3.env["AWS_SECRET_ACCESS_KEY"] not in source.read_text() and s3.endpoint not in source.read_text()
+
+
+def test_memory_stays_flat_over_many_shards(s3: LocalS3, tmp_path: Path) -> None:
+    fs = s3.fs()
+    s3.make_bucket("flat")
+    blob = b"x" * 2000
+    for shard in range(12):
+        put_parquet(fs, f"flat/p-{shard:02d}.parquet", pa.table({"id": list(range(300)), "blob": [blob] * 300}), 100)
+    peaks = []
+    for pattern in ("s3://flat/p-00.parquet", "s3://flat/p-*.parquet"):
+        source = resolve_first_entry(pattern, str(tmp_path / pattern[-9:-8]), "t")
+        tracemalloc.start()
+        rows = sum(len(c.frame) for c in iter_table(source, chunk_size=100))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert rows == (300 if "00" in pattern else 3600)
+    assert peaks[1] < 1.5 * peaks[0], peaks  # 12x the rows, not 12x the memory
+
+
+def test_webdataset_shards_on_s3_by_brace_pattern(s3: LocalS3, tmp_path: Path) -> None:
+    fs = s3.fs()
+    s3.make_bucket("wds")
+    for shard in range(2):
+        buffer = io.BytesIO()
+        with wds.TarWriter(buffer) as writer:
+            for i in range(shard * 2, shard * 2 + 2):
+                writer.write({"__key__": f"k{i}", "jpg": picture(i), "json": {"caption": f"cap {i}"}})
+        fs.pipe(f"wds/train-{shard:04d}.tar", buffer.getvalue())
+    source = resolve_first_entry("s3://wds/train-{0000..0001}.tar", str(tmp_path), "t")
+    rows = [r for c in iter_table(source) for r in c.frame.to_dict(orient="records")]
+    assert [r["__key__"] for r in rows] == ["k0", "k1", "k2", "k3"]
+    assert [r["caption"] for r in rows] == ["cap 0", "cap 1", "cap 2", "cap 3"]
+    assert rows[3]["image"]["bytes"] == picture(3) and rows[3]["__url__"] == "s3://wds/train-0001.tar"
+    with pytest.raises(StorageError, match=r"Input file does not exist: 's3://wds/train-0002\.tar'"):
+        resolve_first_entry("s3://wds/train-{0000..0002}.tar", str(tmp_path), "t")
+
+
+def test_a_datasets_folder_saved_to_the_bucket(s3: LocalS3, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_dict(
+        {"id": [1, 2, 3], "image": [picture(i) for i in (1, 2, 3)]},
+        features=datasets.Features({"id": datasets.Value("int64"), "image": datasets.Image()}),
+    )
+    s3.make_bucket("dsets")
+    data.save_to_disk("s3://dsets/saved", storage_options={"client_kwargs": {"endpoint_url": s3.endpoint}})
+    source = resolve_first_entry("s3://dsets/saved", str(tmp_path), "t")
+    rows = [r for c in iter_table(source) for r in c.frame.to_dict(orient="records")]
+    assert [r["id"] for r in rows] == [1, 2, 3] and rows[1]["image"]["bytes"] == picture(2)
+
+
+def test_s3_image_cells_are_fetched_once_into_the_media_cache(s3: LocalS3, tmp_path: Path) -> None:
+    fs = s3.fs()
+    s3.make_bucket("imgs")
+    fs.pipe("imgs/a/photo.jpg", picture(5))
+    media = tmp_path / "media"
+    first = resolve_media_path("s3://imgs/a/photo.jpg", cache_dir=media)
+    assert first.parent == media and first.name.startswith("photo_") and first.read_bytes() == picture(5)
+    fs.rm("imgs/a/photo.jpg")  # the second use is served from the cache's URL index
+    assert resolve_media_path("s3://imgs/a/photo.jpg", cache_dir=media) == first
+    with pytest.raises(ImageDownloadError, match=r"cannot fetch s3://imgs/missing.jpg: FileNotFoundError"):
+        resolve_media_path("s3://imgs/missing.jpg", cache_dir=media)
+    fs.pipe("imgs/big.jpg", b"\xff" * 5000)
+    from dataflow_mm.storage.remote_media import fetch_remote_image
+
+    with pytest.raises(ImageDownloadError, match="5000 bytes, above the cap of 4000"):
+        fetch_remote_image("s3://imgs/big.jpg", media, max_bytes=4000)
+
+
+def test_without_s3fs_the_error_names_the_pip_line(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['s3fs'] = None\n"  # s3fs absent, as on an install without the extra
+        "from dataflow_mm.storage.sources import resolve_first_entry\n"
+        "from dataflow_mm.common.errors import MissingDependencyError\n"
+        "try:\n"
+        f"    resolve_first_entry('s3://b/part-*.parquet', {str(tmp_path)!r}, 't')\n"
+        "except MissingDependencyError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "reading s3:// URLs needs s3fs" in proc.stdout, proc.stderr[-2000:]
+    assert "pip install 'dataflow-mm[remote]'" in proc.stdout and proc.stdout.count("\n") == 1
