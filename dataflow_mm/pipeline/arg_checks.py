@@ -25,6 +25,7 @@ MINIMUM_INT = {
     "max_model_len": 1,
     "ray_actors_per_model_operator": 1,
     "api_max_retries": 0,
+    "api_max_consecutive_failures": 0,
 }
 POSITIVE_FLOAT = ("api_timeout", "api_max_response_mb")
 EXTRA_OUTPUT_FLAGS = ("output_image_with_bbox_path",)
