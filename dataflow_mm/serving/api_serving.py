@@ -19,7 +19,7 @@ message, rather than retrying before the server is ready. Any other 4xx (400, 40
 well-formed answer without text (no ``choices``, null content) are final at once: sending the
 same request again would get the same answer.
 
-Row outcomes (``dataflow_mm.errors.row_outcome``): a request that got no answer after its retries
+Row outcomes (``dataflow_mm.common.errors.row_outcome``): a request that got no answer after its retries
 (connection, timeout, 408/429/5xx, a wait over ``retry_after_max``) or a refused configuration (401, 403,
 404) leaves its row *pending*, ``error = "ServingUnavailableError: <cause> after <n> attempts: <message>"``:
 a rerun sends it again. A request the server refuses as wrong (400, 413, 422, an empty or oversized

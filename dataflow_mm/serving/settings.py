@@ -14,8 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from dataflow_mm.serving.http_reply import DEFAULT_MAX_RESPONSE_BYTES
 from dataflow_mm.serving.breaker import DEFAULT_MAX_CONSECUTIVE_FAILURES, DEFAULT_MAX_UNANSWERED_S
+from dataflow_mm.serving.http_reply import DEFAULT_MAX_RESPONSE_BYTES
 from dataflow_mm.serving.vllm_engine_args import (
     AUTO_FIT_MAX_MODEL_LEN,
     DEFAULT_GPU_MEMORY_UTILIZATION,
