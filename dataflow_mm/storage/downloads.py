@@ -3,8 +3,8 @@
 Rules shared with :class:`dataflow_mm.serving.api_serving.APIVLMServing_openai`: ``timeout`` seconds
 per attempt (default 60), up to ``max_retries`` retries (default 3) on HTTP 429, 5xx, connection
 errors and timeouts, with the same jittered exponential backoff and ``Retry-After`` handling
-(:class:`dataflow_mm.common.retry.RetryPolicy`); any other 4xx is final. A reply larger than ``max_bytes`` (default 64 MiB,
-checked against ``Content-Length`` and while reading) is refused.
+(:class:`dataflow_mm.common.retry.RetryPolicy`); any other 4xx is final. A reply larger than
+``max_bytes`` (default 64 MiB, checked against ``Content-Length`` and while reading) is refused.
 
 A download that failed for want of an answer (connection refused or reset, timeout, 408/429/5xx, each
 after the retries) is an ``ImageUnavailableError``: the row stays *pending* and a rerun tries again, as

@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from dataflow_mm.errors import ROW_PENDING, RunStoppedError, ServingConfigError, row_outcome
+from dataflow_mm.common.errors import ROW_PENDING, RunStoppedError, ServingConfigError, row_outcome
 from dataflow_mm.serving.api_serving import APIVLMServing_openai
 from dataflow_mm.serving.breaker import CONFIG_REPEATS
 from dataflow_mm.serving.messages import build_conversation
-from dataflow_mm.testing.openai_test_server import Fault, OpenAITestServer
-from dataflow_mm.testing.vllm_like_server import VLLMLikeServer
+from tests.support.openai_test_requests import Fault
+from tests.support.openai_test_server import OpenAITestServer
+from tests.support.vllm_like_server import VLLMLikeServer
 
 FAST = {"api_key_env": None, "timeout": 0.5, "backoff_base": 0.01, "backoff_max": 0.02}
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
