@@ -106,12 +106,12 @@ class ServingSettings:
         DEFAULT_MAX_CONSECUTIVE_FAILURES,
         "api backend: stop the run (exit 3, the rows not answered stay pending; rerun to continue) after this "
         "many requests in a row got no answer after their retries (connection refused/reset, timeout, "
-        "408/429/5xx); 0: never",
+        f"408/429/5xx); default {DEFAULT_MAX_CONSECUTIVE_FAILURES}, 0: never",
     )
     api_max_unanswered_s: float = setting(
         DEFAULT_MAX_UNANSWERED_S,
         "api backend: stop the run (exit 3) when no request was answered for this many seconds while "
-        "requests were failing; 0: never",
+        f"requests were failing; default {DEFAULT_MAX_UNANSWERED_S:g}, 0: never",
     )
     allow_tiny_fallback: bool = setting(True, None)  # scripts: --no_tiny_fallback / --smoke_test decide it
 

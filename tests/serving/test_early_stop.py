@@ -268,3 +268,16 @@ def test_the_region_caption_script_exits_2_naming_the_model_the_server_does_not_
     assert last.startswith("error: ") and "Qwen2.5-VL-7B-typo" in last and "does not exist" in last, last
     assert 1 <= sent <= 8, sent  # the requests in flight (two chunks of 4), not all 40 rows
     assert not (tmp_path / "cache" / "rc_step2.jsonl").exists()  # no row of the refused step was written
+
+
+def test_the_stop_flags_refuse_values_that_cannot_work() -> None:
+    from argparse import Namespace
+
+    from dataflow_mm.pipeline.arg_checks import arg_problems
+
+    assert arg_problems(Namespace(api_max_consecutive_failures=0, api_max_unanswered_s=0.0)) == []
+    problems = arg_problems(Namespace(api_max_consecutive_failures=-1, api_max_unanswered_s=float("nan")))
+    assert problems == [
+        "--api_max_consecutive_failures must be at least 0 (got -1)",
+        "--api_max_unanswered_s must be 0 (never stop) or a number of seconds (got nan)",
+    ]
