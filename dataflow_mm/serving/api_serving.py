@@ -25,11 +25,12 @@ Row outcomes (``dataflow_mm.common.errors.row_outcome``): a request that got no 
 a rerun sends it again. A request the server refuses as wrong (400, 413, 422, an empty or oversized
 answer) *fails* its row, ``"ServingError: <cause> (not retryable): <message>"``. ``text`` is None either way.
 
-Stopping early (``serving.breaker``): a refused configuration (401/403/404 before any answer, or a 400/422
-with one same message for the first requests) raises ``ServingConfigError`` with the server's message; a
-server that stopped answering (``max_consecutive_failures`` requests in a row without an answer, or none
-answered for ``max_unanswered_s`` seconds) raises ``RunStoppedError``. Either way no further request is
-sent, retries waiting are woken, and every chat call in flight raises instead of returning answers.
+Stopping early (``serving.breaker``): a refused configuration (401/403/404 before any answer, or one same
+400/422 naming a parameter of the request for the first requests) raises ``ServingConfigError`` with the
+server's message; a server that stopped answering (``max_consecutive_failures`` requests in a row without
+an answer, or none answered for ``max_unanswered_s`` seconds) raises ``RunStoppedError``. Either way no
+further request is sent, retries waiting are woken, and every chat call in flight raises instead of
+returning answers.
 
 Bounds (``serving.http_reply``): ``timeout`` is the time for a whole request, reply included (a
 server trickling bytes cannot stretch it), and a reply larger than ``max_response_bytes`` once
@@ -380,7 +381,8 @@ class APIVLMServing_openai(VLMServing):
 
     def _answer(self, index: int, conversation: Conversation, sampling: SamplingParams) -> Completion:
         try:
-            body = json.dumps(self._payload(conversation, sampling)).encode("utf-8")
+            payload = self._payload(conversation, sampling)
+            body = json.dumps(payload).encode("utf-8")
         except RowError as exc:
             return Completion(text=None, error=row_error_text(exc))
         except (OSError, ValueError) as exc:
@@ -416,7 +418,8 @@ class APIVLMServing_openai(VLMServing):
                     error = structured.rejected_error(f"{result.cause}: {result.message}")
                     message = scrub(error.split(": ", 1)[1])
                 logger.warning("api request %d failed: %s", index, error)
-                self._breaker.request_done(_outcome_of(result), result.cause, message)
+                names_parameter = any(name in result.message for name in payload if name != "messages")
+                self._breaker.request_done(_outcome_of(result), result.cause, message, names_parameter)
                 return Completion(text=None, error=error)
             wait = self.retry.delay(attempts, result.retry_after, result.retry_after_ms)
             self._count("retried", result.cause)

@@ -6,7 +6,9 @@ by all its threads and by every chunk in flight). It trips, at most once, with t
 * ``ServingConfigError`` (exit 2, one line, the server's message) when every request would fail the same
   way: a request refused with 401, 403 or 404 (key, permission, model name or URL) before any request of
   this serving was answered, or ``CONFIG_REPEATS`` such refusals in a row later (a key revoked mid-run); or
-  the first ``CONFIG_REPEATS`` requests all refused with one same 400/422 message (a refused parameter).
+  the first ``CONFIG_REPEATS`` requests all refused with one same 400/422 message that names a parameter
+  of the request (``temperature``, ``response_format``...: a refused parameter). A message that names
+  none (e.g. "the image cannot be decoded", for a table whose first rows are broken) is about the rows.
 * ``RunStoppedError`` (exit 3: the rows not answered stay pending, rerun to continue) when the server
   stopped answering: ``max_consecutive_failures`` requests in a row failed for want of an answer
   (connection refused or reset, timeout, 408/429/5xx, each after its retries), or no request was
@@ -143,8 +145,9 @@ class ServingBreaker:
                 )
             )
 
-    def request_done(self, outcome: str, cause: str = "", message: str = "") -> None:
-        """Record one request's final outcome (``ANSWERED``, ``TRANSIENT``, ``CONFIG`` or ``REFUSED``)."""
+    def request_done(self, outcome: str, cause: str = "", message: str = "", names_parameter: bool = False) -> None:
+        """Record one request's final outcome (``ANSWERED``, ``TRANSIENT``, ``CONFIG`` or ``REFUSED``);
+        ``names_parameter``: a refusal whose message names a parameter the request sent."""
         with self._lock:
             if outcome == ANSWERED:
                 self._answered_once = True
@@ -173,7 +176,7 @@ class ServingBreaker:
                     self._trip(ServingConfigError(f"{self.where} refuses the requests: {cause}: {message}"))
                 return
             self._config_run = 0
-            if self._answered_once or not cause.startswith(("HTTP 400", "HTTP 422")):
+            if self._answered_once or not names_parameter or not cause.startswith(("HTTP 400", "HTTP 422")):
                 self._first_refusals = []
                 self._answered_once = True  # a request-specific refusal: the configuration works
                 return

@@ -101,6 +101,17 @@ def test_400s_that_differ_per_row_are_row_failures_not_a_stop() -> None:
     assert all(c.error.startswith("ServingError: HTTP 400") for c in out[:3])
 
 
+def test_one_same_400_that_names_no_parameter_is_about_the_rows_not_a_stop() -> None:
+    """A table whose first rows hold broken images: the same refusal for each, but no setting is wrong."""
+    faults = {f"row {i:03d}": Fault.http(400, message="the image cannot be decoded") for i in range(4)}
+    with OpenAITestServer(faults_by_text=faults) as server:
+        api = APIVLMServing_openai(server.base_url, "test-model", max_workers=1, **FAST)
+        out = api.chat(rows(7))
+        api.cleanup()
+    assert [c.ok for c in out] == [False] * 4 + [True] * 3
+    assert all(row_outcome(c.error) == "failed" for c in out[:4])
+
+
 def test_a_refused_key_stops_with_the_servers_message_and_the_key_scrubbed() -> None:
     secret = "sk-wrong-key-5b1e77a2c9"
     with OpenAITestServer(api_key="sk-right-key-000000", echo_authorization=True) as server:
