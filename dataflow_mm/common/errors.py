@@ -143,7 +143,14 @@ class RunStoppedError(DataflowMMError):
     the process exits ``EXIT_INCOMPLETE``; rerunning the same command continues."""
 
 
-PENDING_ERROR_CLASSES = frozenset({"ServingUnavailableError", "RowNotReadyError", "TransientRowError"})
+class ImageUnavailableError(ImageDownloadError, TransientRowError):
+    """An ``http(s)://`` image whose server did not answer (connection refused or reset, timeout,
+    408/429/5xx after the retries): the row stays pending and a rerun downloads it again."""
+
+
+PENDING_ERROR_CLASSES = frozenset(
+    {"ServingUnavailableError", "RowNotReadyError", "TransientRowError", "ImageUnavailableError"}
+)
 
 
 def row_outcome(error: object) -> str:

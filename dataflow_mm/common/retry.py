@@ -23,6 +23,12 @@ def is_retryable_status(status: int) -> bool:
     return status in (408, 429) or 500 <= status <= 599
 
 
+def is_configuration_status(status: int) -> bool:
+    """401, 403 and 404 from a chat endpoint refuse the configuration (key, permission, model name or URL),
+    not one request: every request would get the same answer."""
+    return status in (401, 403, 404)
+
+
 @dataclass
 class RetryPolicy:
     """When to retry and how long to wait.

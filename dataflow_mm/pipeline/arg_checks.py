@@ -25,6 +25,7 @@ MINIMUM_INT = {
     "max_model_len": 1,
     "ray_actors_per_model_operator": 1,
     "api_max_retries": 0,
+    "api_max_consecutive_failures": 0,
 }
 POSITIVE_FLOAT = ("api_timeout", "api_max_response_mb")
 EXTRA_OUTPUT_FLAGS = ("output_image_with_bbox_path",)
@@ -44,6 +45,9 @@ def arg_problems(args: argparse.Namespace) -> list[str]:
     temperature = getattr(args, "temperature", None)
     if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
         problems.append(f"--temperature must be 0 (greedy) or more (got {temperature})")
+    unanswered = getattr(args, "api_max_unanswered_s", None)
+    if unanswered is not None and not (math.isfinite(unanswered) and unanswered >= 0):
+        problems.append(f"--api_max_unanswered_s must be 0 (never stop) or a number of seconds (got {unanswered})")
     top_p = getattr(args, "top_p", None)
     if top_p is not None and not (0 < top_p <= 1):
         problems.append(f"--top_p must be in (0, 1] (got {top_p})")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dataflow_mm.common.deps import require
-from dataflow_mm.common.errors import ServingError, row_error_text
-from dataflow_mm.common.retry import is_retryable_status
+from dataflow_mm.common.errors import ServingError, ServingUnavailableError, row_error_text
+from dataflow_mm.common.retry import is_configuration_status, is_retryable_status
 from dataflow_mm.common.secrets import scrub, scrub_secrets
 from dataflow_mm.serving.base import Completion
 from dataflow_mm.serving.http_reply import Deadline, ReplyTooLargeError, read_reply
@@ -31,13 +31,21 @@ class AttemptFailure:
     retryable: bool
     retry_after: str | None = None
     retry_after_ms: str | None = None
+    status: int | None = None  # the HTTP status, when the server answered with one
+
+    @property
+    def pending(self) -> bool:
+        """True when the row is not at fault: no answer (retries exhausted) or a refused configuration
+        (401/403/404). Such a row is *pending* (``ServingUnavailableError``): a rerun sends it again."""
+        return self.retryable or (self.status is not None and is_configuration_status(self.status))
 
     def error_text(self, attempts: int) -> str:
         if self.retryable:  # retries exhausted
             where = f" after {attempts} attempt{'s' if attempts != 1 else ''}"
         else:
             where = " (not retryable)" if attempts <= 1 else f" on attempt {attempts} (not retryable)"
-        return scrub(row_error_text(ServingError(f"{self.cause}{where}: {self.message}")))
+        kind = ServingUnavailableError if self.pending else ServingError
+        return scrub(row_error_text(kind(f"{self.cause}{where}: {self.message}")))
 
 
 def _server_message(response: Any) -> str:
@@ -93,6 +101,7 @@ def completion_of(response: Any) -> Completion | AttemptFailure:
             is_retryable_status(status),
             response.headers.get("retry-after"),
             response.headers.get("retry-after-ms"),
+            status,
         )
     try:
         data = json.loads(response.content)

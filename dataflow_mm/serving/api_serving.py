@@ -14,12 +14,23 @@ and a 2xx answer whose body is not valid JSON (a truncated or garbled body from 
 or proxy: treated like a server error). As in the OpenAI SDK, the server's wait replaces the
 computed backoff: ``retry-after-ms`` (milliseconds) first, else ``Retry-After`` (seconds or
 HTTP-date). It is honoured even above ``backoff_max`` up to ``retry_after_max`` (default
-``MAX_RETRY_AFTER_S`` = 120 s); a longer wait fails the row at once, with the server's wait in the
+``MAX_RETRY_AFTER_S`` = 120 s); a longer wait ends the row's attempts at once, with the server's wait in the
 message, rather than retrying before the server is ready. Any other 4xx (400, 401, 403, 404, 413, 422, ...) and a
 well-formed answer without text (no ``choices``, null content) are final at once: sending the
-same request again would get the same answer. After the last attempt the row gets
-``error = "ServingError: <cause> after <n> attempts: <server message>"`` and ``text`` None; the
-run goes on.
+same request again would get the same answer.
+
+Row outcomes (``dataflow_mm.common.errors.row_outcome``): a request that got no answer after its retries
+(connection, timeout, 408/429/5xx, a wait over ``retry_after_max``) or a refused configuration (401, 403,
+404) leaves its row *pending*, ``error = "ServingUnavailableError: <cause> after <n> attempts: <message>"``:
+a rerun sends it again. A request the server refuses as wrong (400, 413, 422, an empty or oversized
+answer) *fails* its row, ``"ServingError: <cause> (not retryable): <message>"``. ``text`` is None either way.
+
+Stopping early (``serving.breaker``): a refused configuration (401/403/404 before any answer, or one same
+400/422 naming a parameter of the request for the first requests) raises ``ServingConfigError`` with the
+server's message; a server that stopped answering (``max_consecutive_failures`` requests in a row without
+an answer, or none answered for ``max_unanswered_s`` seconds) raises ``RunStoppedError``. Either way no
+further request is sent, retries waiting are woken, and every chat call in flight raises instead of
+returning answers.
 
 Bounds (``serving.http_reply``): ``timeout`` is the time for a whole request, reply included (a
 server trickling bytes cannot stretch it), and a reply larger than ``max_response_bytes`` once
@@ -36,7 +47,6 @@ import json
 import os
 import random
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,6 +56,7 @@ from dataflow_mm.common.deps import require
 from dataflow_mm.common.errors import (
     RowError,
     ServingError,
+    ServingUnavailableError,
     UnsupportedArgumentError,
     UserError,
     row_error_text,
@@ -61,6 +72,15 @@ from dataflow_mm.serving.api_images import (
 )
 from dataflow_mm.serving.api_reply import AttemptFailure, post_once
 from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
+from dataflow_mm.serving.breaker import (
+    ANSWERED,
+    CONFIG,
+    DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    DEFAULT_MAX_UNANSWERED_S,
+    REFUSED,
+    TRANSIENT,
+    ServingBreaker,
+)
 from dataflow_mm.serving.http_reply import (
     ACCEPT_ENCODING,
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -129,16 +149,21 @@ class APIVLMServing_openai(VLMServing):
         seed: int | None = None,
         extra_body: dict[str, Any] | None = None,
         sampling: SamplingParams | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         rng: random.Random | None = None,
         key_name_of_api_key: str | None = None,
         image_io: Any = None,
         send_request_stream: bool = False,
+        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+        max_unanswered_s: float = DEFAULT_MAX_UNANSWERED_S,
     ) -> None:
         """``key_name_of_api_key``, ``image_io`` and ``send_request_stream`` are DataFlow-MM's names: the first is
         ``api_key_env``; ``image_io`` (generated images) must be None; a streamed answer equals the whole one,
         so ``send_request_stream`` only changes how DataFlow-MM reads it and is accepted either way.
-        Without ``api_key_env``, the key is read from ``DF_API_KEY`` (DataFlow-MM's), else ``OPENAI_API_KEY``."""
+        Without ``api_key_env``, the key is read from ``DF_API_KEY`` (DataFlow-MM's), else ``OPENAI_API_KEY``.
+        ``max_consecutive_failures`` / ``max_unanswered_s`` stop the run when the server stopped answering
+        (``serving.breaker``; 0 turns a rule off). ``sleep`` (default: a wait the breaker can cut short)
+        is the wait between retries."""
         super().__init__(
             sampling or SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
         )
@@ -161,6 +186,10 @@ class APIVLMServing_openai(VLMServing):
             raise UserError(f"timeout must be > 0 seconds, got {timeout}")
         if max_response_bytes < 1:
             raise UserError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
+        if max_consecutive_failures < 0:
+            raise UserError(f"max_consecutive_failures must be >= 0 (0: never stop), got {max_consecutive_failures}")
+        if not 0 <= max_unanswered_s < float("inf"):
+            raise UserError(f"max_unanswered_s must be a number >= 0 (0: never stop), got {max_unanswered_s}")
         if max_image_side is not None and max_image_side < 1:
             raise UserError(f"max_image_side must be >= 1 or None, got {max_image_side}")
         fmt = image_format_name(image_format)
@@ -193,6 +222,9 @@ class APIVLMServing_openai(VLMServing):
             rng=rng or random.Random(),
         )
         self._sleep = sleep
+        self._breaker = ServingBreaker(
+            f"the server at {self._public_url()} (model {model_name!r})", max_consecutive_failures, max_unanswered_s
+        )
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.max_workers)
         self._client: Any = None
@@ -236,26 +268,42 @@ class APIVLMServing_openai(VLMServing):
             info["extra_body"] = self.extra_body
         return info
 
+    @property
+    def breaker(self) -> ServingBreaker:
+        """The stop switch every request of this serving reports to (``serving.breaker``)."""
+        return self._breaker
+
     def cleanup(self) -> None:
+        """Close the HTTP client and reset the breaker: the next call starts as a new run."""
+        self._breaker.reset()
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
             client.close()
 
     def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
+        """Every request answered, or the breaker's stop error raised (none of this call's answers kept)."""
         self._get_client()  # fail fast (missing httpx) before any worker starts
-        workers = min(self.max_workers, len(conversations))
-        if workers <= 1:
-            return [self._answer_row(i, c, sampling) for i, c in enumerate(conversations)]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfmm-api") as pool:
-            return list(
-                pool.map(
-                    self._answer_row,
-                    range(len(conversations)),
-                    conversations,
-                    [sampling] * len(conversations),
-                )
-            )
+        self._breaker.check()
+        self._breaker.call_started()
+        try:
+            workers = min(self.max_workers, len(conversations))
+            if workers <= 1:
+                answers = [self._answer_row(i, c, sampling) for i, c in enumerate(conversations)]
+            else:
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dfmm-api") as pool:
+                    answers = list(
+                        pool.map(
+                            self._answer_row,
+                            range(len(conversations)),
+                            conversations,
+                            [sampling] * len(conversations),
+                        )
+                    )
+        finally:
+            self._breaker.call_ended()
+        self._breaker.check()  # stopped while this call was in flight: its rows are not results
+        return answers
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -331,7 +379,8 @@ class APIVLMServing_openai(VLMServing):
 
     def _answer(self, index: int, conversation: Conversation, sampling: SamplingParams) -> Completion:
         try:
-            body = json.dumps(self._payload(conversation, sampling)).encode("utf-8")
+            payload = self._payload(conversation, sampling)
+            body = json.dumps(payload).encode("utf-8")
         except RowError as exc:
             return Completion(text=None, error=row_error_text(exc))
         except (OSError, ValueError) as exc:
@@ -340,23 +389,35 @@ class APIVLMServing_openai(VLMServing):
         while True:
             attempts += 1
             result = self._attempt(body)
+            if result is None:  # the breaker tripped: this request is not sent
+                return _NOT_SENT
             if isinstance(result, Completion):
+                self._breaker.request_done(ANSWERED)
                 return result
+            if result.retryable:
+                self._breaker.attempt_unanswered(result.cause, scrub(result.message))
             asked = self.retry.server_wait(result.retry_after, result.retry_after_ms)
             if result.retryable and self.retry.too_long(asked):
-                error = row_error_text(
-                    ServingError(
-                        f"{result.cause} on attempt {attempts}: the server asks to wait {asked:g} s, over the "
-                        f"{self.retry.retry_after_max:g} s limit (retry_after_max): {result.message}"
+                error = scrub(
+                    row_error_text(
+                        ServingUnavailableError(
+                            f"{result.cause} on attempt {attempts}: the server asks to wait {asked:g} s, over the "
+                            f"{self.retry.retry_after_max:g} s limit (retry_after_max): {result.message}"
+                        )
                     )
                 )
                 logger.warning("api request %d failed: %s", index, error)
+                self._breaker.request_done(TRANSIENT, result.cause, scrub(result.message))
                 return Completion(text=None, error=error)
             if not self.retry.should_retry(attempts, result.retryable):
                 error = result.error_text(attempts)
+                message = scrub(result.message)
                 if sampling.response_schema is not None and result.cause in _SCHEMA_REJECTED:
                     error = structured.rejected_error(f"{result.cause}: {result.message}")
+                    message = scrub(error.split(": ", 1)[1])
                 logger.warning("api request %d failed: %s", index, error)
+                names_parameter = any(name in result.message for name in payload if name != "messages")
+                self._breaker.request_done(_outcome_of(result), result.cause, message, names_parameter)
                 return Completion(text=None, error=error)
             wait = self.retry.delay(attempts, result.retry_after, result.retry_after_ms)
             self._count("retried", result.cause)
@@ -370,10 +431,34 @@ class APIVLMServing_openai(VLMServing):
                 wait,
             )
             if wait > 0:
-                self._sleep(wait)
+                self._pause(wait)
 
-    def _attempt(self, body: bytes) -> Completion | AttemptFailure:
+    def _pause(self, seconds: float) -> None:
+        """Wait before a retry; the default wait ends at once when the breaker trips."""
+        if self._sleep is None:
+            self._breaker.wait(seconds)
+        else:
+            self._sleep(seconds)
+
+    def _attempt(self, body: bytes) -> Completion | AttemptFailure | None:
+        """One HTTP attempt; None, and nothing sent, once the breaker has tripped."""
         client = self._get_client()
+        if self._breaker.stopped:
+            return None
         with self._slots:
+            if self._breaker.stopped:  # tripped while this request waited for a slot
+                return None
+            self._breaker.attempt_started()
             self._count("http_requests")
             return post_once(client, self.endpoint, body, self._headers(), self.timeout, self.max_response_bytes)
+
+
+# The placeholder of a request the breaker kept from being sent: never a row's result (the call raises).
+_NOT_SENT = Completion(text=None, error=row_error_text(ServingUnavailableError("not sent: the run stopped")))
+
+
+def _outcome_of(failure: AttemptFailure) -> str:
+    """The breaker's name for a request's final failure."""
+    if failure.retryable:
+        return TRANSIENT
+    return CONFIG if failure.pending else REFUSED

@@ -20,16 +20,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dataflow_mm.common.errors import UserError
+from dataflow_mm.common.errors import RunStoppedError
 from dataflow_mm.common.surrogates import replace_lone_surrogates
 from dataflow_mm.serving.messages import Conversation, build_conversation
 
 FINISH_LENGTH = "length"  # the finish_reason of an answer cut off by max_tokens (vLLM and OpenAI name)
 
 
-class EngineDiedError(UserError):
-    """The model engine's process died: every later request would fail. In-process the run stops;
-    the Ray runner replaces the actor instead (its engine starts again) and retries the chunk."""
+class EngineDiedError(RunStoppedError):
+    """The model engine's process died: every later request would fail. In-process the run stops
+    (a ``RunStoppedError``: the rows not answered stay pending, exit 3, rerun to continue); the Ray
+    runner replaces the actor instead (its engine starts again) and retries the chunk."""
 
 
 _RECORD_LOCK = threading.Lock()  # one for every ServingStats: a dataclass field would not pickle

@@ -83,6 +83,8 @@ def create_serving(settings: ServingSettings | str, model_path: str | None = Non
             max_workers=s.max_workers,
             timeout=s.api_timeout,
             max_retries=s.api_max_retries,
+            max_consecutive_failures=s.api_max_consecutive_failures,
+            max_unanswered_s=s.api_max_unanswered_s,
             **sampling,
             **extra,
         )

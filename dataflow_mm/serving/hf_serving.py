@@ -8,6 +8,10 @@ Before generating, every request is counted with the processor (images included)
 ``max_model_len`` (default: the model config's max positions): one that cannot fit with
 ``max_tokens`` new tokens is downscaled (``allow_downscale=True``) or answered with a
 ``PromptTooLongError`` without reaching ``generate`` (see ``serving.token_budget``).
+
+A batch the device has no memory for (``torch.OutOfMemoryError``) is generated again one request at a
+time; a request that does not fit even alone is left *pending* (``ServingUnavailableError``: the memory
+may be free on a rerun) instead of ending the run.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ from typing import Any
 from PIL import Image
 
 from dataflow_mm.common.deps import is_importable, require
-from dataflow_mm.common.errors import ConfigError, RowError, ServingError, UserError, row_error_text
+from dataflow_mm.common.errors import (
+    ConfigError,
+    RowError,
+    ServingError,
+    ServingUnavailableError,
+    UserError,
+    row_error_text,
+)
 from dataflow_mm.common.logger import get_logger
 from dataflow_mm.models.device import resolve_device
 from dataflow_mm.models.processor_loading import load_processor
@@ -264,7 +275,8 @@ class LocalModelVLMServing_hf(LocalModel, VLMServing):
         results: list[Completion | None] = [None] * len(conversations)
         try:
             for batch in prefetched(self._batches(conversations, results), name="hf-prepare"):
-                for position, completion in zip(batch.positions, self._generate(batch, sampling), strict=True):
+                completions = self._generate_fitting(batch, conversations, sampling)
+                for position, completion in zip(batch.positions, completions, strict=True):
                     results[position] = completion
         finally:
             if self._counter is not None:
@@ -333,6 +345,34 @@ class LocalModelVLMServing_hf(LocalModel, VLMServing):
         if eos is None:
             return set()
         return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+    def _generate_fitting(
+        self, batch: _Batch, conversations: Sequence[Conversation], sampling: SamplingParams
+    ) -> list[Completion]:
+        """``_generate``, or, when the device runs out of memory, each request of the batch on its own;
+        a request that does not fit alone gets a ``ServingUnavailableError`` (pending)."""
+        torch = require("torch", "hf")
+        try:
+            return self._generate(batch, sampling)
+        except torch.OutOfMemoryError as exc:
+            reason = " ".join(str(exc).split())[:200]
+        # Outside the except block: the failed call's tensors are released with its traceback.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(batch.positions) == 1:
+            error = ServingUnavailableError(
+                f"out of device memory for this request alone ({reason}); a rerun tries again (free memory, "
+                "or lower max_image_side / max_model_len)"
+            )
+            logger.warning("hf request %d not answered: %s", batch.positions[0], row_error_text(error))
+            return [Completion(text=None, error=row_error_text(error))]
+        logger.warning("no device memory for a batch of %d: generating its requests one by one", len(batch.positions))
+        completions: list[Completion] = []
+        for position in batch.positions:
+            single = self._processed([self._prepare(position, conversations[position])])
+            completions += self._generate_fitting(single, conversations, sampling)
+        return completions
 
     def _generate(self, batch: _Batch, sampling: SamplingParams) -> list[Completion]:
         """One left-padded ``model.generate`` call for up to ``batch_size`` prepared requests."""

@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from dataflow_mm.serving.breaker import DEFAULT_MAX_CONSECUTIVE_FAILURES, DEFAULT_MAX_UNANSWERED_S
 from dataflow_mm.serving.http_reply import DEFAULT_MAX_RESPONSE_BYTES
 from dataflow_mm.serving.vllm_engine_args import (
     AUTO_FIT_MAX_MODEL_LEN,
@@ -100,6 +101,17 @@ class ServingSettings:
     api_max_response_mb: float = setting(
         DEFAULT_MAX_RESPONSE_BYTES / 2**20,
         "largest reply accepted, in MiB once decompressed (api backend); a larger one is a row error",
+    )
+    api_max_consecutive_failures: int = setting(
+        DEFAULT_MAX_CONSECUTIVE_FAILURES,
+        "api backend: stop the run (exit 3, the rows not answered stay pending; rerun to continue) after this "
+        "many requests in a row got no answer after their retries (connection refused/reset, timeout, "
+        f"408/429/5xx); default {DEFAULT_MAX_CONSECUTIVE_FAILURES}, 0: never",
+    )
+    api_max_unanswered_s: float = setting(
+        DEFAULT_MAX_UNANSWERED_S,
+        "api backend: stop the run (exit 3) when no request was answered for this many seconds while "
+        f"requests were failing; default {DEFAULT_MAX_UNANSWERED_S:g}, 0: never",
     )
     allow_tiny_fallback: bool = setting(True, None)  # scripts: --no_tiny_fallback / --smoke_test decide it
 

@@ -3,7 +3,9 @@
 ``engine_image`` gives the image form vLLM takes without another conversion, ``sampling_params``
 turns the common ``SamplingParams`` into vLLM's (with the model's own penalties), and
 ``completion_of`` / ``failed_completion`` turn an engine output or a failed request into a
-``Completion`` (a prompt that does not fit is a ``PromptTooLongError``).
+``Completion`` (a prompt that does not fit is a ``PromptTooLongError``). An output that finished with
+``error`` (vLLM's retryable request-level failure, e.g. a multimodal cache miss) or ``abort`` is no
+answer: its row gets a ``ServingUnavailableError`` (pending: a rerun sends it again), never empty text.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dataflow_mm.common.errors import PromptTooLongError, RowError, ServingError, row_error_text
+from dataflow_mm.common.errors import (
+    PromptTooLongError,
+    RowError,
+    ServingError,
+    ServingUnavailableError,
+    row_error_text,
+)
 from dataflow_mm.common.logger import get_logger
 from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import Completion, SamplingParams
@@ -24,6 +32,8 @@ logger = get_logger("serving.vllm")
 _TOO_LONG_MARKERS = ("maximum model length", "maximum context length", "too long")
 # generation_config settings taken from the model (as transformers' generate takes them).
 _MODEL_SAMPLING_DEFAULTS = ("repetition_penalty",)
+# finish_reason values of an output that holds no answer (vLLM 0.32 ``FinishReason``: ABORT, ERROR).
+UNANSWERED_FINISH_REASONS = ("abort", "error")
 
 
 def engine_image(image: Image.Image) -> Any:
@@ -73,6 +83,14 @@ def completion_of(output: Any) -> Completion:
     if not output.outputs:
         return Completion(text=None, error=row_error_text(ServingError("vLLM returned no output")))
     best = output.outputs[0]
+    finish_reason = getattr(best, "finish_reason", None)
+    if str(finish_reason) in UNANSWERED_FINISH_REASONS:  # str(): vLLM's FinishReason enum prints its name
+        error = ServingUnavailableError(
+            f"the vLLM engine finished the request with finish_reason={str(finish_reason)!r} and no answer "
+            f"({len(best.token_ids)} tokens generated)"
+        )
+        logger.warning("vllm request %s not answered: %s", getattr(output, "request_id", "?"), row_error_text(error))
+        return Completion(text=None, error=row_error_text(error))
     token_ids = [int(t) for t in best.token_ids]
     prompt_ids = getattr(output, "prompt_token_ids", None)
     return Completion(
@@ -80,7 +98,7 @@ def completion_of(output: Any) -> Completion:
         prompt_tokens=len(prompt_ids) if prompt_ids is not None else None,
         completion_tokens=len(token_ids),
         token_ids=token_ids,
-        finish_reason=getattr(best, "finish_reason", None),
+        finish_reason=finish_reason,
     )
 
 

@@ -40,6 +40,7 @@ from dataflow_mm.common.errors import (
     ModelNotAvailableError,
     RowError,
     ServingError,
+    ServingUnavailableError,
     UserError,
     row_error_text,
 )
@@ -322,7 +323,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
             elif isinstance(outcome, BaseException):
                 completions.append(failed_completion(outcome))
             elif outcome is None:
-                completions.append(Completion(text=None, error=row_error_text(ServingError("no answer"))))
+                completions.append(Completion(text=None, error=row_error_text(ServingUnavailableError("no answer"))))
             else:
                 completions.append(completion_of(outcome))
         return completions

@@ -8,7 +8,8 @@ most ``window`` requests are in the engine at once, and the engine is stepped
 (``llm_engine.step()``, what ``LLM.wait_for_completion`` does) until one finishes, which makes room
 for the next. So host memory is bounded by the window plus the few requests built ahead, not by
 the chunk, and a request that fails to build or that vLLM refuses at submission fails alone:
-nothing is re-run.
+nothing is re-run. A request the engine drops without an answer is a ``ServingUnavailableError`` (its
+row stays pending).
 
 An exception raised by the engine itself (``step()``: the engine died) is not a request's fault:
 it propagates to the caller.
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from dataflow_mm.common.errors import RowError
+from dataflow_mm.common.errors import RowError, ServingUnavailableError
 
 DEFAULT_BUILD_WORKERS = 2  # threads decoding the next requests' images (PIL releases the GIL while decoding)
 Outcome = Any  # a vLLM RequestOutput, or the Exception that kept the request from being answered
@@ -100,7 +101,7 @@ def submit_windowed(
         while in_flight:
             if not engine.has_unfinished_requests():
                 for index in in_flight.values():
-                    outcomes[index] = RuntimeError("the vLLM engine dropped the request without an answer")
+                    outcomes[index] = ServingUnavailableError("the vLLM engine dropped the request without an answer")
                 in_flight.clear()
                 break
             for output in engine.step():

@@ -4,11 +4,15 @@ Rules shared with :class:`dataflow_mm.serving.api_serving.APIVLMServing_openai`:
 per attempt (default 60), up to ``max_retries`` retries (default 3) on HTTP 429, 5xx, connection
 errors and timeouts, with the same jittered exponential backoff and ``Retry-After`` handling
 (:class:`dataflow_mm.common.retry.RetryPolicy`); any other 4xx is final. A reply larger than
-``max_bytes`` (default 64 MiB,
-checked against ``Content-Length`` and while reading) is refused. Every failure is an
-``ImageDownloadError`` for that row. The file is stored content-addressed
-(``{stem}_{sha256[:16]}{suffix}``) and an index file per URL (``.urls/<sha256(url)>``) lets
-every later step and every re-run find it without downloading again.
+``max_bytes`` (default 64 MiB, checked against ``Content-Length`` and while reading) is refused.
+
+A download that failed for want of an answer (connection refused or reset, timeout, 408/429/5xx, each
+after the retries) is an ``ImageUnavailableError``: the row stays *pending* and a rerun tries again, as
+Spark and Ray Data retry a task whose remote read failed rather than dropping its data. Every other
+failure (404, 403, a reply over the cap, not an image URL) is an ``ImageDownloadError``: the row *fails*.
+
+The file is stored content-addressed (``{stem}_{sha256[:16]}{suffix}``) and an index file per URL
+(``.urls/<sha256(url)>``) lets every later step and every re-run find it without downloading again.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dataflow_mm.common.errors import ImageDownloadError
+from dataflow_mm.common.errors import ImageDownloadError, ImageUnavailableError
 from dataflow_mm.common.retry import RetryPolicy, is_retryable_status
 from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.media_bytes import store_bytes
@@ -110,7 +114,8 @@ def download_image(
         except _Failure as failure:
             if not policy.should_retry(attempt, failure.retryable):
                 tries = f" after {attempt} attempts" if attempt > 1 else ""
-                raise ImageDownloadError(f"cannot download {url[:200]}: {failure}{tries}") from None
+                kind = ImageUnavailableError if failure.retryable else ImageDownloadError
+                raise kind(f"cannot download {url[:200]}: {failure}{tries}") from None
             time.sleep(policy.delay(attempt, failure.retry_after))
     if not data:
         raise ImageDownloadError(f"cannot download {url[:200]}: the reply is empty (0 bytes)")

@@ -97,21 +97,21 @@ def test_region_captions_via_api_backend_with_a_failing_row(tmp_path):
     first_entry = tmp_path / "input.jsonl"
     first_entry.write_text("".join(json.dumps(e) + "\n" for e in entries))
     faults = {
-        "There are 2 regions": Fault.http(401, message="this key may not use this model"),  # every time
+        "There are 2 regions": Fault.http(400, message="this image cannot be read"),  # every time
         "There are 3 regions": Fault.http(429, times=1, retry_after="0"),  # once, then answered
     }
     with OpenAITestServer(faults_by_text=faults) as server:
         proc, rows, cache = run_pipeline(server, tmp_path, first_entry)
         assert proc.returncode == 0, proc.stderr[-3000:]
         counts = [len(server.requests_for(f"There are {n} regions")) for n in (1, 2, 3)]
-    assert counts == [1, 1, 2]  # the 401 is not retried, the 429 is retried once
+    assert counts == [1, 1, 2]  # the 400 is not retried, the 429 is retried once
     assert [r["image"] for r in rows] == [e["image"] for e in entries]
     ok1, failed, ok3 = rows
     assert ok1["error"] is None and ok1["answer"].startswith("answer to: Describe")
     assert ok3["error"] is None and ok3["answer"].startswith("answer to: Describe")
     assert failed.get("answer") is None  # never an error string posing as a caption
-    assert failed["error"].startswith("ServingError: HTTP 401")
-    assert "this key may not use this model" in failed["error"]
+    assert failed["error"].startswith("ServingError: HTTP 400")  # the request is wrong: failed, not pending
+    assert "this image cannot be read" in failed["error"]
     assert "1 failed, 1 retried" in proc.stdout
     assert "with error: ServingError x1" in proc.stdout
     assert_key_never_written(proc, cache)

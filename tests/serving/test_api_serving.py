@@ -13,7 +13,7 @@ import httpx  # noqa: F401 - a declared test dependency: imported, never skipped
 import pytest
 from PIL import Image
 
-from dataflow_mm.common.errors import UserError, error_class_of
+from dataflow_mm.common.errors import ServingConfigError, UserError, error_class_of, row_outcome
 from dataflow_mm.common.retry import RetryPolicy, is_retryable_status
 from dataflow_mm.serving.api_images import encode_image
 from dataflow_mm.serving.api_serving import APIVLMServing_openai, chat_completions_url
@@ -62,7 +62,7 @@ def assert_row_outcomes(completions) -> None:
     for c in completions:
         assert (c.text is None) != (c.error is None), c
         if c.error is not None:
-            assert error_class_of(c.error) in ("ServingError", "ImageNotFoundError"), c.error
+            assert error_class_of(c.error) in ("ServingError", "ServingUnavailableError", "ImageNotFoundError"), c.error
 
 
 def assert_nothing_after_success(server: OpenAITestServer, texts: list[str]) -> None:
@@ -379,7 +379,8 @@ def test_500_forever_gives_up_after_max_retries_and_names_the_cause(backends, ma
         assert out[0].ok and out[2].ok
         bad = out[1]
         assert bad.text is None
-        assert bad.error.startswith("ServingError: HTTP 503")
+        assert bad.error.startswith("ServingUnavailableError: HTTP 503")  # no answer: the row is pending
+        assert row_outcome(bad.error) == "pending"
         assert "model is overloaded" in bad.error
         if max_retries:
             assert f"after {max_retries + 1} attempts" in bad.error
@@ -437,7 +438,7 @@ def test_retry_after_beyond_the_maximum_fails_the_row_with_the_servers_wait(back
         backends.append(backend)
         out = backend.chat(prompts(2))
         assert out[1].ok and out[0].text is None
-        assert "ServingError: HTTP 429" in out[0].error and "wait 999 s" in out[0].error
+        assert "ServingUnavailableError: HTTP 429" in out[0].error and "wait 999 s" in out[0].error
         assert "120 s limit (retry_after_max)" in out[0].error
         assert len(server.requests_for("row 00")) == 1  # no early retry against the server's wish
     assert sleeps == []
@@ -473,7 +474,7 @@ def test_backoff_grows_between_attempts(backends):
         assert ceiling / 2 <= slept <= ceiling, (n, slept)
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+@pytest.mark.parametrize("status", [400, 413, 422])
 def test_other_4xx_are_not_retried(backends, status):
     with OpenAITestServer(status_for_text={"row 00": status}) as server:
         backend = make_backend(server)
@@ -482,7 +483,19 @@ def test_other_4xx_are_not_retried(backends, status):
         assert out[1].ok
         assert out[0].text is None
         assert out[0].error.startswith(f"ServingError: HTTP {status} (not retryable): planned failure")
+        assert row_outcome(out[0].error) == "failed"  # the request itself is wrong: a rerun would not help
         assert len(server.requests_for("row 00")) == 1
+        assert backend.stats.retried == 0
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_refused_configuration_is_not_retried_and_stops_the_run(backends, status):
+    with OpenAITestServer(status_for_text={"row 00": status}) as server:
+        backend = make_backend(server, max_workers=1)
+        backends.append(backend)
+        with pytest.raises(ServingConfigError, match=f"HTTP {status}: planned failure"):
+            backend.chat(prompts(2))
+        assert server.requests.total == 1  # not retried, and row 01 was never sent
         assert backend.stats.retried == 0
 
 
@@ -507,7 +520,7 @@ def test_hang_forever_ends_as_a_timeout_error(backends):
         out = backend.chat(prompts(2))
         assert time.monotonic() - start < 3.0
         assert out[1].ok
-        assert out[0].error.startswith("ServingError: timeout after 2 attempts")
+        assert out[0].error.startswith("ServingUnavailableError: timeout after 2 attempts")
         assert len(server.requests_for("row 00")) == 2
     assert server.alive_threads == 0  # hanging handlers were released at shutdown
 
@@ -519,7 +532,7 @@ def test_closed_connection_is_retried_and_reported(backends):
         out = backend.chat(prompts(3))
         assert out[0].text == "answer to: row 00" and out[2].ok
         assert len(server.requests_for("row 00")) == 3
-        assert out[1].error.startswith("ServingError: connection error after 3 attempts")
+        assert out[1].error.startswith("ServingUnavailableError: connection error after 3 attempts")
         assert "disconnected" in out[1].error.lower() or "reset" in out[1].error.lower()
         assert len(server.requests_for("row 01")) == 3
 
@@ -577,7 +590,7 @@ def test_connection_refused_is_retried_and_reported(backends):
     out = backend.chat(prompts(2))
     assert time.monotonic() - start < 3.0
     for c in out:
-        assert c.error.startswith("ServingError: connection error after 3 attempts: ConnectError")
+        assert c.error.startswith("ServingUnavailableError: connection error after 3 attempts: ConnectError")
     assert backend.stats.failed == 2 and backend.stats.retried == 4
 
 
@@ -603,7 +616,8 @@ def test_mixed_faults_every_row_ends_answered_or_with_its_cause(backends):
             else:
                 assert c.text == f"answer to: {texts[i]}"
         assert "HTTP 500 after 3 attempts" in out[11].error
-        assert "HTTP 401" in out[13].error
+        assert "HTTP 401" in out[13].error  # after answers: this row only, left pending
+        assert row_outcome(out[11].error) == row_outcome(out[13].error) == "pending"
         expected = {1: 2, 3: 3, 5: 2, 7: 2, 9: 2, 11: 3, 13: 1}
         for i, text in enumerate(texts):
             assert len(server.requests_for(text)) == expected.get(i, 1), text
@@ -628,8 +642,8 @@ def test_api_key_is_read_from_the_named_env_var_and_never_described(backends, mo
 
         no_key = APIVLMServing_openai(server.base_url, "test-model", api_key_env="DFMM_UNSET_KEY", **FAST)
         backends.append(no_key)
-        out = no_key.chat(prompts(1))
-        assert out[0].error == "ServingError: HTTP 401 (not retryable): Incorrect API key provided"
+        with pytest.raises(ServingConfigError, match="HTTP 401: Incorrect API key provided"):
+            no_key.chat(prompts(1))
         assert server.requests[1].authorization is None
 
         explicit = APIVLMServing_openai(server.base_url, "test-model", api_key="sk-secret-123", **FAST)

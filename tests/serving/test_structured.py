@@ -111,16 +111,17 @@ def test_api_sends_the_schema_and_the_fake_server_honours_it(tmp_path: Path) -> 
     assert {len(f["json_schema"]["schema"]["required"]) for f in formats} == {row["valid_bboxes_num"] for row in rows}
 
 
-def test_a_server_without_structured_outputs_gives_each_row_a_clear_error(tmp_path: Path) -> None:
+def test_a_server_without_structured_outputs_stops_the_run_with_a_clear_error(tmp_path: Path) -> None:
+    from dataflow_mm.common.errors import ServingConfigError
+
     with OpenAITestServer(structured_outputs=False) as server:
         serving = APIVLMServing_openai(api_url=server.base_url, model_name="test-model", max_tokens=MAX_TOKENS)
-        rows, summary = run_pipeline(serving, tmp_path)
-    assert len(rows) == 4 and summary.rows_out == 4
-    for row in rows:
-        assert row["answer"] is None
-        assert row["error"].startswith("ServingError: the server rejected the structured answer")
-        assert "HTTP 400" in row["error"] and "--structured_answer json" in row["error"]
-    assert len(server.requests) == 4  # a 400 is not retried
+        with pytest.raises(ServingConfigError) as stopped:  # the first requests all refused the same way
+            run_pipeline(serving, tmp_path)
+    message = str(stopped.value)
+    assert "the server rejected the structured answer" in message
+    assert "HTTP 400" in message and "--structured_answer json" in message
+    assert 3 <= len(server.requests) <= 4  # not retried; stopped once 3 were refused alike (CONFIG_REPEATS)
 
 
 def test_the_script_refuses_a_max_tokens_too_small_before_any_model_loads(tmp_path: Path, capsys) -> None:

@@ -830,13 +830,13 @@ def test_image_tokens_in_user_text_are_removed_for_each_family(
 def test_a_dead_engine_stops_the_run_instead_of_failing_every_row(
     fake_vllm: type[FakeLLM], tiny_qwen_dir: Path
 ) -> None:
-    from dataflow_mm.common.errors import UserError
+    from dataflow_mm.common.errors import RunStoppedError
 
     serving = fake_serving(tiny_qwen_dir)
     serving.chat([build_conversation("start")])
     (llm,) = fake_vllm.instances
     llm.dead = True
-    with pytest.raises(UserError, match=r"vLLM engine .* stopped"):
+    with pytest.raises(RunStoppedError, match=r"vLLM engine .* stopped"):  # exit 3: the rows stay pending
         serving.chat([build_conversation("a"), build_conversation("b")])
     assert llm.shutdowns == 1 and not serving.engine_started
 
