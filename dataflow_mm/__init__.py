@@ -29,6 +29,7 @@ _EXPORTS = {
     "SentenceTransformerSimilarity": "dataflow_mm.scoring.text_similarity",
     "OperatorABC": "dataflow_mm.operators.base",
     "KeySpec": "dataflow_mm.operators.keys",
+    "ParamSpec": "dataflow_mm.operators.params",
     "PipelineABC": "dataflow_mm.pipeline.base",
     "RunSummary": "dataflow_mm.pipeline.summary",
     "VLMServing": "dataflow_mm.serving.base",
@@ -37,6 +38,8 @@ _EXPORTS = {
     "LocalModelVLMServing_vllm": "dataflow_mm.serving.vllm_serving",
     "LocalModelVLMServing_hf": "dataflow_mm.serving.hf_serving",
     "APIVLMServing_openai": "dataflow_mm.serving.api_serving",
+    "create_serving": "dataflow_mm.serving.factory",
+    "load_pipeline_script": "dataflow_mm.templates",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
