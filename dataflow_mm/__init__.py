@@ -38,6 +38,7 @@ _EXPORTS = {
     "LocalModelVLMServing_vllm": "dataflow_mm.serving.vllm_serving",
     "LocalModelVLMServing_hf": "dataflow_mm.serving.hf_serving",
     "APIVLMServing_openai": "dataflow_mm.serving.api_serving",
+    "RayRunner": "dataflow_mm.runners.ray_runner",
     "create_serving": "dataflow_mm.serving.factory",
     "load_pipeline_script": "dataflow_mm.templates",
 }
