@@ -74,6 +74,13 @@ def test_quickstart_next_steps_work_as_printed(
     assert any(step.startswith("dataflowmm export") for step in steps), steps
     init_next = next(line for line in out.splitlines() if line.startswith("next: "))[len("next: ") :]
 
+    # dataflowmm init's own next command, as printed, from the folder quickstart ran it in (the checkout):
+    # the same run again, so every step is found complete
+    again = subprocess.run(["bash", "-c", init_next], cwd=checkout, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, f"{init_next}\n{again.stderr}"
+    skipped = {line.split()[1] for line in again.stdout.splitlines() if "already complete, skipped" in line}
+    assert skipped == {"1", "2", "3"}, again.stdout
+
     ran = subprocess.run(
         ["bash", "-c", "set -euo pipefail\n" + "\n".join(steps)],
         env=env,
@@ -86,7 +93,3 @@ def test_quickstart_next_steps_work_as_printed(
     summary = json.loads((workspace / "export" / "sharegpt" / "export_summary.json").read_text())
     assert summary["samples"] == summary["rows_in"] == 4  # every demo image: the structured answers parse
     assert (workspace / "cache" / "image_region_caption" / "report.html").is_file()
-
-    # dataflowmm init's own next command, as printed, from the folder quickstart ran it in (the checkout)
-    again = subprocess.run(["bash", "-c", init_next], cwd=checkout, env=env, capture_output=True, text=True)
-    assert again.returncode == 0, f"{init_next}\n{again.stderr}"
