@@ -1,6 +1,6 @@
 """The whole bad-input corpus through both shipped pipelines (fake VLM, tiny BLIP and CLIP), twice each:
-no run stops, every row ends as its case expects, rows in = rows out + lines rejected, and
-docs/reliability.md reports exactly the figures this run computes (``python -m dataflow_mm.testing.bad_inputs`` prints them)."""
+no run stops, every row ends as its case expects, rows in = rows out + lines rejected, and docs/reliability.md
+reports exactly the figures this run computes (``python -m dataflow_mm.testing.bad_inputs`` prints them)."""
 
 from __future__ import annotations
 
