@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
 from dataflow_mm.cli.export import add_export_parser
 from dataflow_mm.cli.report import add_report_parser
 from dataflow_mm.cli.scaffold import init_workspace, template_files
+
+
+def _python_command() -> str:
+    """``python`` when that is this interpreter on PATH (an activated venv), else this interpreter's path.
+
+    The printed next command must work as printed: after ``.venv/bin/dataflowmm init`` without
+    activation, a bare ``python`` is another interpreter, one without dataflow-mm.
+    """
+    on_path = shutil.which("python")
+    if on_path and os.path.abspath(on_path) == os.path.abspath(sys.executable):
+        return "python"
+    return shlex.quote(os.path.abspath(sys.executable))
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -27,7 +42,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         + (" (dry run: nothing written)" if args.dry_run else "")
     )
     if not args.dry_run:
-        print(f"next: cd {target} && python gpu_pipelines/image_region_caption_pipeline.py")
+        script = "gpu_pipelines/image_region_caption_pipeline.py"
+        print(f"next: cd {shlex.quote(str(target))} && {_python_command()} {script}")
     return 0
 
 

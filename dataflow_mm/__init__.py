@@ -34,6 +34,7 @@ _EXPORTS = {
     "RayRunner": "dataflow_mm.engine.ray_runner",
     "LocalRunner": "dataflow_mm.engine.local_runner",
     "load_pipeline_script": "dataflow_mm.pipeline.templates",
+    "create_serving": "dataflow_mm.serving.factory",
     "PipelineABC": "dataflow_mm.pipeline.base",
     "RunSummary": "dataflow_mm.pipeline.summary",
     "VLMServing": "dataflow_mm.serving.base",

@@ -21,3 +21,20 @@ WORKSPACE="${WORKSPACE:-demo_run}"
 "$ROOT/.venv/bin/dataflowmm" init "$WORKSPACE"
 cd "$WORKSPACE"
 "$ROOT/.venv/bin/python" "$SCRIPT" "$@"
+# What to type next, each line working as printed (the activation line puts .venv's python and
+# dataflowmm first on PATH; without it, prefix them with .venv/bin/ as this script does).
+CACHE="cache/${PIPELINE%_pipeline}"
+RERUN="python $SCRIPT"
+[ $# -eq 0 ] || RERUN="$RERUN$(printf ' %q' "$@")"
+if [ "$CACHE" = "cache/image_region_caption" ]; then
+    RERUN="$RERUN --structured_answer json   # one JSON caption per region: what export needs"
+fi
+cat <<EOF
+
+[quickstart] done. Next steps, in this order (each line works as printed):
+  source $(printf %q "$ROOT/.venv/bin/activate")
+  cd $(printf %q "$(pwd)")
+  $RERUN
+  dataflowmm export $CACHE --format sharegpt --out export/sharegpt
+  dataflowmm report $CACHE
+EOF

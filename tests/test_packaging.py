@@ -1,5 +1,5 @@
 """pyproject.toml's bounds, constraints-min.txt (what CI installs as the minimums), constraints.txt
-and the README's install lines and version table say the same thing."""
+and the install lines and version table of the README and docs/ say the same thing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The README and its docs/ pages (the version table lives in docs/install.md).
+README = "\n".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 
 
 def pins(name: str) -> dict[str, str]:

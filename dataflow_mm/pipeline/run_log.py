@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dataflow_mm.common.logger import LOG_FORMAT, get_logger
 from dataflow_mm.common.secrets import ScrubbingFilter, scrub
+from dataflow_mm.pipeline.held_log import release_held_log
 
 LOGS_DIR_NAME = "logs"
 
@@ -54,6 +55,7 @@ def run_log(cache_path: str | os.PathLike) -> Iterator[RunLog]:
     handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
     handler.addFilter(ScrubbingFilter())
     root = get_logger()
+    release_held_log(also=handler)  # the script's set-up lines (e.g. a fallback warning) open the file
     root.addHandler(handler)
     try:
         yield RunLog(path, handler)

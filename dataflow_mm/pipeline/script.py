@@ -14,6 +14,7 @@ from typing import Any
 
 from dataflow_mm.common.errors import UserError
 from dataflow_mm.engine import RUNNERS, LocalRunner, Runner
+from dataflow_mm.pipeline.held_log import holding_setup_log
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.serving.factory import create_serving
 from dataflow_mm.serving.settings import ServingSettings
@@ -115,7 +116,8 @@ def run_main(main: Callable[[], Any]) -> None:
     """Run a script's ``main``; user errors (and a full or read-only disk) become one line on stderr
     and exit code 2. Step files appear atomically, so a step cut short this way does not look complete."""
     try:
-        main()
+        with holding_setup_log():  # set-up lines wait for the run log (or vanish before a user error)
+            main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)

@@ -179,5 +179,8 @@ def test_no_operator_repeats_its_key_defaults_in_process() -> None:
         if cls.key_spec is None:
             continue
         repeated = set(inspect.signature(cls.process).parameters) & set(cls.key_spec.defaults)
-        assert not repeated, f"{name}.process repeats {sorted(repeated)}"
+        assert not repeated, (
+            f"{name}.process repeats {sorted(repeated)}: their defaults live in key_spec only. Write "
+            "process(self, frame, **keys) and read the columns from keys = self.key_values(keys)"
+        )
     assert Upper().key_values({"output_key": "shout"}) == {"input_key": "text", "output_key": "shout"}

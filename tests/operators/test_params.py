@@ -487,9 +487,32 @@ def _default_keys(operator: OperatorABC) -> dict[str, Any]:
     return dict(operator.key_spec.defaults)
 
 
+def _what_to_pin(cls: type[OperatorABC]) -> str:
+    """The lines to add to CASES and PARAMS for an operator class that has no pinned fingerprint yet."""
+    case = f"{cls.__name__.lower()}_default"
+    try:
+        operator = cls()
+    except TypeError as exc:  # needs arguments (a serving: pass StubModel("vlm")), so no value to show
+        return (
+            f"{cls.__name__} is not pinned: add a case to CASES and PARAMS in tests/operators/test_params.py, "
+            f"built with stand-ins for its models (StubModel), e.g. "
+            f'CASES["{case}"] = (lambda: {cls.__name__}(...), "<fingerprint>") ({exc})'
+        )
+    keys = dict(operator.key_spec.defaults) if operator.key_spec else {}
+    return (
+        f"{cls.__name__} is not pinned: add to tests/operators/test_params.py (and import {cls.__name__} "
+        f"from {cls.__module__}):\n"
+        f'  in CASES:  "{case}": ({cls.__name__}, "{operator.fingerprint(keys)}"),\n'
+        f'  in PARAMS: "{case}": {json.loads(json.dumps(operator.params()))!r},\n'
+        "A pinned fingerprint must never change afterwards: it is what makes users' cached steps current."
+    )
+
+
 def test_every_operator_class_is_pinned() -> None:
-    built = {type(factory()).__name__ for factory, _ in CASES.values()}
-    assert built | {"RegionCaptionParser"} == set(operator_classes())  # the parser: see the last test
+    built = {type(factory()).__name__ for factory, _ in CASES.values()} | {"RegionCaptionParser"}  # see below
+    unpinned = [cls for name, cls in operator_classes().items() if name not in built]
+    assert not unpinned, "\n".join(_what_to_pin(cls) for cls in unpinned)
+    assert built <= set(operator_classes()), f"pinned but not found by the registry: {built - set(operator_classes())}"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -1,5 +1,5 @@
 """The whole bad-input corpus through both shipped pipelines (fake VLM, tiny BLIP and CLIP), twice each:
-no run stops, every row ends as its case expects, rows in = rows out + lines rejected, and the README
+no run stops, every row ends as its case expects, rows in = rows out + lines rejected, and docs/reliability.md
 reports exactly the figures this run computes (``python -m tests.support.bad_inputs`` prints them)."""
 
 from __future__ import annotations
@@ -85,6 +85,6 @@ def test_a_key_first_present_after_200_rows_passes_the_key_check(corpus: tuple) 
     assert row["error"] is None and row["answer"]
 
 
-def test_the_readme_reports_these_figures(corpus: tuple) -> None:
+def test_the_docs_report_these_figures(corpus: tuple) -> None:
     figures, _ = corpus
-    assert figures.markdown() in (REPO / "README.md").read_text(encoding="utf-8")
+    assert figures.markdown() in (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
