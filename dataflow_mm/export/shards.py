@@ -15,7 +15,9 @@ trains wherever it is copied (no paths to break).
 
 A shard closes at ``max_samples`` samples or ``max_bytes`` of image and text bytes, whichever comes first.
 Shards are written as temp files and renamed into place only once every shard is complete, replacing
-the shards of an earlier export of the same format (an interrupted export leaves the earlier one whole).
+the shards of an earlier export of the same format (an interrupted export leaves the earlier one whole);
+``export_run`` refuses to replace earlier shards unless ``--overwrite`` (``existing_shards``), and
+``dataset_info.json`` is merged, never replaced (``export.targets``).
 """
 
 from __future__ import annotations
@@ -177,8 +179,20 @@ def shard_folder(out_dir: Path, fmt: str) -> Path:
     return out_dir / (PARQUET_DIR if fmt == "parquet" else WEBDATASET_DIR)
 
 
+def existing_shards(out_dir: Path, fmt: str) -> list[Path]:
+    """The shards an earlier export of ``fmt`` left in ``out_dir`` (replaced only with ``--overwrite``)."""
+    pattern = "train-*-of-*.parquet" if fmt == "parquet" else "shard-*.tar"
+    return sorted(shard_folder(out_dir, fmt).glob(pattern))
+
+
 def write_shards(
-    samples: Iterable[Sample], fmt: str, out_dir: Path, turns: Turns, options: ShardOptions | None = None
+    samples: Iterable[Sample],
+    fmt: str,
+    out_dir: Path,
+    turns: Turns,
+    options: ShardOptions | None = None,
+    dataset_name: str = DATASET_NAME,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write ``samples`` as ``fmt`` shards under ``out_dir`` (see the module docstring); the files written.
 
@@ -209,7 +223,7 @@ def write_shards(
             temp.unlink(missing_ok=True)
     files = _final_names(fmt, len(temps), folder)
     if fmt == "parquet":
-        files.append(write_dataset_info(out_dir))
+        files.append(write_dataset_info(out_dir, dataset_name, overwrite))
     return files
 
 
@@ -224,17 +238,20 @@ def webdataset_pattern(count: int) -> str:
     return f"shard-{{000000..{max(count - 1, 0):06d}}}.tar"
 
 
-def write_dataset_info(out_dir: Path) -> Path:
-    """``dataset_info.json`` registering the Parquet shards for LLaMA-Factory (ShareGPT columns).
-
-    Merge note: the JSON exports' ``dataset_info.json`` writer may merge with an existing file; this one
-    follows it (an entry named ``dataflow_mm`` pointing at the ``data`` folder).
-    """
-    info = {
-        DATASET_NAME: {
-            "file_name": PARQUET_DIR,
-            "formatting": "sharegpt",
-            "columns": {"messages": "conversations", "images": "images"},
-        }
+def parquet_entry() -> dict[str, Any]:
+    """The ``dataset_info.json`` entry of the Parquet shards (ShareGPT columns, the ``data`` folder)."""
+    return {
+        "file_name": PARQUET_DIR,
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "images": "images"},
     }
-    return write_bytes_atomic(json.dumps(info, indent=2).encode("utf-8"), out_dir / "dataset_info.json")
+
+
+def write_dataset_info(out_dir: Path, dataset_name: str = DATASET_NAME, overwrite: bool = False) -> Path:
+    """``dataset_info.json`` registering the Parquet shards for LLaMA-Factory, merged into an existing one
+    (``export.targets.merged_dataset_info``: every other entry stays)."""
+    from dataflow_mm.export.targets import merged_dataset_info  # targets sits beside formats, above shards
+
+    path = out_dir / "dataset_info.json"
+    info = merged_dataset_info(path, dataset_name, parquet_entry(), overwrite)
+    return write_bytes_atomic(json.dumps(info, indent=2, ensure_ascii=False).encode("utf-8"), path)

@@ -17,6 +17,7 @@ the parts: a kill at any point leaves either parts to resume from or a complete 
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -32,6 +33,7 @@ from dataflow_mm.storage.formats import read_table
 from dataflow_mm.storage.manifest import StepManifest, file_sha256, manifest_path, media_path, write_media_stamps
 from dataflow_mm.storage.media_stamps import changed_media
 from dataflow_mm.storage.parts import ChunkParts
+from dataflow_mm.storage.step_owner import check_step_owner, writer_of
 from dataflow_mm.storage.table_types import check_readable, table_type_of
 from dataflow_mm.storage.table_writer import write_table
 
@@ -52,6 +54,7 @@ class StepFiles(Protocol):
     def rejects_path(self) -> Path: ...
 
     def iter_chunks(self) -> Iterator[Chunk]: ...
+
 
 STREAMED = "streamed"  # the parts state's input hash while the input is still being written by the step before
 CHUNK_SHA_KEY = "input_chunk_sha256"  # a marker's hash of the input lines its chunk was made from
@@ -88,6 +91,14 @@ class StepTotals:
     rejected: dict[str, int] = field(default_factory=dict)
     row_errors: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _working_dir() -> str:
+    """This process's working folder, recorded in the manifest ("" when it was removed under us)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
 
 
 class StepTransaction:
@@ -132,6 +143,7 @@ class StepTransaction:
     def open(self) -> int:
         """Start (or resume) the parts; returns how many chunk markers an earlier run left."""
         output = self.storage.output_path
+        check_step_owner(self.storage)  # a pipeline checked this at compile; a storage used alone, here
         for written in (output, self.storage.rejects_path, manifest_path(output), media_path(output)):
             remove_stale_temps(written)  # left by a run killed while writing this step
         self.resumed = self.parts.open()
@@ -221,6 +233,8 @@ class StepTransaction:
             extra_outputs=list(extra_hashes),
             extra_output_sha256=extra_hashes,
             media_sha256=media_sha,
+            working_dir=_working_dir(),
+            writer=writer_of(storage),
         ).save(output)
         self.parts.remove()
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from dataflow_mm.cli.main import main as cli_main
+from dataflow_mm.common.errors import UserError
 from dataflow_mm.export import ShardOptions, export_run
 from tests.support.sample_data import write_jsonl
 
@@ -82,7 +83,9 @@ def test_sharding_by_size_and_a_re_export_replaces_the_earlier_shards(tmp_path: 
     export_run(step, "parquet", out, shard_options=ShardOptions(max_bytes=one_image + 200))
     assert len(list((out / "data").glob("train-*.parquet"))) == 5  # one sample per shard
     assert not list((out / "data").glob(".tmp-*"))
-    export_run(step, "parquet", out, shard_options=ShardOptions(max_samples=10))
+    with pytest.raises(UserError, match="--overwrite"):  # earlier shards are replaced only when asked (issue 24)
+        export_run(step, "parquet", out, shard_options=ShardOptions(max_samples=10))
+    export_run(step, "parquet", out, shard_options=ShardOptions(max_samples=10), overwrite=True)
     assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00001.parquet"]
     assert len(datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")) == 5
 

@@ -85,7 +85,13 @@ from dataflow_mm.operators.imgdiff.box_decisions import (
     step_counts,
 )
 from dataflow_mm.operators.imgdiff.step_base import ImgDiffOperator
-from dataflow_mm.operators.interop.dj_meta import DJ_META_KEY, dj_bboxes, uses_dj_format, with_dj_bboxes
+from dataflow_mm.operators.interop.dj_meta import (
+    DJ_META_KEY,
+    dj_bboxes,
+    meta_problem,
+    uses_dj_format,
+    with_dj_bboxes,
+)
 from dataflow_mm.scoring.image_similarity import ClipImageSimilarity
 from dataflow_mm.scoring.image_text_matching import BlipITMScorer
 from dataflow_mm.scoring.object_detection import OwlDetector
@@ -217,6 +223,12 @@ class ImgDiffDifferenceAreaGenerator(ImgDiffOperator, OperatorABC):
         nouns: list[dict[str, list[str]] | None] = [None] * n
 
         todo = [p for p, raw in enumerate(raw_boxes) if self.needs_generation(raw)]
+        if dj:  # a row whose meta cell would be written but is not a dict keeps it: the row gets the error instead
+            for position in todo:
+                problem = meta_problem(metas[position])
+                if problem is not None:
+                    set_row_errors(errors, position, problem)
+            todo = [p for p in todo if meta_problem(metas[p]) is None]
         captions = [out[key].tolist() for key in caption_keys]
         pairs = self.images.pairs_at(out, keys, todo, errors)
         rows: list[AreaRow] = []
