@@ -28,7 +28,7 @@ from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.operators.report_view import ReportView
 from dataflow_mm.storage.atomic import DurableBatch
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.storage.media import resolve_media_path, several_images_note, write_jpeg
+from dataflow_mm.storage.media import prepare_image_folder, resolve_media_path, several_images_note, write_jpeg
 
 DEFAULT_REGION_PROMPT = (
     "Describe the content of each marked region in the image. There are {n} regions: <region1> to <region{n}>."
@@ -132,8 +132,7 @@ class ImageBboxGenerator(OperatorABC):
         return [Path(self.config.output_jsonl_path)] if self.config.output_jsonl_path else []
 
     def prepare(self, storage: FileStorage) -> None:
-        self._image_dir = Path(self.config.image_output_dir or storage.cache_path)
-        self._image_dir.mkdir(parents=True, exist_ok=True)
+        self._image_dir = prepare_image_folder(Path(self.config.image_output_dir or storage.cache_path))
         self._media_root = storage.media_root
 
     def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:

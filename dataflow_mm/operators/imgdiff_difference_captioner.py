@@ -47,7 +47,7 @@ from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.serving.base import Conversation, SamplingParams, VLMServing
 from dataflow_mm.serving.messages import build_conversation
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.storage.media import write_jpeg
+from dataflow_mm.storage.media import prepare_image_folder, write_jpeg
 
 DEFAULT_DIFFERENCE_PROMPT = (
     "Analyse the left image and the right image (separated by the black vertical bar). "
@@ -143,6 +143,8 @@ class ImgDiffDifferenceCaptioner(ImgDiffOperator, OperatorABC):
     def prepare(self, storage: FileStorage) -> None:
         super().prepare(storage)
         self._image_dir = Path(self.image_output_dir or Path(storage.cache_path) / DIFFERENCE_IMAGE_DIR)
+        if self.keep_difference_images:
+            prepare_image_folder(self._image_dir)
 
     def chunks_in_flight(self) -> int:
         """``process`` keeps no per-chunk state: chunks may overlap as far as the serving wants."""

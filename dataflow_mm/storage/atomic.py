@@ -154,6 +154,28 @@ def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def remove_stale_temps_in(folder: str | os.PathLike, suffix: str) -> list[Path]:
+    """Delete the temp files ``AtomicFile`` left in ``folder`` for any target named ``*{suffix}`` by killed runs.
+
+    For writers whose target names are known only once written (drawn images are named by their
+    bytes: ``.<stem>.jpg.<pid>.<hex>.tmp``); as ``remove_stale_temps``, a live writer's file is kept.
+    """
+    pattern = re.compile(rf"^\..+{re.escape(suffix)}\.(\d+)\.[0-9a-f]{{8}}{re.escape(_TEMP_SUFFIX)}$")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
 def _load_syncfs() -> Callable[[int], int] | None:
     """libc's ``syncfs`` (Linux): one call makes every written file of a filesystem durable."""
     try:

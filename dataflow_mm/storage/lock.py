@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,9 +47,30 @@ def _holder_pid(fd: int) -> str:
     return text if text.isdigit() else ""
 
 
+def open_regular_file(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a symlink at ``path`` and returns only a regular file's descriptor.
+
+    A link planted at a file the cache writes in place (``ln -s ~/.bashrc cache/.dataflow_mm.lock``)
+    would otherwise have that file truncated; a FIFO or device is refused as well (``O_NONBLOCK``:
+    opening a FIFO does not hang). Raises ``StorageError`` naming the path.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise StorageError(
+                f"'{path}' is a symbolic link: the cache never writes through a link; remove it and run again"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StorageError(f"'{path}' is not a regular file: the cache never writes into it; remove it and run again")
+    return fd
+
+
 def _acquire(path: Path, wait: bool) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_regular_file(path, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

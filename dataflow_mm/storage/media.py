@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from dataflow_mm.errors import MissingFieldError
-from dataflow_mm.storage.atomic import AtomicFile, DurableBatch
+from dataflow_mm.storage.atomic import AtomicFile, DurableBatch, remove_stale_temps_in
 from dataflow_mm.storage.downloads import download_image
 from dataflow_mm.storage.hashing import remember_sha256
 from dataflow_mm.storage.media_bytes import fallback_cache_dir, store_bytes
@@ -170,6 +170,13 @@ def externalize_media(
     for name in touched:
         out[name] = [_externalized(v, folder) for v in out[name].tolist()]
     return out
+
+
+def prepare_image_folder(folder: Path) -> Path:
+    """Create ``folder`` for ``write_jpeg`` and remove the temp files a killed run left there; return it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps_in(folder, ".jpg")
+    return folder
 
 
 def write_jpeg(image: Any, folder: Path, stem: str, quality: int, batch: DurableBatch | None = None) -> str:
