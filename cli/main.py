@@ -22,8 +22,11 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"{'would overwrite' if args.dry_run else 'overwrote'}: {target / path}")
     for path in result.skipped:
         print(f"skipped (exists, use --force to overwrite): {target / path}")
+    for path in result.skipped_links:
+        print(f"skipped (a symbolic link on the way, never followed; --force replaces the link): {target / path}")
+    skipped = len(result.skipped) + len(result.skipped_links)
     print(
-        f"{len(result.created)} {verb}, {len(result.overwritten)} overwritten, {len(result.skipped)} skipped"
+        f"{len(result.created)} {verb}, {len(result.overwritten)} overwritten, {skipped} skipped"
         + (" (dry run: nothing written)" if args.dry_run else "")
     )
     if not args.dry_run:

@@ -2,7 +2,9 @@
 
 The templates ship inside the wheel under ``dataflow_mm/_templates`` (see pyproject's
 force-include); in a source checkout they are the repository's ``gpu_pipelines/`` and ``data/``.
-Existing files are never overwritten unless ``force`` is set, and nothing ever prompts.
+Existing files are never overwritten unless ``force`` is set, and nothing ever prompts. A symbolic
+link inside the target (a file or a folder on the way to one) is never followed: it is skipped, and
+with ``force`` the link itself is replaced, so nothing outside the target is ever written.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dataflow_mm.storage.atomic import AtomicFile
 from dataflow_mm.templates import TEMPLATE_DIRS, template_root
 
 _SKIP_NAMES = {"__pycache__", ".DS_Store"}
@@ -34,6 +37,17 @@ class InitResult:
     created: list[Path] = field(default_factory=list)
     overwritten: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    skipped_links: list[Path] = field(default_factory=list)  # a link on the way: never followed
+
+
+def link_on_the_way(target: Path, relative: Path) -> Path | None:
+    """The first of ``target/relative``'s paths below ``target`` that is a symbolic link (dangling or not)."""
+    current = target
+    for part in relative.parts:
+        current = current / part
+        if current.is_symlink():
+            return current
+    return None
 
 
 def init_workspace(target: Path, force: bool = False, dry_run: bool = False) -> InitResult:
@@ -42,11 +56,18 @@ def init_workspace(target: Path, force: bool = False, dry_run: bool = False) -> 
     result = InitResult()
     for relative in template_files(root):
         destination = target / relative
-        if destination.exists() and not force:
+        link = link_on_the_way(target, relative)
+        if link is not None and not force:
+            result.skipped_links.append(relative)
+            continue
+        if link is None and destination.exists() and not force:
             result.skipped.append(relative)
             continue
-        (result.overwritten if destination.exists() else result.created).append(relative)
+        (result.overwritten if link is not None or destination.exists() else result.created).append(relative)
         if not dry_run:
+            if link is not None:
+                link.unlink()  # the link itself, never what it points to
             destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(root / relative, destination)
+            with AtomicFile(destination) as atomic:  # a rename: replaces whatever is there, follows nothing
+                shutil.copyfile(root / relative, atomic.tmp)
     return result
