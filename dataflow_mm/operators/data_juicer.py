@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from dataflow_mm.errors import UserError
+from dataflow_mm.errors import ERROR_COLUMN, UserError, row_error_text
 from dataflow_mm.operators.base import OperatorABC
 from dataflow_mm.operators.imgdiff_common import (
     BBOX_KEY,
@@ -35,6 +35,7 @@ from dataflow_mm.operators.imgdiff_common import (
     copy_decisions,
     kept,
 )
+from dataflow_mm.operators.imgdiff_dj_meta import meta_as_dict, meta_problem
 from dataflow_mm.operators.keys import KeySpec
 
 DJ_META = "__dj__meta__"
@@ -202,8 +203,14 @@ class DataJuicerMetaWriter(OperatorABC):
         keys = self.key_values(keys)
         out = frame.copy()
         metas = out[DJ_META].tolist() if DJ_META in out.columns else [None] * len(out)
+        errors = out[ERROR_COLUMN].tolist() if ERROR_COLUMN in out.columns else [None] * len(out)
         written = []
-        for meta, row in zip(metas, out.to_dict(orient="records"), strict=True):
+        for position, (meta, row) in enumerate(zip(metas, out.to_dict(orient="records"), strict=True)):
+            problem = meta_problem(meta)
+            if problem is not None:  # the row's own value stays; the row says why nothing was written
+                written.append(meta)
+                errors[position] = row_error_text(problem)
+                continue
             found = bool(kept(copy_decisions(row.get(keys["decisions_key"]))))
             result = {
                 CAPTION1_KEY: list(row.get(keys["caption1_key"]) or []) if found else [],
@@ -211,6 +218,7 @@ class DataJuicerMetaWriter(OperatorABC):
                 DJ_BBOX: [list(b) for b in row.get(keys["bbox_key"]) or []] if found else [],
                 DIFFERENCE_KEY: list(row.get(keys["difference_key"]) or []) if found else [],
             }
-            written.append({**(dict(meta) if isinstance(meta, Mapping) else {}), **result})
+            written.append({**meta_as_dict(meta), **result})
         out[DJ_META] = written
+        out[ERROR_COLUMN] = errors
         return out

@@ -82,7 +82,13 @@ from dataflow_mm.operators.imgdiff_common import (
     set_row_errors,
     step_counts,
 )
-from dataflow_mm.operators.imgdiff_dj_meta import DJ_META_KEY, dj_bboxes, uses_dj_format, with_dj_bboxes
+from dataflow_mm.operators.imgdiff_dj_meta import (
+    DJ_META_KEY,
+    dj_bboxes,
+    meta_problem,
+    uses_dj_format,
+    with_dj_bboxes,
+)
 from dataflow_mm.operators.imgdiff_operator import ImgDiffOperator
 from dataflow_mm.operators.keys import KeySpec
 from dataflow_mm.operators.params import ParamSpec
@@ -214,6 +220,12 @@ class ImgDiffDifferenceAreaGenerator(ImgDiffOperator, OperatorABC):
         nouns: list[dict[str, list[str]] | None] = [None] * n
 
         todo = [p for p, raw in enumerate(raw_boxes) if self.needs_generation(raw)]
+        if dj:  # a meta cell that is not a dict is kept as it is: the row gets the error instead
+            for position, meta in enumerate(metas):
+                problem = meta_problem(meta)
+                if problem is not None:
+                    set_row_errors(errors, position, problem)
+            todo = [p for p in todo if meta_problem(metas[p]) is None]
         captions = [out[key].tolist() for key in caption_keys]
         pairs = self.images.pairs_at(out, keys, todo, errors)
         rows: list[AreaRow] = []
