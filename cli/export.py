@@ -28,6 +28,18 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--step", type=int, default=None, help="step to export (default: the last)")
     export.add_argument("--prefix", default=None, help="file name prefix of the run (default: newest)")
     export.add_argument("--image_key", default="image", help="column of the region-caption rows' original image")
+    export.add_argument(
+        "--dataset_name",
+        default="dataflow_mm",
+        help="sharegpt: the entry added to OUT/dataset_info.json (merged: other entries stay) and the data file "
+        "NAME.json (default: dataflow_mm, file sharegpt.json)",
+    )
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing data file in OUT (and a differing dataset_info.json entry of the same name); "
+        "without it, an existing one stops the export with exit 2",
+    )
     export.set_defaults(func=cmd_export)
 
 
@@ -45,6 +57,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             step=args.step,
             prefix=args.prefix,
             image_key=args.image_key,
+            dataset_name=args.dataset_name,
+            overwrite=args.overwrite,
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

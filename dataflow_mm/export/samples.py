@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataflow_mm.errors import ERROR_COLUMN, RowError, UserError
+from dataflow_mm.errors import ERROR_COLUMN, ImageNotFoundError, RowError, UserError
 from dataflow_mm.export.boxes import format_box
 from dataflow_mm.imaging.bbox import to_xyxy
 from dataflow_mm.imaging.loading import image_size
@@ -69,6 +69,7 @@ class ExportStats:
     turns: int = 0
     rows_skipped: Counter[str] = field(default_factory=Counter)
     regions_skipped: Counter[str] = field(default_factory=Counter)
+    missing_images: dict[str, None] = field(default_factory=dict)  # image values not found, in order
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +90,7 @@ class RunContext:
     bbox_format: str = "xywh"
     normalized: bool = False
     media_root: Path | None = None
+    working_dir: Path | None = None  # the run's working folder, where its relative paths pointed
 
     @classmethod
     def from_steps(cls, steps: dict[int, Path]) -> RunContext:
@@ -99,6 +101,8 @@ class RunContext:
                 continue
             if context.media_root is None and manifest.input_path:
                 context.media_root = Path(manifest.input_path).parent
+            if manifest.working_dir:  # the latest step's run wrote the rows' newest paths
+                context.working_dir = Path(manifest.working_dir)
             config = manifest.params.get("config")
             if isinstance(config, dict) and "bbox_format" in config:
                 context.bbox_format = str(config["bbox_format"])
@@ -169,8 +173,23 @@ class SampleBuilder:
         return samples or SKIP_NOTHING
 
     def _image(self, value: Any) -> tuple[Path, tuple[int, int]]:
-        path = resolve_media_path(value, self.context.media_root)
-        return path, image_size(path)
+        path = resolve_media_path(self._as_the_run_saw_it(value), self.context.media_root)
+        try:
+            return path, image_size(path)
+        except ImageNotFoundError:
+            self.stats.missing_images.setdefault(str(value)[:300], None)
+            raise
+
+    def _as_the_run_saw_it(self, value: Any) -> Any:
+        """A relative path as the run resolved it: against its working folder first (recorded in the
+        manifest), so the export finds ``./data/x.jpg`` from any folder; anything else as it is."""
+        first = value[0] if isinstance(value, list) and value else value
+        if self.context.working_dir is None or not isinstance(first, str) or not first:
+            return value
+        if "://" in first or Path(first).is_absolute():
+            return value
+        candidate = self.context.working_dir / first
+        return str(candidate) if candidate.exists() else value
 
     def _region(self, row: dict[str, Any], row_id: str) -> list[Sample]:
         captions = _as_list(row.get(REGION_CAPTIONS_KEY)) or []

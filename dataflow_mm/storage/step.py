@@ -17,6 +17,7 @@ the parts: a kill at any point leaves either parts to resume from or a complete 
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -70,6 +71,14 @@ class StepTotals:
     rejected: dict[str, int] = field(default_factory=dict)
     row_errors: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _working_dir() -> str:
+    """This process's working folder, recorded in the manifest ("" when it was removed under us)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return ""
 
 
 class StepTransaction:
@@ -203,6 +212,7 @@ class StepTransaction:
             extra_outputs=list(extra_hashes),
             extra_output_sha256=extra_hashes,
             media_sha256=media_sha,
+            working_dir=_working_dir(),
         ).save(output)
         self.parts.remove()
 

@@ -112,7 +112,8 @@ def test_llava_and_messages_load_with_datasets_and_copy_images(fmt: str, region_
     assert len(copied) == 4
     for record in data:
         if fmt == "llava":
-            assert record["image"].startswith("images/") and (out / record["image"]).is_file()
+            (image,) = record["image"]  # always a list (one type in every sample of the format)
+            assert image.startswith("images/") and (out / image).is_file()
             assert [t["from"] for t in record["conversations"]] == ["human", "gpt", "human", "gpt"]
         else:
             assert [m["role"] for m in record["messages"]] == ["user", "assistant"] * 2
