@@ -57,6 +57,10 @@ def resolve_first_entry(source: str, cache_path: str, prefix: str) -> Path:
 
 
 # -- a folder of images ------------------------------------------------------------------------------
+# What ``datasets.Dataset.save_to_disk`` (state.json) and ``DatasetDict.save_to_disk`` (dataset_dict.json) leave.
+SAVE_TO_DISK_MARKERS = ("state.json", "dataset_dict.json")
+
+
 def folder_table(folder: Path, target: Path) -> Path:
     """Write the table of every image under ``folder`` (recursive, sorted) to ``target`` and return it."""
     root = folder.resolve()
@@ -68,6 +72,13 @@ def folder_table(folder: Path, target: Path) -> Path:
             images.append(path)
         else:
             others += 1
+    if not images and any((root / name).is_file() for name in SAVE_TO_DISK_MARKERS):
+        raise StorageError(
+            f"first_entry_file '{folder}' is a Hugging Face datasets folder (written by save_to_disk), not a table: "
+            f"convert it with python -c \"import datasets; datasets.load_from_disk('{folder}')"
+            f"{'' if (root / 'state.json').is_file() else '[SPLIT]'}.to_parquet('table.parquet')\" "
+            "and pass table.parquet"
+        )
     if not images:
         raise StorageError(
             f"first_entry_file '{folder}' is a folder without image files "
