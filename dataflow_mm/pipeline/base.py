@@ -23,7 +23,8 @@ from dataflow_mm.report import report_after_run
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.storage.file_storage import planning_outputs
 from dataflow_mm.storage.formats import find_columns, has_records, iter_table, peek_columns
-from dataflow_mm.storage.paths import write_conflicts
+from dataflow_mm.storage.paths import same_file, write_conflicts
+from dataflow_mm.storage.step_owner import cache_file_kind, foreign_step, writer_of
 
 if TYPE_CHECKING:
     from dataflow_mm.runners.base import Runner
@@ -53,6 +54,34 @@ def _in_any_row(call: OperatorCall, key: str, known: dict[str, list[str] | None]
     return any(key in chunk.frame.columns for chunk in iter_table(path, call.storage.input_type))
 
 
+def step_file_problems(calls: list[OperatorCall]) -> list[str]:
+    """Step files of another writer the calls would replace, and extra outputs that name a file a cache writes."""
+    problems: list[str] = []
+    foreign = [
+        problem
+        for call in calls
+        if hasattr(call.storage, "pipeline_name")
+        and (problem := foreign_step(call.storage.output_path, writer_of(call.storage)))
+    ]
+    if foreign:  # one story: the first step file says it, the count says how far it goes
+        more = f" ({len(foreign) - 1} more step file(s) of that run too)" if len(foreign) > 1 else ""
+        problems.append(foreign[0] + more)
+    caches = {os.path.abspath(c.storage.cache_path) for c in calls if hasattr(c.storage, "cache_path")}
+    steps = [p for c in calls for p in (c.storage.input_path, c.storage.output_path)]
+    for call in calls:
+        for extra in call.operator.extra_output_paths():
+            if any(same_file(extra, step) for step in steps):
+                continue  # write_conflicts says it already
+            for cache in sorted(caches):
+                kind = cache_file_kind(extra, cache)
+                if kind:
+                    problems.append(
+                        f"operator {call.operator.name}'s extra output '{extra}' is {kind} of cache '{cache}': "
+                        "a cache's own files are never written as extra outputs; choose another path"
+                    )
+    return problems
+
+
 class PipelineABC(ABC):
     """Base class of pipelines: subclass it and write ``__init__`` (operators, storage) and ``forward``."""
 
@@ -66,6 +95,9 @@ class PipelineABC(ABC):
             self.forward()
         for call in calls:
             call.storage.reset()
+            claim = getattr(call.storage, "claim_for_pipeline", None)
+            if claim is not None:
+                claim(type(self).__qualname__)
         for call in calls:  # e.g. a vllm serving where vllm is not installed: stop before step 1 writes
             call.operator.check_dependencies()
         problems: list[str] = write_conflicts(
@@ -79,6 +111,7 @@ class PipelineABC(ABC):
                 for c in calls
             ]
         )
+        problems += step_file_problems(calls)
         for call in calls:
             call.storage.check_writable()
         known: dict[str, list[str] | None] = {}

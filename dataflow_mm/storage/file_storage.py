@@ -125,6 +125,12 @@ class FileStorage:
         self._step_offset = 0
         self._origin: FileStorage = self
         self._first_entry: Path | None = None
+        self.pipeline_name: str | None = None  # set by the pipeline that compiles it (see storage.step_owner)
+
+    def claim_for_pipeline(self, name: str) -> None:
+        """Record that pipeline ``name`` runs this storage's steps (in their manifests' ``writer``)."""
+        self.pipeline_name = name
+        self._origin.pipeline_name = name
 
     # -- stepping -----------------------------------------------------------------------------
     def step(self) -> FileStorage:

@@ -125,6 +125,8 @@ class StepManifest:
     # The run's working folder: relative paths in the rows (``./data/x.jpg``) resolve against it later
     # (``dataflowmm export`` run from another folder). "": written before it was recorded.
     working_dir: str = ""
+    # Who wrote the step (see storage.step_owner): a step file of another writer is never replaced.
+    writer: dict[str, Any] = field(default_factory=dict)
 
     def save(self, step_file: str | os.PathLike) -> Path:
         """Write the manifest atomically (encoded by orjson in one pass; the stdlib for ints beyond 64 bits)."""

@@ -32,6 +32,7 @@ from dataflow_mm.storage.formats import Chunk, Reject, check_readable, read_tabl
 from dataflow_mm.storage.manifest import StepManifest, file_sha256, manifest_path, media_path, write_media_stamps
 from dataflow_mm.storage.media_stamps import changed_media
 from dataflow_mm.storage.parts import ChunkParts
+from dataflow_mm.storage.step_owner import check_step_owner, writer_of
 
 if TYPE_CHECKING:
     from dataflow_mm.storage.file_storage import FileStorage
@@ -123,6 +124,7 @@ class StepTransaction:
     def open(self) -> int:
         """Start (or resume) the parts; returns how many chunk markers an earlier run left."""
         output = self.storage.output_path
+        check_step_owner(self.storage)  # a pipeline checked this at compile; a storage used alone, here
         for written in (output, self.storage.rejects_path, manifest_path(output), media_path(output)):
             remove_stale_temps(written)  # left by a run killed while writing this step
         self.resumed = self.parts.open()
@@ -213,6 +215,7 @@ class StepTransaction:
             extra_output_sha256=extra_hashes,
             media_sha256=media_sha,
             working_dir=_working_dir(),
+            writer=writer_of(storage),
         ).save(output)
         self.parts.remove()
 
