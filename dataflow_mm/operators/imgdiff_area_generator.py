@@ -220,9 +220,9 @@ class ImgDiffDifferenceAreaGenerator(ImgDiffOperator, OperatorABC):
         nouns: list[dict[str, list[str]] | None] = [None] * n
 
         todo = [p for p, raw in enumerate(raw_boxes) if self.needs_generation(raw)]
-        if dj:  # a meta cell that is not a dict is kept as it is: the row gets the error instead
-            for position, meta in enumerate(metas):
-                problem = meta_problem(meta)
+        if dj:  # a row whose meta cell would be written but is not a dict keeps it: the row gets the error instead
+            for position in todo:
+                problem = meta_problem(metas[position])
                 if problem is not None:
                     set_row_errors(errors, position, problem)
             todo = [p for p in todo if meta_problem(metas[p]) is None]
