@@ -53,6 +53,7 @@ from dataflow_mm.errors import (
 from dataflow_mm.logger import get_logger
 from dataflow_mm.retry import MAX_RETRY_AFTER_S, RetryPolicy, is_retryable_status
 from dataflow_mm.secrets import has_control_characters, register_secret, scrub
+from dataflow_mm.server_text import clean_server_text
 from dataflow_mm.serving import structured
 from dataflow_mm.serving.api_images import (
     _MIME,
@@ -334,7 +335,8 @@ class APIVLMServing_openai(VLMServing):
             return self._answer(index, conversation, sampling)
         except Exception as exc:  # a bug must not sink the other rows; it is logged with its traceback
             logger.warning("api request %d failed unexpectedly", index, exc_info=True)
-            return Completion(text=None, error=scrub(row_error_text(ServingError(f"{type(exc).__name__}: {exc}"))))
+            error = clean_server_text(f"{type(exc).__name__}: {exc}", 1000)
+            return Completion(text=None, error=row_error_text(ServingError(error)))
 
     def _answer(self, index: int, conversation: Conversation, sampling: SamplingParams) -> Completion:
         try:

@@ -164,7 +164,8 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
         elif fault.kind == "malformed":
-            self._send_raw(200, b'{"id": "chatcmpl-x", "choices": [{"message": {"content": "trunc', record)
+            body = fault.message.encode("utf-8") if fault.message is not None else None
+            self._send_raw(200, body or b'{"id": "chatcmpl-x", "choices": [{"message": {"content": "trunc', record)
         elif fault.kind == "trickle":
             self._trickle(owner, fault, record)
         elif fault.kind == "gzip_bomb":
