@@ -46,6 +46,7 @@ from dataflow_mm.pipeline.script import (
     tiny_fallback_allowed,
 )
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM
+from dataflow_mm.storage.downloads import DOWNLOAD_TIMEOUT_S
 
 
 class ImageRegionCaptionPipeline(PipelineABC):
@@ -67,6 +68,7 @@ class ImageRegionCaptionPipeline(PipelineABC):
         output_image_with_bbox_path: str | None = "./cache/image_region_caption/image_with_bbox_result.jsonl",
         chunk_size: int = 512,
         wait_for_lock: bool = False,
+        download_timeout: float = DOWNLOAD_TIMEOUT_S,
         bbox_format: str = "xywh",
         structured_answer: bool | str | None = None,
         max_caption_chars: int | None = None,
@@ -82,6 +84,7 @@ class ImageRegionCaptionPipeline(PipelineABC):
             cache_type=cache_type,
             chunk_size=chunk_size,
             wait_for_lock=wait_for_lock,
+            download_timeout=download_timeout,
         )
         self.cfg = ExistingBBoxDataGenConfig(
             max_boxes=max_boxes,

@@ -62,6 +62,7 @@ from dataflow_mm.pipeline.script import (
 )
 from dataflow_mm.scoring import DEFAULT_BLIP_ITM, DEFAULT_CLIP, BlipITMScorer, text_similarity_model
 from dataflow_mm.scoring.object_detection import DEFAULT_DETECTOR
+from dataflow_mm.storage.downloads import DOWNLOAD_TIMEOUT_S
 from dataflow_mm.storage.formats import peek_columns
 
 DEFAULT_VLM = "llava-hf/llava-v1.6-vicuna-7b-hf"
@@ -84,6 +85,7 @@ class ImgDiffPipeline(PipelineABC):
         cache_type: str = "jsonl",
         chunk_size: int = 64,
         wait_for_lock: bool = False,
+        download_timeout: float = DOWNLOAD_TIMEOUT_S,
         input_image1_key: str = "image_path1",
         input_image2_key: str = "image_path2",
         input_bbox_key: str = "bboxes",
@@ -124,6 +126,7 @@ class ImgDiffPipeline(PipelineABC):
             cache_type=cache_type,
             chunk_size=chunk_size,
             wait_for_lock=wait_for_lock,
+            download_timeout=download_timeout,
         )
         self.serving = serving
         fallback = _fallback_rule(allow_tiny_fallback)

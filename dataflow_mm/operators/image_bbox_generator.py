@@ -178,7 +178,7 @@ class ImageBboxGenerator(OperatorABC):
 
     def _render(self, image_value: Any, raw_boxes: Any, batch: DurableBatch) -> dict[str, Any]:
         cfg = self.config
-        path = resolve_media_path(image_value, self._media_root, self._media_cache)
+        path = resolve_media_path(image_value, self._media_root, self._media_cache, self._download_timeout)
         image = load_image(path)
         size = image.size
         dropped: list[str] = []

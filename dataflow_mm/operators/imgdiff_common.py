@@ -294,6 +294,7 @@ class PairLoader:
     def __init__(self) -> None:
         self.media_root: Path | None = None
         self.media_cache: Path | None = None
+        self.download_timeout: float | None = None
         self.memo: dict[tuple[str, str], ImagePair | RowError] | None = None
         self.num_workers: int | None = None
 
@@ -301,6 +302,7 @@ class PairLoader:
         """Before the first chunk: image cells resolve against the storage's media root and cache."""
         self.media_root = storage.media_root
         self.media_cache = storage.media_cache
+        self.download_timeout = getattr(storage, "download_timeout", None)
 
     def pairs_at(
         self, frame: pd.DataFrame, keys: dict[str, Any], positions: Sequence[int], errors: list[Any]
@@ -327,8 +329,8 @@ class PairLoader:
         if self.memo is not None and key in self.memo:
             return self.memo[key]
         try:
-            first = load_image(resolve_media_path(value1, self.media_root, self.media_cache))
-            second = load_image(resolve_media_path(value2, self.media_root, self.media_cache))
+            first = load_image(resolve_media_path(value1, self.media_root, self.media_cache, self.download_timeout))
+            second = load_image(resolve_media_path(value2, self.media_root, self.media_cache, self.download_timeout))
             if second.size != first.size:
                 second = second.resize(first.size, Image.Resampling.BICUBIC)
             result: ImagePair | RowError = (first, second)

@@ -48,12 +48,16 @@ class Deadline:
         if event not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
             return
         stream = info.get("return_value")
-        sock = stream.get_extra_info("socket") if stream is not None else None
+        self.watch(stream.get_extra_info("socket") if stream is not None else None)
+
+    def watch(self, sock: socket.socket | None) -> socket.socket | None:
+        """Cut ``sock`` when the time is up (at once if it is already); returns it (for ``urllib`` connections)."""
         with self._lock:
             self._socket = sock
             expired = self.expired
         if expired:
             self._cut(sock)
+        return sock
 
     def _expire(self) -> None:
         with self._lock:

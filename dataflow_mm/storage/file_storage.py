@@ -20,6 +20,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from dataflow_mm.errors import StorageError
+from dataflow_mm.storage.downloads import DOWNLOAD_TIMEOUT_S
 from dataflow_mm.storage.formats import (
     DEFAULT_CHUNK_SIZE,
     Chunk,
@@ -112,6 +113,7 @@ class FileStorage:
         cache_type: Literal["jsonl", "json", "csv", "parquet"] = "jsonl",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         wait_for_lock: bool = False,
+        download_timeout: float = DOWNLOAD_TIMEOUT_S,
     ) -> None:
         self.first_entry_file_name = str(first_entry_file_name)
         self.cache_path = str(cache_path)
@@ -121,6 +123,9 @@ class FileStorage:
             raise StorageError(f"chunk_size must be at least 1, not {chunk_size}")
         self.chunk_size = chunk_size
         self.wait_for_lock = bool(wait_for_lock)
+        if not download_timeout > 0:
+            raise StorageError(f"download_timeout must be > 0 seconds, not {download_timeout}")
+        self.download_timeout = float(download_timeout)  # the whole of one attempt at an image URL
         self.operator_step = -1
         self._step_offset = 0
         self._origin: FileStorage = self
