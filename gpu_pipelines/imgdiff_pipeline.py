@@ -44,6 +44,7 @@ from dataflow_mm.operators.imgdiff_area_generator import (
     choose_proposer,
 )
 from dataflow_mm.operators.imgdiff_area_proposer import ImgDiffDifferenceAreaProposer
+from dataflow_mm.operators.imgdiff_common import MAX_INPUT_BOXES
 from dataflow_mm.operators.imgdiff_difference_caption_generator import ImgDiffDifferenceCaptionGenerator
 from dataflow_mm.operators.imgdiff_difference_captioner import ImgDiffDifferenceCaptioner
 from dataflow_mm.operators.imgdiff_itm_filter import ImgDiffImageTextMatchingFilter
@@ -100,6 +101,7 @@ class ImgDiffPipeline(PipelineABC):
         area_args: dict[str, dict[str, Any]] | None = None,
         max_proposals: int = 5,
         max_box_area_ratio: float | None = 0.1,
+        max_input_boxes: int = MAX_INPUT_BOXES,
         blip_model: str = DEFAULT_BLIP_ITM,
         similarity_model: str = DEFAULT_CLIP,
         itm_min_score: float = 0.1,
@@ -192,7 +194,11 @@ class ImgDiffPipeline(PipelineABC):
             else None
         )
         self.region_captioner = ImgDiffRegionCaptioner(
-            serving, bbox_format=bbox_format, normalized=normalized, max_box_area_ratio=max_box_area_ratio
+            serving,
+            bbox_format=bbox_format,
+            normalized=normalized,
+            max_box_area_ratio=max_box_area_ratio,
+            max_input_boxes=max_input_boxes,
         )
         self.itm_filter = ImgDiffImageTextMatchingFilter(self.itm_scorer, itm_min_score, itm_max_score)
         self.similarity_filter = ImgDiffCaptionSimilarityFilter(
@@ -283,6 +289,8 @@ FLAG_HELP = {
     "image_similarity_model": "CLIP model for image similarity (--proposer model)",
     "max_proposals": "proposed boxes per pair at most (pixel)",
     "max_box_area_ratio": "skip boxes larger than this share of the image",
+    "max_input_boxes": "candidate boxes read per row of the input (default 50); the rest are not read and are "
+    "counted in the summary (boxes_beyond_max_input_boxes)",
     "blip_model": "BLIP ITM model (hub id or folder)",
     "similarity_model": "caption similarity model: a CLIP or a sentence-transformers folder/hub id",
     "itm_min_score": "keep a region when its crop-caption ITM score is at least this (both images)",

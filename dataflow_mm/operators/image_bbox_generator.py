@@ -36,6 +36,8 @@ DEFAULT_REGION_PROMPT = (
 DEFAULT_BBOX_KEY = "bbox"
 OUTPUT_FIELDS = ("type", "bbox", "normalized_bbox", "result_file", "valid_bboxes_num", "bbox_dropped", "warning")
 
+_MAX_REASONS = 20  # invalid boxes described one by one in bbox_dropped; the rest are counted
+
 
 @dataclass
 class ExistingBBoxDataGenConfig:
@@ -189,9 +191,11 @@ class ImageBboxGenerator(OperatorABC):
         else:
             parsed = parse_boxes(raw_boxes, cfg.bbox_format, size, cfg.normalized, cfg.max_boxes)
             kind, boxes_xyxy = "with_bbox", list(parsed.boxes_xyxy)
-            dropped = [reason for _, _, reason in parsed.rejected]
+            dropped = [reason for _, _, reason in parsed.rejected[:_MAX_REASONS]]
+            if len(parsed.rejected) > _MAX_REASONS:
+                dropped.append(f"{len(parsed.rejected) - _MAX_REASONS} more invalid boxes")
             if parsed.truncated:
-                dropped.append(f"{parsed.truncated} valid boxes beyond max_boxes={cfg.max_boxes}")
+                dropped.append(f"{parsed.truncated} boxes beyond max_boxes={cfg.max_boxes} (not read)")
             if not boxes_xyxy:
                 detail = "; ".join(dropped) or "the box list is empty"
                 raise InvalidBoxError(f"no valid box in {str(raw_boxes)[:200]}: {detail}")

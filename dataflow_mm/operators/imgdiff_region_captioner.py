@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from dataflow_mm.checks import check_number
+from dataflow_mm.checks import check_int, check_number
 from dataflow_mm.errors import ERROR_COLUMN, ConfigError, RowError
 from dataflow_mm.imaging.bbox import box_area
 from dataflow_mm.operators.base import OperatorABC
@@ -24,6 +24,7 @@ from dataflow_mm.operators.imgdiff_common import (
     DROP_AREA,
     DROP_PARSE,
     DROP_REGION_CAPTION,
+    MAX_INPUT_BOXES,
     PAIR_KEYS,
     PairLoader,
     candidate_decisions,
@@ -32,6 +33,7 @@ from dataflow_mm.operators.imgdiff_common import (
     drop,
     error_list,
     fail,
+    input_box_count,
     kept,
     log,
     request_failure,
@@ -79,8 +81,10 @@ class ImgDiffRegionCaptioner(ImgDiffOperator, OperatorABC):
         prompt_template: str = DEFAULT_REGION_PROMPT,
         system_prompt: str = "",
         sampling: SamplingParams | None = None,
+        max_input_boxes: int = MAX_INPUT_BOXES,
     ) -> None:
         name = type(self).__name__
+        check_int(f"{name}.max_input_boxes", max_input_boxes, 1)
         check_number(f"{name}.max_box_area_ratio", max_box_area_ratio, 0, low_open=True, optional=True)
         if not isinstance(prompt_template, str) or "{bbox}" not in prompt_template:
             raise ConfigError(f"{name}.prompt_template must contain '{{bbox}}' (the box's normalized coordinates)")
@@ -88,6 +92,7 @@ class ImgDiffRegionCaptioner(ImgDiffOperator, OperatorABC):
         self.bbox_format = check_bbox_format(bbox_format, name)
         self.normalized = normalized
         self.max_box_area_ratio = max_box_area_ratio
+        self.max_input_boxes = int(max_input_boxes)
         self.prompt_template = prompt_template
         self.system_prompt = system_prompt
         self.sampling = sampling  # None: the serving's own sampling settings
@@ -117,7 +122,9 @@ class ImgDiffRegionCaptioner(ImgDiffOperator, OperatorABC):
             image1, image2 = pair
             raw = raw_boxes[position]
             try:
-                decisions = candidate_decisions(raw, self.bbox_format, self.normalized, image1.size)
+                decisions = candidate_decisions(
+                    raw, self.bbox_format, self.normalized, image1.size, self.max_input_boxes
+                )
             except RowError as exc:
                 set_row_errors(errors, position, exc)
                 continue
@@ -141,6 +148,23 @@ class ImgDiffRegionCaptioner(ImgDiffOperator, OperatorABC):
         out[keys["decisions_key"]] = all_decisions
         out[ERROR_COLUMN] = errors
         return out
+
+    def chunk_metrics(
+        self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, input_bbox_key: str = BBOX_KEY, **_: Any
+    ) -> dict[str, float]:
+        """The box counts, and ``boxes_beyond_max_input_boxes``: boxes of the input not read (counted as dropped
+        at "parse" in the keep rate)."""
+        metrics = super().chunk_metrics(frame, decisions_key=decisions_key)
+        counts = [input_box_count(raw) for raw in box_values(frame, input_bbox_key)]
+        beyond = sum(max(0, count - self.max_input_boxes) for count in counts)
+        if beyond:
+            rows = sum(count > self.max_input_boxes for count in counts)
+            log.warning(f"{beyond} boxes beyond max_input_boxes={self.max_input_boxes} in {rows} row(s) were not read")
+        metrics["boxes_beyond_max_input_boxes"] = beyond
+        total = f"boxes_after_{DROP_PARSE}_total"
+        if total in metrics:
+            metrics[total] += beyond
+        return metrics
 
     def _too_large(self, decision: dict[str, Any], size: tuple[int, int]) -> bool:
         ratio = self.max_box_area_ratio
