@@ -105,7 +105,7 @@ class ImageRegionCaptionPipeline(PipelineABC):
             else None
         )
         self.caption_generator = PromptedVQAGenerator(serving=self.serving, response_schema=schema)
-        self.region_parser = RegionCaptionParser()
+        self.region_parser = RegionCaptionParser(structured=True if answer_format == "json" else None)
         self.region_verifier = (
             RegionCaptionVerifier(
                 min_region_score=min_region_score, hf_blip=blip_model, allow_tiny_fallback=allow_tiny_fallback

@@ -198,7 +198,7 @@ class ImgDiffPipeline(PipelineABC):
             bbox_format=bbox_format,
             normalized=normalized,
             max_box_area_ratio=max_box_area_ratio,
-            max_input_boxes=max_input_boxes,
+            max_input_boxes=None if max_input_boxes == MAX_INPUT_BOXES else max_input_boxes,  # default: no new param
         )
         self.itm_filter = ImgDiffImageTextMatchingFilter(self.itm_scorer, itm_min_score, itm_max_score)
         self.similarity_filter = ImgDiffCaptionSimilarityFilter(

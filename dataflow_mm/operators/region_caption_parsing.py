@@ -277,6 +277,22 @@ def _json_captions(answer: str, n: int) -> list[str] | None:
     return captions
 
 
+def structured_region_captions(answer: Any, n_regions: Any) -> list[str] | None:
+    """The captions of a structured answer (``--structured_answer json``), or None when it is not the object
+    asked for: valid JSON holding a string for every key ``region1`` .. ``regionN``. No fallback to the
+    free-text rules: an answer cut at the token limit must not yield captions made of its JSON fragments."""
+    n = region_count(n_regions)
+    if not isinstance(answer, str):
+        return None
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not all(isinstance(data.get(f"region{k}"), str) for k in range(1, n + 1)):
+        return None
+    return [_capitalize(data[f"region{k}"]) for k in range(1, n + 1)]
+
+
 def parse_region_captions(answer: Any, n_regions: Any) -> list[str]:
     """One caption per region (``n_regions`` of them, ``""`` where the answer says nothing).
 

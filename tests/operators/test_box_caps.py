@@ -51,7 +51,7 @@ def test_img_diff_reads_at_most_max_input_boxes_per_row_and_counts_the_rest(tmp_
 
 
 def test_img_diff_default_cap_and_its_check() -> None:
-    assert ImgDiffRegionCaptioner(FakeVLMServing()).max_input_boxes == MAX_INPUT_BOXES == 50
+    assert ImgDiffRegionCaptioner(FakeVLMServing()).input_box_cap == MAX_INPUT_BOXES == 50
     with pytest.raises(Exception, match="max_input_boxes"):
         ImgDiffRegionCaptioner(FakeVLMServing(), max_input_boxes=0)
 
