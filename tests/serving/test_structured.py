@@ -70,7 +70,7 @@ def test_schema_size_fits_max_tokens_for_every_region_count() -> None:
     assert schema.chars_for(1) == 128 and schema.chars_for(10) == 33
     with pytest.raises(UserError, match=r"max_tokens >= 334 \(got 100\)"):
         RegionAnswerSchema(max_tokens=100, max_boxes=10)
-    with pytest.raises(UserError, match="max_tokens >= 1352"):
+    with pytest.raises(UserError, match="max_tokens >= 1374"):
         RegionAnswerSchema(max_tokens=512, max_boxes=10, max_caption_chars=120)
     with pytest.raises(UserError, match=r"within 1\.\.128"):
         RegionAnswerSchema(max_tokens=4096, max_boxes=1, max_caption_chars=200)
