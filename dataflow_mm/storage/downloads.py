@@ -3,7 +3,7 @@
 Rules shared with :class:`dataflow_mm.serving.api_serving.APIVLMServing_openai`: ``timeout`` seconds
 for a whole attempt, reply included (default 60, ``--download_timeout``: a server sending one byte per
 second is cut off when the time is up, by the same watchdog as the API requests,
-``serving.http_reply.Deadline``), up to ``max_retries`` retries (default 3) on HTTP 429, 5xx,
+``dataflow_mm.deadline.Deadline``), up to ``max_retries`` retries (default 3) on HTTP 429, 5xx,
 connection errors and timeouts, with the same jittered exponential backoff and ``Retry-After``
 handling (:class:`dataflow_mm.retry.RetryPolicy`); any other 4xx is final. A reply larger than
 ``max_bytes`` (default 64 MiB, checked against ``Content-Length`` and while reading) is refused.
@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
+from dataflow_mm.deadline import Deadline
 from dataflow_mm.errors import ImageDownloadError
 from dataflow_mm.retry import RetryPolicy, is_retryable_status
 from dataflow_mm.server_text import clean_server_text
-from dataflow_mm.serving.http_reply import Deadline
 from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.media_bytes import store_bytes
 
