@@ -239,6 +239,7 @@ def unopenable_paths(folder: Path) -> dict[str, str]:
         "unknown user": "~nosuchuser/a.jpg",
         "NUL byte": str(folder / "a\x00b.jpg"),
         "lone surrogate": str(folder / "x\ud800.jpg"),
+        "ANSI escapes": str(folder / "\x1b[2J\x1b[31mred\x1b[0m\r.jpg"),  # never printed raw (issue #24)
     }
 
 
