@@ -68,7 +68,8 @@ _WORD = rf"\bregions?{_SEP}{_NUM}\b"
 _ORDINAL = rf"\b(?:the\s++)?({_ORDINAL_WORDS})\s++(?:marked\s++|boxed\s++)?region\b"
 
 # One region reference; the group that matched gives its number (or ordinal word).
-_MENTION = re.compile(f"{_TAG}|{_BRACKET}|{_WORD}|{_ORDINAL}", re.IGNORECASE)
+# The lookahead names every alternative's first character: a position that cannot start one fails at once.
+_MENTION = re.compile(f"(?=[<\\[rtfsen])(?:{_TAG}|{_BRACKET}|{_WORD}|{_ORDINAL})", re.IGNORECASE)
 _HEAD = re.compile(rf"(?:{_TAG}|{_BRACKET}|{_WORD}|{_ORDINAL})", re.IGNORECASE)
 # After a first reference: more of them (", <region2>", " and region 3", "-3" as a range, "/4").
 _NEXT = re.compile(
@@ -95,10 +96,11 @@ _EPILOGUE = re.compile(
     re.IGNORECASE,
 )
 # Cut points inside a line: after a sentence end, and before an inline label ("..., <region2>: ...").
-# A run of spaces is only tried from its start (the lookbehinds), so a long run is scanned once.
+# A run of spaces is only tried from its start (the lookbehinds), so a long run is scanned once; the first
+# lookahead makes every other position fail at once.
 _SPLIT = re.compile(
-    r"(?<=[.!?;])\s++|(?:[,;]|(?<![\s,;]))\s++(?=(?:<\s*+region|\[\s*+region|\bregion\s*+(?:[_#-]\s*+)?\d)"
-    r"[^:：\n]{0,12}[:：])",
+    r"(?=[\s,;])(?:(?<=[.!?;])\s++|(?:[,;]|(?<![\s,;]))\s++"
+    r"(?=(?:<\s*+region|\[\s*+region|\bregion\s*+(?:[_#-]\s*+)?\d)[^:：\n]{0,12}[:：]))",
     re.IGNORECASE,
 )
 _RANGE_PREAMBLE = re.compile(rf"{_TAG}\s*+(?:to|-|–|through)\s*+{_TAG}", re.IGNORECASE)
@@ -255,7 +257,7 @@ def _by_mentions(units: list[_Unit], n_regions: int) -> list[list[str]]:
 
 
 def _join(parts: list[str]) -> str:
-    return re.sub(r"\s+", " ", " ".join(p for p in parts if p)).strip()
+    return " ".join(" ".join(p for p in parts if p).split())  # runs of whitespace as one space (str.split is C)
 
 
 def _json_captions(answer: str, n: int) -> list[str] | None:

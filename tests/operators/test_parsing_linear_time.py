@@ -19,6 +19,7 @@ from dataflow_mm.serving.http_reply import DEFAULT_MAX_RESPONSE_BYTES
 
 SIZE = DEFAULT_MAX_RESPONSE_BYTES  # the largest answer the api backend accepts
 SPACES = " " * SIZE
+HALF = " " * (SIZE // 2)  # for shapes with two runs of spaces
 
 
 def _fill(head: str, unit: str, tail: str = "") -> str:
@@ -33,9 +34,9 @@ SHAPES = {
     "spaces before region": "a" + SPACES + "region",
     "line of spaces then a word": "a\n" + SPACES + "x",
     "label + spaces + and": "region1" + SPACES + "and x",
-    "ordinal + spaces": "first" + SPACES + "marked" + SPACES + "x",
+    "ordinal + spaces": "first" + HALF + "marked" + HALF + "x",
     "number + spaces": "1" + SPACES + "x",
-    "stars + spaces": "*" + SPACES + "*" + SPACES + "x",
+    "stars + spaces": "*" + HALF + "*" + HALF + "x",
     "comma + spaces": "x," + SPACES + "y",
     "unclosed json + spaces": "{" + SPACES + "x",
     "long label list": _fill("Regions 1", ", 2"),
