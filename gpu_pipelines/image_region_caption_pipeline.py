@@ -46,6 +46,7 @@ from dataflow_mm.pipeline.script import (
     tiny_fallback_allowed,
 )
 from dataflow_mm.scoring.image_text_matching import DEFAULT_BLIP_ITM
+from dataflow_mm.storage.downloads import DOWNLOAD_TIMEOUT_S
 
 
 class ImageRegionCaptionPipeline(PipelineABC):
@@ -68,6 +69,7 @@ class ImageRegionCaptionPipeline(PipelineABC):
         chunk_size: int = 512,
         wait_for_lock: bool = False,
         split: str | None = None,
+        download_timeout: float = DOWNLOAD_TIMEOUT_S,
         bbox_format: str = "xywh",
         structured_answer: bool | str | None = None,
         max_caption_chars: int | None = None,
@@ -84,6 +86,7 @@ class ImageRegionCaptionPipeline(PipelineABC):
             chunk_size=chunk_size,
             wait_for_lock=wait_for_lock,
             split=split,
+            download_timeout=download_timeout,
         )
         self.cfg = ExistingBBoxDataGenConfig(
             max_boxes=max_boxes,
@@ -104,7 +107,7 @@ class ImageRegionCaptionPipeline(PipelineABC):
             else None
         )
         self.caption_generator = PromptedVQAGenerator(serving=self.serving, response_schema=schema)
-        self.region_parser = RegionCaptionParser()
+        self.region_parser = RegionCaptionParser(structured=True if answer_format == "json" else None)
         self.region_verifier = (
             RegionCaptionVerifier(
                 min_region_score=min_region_score, hf_blip=blip_model, allow_tiny_fallback=allow_tiny_fallback

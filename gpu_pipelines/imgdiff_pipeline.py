@@ -38,6 +38,7 @@ from dataflow_mm.operators.imgdiff.area_generator import (
     choose_proposer,
 )
 from dataflow_mm.operators.imgdiff.area_proposer import ImgDiffDifferenceAreaProposer
+from dataflow_mm.operators.imgdiff.box_decisions import MAX_INPUT_BOXES
 from dataflow_mm.operators.imgdiff.fused_generator import ImgDiffDifferenceCaptionGenerator
 from dataflow_mm.operators.imgdiff.step1_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff.step2_itm_filter import ImgDiffImageTextMatchingFilter
@@ -62,6 +63,7 @@ from dataflow_mm.pipeline.script import (
 )
 from dataflow_mm.scoring import DEFAULT_BLIP_ITM, DEFAULT_CLIP, BlipITMScorer, text_similarity_model
 from dataflow_mm.scoring.object_detection import DEFAULT_DETECTOR
+from dataflow_mm.storage.downloads import DOWNLOAD_TIMEOUT_S
 from dataflow_mm.storage.formats import peek_columns
 
 DEFAULT_VLM = "llava-hf/llava-v1.6-vicuna-7b-hf"
@@ -85,6 +87,7 @@ class ImgDiffPipeline(PipelineABC):
         chunk_size: int = 64,
         wait_for_lock: bool = False,
         split: str | None = None,
+        download_timeout: float = DOWNLOAD_TIMEOUT_S,
         input_image1_key: str = "image_path1",
         input_image2_key: str = "image_path2",
         input_bbox_key: str = "bboxes",
@@ -99,6 +102,7 @@ class ImgDiffPipeline(PipelineABC):
         area_args: dict[str, dict[str, Any]] | None = None,
         max_proposals: int = 5,
         max_box_area_ratio: float | None = 0.1,
+        max_input_boxes: int = MAX_INPUT_BOXES,
         blip_model: str = DEFAULT_BLIP_ITM,
         similarity_model: str = DEFAULT_CLIP,
         itm_min_score: float = 0.1,
@@ -126,6 +130,7 @@ class ImgDiffPipeline(PipelineABC):
             chunk_size=chunk_size,
             wait_for_lock=wait_for_lock,
             split=split,
+            download_timeout=download_timeout,
         )
         self.serving = serving
         fallback = _fallback_rule(allow_tiny_fallback)
@@ -191,7 +196,11 @@ class ImgDiffPipeline(PipelineABC):
             else None
         )
         self.region_captioner = ImgDiffRegionCaptioner(
-            serving, bbox_format=bbox_format, normalized=normalized, max_box_area_ratio=max_box_area_ratio
+            serving,
+            bbox_format=bbox_format,
+            normalized=normalized,
+            max_box_area_ratio=max_box_area_ratio,
+            max_input_boxes=None if max_input_boxes == MAX_INPUT_BOXES else max_input_boxes,  # default: no new param
         )
         self.itm_filter = ImgDiffImageTextMatchingFilter(self.itm_scorer, itm_min_score, itm_max_score)
         self.similarity_filter = ImgDiffCaptionSimilarityFilter(
@@ -282,6 +291,8 @@ FLAG_HELP = {
     "image_similarity_model": "CLIP model for image similarity (--proposer model)",
     "max_proposals": "proposed boxes per pair at most (pixel)",
     "max_box_area_ratio": "skip boxes larger than this share of the image",
+    "max_input_boxes": "candidate boxes read per row of the input (default 50); the rest are not read and are "
+    "counted in the summary (boxes_beyond_max_input_boxes)",
     "blip_model": "BLIP ITM model (hub id or folder)",
     "similarity_model": "caption similarity model: a CLIP or a sentence-transformers folder/hub id",
     "itm_min_score": "keep a region when its crop-caption ITM score is at least this (both images)",

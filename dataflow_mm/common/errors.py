@@ -72,6 +72,10 @@ class InvalidBoxError(RowError):
     """A bounding box is malformed or lies outside the image."""
 
 
+class StructuredAnswerError(RowError):
+    """A structured (JSON) answer is cut off at the token limit or is not the JSON asked for: no captions."""
+
+
 class ServingError(RowError):
     """The model backend failed for this request (after any retries)."""
 

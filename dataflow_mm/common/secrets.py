@@ -4,23 +4,34 @@ A backend registers each secret it holds (``register_secret``); ``scrub`` remove
 registered secret, and any ``Authorization``/``Bearer`` value, from a message before it is
 stored or logged. The package log handler scrubs every record too (``ScrubbingFilter``), so a
 traceback quoting a request header (as httpx's "Illegal header value" does) cannot leak a key.
+
+A secret is removed as written, JSON-escaped (``\\/`` for ``/``, ``\\"``, ``\\\\``) and URL-encoded, and
+so is any run of ``MIN_FRAGMENT`` (8) or more consecutive characters of any of these forms: a message
+a server cut in the middle of the key (or that a caller cut) leaves no usable piece of it. Scrub
+first, cut after (``dataflow_mm.common.server_text.clean_server_text`` does both in that order).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
+from urllib.parse import quote, quote_plus
 
 REDACTED = "***"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # what escape_controls escapes
+_PRINTABLE_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # the same, newlines and tabs kept
 _BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s\"',;}\]\\]+")
 _AUTHORIZATION = re.compile(
     r"(?i)(\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:basic|token)\s+)?)(?!bearer\s)[^\s\"',;}\]\\]+"
 )
 _MIN_PART = 4  # pieces of a secret shorter than this are too common to remove safely
+MIN_FRAGMENT = 8  # a run of this many characters of a secret is removed wherever it appears
 
 _secrets: set[str] = set()
+_fragments: set[str] = set()  # every MIN_FRAGMENT-long piece of every form of every secret
 _guard = threading.Lock()
 
 
@@ -29,23 +40,64 @@ def has_control_characters(value: str) -> bool:
     return bool(_CONTROL.search(value))
 
 
+def escape_controls(text: str, keep_lines: bool = False) -> str:
+    """``text`` with each control character (C0, DEL, C1; ``\\n`` and ``\\t`` too unless ``keep_lines``) written
+    as ``\\xNN``: a server's ANSI escape sequence or carriage return cannot restyle or overwrite a terminal line."""
+    return (_PRINTABLE_LINES if keep_lines else _PRINTABLE).sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def register_secret(value: str | None) -> None:
     """Remember ``value`` (and its pieces between control characters) so that ``scrub`` removes it."""
     if not value:
         return
     pieces = {value, value.strip(), *_CONTROL.split(value)}
+    forms = {form for piece in pieces for form in _written_forms(piece)}
     with _guard:
-        _secrets.update(p for p in pieces if len(p) >= _MIN_PART)
+        _secrets.update(p for p in forms if len(p) >= _MIN_PART)
+        for form in forms:
+            _fragments.update(form[i : i + MIN_FRAGMENT] for i in range(len(form) - MIN_FRAGMENT + 1))
+
+
+def _written_forms(value: str) -> set[str]:
+    """``value`` as written, JSON-escaped (with and without ``\\/``) and URL-encoded."""
+    escaped = json.dumps(value, ensure_ascii=False)[1:-1]
+    return {value, escaped, escaped.replace("/", "\\/"), quote(value, safe=""), quote(value), quote_plus(value)}
+
+
+def _fragment_spans(text: str, fragments: set[str]) -> list[tuple[int, int]]:
+    """The merged spans of ``text`` covered by any of ``fragments`` (all of one length)."""
+    spans: list[tuple[int, int]] = []
+    for fragment in fragments:
+        start = text.find(fragment)
+        while start != -1:
+            spans.append((start, start + len(fragment)))
+            start = text.find(fragment, start + 1)
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def scrub_secrets(text: str) -> str:
     """``text`` without any registered secret (longest first, so no piece of one is left behind)."""
     with _guard:
         secrets = sorted(_secrets, key=len, reverse=True)
+        fragments = set(_fragments)
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return text
+    spans = _fragment_spans(text, fragments) if fragments else []
+    if not spans:
+        return text
+    parts, position = [], 0
+    for start, end in spans:
+        parts += [text[position:start], REDACTED]
+        position = end
+    return "".join(parts) + text[position:]
 
 
 def scrub(text: str) -> str:
@@ -56,15 +108,16 @@ def scrub(text: str) -> str:
 
 
 class ScrubbingFilter(logging.Filter):
-    """A handler filter that scrubs a record's message and traceback before it is written."""
+    """A handler filter that scrubs a record's message and traceback before it is written, and escapes
+    their control characters (but newlines and tabs): a server's text may hold ANSI escape sequences."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        clean = scrub(message)
+        clean = escape_controls(scrub(message), keep_lines=True)
         if clean != message:
             record.msg, record.args = clean, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = scrub(record.exc_text)
+            record.exc_text = escape_controls(scrub(record.exc_text), keep_lines=True)
         return True

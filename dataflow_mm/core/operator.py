@@ -82,6 +82,7 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
 
     # Where image bytes and downloads of the running step go, set by ``bind_storage``.
     _media_cache: Path | None = None
+    _download_timeout: float | None = None  # each attempt at an image URL (None: the downloads' default)
     # The constructor's arguments by name (defaults applied), set once the operator is built.
     _init_arguments: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
@@ -174,6 +175,7 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
     def bind_storage(self, storage: FileStorage) -> None:
         """Before the first chunk: image bytes in the input are stored under the storage's media cache."""
         self._media_cache = storage.media_cache
+        self._download_timeout = getattr(storage, "download_timeout", None)
 
     @classmethod
     def stable_id(cls) -> str:

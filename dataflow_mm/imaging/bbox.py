@@ -183,7 +183,7 @@ class BoxParseResult:
     """Outcome of :func:`parse_boxes`.
 
     ``boxes_xyxy``: valid clipped pixel boxes in input order; ``rejected``: ``(index, raw, reason)``
-    per invalid box; ``truncated``: valid boxes dropped because they came after ``max_boxes``.
+    per invalid box; ``truncated``: boxes not read because ``max_boxes`` valid ones came before them.
     """
 
     boxes_xyxy: list[Box] = field(default_factory=list)
@@ -224,16 +224,17 @@ def parse_boxes(
     result = BoxParseResult()
     if _is_missing(raw):
         return result
-    for index, item in enumerate(_box_list(raw)):
+    items = _box_list(raw)
+    for index, item in enumerate(items):
+        if max_boxes is not None and len(result.boxes_xyxy) >= max_boxes:
+            result.truncated = len(items) - index  # not read: a row of 10^6 boxes costs max_boxes, not 10^6
+            break
         try:
             box = clip_box(to_xyxy(item, fmt, image_size, normalized), image_size)
         except InvalidBoxError as exc:
             result.rejected.append((index, item, _reason(index, item, fmt, normalized, exc)))
             continue
-        if max_boxes is not None and len(result.boxes_xyxy) >= max_boxes:
-            result.truncated += 1
-        else:
-            result.boxes_xyxy.append(box)
+        result.boxes_xyxy.append(box)
     return result
 
 

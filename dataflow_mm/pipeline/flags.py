@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from dataflow_mm.imaging.bbox import BOX_FORMATS
+from dataflow_mm.storage.downloads import DOWNLOAD_TIMEOUT_S
 from dataflow_mm.storage.table_types import SUPPORTED_TYPES
 
 PLAIN_TYPES = (str, int, float, bool)
@@ -41,6 +42,8 @@ STORAGE_HELP = {
     "chunk_size": "rows per chunk (one batched model call each)",
     "wait_for_lock": "when another run holds --cache_path, wait for it to end instead of stopping (exit 2)",
     "bbox_format": "how the input table writes its boxes",
+    "download_timeout": f"seconds for a whole image download from an http(s) URL, reply included (default "
+    f"{DOWNLOAD_TIMEOUT_S:g}; per attempt: a slower one is retried like a timeout, then a row error)",
 }
 STANDARD_CHOICES: dict[str, Sequence[str]] = {"cache_type": SUPPORTED_TYPES, "bbox_format": BOX_FORMATS}
 

@@ -44,14 +44,27 @@ class RunLog:
 
 
 @contextmanager
-def run_log(cache_path: str | os.PathLike) -> Iterator[RunLog]:
-    """Copy the package log into a new file under ``cache_path`` for the duration of the block."""
+def run_log(cache_path: str | os.PathLike) -> Iterator[RunLog | None]:
+    """Copy the package log into a new file under ``cache_path`` for the duration of the block.
+
+    When that file cannot be created (a read-only ``logs/`` folder in a writable cache, ``logs`` being a
+    file), the run goes on without it: one warning on stderr says so, and the block gets None.
+    """
     path = run_log_path(cache_path, datetime.now(UTC))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.open("x", encoding="utf-8").close()  # a run never reuses another run's file
-    # Appending: a library that closes every logging handler (vLLM's engine shutdown) makes the
-    # handler reopen the file on its next record, which must continue it, not fail or truncate it.
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.open("x", encoding="utf-8").close()  # a run never reuses another run's file
+        # Appending: a library that closes every logging handler (vLLM's engine shutdown) makes the
+        # handler reopen the file on its next record, which must continue it, not fail or truncate it.
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    except OSError as exc:
+        get_logger("run_log").warning(
+            "cannot write the run log in %s (%s): this run has no log file, only this terminal's output",
+            path.parent,
+            exc.strerror or type(exc).__name__,
+        )
+        yield None
+        return
     handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
     handler.addFilter(ScrubbingFilter())
     root = get_logger()

@@ -12,14 +12,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from dataflow_mm.common.deadline import Deadline
 from dataflow_mm.common.deps import require
 from dataflow_mm.common.errors import ServingError, ServingUnavailableError, row_error_text
 from dataflow_mm.common.retry import is_configuration_status, is_retryable_status
 from dataflow_mm.common.secrets import scrub, scrub_secrets
+from dataflow_mm.common.server_text import clean_server_text
 from dataflow_mm.serving.base import Completion
-from dataflow_mm.serving.http_reply import Deadline, ReplyTooLargeError, read_reply
+from dataflow_mm.serving.http_reply import ReplyTooLargeError, read_reply
 
-_MAX_MESSAGE_CHARS = 300
+_MAX_MESSAGE_CHARS = 300  # of the server's own message
+_MAX_FAILURE_CHARS = 1000  # of a failure's whole message
 
 
 @dataclass
@@ -38,6 +41,11 @@ class AttemptFailure:
         """True when the row is not at fault: no answer (retries exhausted) or a refused configuration
         (401/403/404). Such a row is *pending* (``ServingUnavailableError``): a rerun sends it again."""
         return self.retryable or (self.status is not None and is_configuration_status(self.status))
+
+    def __post_init__(self) -> None:
+        # Whatever the message quotes (a server's body, an exception about its reply) is scrubbed of the key
+        # before anything cuts it, and its control characters escaped (dataflow_mm.common.server_text).
+        self.message = clean_server_text(self.message, _MAX_FAILURE_CHARS)
 
     def error_text(self, attempts: int) -> str:
         if self.retryable:  # retries exhausted
@@ -67,8 +75,7 @@ def _server_message(response: Any) -> str:
     if message is None:
         message = text.strip() or (getattr(response, "reason_phrase", "") or "(empty body)")
     message = message if isinstance(message, str) else json.dumps(message)
-    message = " ".join(message.split())
-    return message[:_MAX_MESSAGE_CHARS] + ("..." if len(message) > _MAX_MESSAGE_CHARS else "")
+    return clean_server_text(message, _MAX_MESSAGE_CHARS)  # scrubbed whole, then cut
 
 
 def _answer_text(data: Any) -> tuple[str | None, str]:
@@ -79,7 +86,8 @@ def _answer_text(data: Any) -> tuple[str | None, str]:
     if not isinstance(choices, list) or not choices:
         error = data.get("error")
         error = error.get("message") if isinstance(error, dict) else error
-        return None, "response has no choices" + (f" (error: {str(error)[:_MAX_MESSAGE_CHARS]})" if error else "")
+        error_text = clean_server_text(str(error), _MAX_MESSAGE_CHARS) if error else ""
+        return None, "response has no choices" + (f" (error: {error_text})" if error else "")
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     content = message.get("content")
@@ -106,9 +114,9 @@ def completion_of(response: Any) -> Completion | AttemptFailure:
     try:
         data = json.loads(response.content)
     except ValueError:
-        snippet = " ".join(response.text[:80].split())
+        snippet = clean_server_text(response.text, 80)  # scrubbed whole, then cut
         return AttemptFailure(
-            "malformed JSON response", f"HTTP {status}, {len(response.content)} bytes: {snippet!r}", True
+            "malformed JSON response", f"HTTP {status}, {len(response.content)} bytes: '{snippet}'", True
         )
     text, why = _answer_text(data)
     if text is None:

@@ -64,6 +64,7 @@ from dataflow_mm.common.errors import (
 from dataflow_mm.common.logger import get_logger
 from dataflow_mm.common.retry import MAX_RETRY_AFTER_S, RetryPolicy
 from dataflow_mm.common.secrets import has_control_characters, register_secret, scrub
+from dataflow_mm.common.server_text import clean_server_text
 from dataflow_mm.serving import structured
 from dataflow_mm.serving.api_images import (
     _MIME,
@@ -375,7 +376,8 @@ class APIVLMServing_openai(VLMServing):
             return self._answer(index, conversation, sampling)
         except Exception as exc:  # a bug must not sink the other rows; it is logged with its traceback
             logger.warning("api request %d failed unexpectedly", index, exc_info=True)
-            return Completion(text=None, error=scrub(row_error_text(ServingError(f"{type(exc).__name__}: {exc}"))))
+            error = clean_server_text(f"{type(exc).__name__}: {exc}", 1000)
+            return Completion(text=None, error=row_error_text(ServingError(error)))
 
     def _answer(self, index: int, conversation: Conversation, sampling: SamplingParams) -> Completion:
         try:

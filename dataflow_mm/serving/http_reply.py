@@ -10,9 +10,6 @@ gzip bomb cannot inflate to gigabytes: past ``limit`` it stops with ``ReplyTooLa
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -23,52 +20,6 @@ ACCEPT_ENCODING = "gzip, deflate"  # the encodings read_reply can decode within 
 
 class ReplyTooLargeError(Exception):
     """The reply is larger than the accepted size (or uses an encoding that cannot be bounded)."""
-
-
-class Deadline:
-    """A watchdog for one request: ``with Deadline(s) as d: client.stream(..., extensions={"trace": d.trace})``."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.expired = False
-        self._socket: socket.socket | None = None
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> Deadline:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._timer.cancel()
-
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore trace hook: remember the socket of the connection this request opens."""
-        if event not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            return
-        stream = info.get("return_value")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        with self._lock:
-            self._socket = sock
-            expired = self.expired
-        if expired:
-            self._cut(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            sock = self._socket
-        self._cut(sock)
-
-    @staticmethod
-    def _cut(sock: socket.socket | None) -> None:
-        if sock is None:
-            return
-        # The plain socket's shutdown (also for a TLS socket, whose own shutdown would drop its SSL
-        # state under the reading thread): wakes a blocked recv/send in the request's thread.
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 @dataclass

@@ -89,9 +89,20 @@ def mm_processor_kwargs(model_dir: Path, max_pixels: int | None = None) -> dict[
     return kwargs
 
 
-def engine_start_hint(exc: BaseException, max_model_len: int | None, gpu_memory_utilization: float) -> str:
-    """What to change when ``vllm.LLM`` did not start (its engine core's log above names the root cause)."""
+def engine_start_hint(
+    exc: BaseException, max_model_len: int | None, gpu_memory_utilization: float, cpu: bool = False
+) -> str:
+    """What to change when ``vllm.LLM`` did not start (its engine core's log above names the root cause).
+
+    ``cpu``: vLLM's CPU build, where ``--gpu_memory_utilization`` is the share of the machine's RAM."""
     text = str(exc).lower()
+    if cpu or "cpu memory utilization" in text:
+        return (
+            f"on vLLM's CPU build --gpu_memory_utilization is the share of the machine's RAM the engine reserves "
+            f"(now {gpu_memory_utilization}): lower it below the share that is free (see `free -g`), or give the "
+            "KV cache a size (VLLM_CPU_KVCACHE_SPACE=<GiB>); if the KV cache does not fit, lower --max_model_len "
+            "or --max_pixels"
+        )
     if "free memory" in text or "less than desired gpu memory utilization" in text:
         return (
             f"another process holds GPU memory: lower --gpu_memory_utilization (now {gpu_memory_utilization}) "

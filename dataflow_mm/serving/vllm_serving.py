@@ -56,6 +56,7 @@ from dataflow_mm.serving.base import (
 )
 from dataflow_mm.serving.local_model import LocalModel
 from dataflow_mm.serving.messages import split_images, to_pil
+from dataflow_mm.serving.vllm_cpu_memory import cpu_memory_utilization, is_cpu_build, kv_cache_size_given
 from dataflow_mm.serving.vllm_engine import (
     engine_max_model_len,
     installed_vllm_version,
@@ -340,6 +341,12 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         if self._processor is None:
             self._processor = load_processor(model_dir)
         args = self.engine_args()
+        cpu = is_cpu_build(self._vllm)
+        if cpu and not self.gpu_memory_utilization_given and not kv_cache_size_given(args):
+            share = cpu_memory_utilization()  # 0.9 of the RAM is rarely free: see serving.vllm_cpu_memory
+            if share is not None:
+                args["gpu_memory_utilization"] = share
+                logger.info("vLLM's CPU build: the engine reserves %.2f of the RAM (a quarter of what is free)", share)
         logger.info(
             "starting the vLLM engine (vllm %s) for %s",
             getattr(self._vllm, "__version__", "?"),
@@ -348,7 +355,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         try:
             self._llm = self._vllm.LLM(**args)
         except Exception as exc:
-            hint = engine_start_hint(exc, args.get("max_model_len"), self.gpu_memory_utilization)
+            hint = engine_start_hint(exc, args.get("max_model_len"), args["gpu_memory_utilization"], cpu=cpu)
             raise UserError(
                 f"vLLM could not start for {self.hf_model_name_or_path} ({model_dir}): {exc}. {hint}"
             ) from exc

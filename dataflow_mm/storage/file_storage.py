@@ -21,6 +21,7 @@ import pandas as pd
 
 from dataflow_mm.common.errors import StorageError
 from dataflow_mm.storage.chunks import Chunk
+from dataflow_mm.storage.downloads import DOWNLOAD_TIMEOUT_S
 from dataflow_mm.storage.formats import DEFAULT_CHUNK_SIZE, iter_table, read_table
 from dataflow_mm.storage.lock import cache_lock
 from dataflow_mm.storage.manifest import MANIFEST_SUFFIX, StepManifest
@@ -109,6 +110,7 @@ class FileStorage:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         wait_for_lock: bool = False,
         split: str | None = None,
+        download_timeout: float = DOWNLOAD_TIMEOUT_S,
     ) -> None:
         self.first_entry_file_name = str(first_entry_file_name)
         self.cache_path = check_posix_cache_path(str(cache_path))
@@ -119,6 +121,9 @@ class FileStorage:
             raise StorageError(f"chunk_size must be at least 1, not {chunk_size}")
         self.chunk_size = chunk_size
         self.wait_for_lock = bool(wait_for_lock)
+        if not download_timeout > 0:
+            raise StorageError(f"download_timeout must be > 0 seconds, not {download_timeout}")
+        self.download_timeout = float(download_timeout)  # the whole of one attempt at an image URL
         self.operator_step = -1
         self._step_offset = 0
         self._origin: FileStorage = self

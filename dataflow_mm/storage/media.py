@@ -31,7 +31,7 @@ import pandas as pd
 
 from dataflow_mm.common.errors import MissingFieldError
 from dataflow_mm.storage.atomic import AtomicFile, DurableBatch, remove_stale_temps_in
-from dataflow_mm.storage.downloads import download_image
+from dataflow_mm.storage.downloads import download_image, mask_credentials
 from dataflow_mm.storage.hashing import remember_sha256
 from dataflow_mm.storage.media_bytes import fallback_cache_dir, store_bytes
 from dataflow_mm.storage.naming import digest_name, safe_stem
@@ -88,13 +88,16 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def resolve_media_path(value: object, media_root: Path | None = None, cache_dir: Path | None = None) -> Path:
+def resolve_media_path(
+    value: object, media_root: Path | None = None, cache_dir: Path | None = None, download_timeout: float | None = None
+) -> Path:
     """The local file a table cell stands for (see the module docstring for the forms).
 
     Relative paths are tried against the current directory first (as the seed's ``./data/...``
     paths expect), then against ``media_root`` (the folder of the input table). Bytes are stored
-    and URLs downloaded under ``cache_dir``. A missing file is reported later by the image
-    loader, with the path as given; a failed download raises ``ImageDownloadError`` (a row error).
+    and URLs downloaded under ``cache_dir`` (each attempt within ``download_timeout`` s). A missing
+    file is reported later by the image loader, with the path as given; a failed download raises
+    ``ImageDownloadError`` (a row error).
     """
     if _is_list(value):
         if len(value) == 0:
@@ -112,14 +115,15 @@ def resolve_media_path(value: object, media_root: Path | None = None, cache_dir:
         if isinstance(data, _BYTES) and len(data):
             return store_bytes(data, cache_dir, path if isinstance(path, str) else None)
         if isinstance(path, str) and path:
-            return resolve_media_path(path, media_root, cache_dir)
+            return resolve_media_path(path, media_root, cache_dir, download_timeout)
         raise MissingFieldError("the image struct has neither bytes nor a path")
     if isinstance(value, _BYTES):
         if not len(value):
             raise MissingFieldError("the image field holds 0 bytes")
         return store_bytes(value, cache_dir)
     if isinstance(value, str) and value.lower().startswith(URL_PREFIXES):
-        return download_image(value, cache_dir if cache_dir is not None else fallback_cache_dir())
+        folder = cache_dir if cache_dir is not None else fallback_cache_dir()
+        return download_image(value, folder, timeout=download_timeout)
     if is_remote(value):  # s3://, gs://, hf://...: through fsspec
         from dataflow_mm.storage.remote_media import fetch_remote_image
 
@@ -138,14 +142,27 @@ def several_images_note(value: Any, key: str) -> str | None:
     return f"'{key}' holds {count} images; only the first was used" if count > 1 else None
 
 
+def _holds_credentials(value: Any) -> bool:
+    """A URL with a user name or password (``http://alice:PW@host/x.png``), alone, in a list or a struct."""
+    if isinstance(value, str):
+        return "@" in value and value[:8].lower().startswith(URL_PREFIXES) and mask_credentials(value) != value
+    if isinstance(value, dict):
+        return _holds_credentials(value.get("path"))
+    return _is_list(value) and any(_holds_credentials(v) for v in value if not isinstance(v, (int, float)))
+
+
 def _externalized(value: Any, cache_dir: Path) -> Any:
+    if isinstance(value, str):
+        return mask_credentials(value) if _holds_credentials(value) else value
     if isinstance(value, _BYTES):
         return str(store_bytes(value, cache_dir)) if len(value) else None
     if is_image_struct(value) and isinstance(value.get("bytes"), _BYTES) and len(value["bytes"]):
         path = value.get("path")
         stored = store_bytes(value["bytes"], cache_dir, path if isinstance(path, str) else None)
         return {"bytes": None, "path": str(stored)}
-    if _is_list(value) and any(isinstance(v, _BYTES) or is_image_struct(v) for v in value):
+    if is_image_struct(value) and _holds_credentials(value):
+        return {**value, "path": mask_credentials(value["path"])}
+    if _is_list(value) and any(isinstance(v, (*_BYTES, str)) or is_image_struct(v) for v in value):
         return [_externalized(v, cache_dir) for v in value]
     return value
 
@@ -166,12 +183,13 @@ def _holds_bytes(value: Any) -> bool:
 def externalize_media(
     frame: pd.DataFrame, cache_dir: Path | None, columns: Sequence[str] | None = None
 ) -> pd.DataFrame:
-    """``frame`` with every image held as bytes stored under ``cache_dir`` and referenced instead.
+    """``frame`` with every image held as bytes stored under ``cache_dir`` and referenced instead, and every
+    URL's password masked (``http://alice:***@host/x.png``: such a URL is refused, and no file may hold it).
 
-    Only object columns are scanned; a frame without bytes is returned as it is (no copy).
+    Only object columns are scanned; a frame without bytes or credentials is returned as it is (no copy).
     """
     names = [c for c in (columns if columns is not None else frame.columns) if frame[c].dtype == object]
-    touched = [c for c in names if any(_holds_bytes(v) for v in frame[c].tolist())]
+    touched = [c for c in names if any(_holds_bytes(v) or _holds_credentials(v) for v in frame[c].tolist())]
     if not touched:
         return frame
     folder = Path(cache_dir) if cache_dir is not None else fallback_cache_dir()

@@ -104,7 +104,7 @@ def test_max_boxes_caps_and_reports_the_rest(tmp_path: Path) -> None:
     table = write_region_caption_table(tmp_path / "imgs", n_rows=1, n_boxes=5)
     (row,) = run_generator(table, tmp_path / "cache", ExistingBBoxDataGenConfig(max_boxes=3))
     assert row["valid_bboxes_num"] == 3 and len(row["normalized_bbox"]) == 3
-    assert row["bbox_dropped"] == ["2 valid boxes beyond max_boxes=3"]
+    assert row["bbox_dropped"] == ["2 boxes beyond max_boxes=3 (not read)"]
 
 
 def test_config_output_path_gets_a_copy_of_the_step(tmp_path: Path) -> None:

@@ -67,10 +67,10 @@ def test_schema_size_fits_max_tokens_for_every_region_count() -> None:
     schema = RegionAnswerSchema(max_tokens=512, max_boxes=10)
     for n in range(1, 11):
         assert structured_answer_overhead(n) + n * schema.chars_for(n) <= 512
-    assert schema.chars_for(1) == 128 and schema.chars_for(10) == 36
-    with pytest.raises(UserError, match=r"max_tokens >= 312 \(got 100\)"):
+    assert schema.chars_for(1) == 128 and schema.chars_for(10) == 33
+    with pytest.raises(UserError, match=r"max_tokens >= 334 \(got 100\)"):
         RegionAnswerSchema(max_tokens=100, max_boxes=10)
-    with pytest.raises(UserError, match="max_tokens >= 1352"):
+    with pytest.raises(UserError, match="max_tokens >= 1374"):
         RegionAnswerSchema(max_tokens=512, max_boxes=10, max_caption_chars=120)
     with pytest.raises(UserError, match=r"within 1\.\.128"):
         RegionAnswerSchema(max_tokens=4096, max_boxes=1, max_caption_chars=200)
@@ -131,7 +131,7 @@ def test_the_script_refuses_a_max_tokens_too_small_before_any_model_loads(tmp_pa
     with pytest.raises(SystemExit) as exited:
         script.run_main(lambda: script.main(argv))
     assert exited.value.code == 2
-    assert "max_tokens >= 312 (got 64)" in capsys.readouterr().err
+    assert "max_tokens >= 334 (got 64)" in capsys.readouterr().err
     assert script.parse_args(["--structured_answer"]).structured_answer == "lines"
 
 

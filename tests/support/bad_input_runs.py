@@ -39,6 +39,10 @@ CORPUS_HEADER = (
 )
 
 
+# A table run with a cache whose ``logs`` is a file: the run goes on without its log file (issue #24).
+BLOCKED_LOGS_TABLE = "logs_blocked.jsonl"
+
+
 def corpus_tables(folder: Path) -> list[tuple[str, Path, int]]:
     """Every corpus table: (pipeline, table, chunk size)."""
     region, _, _ = build_region_caption_corpus(folder / "region")
@@ -47,12 +51,15 @@ def corpus_tables(folder: Path) -> list[tuple[str, Path, int]]:
     late = folder / "late_key.jsonl"  # the image key first appears after the rows the key check peeks at
     rows = [{"case_id": f"late:{i}"} for i in range(201)] + [{"case_id": "late:good", "image": good}]
     late.write_text("".join(_json_line(r) for r in rows), encoding="utf-8")
+    blocked = folder / BLOCKED_LOGS_TABLE
+    blocked.write_text("".join(_json_line({"case_id": f"logs:{i}", "image": good}) for i in range(3)), encoding="utf-8")
     return [
         ("region_caption", region, 16),
         ("region_caption", chunks, 1),
         ("region_caption", late, 64),
         ("imgdiff", pairs, 8),
         ("imgdiff", chunk_pairs, 1),
+        ("region_caption", blocked, 2),
     ]
 
 
@@ -69,6 +76,9 @@ def run_corpus(folder: Path, blip_model: str, similarity_model: str) -> tuple[Co
     for index, (kind, table, chunk_size) in enumerate(corpus_tables(folder)):
         figures.tables += 1
         cache = folder / f"cache_{index}_{kind}"
+        if table.name == BLOCKED_LOGS_TABLE:
+            cache.mkdir(parents=True, exist_ok=True)
+            (cache / "logs").write_text("a file where the run logs' folder goes\n", encoding="utf-8")
         for attempt in range(2):
             figures.runs += 1
             try:

@@ -4,7 +4,10 @@ Used by the reliability tests (and handy for trying a new operator): ``build_reg
 ``build_imgdiff_corpus`` write every case into one JSONL table next to good rows, and return what each row
 should become; ``build_chunk_corpus`` holds the faults that concern a whole chunk (run with ``chunk_size=1``).
 Every class of fault of issue #12 has several variants: image paths the OS refuses, boxes beyond float range,
-lines nested too deep, lone surrogates, rows without the image key, ``error`` fields that are not errors.
+lines nested too deep, lone surrogates, rows without the image key, ``error`` fields that are not errors. Issue
+#24 adds the classes an input file can carry: image URLs with a user name and password (refused, never written:
+``URL_PASSWORD``), rows of tens of thousands of boxes (read up to the cap), and a cache whose ``logs`` cannot
+hold the run log (``bad_input_runs``).
 
 ``python -m tests.support.bad_inputs`` runs the whole corpus through both shipped pipelines (a fake VLM,
 tiny BLIP and CLIP scorers), twice each (the second run resumes), and prints the corpus figures the README
@@ -167,6 +170,10 @@ def build_region_caption_corpus(folder: Path) -> tuple[Path, list[Case], dict[st
         row(Case(f"error field:{name}", valid_boxes=1), good, extra=_field("error", value))
     earlier = _field("error", "UpstreamError: failed before")
     row(Case("error field:earlier error", error="UpstreamError"), good, extra=earlier)
+    for name, url in credential_urls().items():
+        row(Case(f"url:{name}", error="ImageDownloadError"), url)
+    for name, (bbox, case) in many_box_cases().items():
+        row(Case(f"box:{name}", **case), good, bbox)
     lines.insert(3, '{"case_id": "malformed", "image": ')  # malformed JSON line in the middle
     lines.insert(5, "")  # blank lines are not rows
     lines.insert(6, "   ")
@@ -198,6 +205,31 @@ DEEP_LINES = [
 NON_ERROR_VALUES: dict[str, Any] = {"empty string": "", "false": False, "zero": 0, "empty list": [], "empty object": {}}
 
 
+# -- the input-file faults of issue #24 ------------------------------------------------------------------------
+
+URL_PASSWORD = "Pw-5ecret-c0rpus"  # no written file may hold it
+MANY_BOXES = 20_000
+
+
+def credential_urls() -> dict[str, str]:
+    """Image URLs holding credentials: each is refused (ImageDownloadError) before any connection is made."""
+    return {
+        "user and password": f"http://alice:{URL_PASSWORD}@127.0.0.1:9/x.png",
+        "password, https": f"https://bob:{URL_PASSWORD}@127.0.0.1:9/y.jpg",
+        "token as user name": f"https://{URL_PASSWORD}@127.0.0.1:9/z.jpg",
+    }
+
+
+def many_box_cases() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Rows of tens of thousands of boxes: read up to ``max_boxes`` (10), the rest counted, not listed."""
+    valid = ", ".join(f"[{i % 300}, {i % 200}, 10, 10]" for i in range(MANY_BOXES))
+    outside = ", ".join("[-100, -100, 5, 5]" for _ in range(MANY_BOXES))
+    return {
+        f"{MANY_BOXES} boxes": (f"[{valid}]", {"valid_boxes": 10}),
+        f"{MANY_BOXES} outside, then one": (f"[{outside}, [10, 10, 20, 20]]", {"valid_boxes": 1}),
+    }
+
+
 def unopenable_paths(folder: Path) -> dict[str, str]:
     """Image paths the OS refuses or cannot resolve: each must end its row with ImageNotFoundError."""
     return {
@@ -207,6 +239,7 @@ def unopenable_paths(folder: Path) -> dict[str, str]:
         "unknown user": "~nosuchuser/a.jpg",
         "NUL byte": str(folder / "a\x00b.jpg"),
         "lone surrogate": str(folder / "x\ud800.jpg"),
+        "ANSI escapes": str(folder / "\x1b[2J\x1b[31mred\x1b[0m\r.jpg"),  # never printed raw (issue #24)
     }
 
 
@@ -298,6 +331,10 @@ def build_imgdiff_corpus(folder: Path) -> tuple[Path, list[Case], dict[str, int]
     for name, value in NON_ERROR_VALUES.items():
         row(Case(f"error field:{name}"), {**pair, "bboxes": [box], "error": value})
     row(Case("error field:earlier error", error="UpstreamError"), {**pair, "error": "UpstreamError: failed before"})
+    for name, url in credential_urls().items():
+        row(Case(f"url1:{name}", error="ImageDownloadError"), {**pair, "image_path1": url, "bboxes": [box]})
+    many = [[10 + i % 250, 10 + i % 180, 30, 30] for i in range(MANY_BOXES)]
+    row(Case(f"boxes:{MANY_BOXES} boxes"), {**pair, "bboxes": many})  # read up to max_input_boxes
     row(Case("table:no image_path1", error="MissingFieldError"), {"image_path2": good, "bboxes": [box]})
     row(Case("table:null image_path2", error="MissingFieldError"), {"image_path1": good, "image_path2": None})
     row(Case("good_last"), {**pair, "bboxes": [box]})

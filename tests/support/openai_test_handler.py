@@ -114,13 +114,16 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is None:
             if schema_wanted:
                 schema = (response_format.get("json_schema") or {}).get("schema")
-                answer = json.dumps(answer_for_schema(schema, default_answer(record.body)))
+                if owner.schema_answer_fn is not None:
+                    answer = owner.schema_answer_fn(schema, record.body)
+                else:
+                    answer = json.dumps(answer_for_schema(schema, default_answer(record.body)))
             else:
                 answer = owner.answer_fn(record.body)  # None is sent as "content": null
             finish_reason = "stop" if answer is not None else "length"
             limit = record.body.get("max_tokens")
             over = answer is not None and isinstance(limit, int) and len(answer.split()) > limit
-            if over and not schema_wanted:
+            if over and (not schema_wanted or owner.schema_answer_fn is not None):
                 answer, finish_reason = " ".join(answer.split()[:limit]), "length"  # one word, one token
             prompt_tokens = len(json.dumps(record.body.get("messages", [])).split())
             completion_tokens = len(answer.split()) if answer else 0
@@ -164,7 +167,8 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
         elif fault.kind == "malformed":
-            self._send_raw(200, b'{"id": "chatcmpl-x", "choices": [{"message": {"content": "trunc', record)
+            body = fault.message.encode("utf-8") if fault.message is not None else None
+            self._send_raw(200, body or b'{"id": "chatcmpl-x", "choices": [{"message": {"content": "trunc', record)
         elif fault.kind == "trickle":
             self._trickle(owner, fault, record)
         elif fault.kind == "gzip_bomb":

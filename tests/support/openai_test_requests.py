@@ -60,8 +60,9 @@ class Fault:
         return cls("gzip_bomb", size=inflated_bytes, times=times)
 
     @classmethod
-    def malformed(cls, times: int | None = None) -> Fault:
-        return cls("malformed", times=times)
+    def malformed(cls, times: int | None = None, body: str | None = None) -> Fault:
+        """HTTP 200 with a body that is not valid JSON (``body``, else a truncated chat completion)."""
+        return cls("malformed", times=times, message=body)
 
     @classmethod
     def empty(cls, times: int | None = None) -> Fault:

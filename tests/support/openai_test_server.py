@@ -27,7 +27,8 @@ server received (as some servers and proxies do), to test that a key never reach
 
 Structured outputs: a request with ``response_format = {"type": "json_schema", ...}`` is answered
 with JSON matching the schema (``answer_for_schema``), or refused with HTTP 400 as a server
-without structured outputs does (``structured_outputs=False``).
+without structured outputs does (``structured_outputs=False``); ``schema_answer_fn(schema, body)``
+writes the answer instead (cut at ``max_tokens`` like a free answer: one word, one token).
 
 Requests are recorded (``server.requests``: body, headers, arrival/finish times, what was
 answered; the last ``window`` requests at least, so a long benchmark's memory stays flat;
@@ -80,6 +81,7 @@ class OpenAITestServer:
         echo_authorization: bool = False,
         structured_outputs: bool = True,
         window: int = DEFAULT_WINDOW,
+        schema_answer_fn: Callable[[Any, Any], str] | None = None,
     ) -> None:
         self.port = port
         self.echo_authorization = echo_authorization
@@ -88,6 +90,9 @@ class OpenAITestServer:
         self.delay = delay
         self.api_key = api_key
         self.answer_fn = answer_fn
+        # (schema, body) -> the text of a structured answer, cut at max_tokens like a free one: e.g. JSON padded
+        # with whitespace, as `vllm serve` writes it without disable_any_whitespace
+        self.schema_answer_fn = schema_answer_fn
         call_plan: dict[int, Fault] = {i: f for i, f in enumerate(plan) if f is not None}
         if fail_first_n is not None:
             status, n, *rest = fail_first_n

@@ -61,16 +61,32 @@ def lay_out_hub_dataset(hub_cache: Path, repo_id: str, files: dict[str, bytes], 
 
 
 @contextmanager
-def image_http_server(routes: dict[str, bytes], oversize_bytes: int = 0) -> Iterator[tuple[str, dict[str, int]]]:
+def image_http_server(
+    routes: dict[str, bytes],
+    oversize_bytes: int = 0,
+    redirects: dict[str, str] | None = None,
+    trickle: dict[str, float] | None = None,
+) -> Iterator[tuple[str, dict[str, int]]]:
     """Serve ``routes`` (URL path -> body) on 127.0.0.1; other paths are 404; ``/oversize.jpg`` sends
-    ``oversize_bytes`` bytes when that is non-zero. Yields the base URL and the requests counted per
-    path (to check caching); stops on exit.
+    ``oversize_bytes`` bytes when that is non-zero; a path in ``redirects`` answers 302 to its URL; a
+    path in ``trickle`` sends its body one byte every that many seconds (until the client leaves or the
+    server stops). Yields the base URL and the requests counted per path (to check caching); stops on exit.
     """
     hits: dict[str, int] = {}
+    stopping = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             hits[self.path] = hits.get(self.path, 0) + 1
+            if self.path in (redirects or {}):
+                self.send_response(302)
+                self.send_header("Location", (redirects or {})[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if self.path in (trickle or {}):
+                self._trickle(routes[self.path], (trickle or {})[self.path])
+                return
             if self.path == "/oversize.jpg" and oversize_bytes:
                 body = b"\xff" * oversize_bytes
             elif self.path in routes:
@@ -84,15 +100,31 @@ def image_http_server(routes: dict[str, bytes], oversize_bytes: int = 0) -> Iter
             self.end_headers()
             self.wfile.write(body)
 
+        def _trickle(self, body: bytes, seconds: float) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for index in range(len(body)):
+                    if stopping.wait(seconds):
+                        return
+                    self.wfile.write(body[index : index + 1])
+                    self.wfile.flush()
+            except OSError:  # the client gave up
+                return
+
         def log_message(self, *_: Any) -> None:
             return
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", hits
     finally:
+        stopping.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -127,6 +127,19 @@ def _as_list(value: Any) -> Any:
     return tolist() if tolist is not None and hasattr(value, "ndim") else value
 
 
+# Candidate boxes read per row (Img-Diff's --max_input_boxes): a row with 10^6 boxes would otherwise hold
+# 10^6 decisions and send 2 * 10^6 requests. The rest are not read; they are counted in the run summary.
+MAX_INPUT_BOXES = 50
+
+
+def input_box_count(raw: Any) -> int:
+    """How many boxes a cell holds: its length, 1 for a flat box, 0 for none or for a cell that is not a list."""
+    raw = _as_list(raw)
+    if not isinstance(raw, (list, tuple)) or not raw:
+        return 0
+    return len(raw) if isinstance(_as_list(raw[0]), (list, tuple)) else 1
+
+
 def is_all_zero(raw: Any) -> bool:
     """Every box is ``[0, 0, 0, 0]``: Data-Juicer's marker for "no difference area" (a flat box counts too)."""
     raw = _as_list(raw)
@@ -205,14 +218,17 @@ def kept(decisions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def candidate_decisions(
-    raw_boxes: Any, bbox_format: str, normalized: bool, image_size: tuple[int, int]
+    raw_boxes: Any, bbox_format: str, normalized: bool, image_size: tuple[int, int], max_boxes: int | None = None
 ) -> list[dict[str, Any]]:
     """One decision per candidate box; boxes that do not parse or lie outside image 1 are dropped at "parse".
 
     No boxes (missing, empty, all zero) give ``[]``. A cell that is not a list of boxes raises InvalidBoxError.
+    Of a cell with more than ``max_boxes`` boxes only the first ``max_boxes`` are read (the rest get no decision).
     """
     if has_no_boxes(raw_boxes):
         return []
+    if max_boxes is not None and input_box_count(raw_boxes) > max_boxes:
+        raw_boxes = list(_as_list(raw_boxes)[:max_boxes])
     parsed = parse_boxes(raw_boxes, bbox_format, image_size, normalized)  # type: ignore[arg-type]
     raw_list = _as_list(raw_boxes)
     items = [_as_list(v) for v in raw_list]
@@ -294,6 +310,7 @@ class PairLoader:
     def __init__(self) -> None:
         self.media_root: Path | None = None
         self.media_cache: Path | None = None
+        self.download_timeout: float | None = None
         self.memo: dict[tuple[str, str], ImagePair | RowError] | None = None
         self.num_workers: int | None = None
 
@@ -301,6 +318,7 @@ class PairLoader:
         """Before the first chunk: image cells resolve against the storage's media root and cache."""
         self.media_root = storage.media_root
         self.media_cache = storage.media_cache
+        self.download_timeout = getattr(storage, "download_timeout", None)
 
     def pairs_at(
         self, frame: pd.DataFrame, keys: dict[str, Any], positions: Sequence[int], errors: list[Any]
@@ -327,8 +345,8 @@ class PairLoader:
         if self.memo is not None and key in self.memo:
             return self.memo[key]
         try:
-            first = load_image(resolve_media_path(value1, self.media_root, self.media_cache))
-            second = load_image(resolve_media_path(value2, self.media_root, self.media_cache))
+            first = load_image(resolve_media_path(value1, self.media_root, self.media_cache, self.download_timeout))
+            second = load_image(resolve_media_path(value2, self.media_root, self.media_cache, self.download_timeout))
             if second.size != first.size:
                 second = second.resize(first.size, Image.Resampling.BICUBIC)
             result: ImagePair | RowError = (first, second)

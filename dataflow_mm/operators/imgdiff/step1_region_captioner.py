@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from dataflow_mm.common.checks import check_number
+from dataflow_mm.common.checks import check_int, check_number
 from dataflow_mm.common.errors import ERROR_COLUMN, ConfigError, RowError
 from dataflow_mm.core.keys import KeySpec
 from dataflow_mm.core.operator import OperatorABC
@@ -25,6 +25,7 @@ from dataflow_mm.operators.imgdiff.box_decisions import (
     DROP_AREA,
     DROP_PARSE,
     DROP_REGION_CAPTION,
+    MAX_INPUT_BOXES,
     PAIR_KEYS,
     PairLoader,
     candidate_decisions,
@@ -33,6 +34,7 @@ from dataflow_mm.operators.imgdiff.box_decisions import (
     drop,
     error_list,
     fail,
+    input_box_count,
     kept,
     log,
     request_failure,
@@ -71,7 +73,9 @@ class ImgDiffRegionCaptioner(ImgDiffOperator, OperatorABC):
     )
     holds_model = True
     counted_steps = (DROP_PARSE, DROP_AREA, DROP_REGION_CAPTION)
-    param_spec = ParamSpec(exclude=("sampling",))  # recorded by provenance, with the serving
+    param_spec = ParamSpec(
+        exclude=("sampling",), omit_none=("max_input_boxes",)
+    )  # recorded by provenance, with the serving
 
     def __init__(
         self,
@@ -82,8 +86,12 @@ class ImgDiffRegionCaptioner(ImgDiffOperator, OperatorABC):
         prompt_template: str = DEFAULT_REGION_PROMPT,
         system_prompt: str = "",
         sampling: SamplingParams | None = None,
+        max_input_boxes: int | None = None,
     ) -> None:
+        """``max_input_boxes``: boxes read per row (None: ``MAX_INPUT_BOXES``; left out of the step's
+        parameters then, so that earlier runs' steps stay valid)."""
         name = type(self).__name__
+        check_int(f"{name}.max_input_boxes", max_input_boxes, 1, optional=True)
         check_number(f"{name}.max_box_area_ratio", max_box_area_ratio, 0, low_open=True, optional=True)
         if not isinstance(prompt_template, str) or "{bbox}" not in prompt_template:
             raise ConfigError(f"{name}.prompt_template must contain '{{bbox}}' (the box's normalized coordinates)")
@@ -91,6 +99,8 @@ class ImgDiffRegionCaptioner(ImgDiffOperator, OperatorABC):
         self.bbox_format = check_bbox_format(bbox_format, name)
         self.normalized = normalized
         self.max_box_area_ratio = max_box_area_ratio
+        self.max_input_boxes = max_input_boxes
+        self.input_box_cap = MAX_INPUT_BOXES if max_input_boxes is None else int(max_input_boxes)
         self.prompt_template = prompt_template
         self.system_prompt = system_prompt
         self.sampling = sampling  # None: the serving's own sampling settings
@@ -120,7 +130,7 @@ class ImgDiffRegionCaptioner(ImgDiffOperator, OperatorABC):
             image1, image2 = pair
             raw = raw_boxes[position]
             try:
-                decisions = candidate_decisions(raw, self.bbox_format, self.normalized, image1.size)
+                decisions = candidate_decisions(raw, self.bbox_format, self.normalized, image1.size, self.input_box_cap)
             except RowError as exc:
                 set_row_errors(errors, position, exc)
                 continue
@@ -144,6 +154,23 @@ class ImgDiffRegionCaptioner(ImgDiffOperator, OperatorABC):
         out[keys["decisions_key"]] = all_decisions
         out[ERROR_COLUMN] = errors
         return out
+
+    def chunk_metrics(
+        self, frame: pd.DataFrame, decisions_key: str = DECISIONS_KEY, input_bbox_key: str = BBOX_KEY, **_: Any
+    ) -> dict[str, float]:
+        """The box counts, and ``boxes_beyond_max_input_boxes``: boxes of the input not read (counted as dropped
+        at "parse" in the keep rate)."""
+        metrics = super().chunk_metrics(frame, decisions_key=decisions_key)
+        counts = [input_box_count(raw) for raw in box_values(frame, input_bbox_key)]
+        beyond = sum(max(0, count - self.input_box_cap) for count in counts)
+        if beyond:
+            rows = sum(count > self.input_box_cap for count in counts)
+            log.warning(f"{beyond} boxes beyond max_input_boxes={self.input_box_cap} in {rows} row(s) were not read")
+        metrics["boxes_beyond_max_input_boxes"] = beyond
+        total = f"boxes_after_{DROP_PARSE}_total"
+        if total in metrics:
+            metrics[total] += beyond
+        return metrics
 
     def _too_large(self, decision: dict[str, Any], size: tuple[int, int]) -> bool:
         ratio = self.max_box_area_ratio

@@ -59,23 +59,32 @@ _ORDINALS = {
 }
 _ORDINAL_WORDS = "|".join(_ORDINALS)
 _NUM = r"(\d{1,3})"
-_TAG = rf"<\s*regions?\s*[_#-]?\s*{_NUM}\s*>"
-_BRACKET = rf"\[\s*regions?\s*[_#-]?\s*{_NUM}\s*\]"
-_WORD = rf"\bregions?\s*[_#-]?\s*{_NUM}\b"
-_ORDINAL = rf"\b(?:the\s+)?({_ORDINAL_WORDS})\s+(?:marked\s+|boxed\s+)?region\b"
+# Between "region" and its number: spaces, at most one of "_#-", spaces. Possessive (``*+``), like every
+# run of spaces below, so that a long run that leads nowhere is scanned once, not once per split of it.
+_SEP = r"\s*+(?:[_#-]\s*+)?"
+_TAG = rf"<\s*+regions?{_SEP}{_NUM}\s*+>"
+_BRACKET = rf"\[\s*+regions?{_SEP}{_NUM}\s*+\]"
+_WORD = rf"\bregions?{_SEP}{_NUM}\b"
+_ORDINAL = rf"\b(?:the\s++)?({_ORDINAL_WORDS})\s++(?:marked\s++|boxed\s++)?region\b"
 
 # One region reference; the group that matched gives its number (or ordinal word).
-_MENTION = re.compile(f"{_TAG}|{_BRACKET}|{_WORD}|{_ORDINAL}", re.IGNORECASE)
+# The lookahead names every alternative's first character: a position that cannot start one fails at once.
+_MENTION = re.compile(f"(?=[<\\[rtfsen])(?:{_TAG}|{_BRACKET}|{_WORD}|{_ORDINAL})", re.IGNORECASE)
 _HEAD = re.compile(rf"(?:{_TAG}|{_BRACKET}|{_WORD}|{_ORDINAL})", re.IGNORECASE)
 # After a first reference: more of them (", <region2>", " and region 3", "-3" as a range, "/4").
 _NEXT = re.compile(
-    rf"\s*(?P<sep>,\s*(?:and\s+|&\s*)?|\s+and\s+|\s*&\s*|\s*/\s*|\s+or\s+|\s*(?:to|through)\s+|[-–])"
-    rf"(?:{_TAG}|{_BRACKET}|\bregion\s*[_#-]?\s*{_NUM}\b|(?P<bare>\d{{1,3}})\b)",
+    rf"(?P<sep>\s*+(?:,\s*+(?:and\s++|&\s*+)?|(?<=\s)and\s++|&\s*+|/\s*+|(?<=\s)or\s++|(?:to|through)\s++|[-–]))"
+    rf"(?:{_TAG}|{_BRACKET}|\bregion{_SEP}{_NUM}\b|(?P<bare>\d{{1,3}})\b)",
     re.IGNORECASE,
 )
+_MAX_REFERENCES = 1000  # region numbers have at most 3 digits: a label naming more is not a label list
 _RANGE_SEPARATORS = ("to", "through", "-", "–")
+# Lines and sentences read one by one; the rest of a longer answer is read as one piece (the continuation of
+# the region then described), so that an answer of millions of tiny sentences (up to the 4 MiB reply cap)
+# parses in well under a second. A real answer has a few dozen.
+_MAX_UNITS = 10_000
 _DECORATION = re.compile(r"^[\s\-*+•·>#_(]+")
-_NUMBERED = re.compile(r"^\s*[*_]*\s*\(?(\d{1,3})\s*[.):]\s*[*_]*\s+")
+_NUMBERED = re.compile(r"^\s*+(?:[*_]++\s*+)?\(?(\d{1,3})\s*+[.):](?:\s*+[*_]++)?\s++")
 _PREPOSITION = re.compile(
     r"^(?:in|within|inside|for|at|on|regarding|about|as\s+for|concerning)\s+(?:the\s+)?", re.IGNORECASE
 )
@@ -87,11 +96,14 @@ _EPILOGUE = re.compile(
     re.IGNORECASE,
 )
 # Cut points inside a line: after a sentence end, and before an inline label ("..., <region2>: ...").
+# A run of spaces is only tried from its start (the lookbehinds), so a long run is scanned once; the first
+# lookahead makes every other position fail at once.
 _SPLIT = re.compile(
-    r"(?<=[.!?;])\s+|[,;]?\s+(?=(?:<\s*region|\[\s*region|\bregion\s*[_#-]?\s*\d)[^:：\n]{0,12}[:：])",
+    r"(?=[\s,;])(?:(?<=[.!?;])\s++|(?:[,;]|(?<![\s,;]))\s++"
+    r"(?=(?:<\s*+region|\[\s*+region|\bregion\s*+(?:[_#-]\s*+)?\d)[^:：\n]{0,12}[:：]))",
     re.IGNORECASE,
 )
-_RANGE_PREAMBLE = re.compile(rf"{_TAG}\s*(?:to|-|–|through)\s*{_TAG}", re.IGNORECASE)
+_RANGE_PREAMBLE = re.compile(rf"{_TAG}\s*+(?:to|-|–|through)\s*+{_TAG}", re.IGNORECASE)
 
 
 class _Unit:
@@ -106,15 +118,24 @@ class _Unit:
 
 
 def _units(answer: str) -> list[_Unit]:
+    """The answer's lines and sentences; past ``_MAX_UNITS`` of them the rest is one unit (nothing is dropped)."""
     units: list[_Unit] = []
     blank = False
-    for line in answer.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+    lines = answer.replace("\r\n", "\n").replace("\r", "\n").split("\n", _MAX_UNITS)
+    for index, line in enumerate(lines):
+        room = _MAX_UNITS - len(units)
+        if room <= 0 or index == _MAX_UNITS:
+            rest = "\n".join(lines[index:]).strip()
+            if rest:
+                units.append(_Unit(rest, line_start=True, after_blank=blank))
+            break
         if not line.strip():
             blank = bool(units)
             continue
         marker = _NUMBERED.match(line)  # "1. " must not be cut off as a sentence of its own
         prefix, body = (line[: marker.end()], line[marker.end() :]) if marker else ("", line)
-        for position, piece in enumerate(p for p in _SPLIT.split(body) if p and p.strip()):
+        pieces = _SPLIT.split(body, maxsplit=room - 1)  # the last piece holds the rest of the line
+        for position, piece in enumerate(p for p in pieces if p and p.strip()):
             text = prefix + piece.strip() if position == 0 else piece.strip()
             units.append(_Unit(text.strip(), line_start=position == 0, after_blank=blank and position == 0))
         blank = False
@@ -136,30 +157,37 @@ def _reference(text: str) -> tuple[list[int], str] | None:
         return None
     regions = [_number(head)]
     plural = "regions" in head.group(0).lower()
-    rest = text[head.end() :]
-    while (more := _NEXT.match(rest)) is not None:
-        if more.group("bare") is not None and not plural:
+    position = head.end()
+    for _ in range(_MAX_REFERENCES):  # matched in place (no slicing), a bounded number of times: linear
+        more = _NEXT.match(text, position)
+        if more is None or (more.group("bare") is not None and not plural):
             break
         value = next(int(g) for g in more.groups()[1:] if g is not None)
         if more.group("sep").strip().lower() in _RANGE_SEPARATORS and 0 < value - regions[-1] <= 50:
             regions.extend(range(regions[-1] + 1, value + 1))
         else:
             regions.append(value)
-        rest = rest[more.end() :]
-    return regions, rest
+        position = more.end()
+    return regions, text[position:]
+
+
+def _cut(prefix: re.Pattern[str], text: str) -> str:
+    """``text`` without what ``prefix`` matches at its start (``sub`` would try every position of a long text)."""
+    match = prefix.match(text)
+    return text[match.end() :] if match else text
 
 
 def _label(unit: _Unit) -> tuple[list[int], str] | None:
     """``(regions, caption)`` when the unit starts with a region label, else None."""
-    text = _NUMBERED.sub("", unit.text, count=1) if unit.line_start else unit.text
-    text = _DECORATION.sub("", text)
+    text = _cut(_NUMBERED, unit.text) if unit.line_start else unit.text
+    text = _cut(_DECORATION, text)
     preposition = _PREPOSITION.match(text)
     body = text[preposition.end() :] if preposition else text
     found = _reference(body)
     if found is None:
         return None
     regions, rest = found
-    rest = _CLOSING.sub("", rest)
+    rest = _cut(_CLOSING, rest)
     separator = _SEPARATOR.match(rest)
     if separator is not None or preposition is not None or not rest.strip():
         caption = rest[separator.end() :] if separator else rest
@@ -173,7 +201,7 @@ def _numbered(unit: _Unit) -> tuple[list[int], str] | None:
     match = _NUMBERED.match(unit.text)
     if match is None:
         return None
-    return [int(match.group(1))], _capitalize(_DECORATION.sub("", unit.text[match.end() :]).strip())
+    return [int(match.group(1))], _capitalize(_cut(_DECORATION, unit.text[match.end() :]).strip())
 
 
 def _capitalize(text: str) -> str:
@@ -183,7 +211,7 @@ def _capitalize(text: str) -> str:
 
 def _plain(text: str) -> str:
     """A continuation line without its bullet."""
-    return _DECORATION.sub("", text).strip()
+    return _cut(_DECORATION, text).strip()
 
 
 def _assign(units: list[_Unit], anchors: dict[int, tuple[list[int], str]], n_regions: int) -> list[list[str]]:
@@ -229,7 +257,7 @@ def _by_mentions(units: list[_Unit], n_regions: int) -> list[list[str]]:
 
 
 def _join(parts: list[str]) -> str:
-    return re.sub(r"\s+", " ", " ".join(p for p in parts if p)).strip()
+    return " ".join(" ".join(p for p in parts if p).split())  # runs of whitespace as one space (str.split is C)
 
 
 def _json_captions(answer: str, n: int) -> list[str] | None:
@@ -249,6 +277,22 @@ def _json_captions(answer: str, n: int) -> list[str] | None:
         if match and 1 <= int(match.group(1)) <= n and isinstance(value, str):
             captions[int(match.group(1)) - 1] = _capitalize(value)
     return captions
+
+
+def structured_region_captions(answer: Any, n_regions: Any) -> list[str] | None:
+    """The captions of a structured answer (``--structured_answer json``), or None when it is not the object
+    asked for: valid JSON holding a string for every key ``region1`` .. ``regionN``. No fallback to the
+    free-text rules: an answer cut at the token limit must not yield captions made of its JSON fragments."""
+    n = region_count(n_regions)
+    if not isinstance(answer, str):
+        return None
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not all(isinstance(data.get(f"region{k}"), str) for k in range(1, n + 1)):
+        return None
+    return [_capitalize(data[f"region{k}"]) for k in range(1, n + 1)]
 
 
 def parse_region_captions(answer: Any, n_regions: Any) -> list[str]:

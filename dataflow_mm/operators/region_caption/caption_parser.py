@@ -17,11 +17,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dataflow_mm.common.errors import UserError
+from dataflow_mm.common.errors import ERROR_COLUMN, StructuredAnswerError, UserError, row_error_text
 from dataflow_mm.core.keys import KeySpec
 from dataflow_mm.core.operator import TRUNCATED_COLUMN, OperatorABC
 from dataflow_mm.core.params import ParamSpec
-from dataflow_mm.operators.region_caption.answer_parsing import PARSER_VERSION, parse_region_captions, region_count
+from dataflow_mm.operators.region_caption.answer_parsing import (
+    PARSER_VERSION,
+    parse_region_captions,
+    region_count,
+    structured_region_captions,
+)
 
 # Appended to the seed's prompt by ``--structured_answer``: one labelled line per region.
 STRUCTURED_ANSWER_INSTRUCTION = (
@@ -43,10 +48,17 @@ MAX_CAPTION_CHARS = 128  # xgrammar 0.2.8 fails to compile a longer bounded repe
 MIN_CAPTION_CHARS = 16
 
 
+# Tokens left per region (and for the braces) for whitespace a server adds around the JSON punctuation
+# (``vllm serve`` without ``disable_any_whitespace`` pads its JSON; an answer cut by it has no captions).
+WHITESPACE_TOKENS = 2
+
+
 def structured_answer_overhead(n_regions: int) -> int:
     """Tokens a structured answer needs besides its captions: the JSON punctuation and keys
-    (with the wider separators, counted as one token per byte) plus the end-of-sequence token."""
-    return len(json.dumps({f"region{k}": "" for k in range(1, n_regions + 1)})) + 1
+    (with the wider separators, counted as one token per byte), room for whitespace
+    (``WHITESPACE_TOKENS`` per region and for the braces) and the end-of-sequence token."""
+    keys = len(json.dumps({f"region{k}": "" for k in range(1, n_regions + 1)}))
+    return keys + WHITESPACE_TOKENS * (n_regions + 1) + 1
 
 
 def region_answer_schema(n_regions: int, max_caption_chars: int) -> dict[str, Any]:
@@ -132,6 +144,10 @@ class RegionCaptionParser(OperatorABC):
     their ratio is the parse rate shown in the run summary. Rows whose answer was cut off at
     ``max_tokens`` (``truncated`` True) are counted apart, in ``region_captions_truncated_parsed``
     / ``..._total``, so truncation does not pass for a parser failure.
+
+    With ``structured=True`` (``--structured_answer json``) the answer must be the JSON object asked
+    for: one cut at ``max_tokens`` or not valid gets no captions; the row keeps its raw answer and gets a
+    ``StructuredAnswerError`` (the free-text rules would make captions of its JSON fragments).
     """
 
     # the name its resume fingerprints record (caches made before it moved into its family folder)
@@ -143,15 +159,34 @@ class RegionCaptionParser(OperatorABC):
         writes=("output_key",),
     )
     parser_version = PARSER_VERSION  # derived from the parser's code: a new parser reruns the step
-    param_spec = ParamSpec(extra=("parser_version",))
+    param_spec = ParamSpec(extra=("parser_version",), omit_none=("structured",))
+
+    def __init__(self, structured: bool | None = None) -> None:
+        """``structured``: the answers were asked for as JSON (None, the default, is False and is left out of
+        the step's parameters, so that earlier runs' steps keep their fingerprint)."""
+        self.structured = structured
 
     def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
         keys = self.key_values(keys)
         out = frame.copy()
-        out[keys["output_key"]] = [
-            parse_region_captions(answer, count)
-            for answer, count in zip(out[keys["input_answer_key"]], out[keys["input_count_key"]], strict=True)
-        ]
+        answers, counts = out[keys["input_answer_key"]].tolist(), out[keys["input_count_key"]].tolist()
+        if not self.structured:  # None or False
+            out[keys["output_key"]] = [parse_region_captions(a, c) for a, c in zip(answers, counts, strict=True)]
+            return out
+        cut = out[TRUNCATED_COLUMN].tolist() if TRUNCATED_COLUMN in out.columns else [None] * len(out)
+        errors = out[ERROR_COLUMN].tolist() if ERROR_COLUMN in out.columns else [None] * len(out)
+        captions: list[list[str] | None] = []
+        for position, (answer, count, was_cut) in enumerate(zip(answers, counts, cut, strict=True)):
+            found = structured_region_captions(answer, count) if region_count(count) else []
+            if found is None or (_is_true(was_cut) and region_count(count)):
+                why = "cut off at max_tokens" if _is_true(was_cut) else "not the JSON object asked for"
+                errors[position] = row_error_text(
+                    StructuredAnswerError(f"the structured answer is {why}: no captions (the raw answer is kept)")
+                )
+                found = None
+            captions.append(found)
+        out[keys["output_key"]] = pd.Series(captions, index=out.index, dtype=object)
+        out[ERROR_COLUMN] = errors
         return out
 
     def chunk_metrics(self, frame: pd.DataFrame, output_key: str = "region_captions", **_: Any) -> dict[str, int]:

@@ -36,6 +36,8 @@ DEFAULT_REGION_PROMPT = (
 DEFAULT_BBOX_KEY = "bbox"
 OUTPUT_FIELDS = ("type", "bbox", "normalized_bbox", "result_file", "valid_bboxes_num", "bbox_dropped", "warning")
 
+_MAX_REASONS = 20  # invalid boxes described one by one in bbox_dropped; the rest are counted
+
 
 @dataclass
 class ExistingBBoxDataGenConfig:
@@ -180,7 +182,7 @@ class ImageBboxGenerator(OperatorABC):
 
     def _render(self, image_value: Any, raw_boxes: Any, batch: DurableBatch) -> dict[str, Any]:
         cfg = self.config
-        path = resolve_media_path(image_value, self._media_root, self._media_cache)
+        path = resolve_media_path(image_value, self._media_root, self._media_cache, self._download_timeout)
         image = load_image(path)
         size = image.size
         dropped: list[str] = []
@@ -191,9 +193,11 @@ class ImageBboxGenerator(OperatorABC):
         else:
             parsed = parse_boxes(raw_boxes, cfg.bbox_format, size, cfg.normalized, cfg.max_boxes)
             kind, boxes_xyxy = "with_bbox", list(parsed.boxes_xyxy)
-            dropped = [reason for _, _, reason in parsed.rejected]
+            dropped = [reason for _, _, reason in parsed.rejected[:_MAX_REASONS]]
+            if len(parsed.rejected) > _MAX_REASONS:
+                dropped.append(f"{len(parsed.rejected) - _MAX_REASONS} more invalid boxes")
             if parsed.truncated:
-                dropped.append(f"{parsed.truncated} valid boxes beyond max_boxes={cfg.max_boxes}")
+                dropped.append(f"{parsed.truncated} boxes beyond max_boxes={cfg.max_boxes} (not read)")
             if not boxes_xyxy:
                 detail = "; ".join(dropped) or "the box list is empty"
                 raise InvalidBoxError(f"no valid box in {str(raw_boxes)[:200]}: {detail}")

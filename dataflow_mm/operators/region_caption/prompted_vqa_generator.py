@@ -205,7 +205,9 @@ class PromptedVQAGenerator(OperatorABC):
             if image_key == DEFAULT_IMAGE_KEY:
                 return []
             raise MissingFieldError(f"the image field '{image_key}' is empty")
-        return [resolve_media_path(item, self._media_root, self._media_cache) for item in values]
+        return [
+            resolve_media_path(item, self._media_root, self._media_cache, self._download_timeout) for item in values
+        ]
 
     def _conversation(
         self, row: dict[str, Any], prompt_key: str, images: list[Any], conversation_key: str | None
