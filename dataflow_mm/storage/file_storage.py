@@ -112,6 +112,7 @@ class FileStorage:
         cache_type: Literal["jsonl", "json", "csv", "parquet"] = "jsonl",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         wait_for_lock: bool = False,
+        retry_failed: bool = False,
     ) -> None:
         self.first_entry_file_name = str(first_entry_file_name)
         self.cache_path = str(cache_path)
@@ -121,6 +122,7 @@ class FileStorage:
             raise StorageError(f"chunk_size must be at least 1, not {chunk_size}")
         self.chunk_size = chunk_size
         self.wait_for_lock = bool(wait_for_lock)
+        self.retry_failed = bool(retry_failed)  # a rerun also redoes the rows that failed permanently
         self.operator_step = -1
         self._step_offset = 0
         self._origin: FileStorage = self
@@ -231,7 +233,7 @@ class FileStorage:
 
         ``streamed``: the input is still being written by the step before; its chunks come from it.
         """
-        return StepTransaction(self, identity, streamed)
+        return StepTransaction(self, identity, streamed, self.retry_failed)
 
     # -- data ---------------------------------------------------------------------------------
     def iter_chunks(self, chunk_size: int | None = None) -> Iterator[Chunk]:

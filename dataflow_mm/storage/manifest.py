@@ -122,6 +122,9 @@ class StepManifest:
     media_sha256: str = ""  # sha256 of the step's media file (its stamps, see the module docstring); "": none
     # sha256 of each extra output as written, so a skipped step can tell a missing or stale copy.
     extra_output_sha256: dict[str, str] = field(default_factory=dict)
+    # sha256 of the step's row index and of its output lines (``storage.row_index``); "": none (older caches)
+    rows_sha256: str = ""
+    lines_sha256: str = ""
 
     def save(self, step_file: str | os.PathLike) -> Path:
         """Write the manifest atomically (encoded by orjson in one pass; the stdlib for ints beyond 64 bits)."""

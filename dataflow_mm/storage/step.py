@@ -11,8 +11,13 @@ and their done-markers, its rejects file, its extra outputs and its manifest::
 
 A chunk is done when its marker exists, the media it read are unchanged and, when the marker records
 the hash of the input lines it was made from, those lines are the same now. ``commit`` joins the parts
-into the step file, writes the rejects and the extra outputs, then the manifest, and only then removes
-the parts: a kill at any point leaves either parts to resume from or a complete step.
+into the step file, writes the rejects, the extra outputs and the row index (``storage.row_index``),
+then the manifest, and only then removes the parts: a kill at any point leaves either parts to resume
+from or a complete step.
+
+A step is current only when its manifest proves its file current *and* it holds no pending row (nor,
+with ``retry_failed``, a failed one): a step left with pending rows runs again, reusing through its
+row index (``previous_rows``) the output of every row it has computed before.
 """
 
 from __future__ import annotations
@@ -28,9 +33,18 @@ import pandas as pd
 
 from dataflow_mm.storage.atomic import AtomicFile, remove_stale_temps
 from dataflow_mm.storage.formats import Chunk, Reject, check_readable, read_table, table_type_of, write_table
-from dataflow_mm.storage.manifest import StepManifest, file_sha256, manifest_path, media_path, write_media_stamps
+from dataflow_mm.row_outcomes import stats_counts
+from dataflow_mm.storage.manifest import (
+    StepManifest,
+    file_sha256,
+    manifest_path,
+    media_path,
+    media_unchanged,
+    write_media_stamps,
+)
 from dataflow_mm.storage.media_stamps import changed_media
 from dataflow_mm.storage.parts import ChunkParts
+from dataflow_mm.storage.row_index import ROWS_KEY, RowIndex, lines_path, rows_path, write_row_index
 
 if TYPE_CHECKING:
     from dataflow_mm.storage.file_storage import FileStorage
@@ -75,9 +89,12 @@ class StepTotals:
 class StepTransaction:
     """The files of one step (see the module docstring). ``streamed``: the input file is still being written."""
 
-    def __init__(self, storage: FileStorage, identity: StepIdentity, streamed: bool = False) -> None:
+    def __init__(
+        self, storage: FileStorage, identity: StepIdentity, streamed: bool = False, retry_failed: bool = False
+    ) -> None:
         self.storage = storage
         self.identity = identity
+        self.retry_failed = retry_failed
         self.input_sha: str | None = None if streamed else file_sha256(check_readable(storage.input_path))
         state = {
             "fingerprint": identity.fingerprint,
@@ -97,6 +114,9 @@ class StepTransaction:
             return None
         if not manifest.matches(self.identity.fingerprint, self.input_sha, output):
             return None
+        counts = stats_counts(manifest.stats)
+        if counts["pending"] or (self.retry_failed and counts["failed"]):
+            return None  # rows left to do: the step runs again, reusing the rows it has (``previous_rows``)
         hashes = self._sync_extra_outputs(manifest.extra_output_sha256)
         if hashes != manifest.extra_output_sha256:
             manifest.extra_outputs = list(hashes)
@@ -104,6 +124,19 @@ class StepTransaction:
             manifest.save(output)
         self.parts.remove()  # left by a kill between manifest and cleanup
         return manifest
+
+    def previous_rows(self) -> RowIndex | None:
+        """The row index of the step file an earlier run of this same step wrote (same fingerprint, its
+        media unchanged), to reuse the rows it computed; None when there is none to trust."""
+        output = self.storage.output_path
+        manifest = StepManifest.load(output)
+        if manifest is None or manifest.fingerprint != self.identity.fingerprint or not manifest.rows_sha256:
+            return None
+        if manifest.media_sha256 and not media_unchanged(output, manifest.media_sha256):
+            return None
+        if manifest.media and changed_media(manifest.media):
+            return None
+        return RowIndex.load(output, manifest.rows_sha256, manifest.lines_sha256)
 
     def __enter__(self) -> StepTransaction:
         return self
@@ -114,7 +147,8 @@ class StepTransaction:
     def open(self) -> int:
         """Start (or resume) the parts; returns how many chunk markers an earlier run left."""
         output = self.storage.output_path
-        for written in (output, self.storage.rejects_path, manifest_path(output), media_path(output)):
+        written_files = (output, self.storage.rejects_path, manifest_path(output), media_path(output))
+        for written in (*written_files, rows_path(output), lines_path(output)):
             remove_stale_temps(written)  # left by a run killed while writing this step
         self.resumed = self.parts.open()
         return self.resumed
@@ -141,8 +175,8 @@ class StepTransaction:
             return None
         return counts
 
-    def write(self, chunk: StepChunk, out: pd.DataFrame, counts: dict[str, Any]) -> None:
-        """Store a finished chunk (rows, then the marker that makes it count)."""
+    def write(self, chunk: StepChunk, out: pd.DataFrame | bytes, counts: dict[str, Any]) -> None:
+        """Store a finished chunk (rows, or their JSON lines, then the marker that makes it count)."""
         if chunk.sha256 is not None:
             counts = {**counts, CHUNK_SHA_KEY: chunk.sha256}
         self.parts.write(chunk.index, out, chunk.rejects, counts)
@@ -191,20 +225,39 @@ class StepTransaction:
         media_sha = write_media_stamps(
             output, ((self.parts.done(index) or {}).get("media", {}) for index in self.parts.indices())
         )
+        output_sha = file_sha256(output)
+        rows_sha, lines_sha = self._write_row_index(output_sha)
         StepManifest(
             operator=self.identity.operator,
             fingerprint=self.identity.fingerprint,
             params=self.identity.params,
             input_path=str(storage.input_path),
             input_sha256=self.input_sha,
-            output_sha256=file_sha256(output),
+            output_sha256=output_sha,
             stats=stats,
             provenance=self.identity.provenance,
             extra_outputs=list(extra_hashes),
             extra_output_sha256=extra_hashes,
             media_sha256=media_sha,
+            rows_sha256=rows_sha,
+            lines_sha256=lines_sha,
         ).save(output)
         self.parts.remove()
+
+    def _write_row_index(self, output_sha: str) -> tuple[str, str]:
+        """The row index and (for a step file that is not JSONL) its output lines; their sha256s ("" when
+        a chunk has no row records, e.g. one resumed from a marker written before row indexes)."""
+        output = self.storage.output_path
+        rows_sha = write_row_index(output, ((self.parts.done(i) or {}).get(ROWS_KEY) for i in self.parts.indices()))
+        lines = lines_path(output)
+        if not rows_sha:
+            if lines != output:
+                lines.unlink(missing_ok=True)
+            return "", ""
+        if lines == output:
+            return rows_sha, output_sha
+        self.parts.write_lines(lines)
+        return rows_sha, file_sha256(lines)
 
     def _sync_extra_outputs(self, recorded: dict[str, str] | None) -> dict[str, str]:
         """Write each extra output that is missing or differs from ``recorded``; return every one's sha256.
