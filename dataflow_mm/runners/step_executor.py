@@ -243,7 +243,7 @@ def _keep_finished(step: StepTransaction, waiting: deque[tuple[StepChunk, Future
             continue
         try:
             step.write(chunk, *done.result())
-        except Exception:  # noqa: S112 - this chunk stopped too: it stays to do
+        except Exception:  # this chunk stopped too: it stays to do
             continue
 
 

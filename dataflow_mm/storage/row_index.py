@@ -21,6 +21,7 @@ sends only the other rows to the operator. An index whose files do not match the
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -76,7 +77,7 @@ def output_positions(rows: int, out: pd.DataFrame) -> list[int] | None:
         positions = [int(label) for label in out.index]
     except (TypeError, ValueError):
         return None
-    if any(p < 0 or p >= rows for p in positions) or any(a > b for a, b in zip(positions, positions[1:])):
+    if any(p < 0 or p >= rows for p in positions) or any(a > b for a, b in itertools.pairwise(positions)):
         return None
     return positions
 

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from dataflow_mm.row_outcomes import stats_counts
 from dataflow_mm.storage.atomic import AtomicFile, remove_stale_temps
 from dataflow_mm.storage.formats import Chunk, Reject, check_readable, read_table, table_type_of, write_table
-from dataflow_mm.row_outcomes import stats_counts
 from dataflow_mm.storage.manifest import (
     StepManifest,
     file_sha256,
