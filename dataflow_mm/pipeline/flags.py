@@ -35,6 +35,7 @@ STORAGE_HELP = {
     "cache_type": "format of the step files",
     "chunk_size": "rows per chunk (one batched model call each)",
     "wait_for_lock": "when another run holds --cache_path, wait for it to end instead of stopping (exit 2)",
+    "retry_failed": "also redo the rows that failed for good in an earlier run (a rerun always redoes pending rows)",
     "bbox_format": "how the input table writes its boxes",
 }
 STANDARD_CHOICES: dict[str, Sequence[str]] = {"cache_type": SUPPORTED_TYPES, "bbox_format": BOX_FORMATS}

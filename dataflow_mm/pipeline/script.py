@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dataflow_mm.errors import UserError
+from dataflow_mm.errors import EXIT_INCOMPLETE, RunStoppedError, UserError
+from dataflow_mm.pipeline.outcome import EXIT_CODES_HELP, RERUN_HINT, RunOutcomeError
 from dataflow_mm.runners import RUNNERS, LocalRunner, Runner
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.serving.factory import create_serving
@@ -75,6 +76,21 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="CPU threads per model actor for image preprocessing (default 4)",
     )
+    outcome = parser.add_argument_group("run outcome (see the exit codes below)")
+    outcome.add_argument(
+        "--max_failed_rows",
+        type=int,
+        default=None,
+        help="exit 4 when a step has more rows failed for good than this (default: no limit)",
+    )
+    outcome.add_argument(
+        "--max_failed_fraction",
+        type=float,
+        default=None,
+        help="exit 4 when more than this share (0..1) of a step's rows failed for good (default: no limit)",
+    )
+    parser.epilog = EXIT_CODES_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def runner_from_args(args: argparse.Namespace) -> Runner:
@@ -119,6 +135,12 @@ def run_main(main: Callable[[], Any]) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
+    except RunOutcomeError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except RunStoppedError as exc:
+        print(f"stopped: {exc}; the rows not processed stay pending: {RERUN_HINT}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INCOMPLETE)
     except OSError as exc:
         if exc.errno not in DISK_ERRNOS:
             raise
