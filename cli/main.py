@@ -1,4 +1,4 @@
-"""The ``dataflowmm`` command: init, env, list, report, export."""
+"""The ``dataflowmm`` command: init, env, list, report, export, status."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from cli.export import add_export_parser
 from cli.report import add_report_parser
 from cli.scaffold import init_workspace, template_files
+from cli.status import add_status_parser
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="list pipelines, operators and backends").set_defaults(func=cmd_list)
     add_report_parser(commands)
     add_export_parser(commands)
+    add_status_parser(commands)
     return parser
 
 
