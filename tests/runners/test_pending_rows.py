@@ -134,7 +134,12 @@ def test_a_stopped_run_keeps_its_finished_chunks_and_the_rerun_finishes(tmp_path
     cache = tmp_path / "cache"
     first = FlakyServing(stop_after=8)  # chunks of 4: two chunks answered, the third stops the run
     with pytest.raises(RunStoppedError):
-        run(source, cache, first, FlakyServing(), )
+        run(
+            source,
+            cache,
+            first,
+            FlakyServing(),
+        )
     assert first.requests == 8
     assert not (cache / "p_step1.jsonl").exists()
     status = cache_status(cache)
