@@ -81,7 +81,8 @@ def test_pending_rows_make_an_incomplete_run_and_the_rerun_sends_only_them(tmp_p
     status = cache_status(cache)
     assert not status.complete and [s.pending for s in status.steps] == [3, 3]
     assert "pending" in status.steps[0].rerun
-    kept = {row["id"]: line for row, line in zip(step2, (cache / "p_step2.jsonl").read_bytes().splitlines())}
+    old_lines = (cache / "p_step2.jsonl").read_bytes().splitlines()
+    kept = {row["id"]: line for row, line in zip(step2, old_lines, strict=True)}
 
     first, second = FlakyServing(), FlakyServing()
     summary = run(source, cache, first, second)
