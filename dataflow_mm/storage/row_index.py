@@ -164,7 +164,9 @@ class RowIndex:
                     digest.update(raw)
                     key, outcome, count = orjson.loads(raw)
                     length = sum(len(lines.readline()) for _ in range(count))
-                    rows.setdefault(key, KnownRow(outcome, offset, length))
+                    known = rows.get(key)  # a row repeated in the input: its best outcome stands
+                    if known is None or _RANK[outcome] < _RANK[known.outcome]:
+                        rows[key] = KnownRow(outcome, offset, length)
                     offset += length
                 if lines.read(1):  # more output lines than the index accounts for
                     return None
