@@ -161,3 +161,18 @@ def test_row_index_records_every_input_row_once_with_its_outcome(tmp_path: Path)
     assert len(records) == ROWS and len({key for key, _, _ in records}) == ROWS
     assert [outcome for _, outcome, _ in records].count("pending") == 3
     assert all(lines == 1 for _, _, lines in records)
+
+
+@pytest.mark.parametrize("cache_type", ["parquet", "csv"])
+def test_a_step_file_of_another_type_reuses_its_rows_too(tmp_path: Path, cache_type: str) -> None:
+    source = table(tmp_path)
+    cache = tmp_path / "cache"
+    run(source, cache, FlakyServing(down=is_down), FlakyServing(), cache_type=cache_type)
+    assert (cache / f"p_step1.{cache_type}.lines.ndjson").is_file()  # the output lines the next run reuses
+    first, second = FlakyServing(), FlakyServing()
+    summary = run(source, cache, first, second, cache_type=cache_type)
+    assert summary.complete and first.requests == 3 and second.requests == 3
+    clean = tmp_path / "clean"
+    run(source, clean, FlakyServing(), FlakyServing(), cache_type=cache_type)
+    for name in (f"p_step1.{cache_type}", f"p_step2.{cache_type}"):
+        assert (cache / name).read_bytes() == (clean / name).read_bytes()
