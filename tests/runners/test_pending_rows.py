@@ -16,6 +16,7 @@ import pytest
 from dataflow_mm import FileStorage, PipelineABC, PromptedVQAGenerator
 from dataflow_mm.errors import RunStoppedError, row_outcome
 from dataflow_mm.pipeline.outcome import EXIT_TOO_MANY_FAILED, outcome_error
+from dataflow_mm.runners import LocalRunner
 from dataflow_mm.storage.cache_status import cache_status
 from dataflow_mm.storage.manifest import StepManifest
 from dataflow_mm.storage.row_index import iter_row_index, rows_path
@@ -51,15 +52,18 @@ def read(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def run(table_path: Path, cache: Path, first: FlakyServing, second: FlakyServing, **storage: Any) -> Any:
-    return TwoSteps(table_path, cache, first, second, **storage).run()
+def run(
+    table_path: Path, cache: Path, first: FlakyServing, second: FlakyServing, streaming: bool = True, **storage: Any
+) -> Any:
+    return TwoSteps(table_path, cache, first, second, **storage).run(LocalRunner(streaming=streaming))
 
 
-def test_pending_rows_make_an_incomplete_run_and_the_rerun_sends_only_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("streaming", [True, False])
+def test_pending_rows_make_an_incomplete_run_and_the_rerun_sends_only_them(tmp_path: Path, streaming: bool) -> None:
     source = table(tmp_path)
     cache = tmp_path / "cache"
     first, second = FlakyServing(down=is_down), FlakyServing()
-    summary = run(source, cache, first, second)
+    summary = run(source, cache, first, second, streaming)
 
     assert first.requests == ROWS
     assert not summary.complete
@@ -85,7 +89,7 @@ def test_pending_rows_make_an_incomplete_run_and_the_rerun_sends_only_them(tmp_p
     kept = {row["id"]: line for row, line in zip(step2, old_lines, strict=True)}
 
     first, second = FlakyServing(), FlakyServing()
-    summary = run(source, cache, first, second)
+    summary = run(source, cache, first, second, streaming)
     assert summary.complete and outcome_error(summary) is None
     assert sorted(first.sent) == sorted(f"You are a helpful assistant. row {i}" for i in (2, 5, 11))
     assert second.requests == 3  # only the rows whose step-1 answer is new
