@@ -34,7 +34,6 @@ from dataflow_mm.storage.step import StepChunk
 
 if TYPE_CHECKING:
     from dataflow_mm.operators.base import OperatorCall
-    from dataflow_mm.runners.step_executor import ChunkTransformer
 
 REUSE_IN_FLIGHT = 4  # chunks in flight, times the operator's own, while a step reuses an earlier run's rows
 
@@ -42,9 +41,8 @@ REUSE_IN_FLIGHT = 4  # chunks in flight, times the operator's own, while a step 
 class ReusingTransformer:
     """``inner`` on the rows of each chunk that ``previous`` cannot answer (see the module docstring)."""
 
-    def __init__(
-        self, inner: ChunkTransformer, call: OperatorCall, previous: RowIndex | None, retry_failed: bool = False
-    ) -> None:
+    def __init__(self, inner: Any, call: OperatorCall, previous: RowIndex | None, retry_failed: bool = False) -> None:
+        """``inner``: the step's ``ChunkTransformer`` (``runners.step_executor``; not imported: it imports this)."""
         self.inner = inner
         self.call = call
         self.previous = previous

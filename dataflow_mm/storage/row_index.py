@@ -35,7 +35,7 @@ import pandas as pd
 from dataflow_mm.errors import ERROR_COLUMN, ROW_DONE, ROW_FAILED, ROW_PENDING, row_outcome
 from dataflow_mm.storage.atomic import AtomicFile
 from dataflow_mm.storage.hashing import file_sha256
-from dataflow_mm.storage.jsoncodec import _OPTIONS, _default, frame_records, to_plain
+from dataflow_mm.storage.jsoncodec import frame_records, to_plain
 
 ROWS_SUFFIX = ".rows.ndjson"  # not ending in a table type's suffix: never taken for a step file
 LINES_SUFFIX = ".lines.ndjson"
@@ -62,10 +62,11 @@ def row_keys(frame: pd.DataFrame) -> list[str]:
     keys = []
     for record in frame_records(frame):
         plain = {k: v for k, v in record.items() if not _missing(v)}
+        value = to_plain(plain)  # numpy and pandas scalars, timestamps, ... as plain JSON values
         try:
-            text = orjson.dumps(plain, default=_default, option=_OPTIONS | orjson.OPT_SORT_KEYS)
-        except (orjson.JSONEncodeError, TypeError):  # an int beyond 64 bits, a lone surrogate
-            text = json.dumps(to_plain(plain), sort_keys=True, ensure_ascii=True).encode("ascii")
+            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:  # an int beyond 64 bits, a lone surrogate
+            text = json.dumps(value, sort_keys=True, ensure_ascii=True).encode("ascii")
         keys.append(hashlib.sha256(text).hexdigest()[:32])
     return keys
 
