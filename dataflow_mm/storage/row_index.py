@@ -41,6 +41,7 @@ ROWS_SUFFIX = ".rows.ndjson"  # not ending in a table type's suffix: never taken
 LINES_SUFFIX = ".lines.ndjson"
 ROWS_KEY = "rows"  # a chunk marker's [key, outcome, lines] per input row
 _RANK = {ROW_DONE: 0, ROW_FAILED: 1, ROW_PENDING: 2}
+_KEY_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def rows_path(step_file: str | os.PathLike) -> Path:
@@ -62,11 +63,11 @@ def row_keys(frame: pd.DataFrame) -> list[str]:
     keys = []
     for record in frame_records(frame):
         plain = {k: v for k, v in record.items() if not _missing(v)}
-        value = to_plain(plain)  # numpy and pandas scalars, timestamps, ... as plain JSON values
         try:
-            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-        except orjson.JSONEncodeError:  # an int beyond 64 bits, a lone surrogate
-            text = json.dumps(value, sort_keys=True, ensure_ascii=True).encode("ascii")
+            text = orjson.dumps(plain, option=_KEY_OPTIONS)
+        except TypeError:  # orjson's JSONEncodeError: a pandas value, an int beyond 64 bits, a lone surrogate
+            value = to_plain(plain)
+            text = json.dumps(value, sort_keys=True, ensure_ascii=True, default=str).encode("ascii")
         keys.append(hashlib.sha256(text).hexdigest()[:32])
     return keys
 
