@@ -129,7 +129,9 @@ def serving_from_args(args: argparse.Namespace) -> VLMServing:
 
 def run_main(main: Callable[[], Any]) -> None:
     """Run a script's ``main``; user errors (and a full or read-only disk) become one line on stderr
-    and exit code 2. Step files appear atomically, so a step cut short this way does not look complete."""
+    and exit code 2. Step files appear atomically, so a step cut short this way does not look complete.
+    A run that is incomplete (rows pending, or stopped: ``RunStoppedError``) exits 3, one with more failed
+    rows than allowed 4 (``pipeline.outcome``), each with one line on stderr."""
     try:
         main()
     except UserError as exc:

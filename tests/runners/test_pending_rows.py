@@ -138,6 +138,8 @@ def test_a_stopped_run_keeps_its_finished_chunks_and_the_rerun_finishes(tmp_path
     source = table(tmp_path)
     cache = tmp_path / "cache"
     first = FlakyServing(stop_after=8)  # chunks of 4: two chunks answered, the third stops the run
+    cache.mkdir()
+    (cache / "p_summary.json").write_text('{"complete": true}')  # an earlier run's summary
     with pytest.raises(RunStoppedError):
         run(
             source,
@@ -147,6 +149,7 @@ def test_a_stopped_run_keeps_its_finished_chunks_and_the_rerun_finishes(tmp_path
         )
     assert first.requests == 8
     assert not (cache / "p_step1.jsonl").exists()
+    assert not (cache / "p_summary.json").exists()  # it told of another run
     status = cache_status(cache)
     assert status.steps[0].state == "interrupted" and status.steps[0].done == 8 and not status.complete
 
