@@ -1,4 +1,4 @@
-"""The ``dataflowmm`` command: init, env, list, report, export."""
+"""The ``dataflowmm`` command: init, env, list, report, export, status."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from dataflow_mm.cli.export import add_export_parser
 from dataflow_mm.cli.report import add_report_parser
 from dataflow_mm.cli.scaffold import init_workspace, template_files
+from dataflow_mm.cli.status import add_status_parser
 
 
 def _python_command() -> str:
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="list pipelines, operators and backends").set_defaults(func=cmd_list)
     add_report_parser(commands)
     add_export_parser(commands)
+    add_status_parser(commands)
     return parser
 
 

@@ -37,6 +37,7 @@ from dataflow_mm.operators.region_caption.caption_parser import (
 from dataflow_mm.operators.region_caption.image_bbox_generator import DEFAULT_REGION_PROMPT
 from dataflow_mm.pipeline.arg_checks import check_args
 from dataflow_mm.pipeline.flags import add_constructor_flags, constructor_kwargs
+from dataflow_mm.pipeline.outcome import check_outcome
 from dataflow_mm.pipeline.script import (
     add_runner_args,
     add_serving_args,
@@ -70,6 +71,7 @@ class ImageRegionCaptionPipeline(PipelineABC):
         wait_for_lock: bool = False,
         split: str | None = None,
         download_timeout: float = DOWNLOAD_TIMEOUT_S,
+        retry_failed: bool = False,
         bbox_format: str = "xywh",
         structured_answer: bool | str | None = None,
         max_caption_chars: int | None = None,
@@ -87,6 +89,7 @@ class ImageRegionCaptionPipeline(PipelineABC):
             wait_for_lock=wait_for_lock,
             split=split,
             download_timeout=download_timeout,
+            retry_failed=retry_failed,
         )
         self.cfg = ExistingBBoxDataGenConfig(
             max_boxes=max_boxes,
@@ -194,11 +197,12 @@ def main(argv: list[str] | None = None) -> None:
         ),
     )
     try:
-        pipeline.run(runner=runner_from_args(args))
+        summary = pipeline.run(runner=runner_from_args(args))
     finally:
         pipeline.serving.cleanup()
         if pipeline.region_verifier is not None:
             pipeline.region_verifier.scorer.cleanup()
+    check_outcome(summary, args.max_failed_rows, args.max_failed_fraction)  # exit 3 / 4 via run_main
 
 
 if __name__ == "__main__":

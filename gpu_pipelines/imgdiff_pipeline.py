@@ -53,6 +53,7 @@ from dataflow_mm.operators.interop.data_juicer import (
 from dataflow_mm.pipeline.arg_checks import check_args
 from dataflow_mm.pipeline.flags import add_constructor_flags, constructor_kwargs
 from dataflow_mm.pipeline.gpu_plan import cuda_total_bytes, share_gpu_with_scorers
+from dataflow_mm.pipeline.outcome import check_outcome
 from dataflow_mm.pipeline.script import (
     add_runner_args,
     add_serving_args,
@@ -88,6 +89,7 @@ class ImgDiffPipeline(PipelineABC):
         wait_for_lock: bool = False,
         split: str | None = None,
         download_timeout: float = DOWNLOAD_TIMEOUT_S,
+        retry_failed: bool = False,
         input_image1_key: str = "image_path1",
         input_image2_key: str = "image_path2",
         input_bbox_key: str = "bboxes",
@@ -131,6 +133,7 @@ class ImgDiffPipeline(PipelineABC):
             wait_for_lock=wait_for_lock,
             split=split,
             download_timeout=download_timeout,
+            retry_failed=retry_failed,
         )
         self.serving = serving
         fallback = _fallback_rule(allow_tiny_fallback)
@@ -342,11 +345,12 @@ def main(argv: list[str] | None = None) -> None:
         serving_from_args(args), **constructor_kwargs(args, ImgDiffPipeline, allow_tiny_fallback=fallback)
     )
     try:
-        pipeline.run(runner=runner_from_args(args))
+        summary = pipeline.run(runner=runner_from_args(args))
         for note in pipeline.smoke_test_notes():
             print(note, flush=True)
     finally:
         pipeline.cleanup()
+    check_outcome(summary, args.max_failed_rows, args.max_failed_fraction)  # exit 3 / 4 via run_main
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from dataflow_mm.common.row_outcomes import row_counts
+
 RATE_SUFFIX = "_total"
 HISTOGRAM_MARK = "_hist"
 HISTOGRAM_BINS = 10
@@ -81,17 +83,33 @@ class StepResult:
     skipped: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    rows_reused: int = 0  # input rows whose output an earlier run of the step had computed (``runners.row_reuse``)
+    rows_computed: int = 0  # input rows the operator transformed in this run
 
     @property
     def rows_rejected(self) -> int:
         return sum(self.rejected.values())
 
+    @property
+    def outcomes(self) -> dict[str, int]:
+        """Output rows by outcome: ``{"done": .., "failed": .., "pending": ..}`` (see ``row_outcomes``)."""
+        return row_counts(self.rows_out, self.row_errors)
+
+    @property
+    def complete(self) -> bool:
+        """No row left pending: every row is done or failed for good."""
+        return self.outcomes["pending"] == 0
+
     def describe(self) -> str:
         if self.skipped:
             done = f"{self.rows_out} rows in {self.output_path}"
             metrics = f"; {describe_metrics(self.metrics)}" if self.metrics else ""
+            failed = self.outcomes["failed"]
+            done += f", {failed} failed" if failed else ""
             return f"step {self.step} {self.operator}: already complete, skipped ({done}{metrics})"
         text = f"step {self.step} {self.operator}: {self.rows_in} rows in, {self.rows_out} out"
+        if self.rows_reused:
+            text += f" ({self.rows_reused} reused from the earlier run, {self.rows_computed} computed)"
         if self.row_errors:
             causes = ", ".join(f"{k} x{v}" for k, v in sorted(self.row_errors.items()))
             text += f" ({sum(self.row_errors.values())} with error: {causes})"
@@ -100,6 +118,8 @@ class StepResult:
             text += f", {self.rows_rejected} rejected ({causes})"
         if self.metrics:
             text += f"; {describe_metrics(self.metrics)}"
+        if not self.complete:
+            text += f"; INCOMPLETE: {self.outcomes['pending']} row(s) pending"
         return text + f", {self.seconds:.2f} s -> {self.output_path}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,4 +136,10 @@ class StepResult:
             "skipped": self.skipped,
             "metrics": self.metrics,
             "rates": metric_rates(self.metrics),
+            "rows_done": self.outcomes["done"],
+            "rows_failed": self.outcomes["failed"],
+            "rows_pending": self.outcomes["pending"],
+            "complete": self.complete,
+            "rows_reused": self.rows_reused,
+            "rows_computed": self.rows_computed,
         }

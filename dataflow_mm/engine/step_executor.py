@@ -26,12 +26,13 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from dataflow_mm.common.errors import PipelineCompileError
+from dataflow_mm.common.errors import PipelineCompileError, RunStoppedError
 from dataflow_mm.common.logger import get_logger
 from dataflow_mm.core.operator import OperatorCall
 from dataflow_mm.core.results import StepResult
 from dataflow_mm.engine.chunk_processing import provenance_ref, run_chunk
 from dataflow_mm.engine.progress import StepProgress, count_rows
+from dataflow_mm.engine.row_reuse import ReusingTransformer
 from dataflow_mm.storage.chunks import Chunk
 from dataflow_mm.storage.manifest import StepManifest
 from dataflow_mm.storage.paths import check_writes
@@ -58,8 +59,8 @@ class ChunkTransformer(Protocol):
 
     in_flight: int  # how many chunks may be transformed at once (``transform`` is then called from threads)
 
-    def transform(self, chunk: StepChunk) -> tuple[pd.DataFrame, dict[str, Any]]:
-        """The chunk's output rows and its done-marker's counts."""
+    def transform(self, chunk: StepChunk) -> tuple[pd.DataFrame | bytes, dict[str, Any]]:
+        """The chunk's output rows (or their JSON lines) and its done-marker's counts."""
 
     def close(self) -> None:
         """The step's last chunk is done (or the step failed)."""
@@ -175,7 +176,13 @@ def _run_chunks(
         log.info(f"step {number} {operator.name}: resuming after {step.resumed} completed chunk(s)")
     total = None if source is not None else count_rows(storage.input_path, storage.input_type)
     progress = StepProgress(f"step {number} {operator.name}", total)
-    transformer = make_transformer(call, number, step.identity.fingerprint)
+    previous = step.previous_rows()
+    if previous is not None:
+        log.info(f"step {number} {operator.name}: {len(previous.rows)} row(s) computed before; only the others run")
+    reusing = ReusingTransformer(
+        make_transformer(call, number, step.identity.fingerprint), call, previous, storage.retry_failed
+    )
+    transformer: ChunkTransformer = reusing
 
     def finish(chunk: StepChunk, done: Future | None) -> None:
         """In chunk order: the chunk's rows and marker written, then handed on."""
@@ -206,6 +213,10 @@ def _run_chunks(
                 finish(*waiting.popleft())
         while waiting:
             finish(*waiting.popleft())
+    except RunStoppedError:
+        _keep_finished(step, waiting)
+        log.warning(f"step {number} {operator.name}: stopped; the chunks finished are kept, the others stay pending")
+        raise
     finally:
         if pool is not None:
             for _, done in waiting:
@@ -218,11 +229,23 @@ def _run_chunks(
     result.rows_in, result.rows_out = totals.rows_in, totals.rows_out
     result.rejected, result.row_errors, result.metrics = totals.rejected, totals.row_errors, totals.metrics
     result.seconds = time.perf_counter() - started
+    result.rows_reused, result.rows_computed = reusing.rows_reused, reusing.rows_computed
     step.commit(result.to_dict(), rejects)
     result.seconds = time.perf_counter() - started
     if outlet is not None:
         outlet.committed()
     return result
+
+
+def _keep_finished(step: StepTransaction, waiting: deque[tuple[StepChunk, Future | None]]) -> None:
+    """After a stop: the chunks whose transform finished are written (a rerun takes them from their parts)."""
+    for chunk, done in waiting:
+        if done is None or done.cancel():
+            continue
+        try:
+            step.write(chunk, *done.result())
+        except Exception:  # this chunk stopped too: it stays to do
+            continue
 
 
 def check_explicit_columns(call: OperatorCall) -> None:

@@ -12,9 +12,10 @@ import difflib
 import os
 from abc import ABC, abstractmethod
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dataflow_mm.common.errors import ERROR_COLUMN, PipelineCompileError, StorageError
+from dataflow_mm.common.errors import ERROR_COLUMN, PipelineCompileError, RunStoppedError, StorageError
 from dataflow_mm.common.logger import get_logger
 from dataflow_mm.core.dispatch import recording_calls
 from dataflow_mm.core.operator import OperatorCall
@@ -192,11 +193,17 @@ class PipelineABC(ABC):
             for folder in sorted(folders):  # one order everywhere: two runs never hold one lock each
                 held.enter_context(folders[folder].locked())
             logged = held.enter_context(run_log(calls[-1].storage.cache_path)) if calls else None
-            results = get_runner(runner).execute(calls)
+            last = calls[-1].storage if calls else None
+            summary_path = os.path.join(last.cache_path, f"{last.file_name_prefix}_summary.json") if last else ""
+            try:
+                results = get_runner(runner).execute(calls)
+            except RunStoppedError:  # the last run's summary would tell of a run that is not this one
+                if summary_path:
+                    Path(summary_path).unlink(missing_ok=True)
+                raise
             summary = RunSummary(results, self.servings(), log_path=str(logged.path) if logged else None)
-            if calls:
-                storage = calls[-1].storage
-                summary.save(os.path.join(storage.cache_path, f"{storage.file_name_prefix}_summary.json"))
+            if summary_path:
+                summary.save(summary_path)
             print(summary.text(), flush=True)
             if logged:
                 logged.write(summary.text())

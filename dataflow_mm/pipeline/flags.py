@@ -41,6 +41,7 @@ STORAGE_HELP = {
     "cache_type": "format of the step files",
     "chunk_size": "rows per chunk (one batched model call each)",
     "wait_for_lock": "when another run holds --cache_path, wait for it to end instead of stopping (exit 2)",
+    "retry_failed": "also redo the rows that failed for good in an earlier run (a rerun always redoes pending rows)",
     "bbox_format": "how the input table writes its boxes",
     "download_timeout": f"seconds for a whole image download from an http(s) URL, reply included (default "
     f"{DOWNLOAD_TIMEOUT_S:g}; per attempt: a slower one is retried like a timeout, then a row error)",

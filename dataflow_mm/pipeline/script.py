@@ -12,9 +12,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dataflow_mm.common.errors import UserError
+from dataflow_mm.common.errors import EXIT_INCOMPLETE, RunStoppedError, UserError
 from dataflow_mm.engine import RUNNERS, LocalRunner, Runner
 from dataflow_mm.pipeline.held_log import holding_setup_log
+from dataflow_mm.pipeline.outcome import EXIT_CODES_HELP, RERUN_HINT, RunOutcomeError
 from dataflow_mm.serving.base import VLMServing
 from dataflow_mm.serving.factory import create_serving
 from dataflow_mm.serving.settings import ServingSettings
@@ -76,6 +77,21 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="CPU threads per model actor for image preprocessing (default 4)",
     )
+    outcome = parser.add_argument_group("run outcome (see the exit codes below)")
+    outcome.add_argument(
+        "--max_failed_rows",
+        type=int,
+        default=None,
+        help="exit 4 when a step has more rows failed for good than this (default: no limit)",
+    )
+    outcome.add_argument(
+        "--max_failed_fraction",
+        type=float,
+        default=None,
+        help="exit 4 when more than this share (0..1) of a step's rows failed for good (default: no limit)",
+    )
+    parser.epilog = EXIT_CODES_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def runner_from_args(args: argparse.Namespace) -> Runner:
@@ -114,13 +130,21 @@ def serving_from_args(args: argparse.Namespace) -> VLMServing:
 
 def run_main(main: Callable[[], Any]) -> None:
     """Run a script's ``main``; user errors (and a full or read-only disk) become one line on stderr
-    and exit code 2. Step files appear atomically, so a step cut short this way does not look complete."""
+    and exit code 2. Step files appear atomically, so a step cut short this way does not look complete.
+    A run that is incomplete (rows pending, or stopped: ``RunStoppedError``) exits 3, one with more failed
+    rows than allowed 4 (``pipeline.outcome``), each with one line on stderr."""
     try:
         with holding_setup_log():  # set-up lines wait for the run log (or vanish before a user error)
             main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
+    except RunOutcomeError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except RunStoppedError as exc:
+        print(f"stopped: {exc}; the rows not processed stay pending: {RERUN_HINT}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INCOMPLETE)
     except OSError as exc:
         if exc.errno not in DISK_ERRNOS:
             raise

@@ -54,6 +54,16 @@ class RunSummary:
         return {**merged, **metric_rates(merged)}
 
     @property
+    def complete(self) -> bool:
+        """No step holds a pending row: every row is done or failed for good."""
+        return all(step.complete for step in self.steps)
+
+    @property
+    def outcomes(self) -> dict[str, dict[str, int]]:
+        """Per step (``"step<k>"``): output rows done, failed and pending."""
+        return {f"step{step.step}": step.outcomes for step in self.steps}
+
+    @property
     def smoke_test(self) -> bool:
         return any(s.is_smoke_test_model for s in self.servings)
 
@@ -63,6 +73,8 @@ class RunSummary:
             "rows_out": self.rows_out,
             "rows_rejected": self.rows_rejected,
             "rows_with_error": self.rows_with_error,
+            "complete": self.complete,
+            "outcomes": self.outcomes,
             "row_errors": self.steps[-1].row_errors if self.steps else {},
             "output_path": self.output_path,
             "metrics": self.metrics,
@@ -95,6 +107,7 @@ class RunSummary:
                     if s.extra.get(key)
                 )
             )
+        lines.append(self._outcome_line())
         if self.output_path:
             lines.append(f"output: {self.output_path}")
         if self.log_path:
@@ -102,6 +115,15 @@ class RunSummary:
         if self.smoke_test:
             lines.append("WARNING: " + SMOKE_TEST_WARNING)
         return "\n".join(lines)
+
+    def _outcome_line(self) -> str:
+        counts = "; ".join(
+            f"step {s.step}: {o['done']} done, {o['failed']} failed, {o['pending']} pending"
+            for s, o in ((s, s.outcomes) for s in self.steps)
+        )
+        if self.complete:
+            return f"run complete ({counts})"
+        return f"run INCOMPLETE ({counts}): rerun the same command to continue"
 
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(self.to_dict(), path)

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dataflow_mm.common.errors import ROW_DONE, ROW_FAILED, ROW_PENDING
+from dataflow_mm.common.row_outcomes import stats_counts
 from dataflow_mm.report.histogram import histograms_html
 from dataflow_mm.report.locate import StepLocation
 from dataflow_mm.storage.manifest import StepManifest
@@ -64,16 +66,23 @@ def _steps_table(summary: dict[str, Any] | None, manifests: dict[int, StepManife
     steps = (summary or {}).get("steps") or [m.stats for _, m in sorted(manifests.items()) if m.stats]
     if not steps:
         return ""
-    head = "<tr><th>step</th><th>operator</th><th>in</th><th>out</th><th>rejected</th><th>errors</th><th>s</th></tr>"
+    head = (
+        "<tr><th>step</th><th>operator</th><th>in</th><th>out</th><th>done</th><th>failed</th><th>pending</th>"
+        "<th>rejected</th><th>errors</th><th>s</th></tr>"
+    )
     body = []
     for step in steps:
         errors = ", ".join(f"{k} ×{v}" for k, v in sorted((step.get("row_errors") or {}).items()))
         rejected = ", ".join(f"{k} ×{v}" for k, v in sorted((step.get("rejected") or {}).items()))
         mark = ' class="shown"' if step.get("step") == shown else ""
         skipped = " (skipped: already complete)" if step.get("skipped") else ""
+        outcome = stats_counts(step)  # done / failed / pending (also for summaries written before outcomes)
+        pending = outcome[ROW_PENDING]
+        skipped += " (INCOMPLETE: rerun the same command to continue)" if pending else ""
         body.append(
             f"<tr{mark}><td>{esc(step.get('step'))}</td><td>{esc(step.get('operator'))}{skipped}</td>"
             f"<td>{esc(step.get('rows_in'))}</td><td>{esc(step.get('rows_out'))}</td>"
+            f"<td>{outcome[ROW_DONE]}</td><td>{outcome[ROW_FAILED]}</td><td>{pending}</td>"
             f"<td>{esc(step.get('rows_rejected'))}{' (' + esc(rejected) + ')' if rejected else ''}</td>"
             f"<td>{esc(errors) or '0'}</td><td>{esc(step.get('seconds'))}</td></tr>"
         )
@@ -132,6 +141,11 @@ def header_html(
     ):
         if counts.get(key) is not None:
             stat_cells.append(f'<div class="stat" data-stat="{key}"><b>{esc(counts[key])}</b> {label}</div>')
+    steps = (summary or {}).get("steps") or [m.stats for _, m in sorted(manifests.items()) if m.stats]
+    pending = sum(stats_counts(step)[ROW_PENDING] for step in steps)
+    if steps:
+        verdict = f"INCOMPLETE: {pending} row(s) pending, rerun to continue" if pending else "complete"
+        stat_cells.append(f'<div class="stat" data-stat="complete"><b>{esc(verdict)}</b></div>')
     causes = counts.get("row_errors") or {}
     if causes:
         text = ", ".join(f"{k} ×{v}" for k, v in sorted(causes.items()))

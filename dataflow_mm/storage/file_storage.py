@@ -111,6 +111,7 @@ class FileStorage:
         wait_for_lock: bool = False,
         split: str | None = None,
         download_timeout: float = DOWNLOAD_TIMEOUT_S,
+        retry_failed: bool = False,
     ) -> None:
         self.first_entry_file_name = str(first_entry_file_name)
         self.cache_path = check_posix_cache_path(str(cache_path))
@@ -124,6 +125,7 @@ class FileStorage:
         if not download_timeout > 0:
             raise StorageError(f"download_timeout must be > 0 seconds, not {download_timeout}")
         self.download_timeout = float(download_timeout)  # the whole of one attempt at an image URL
+        self.retry_failed = bool(retry_failed)  # a rerun also redoes the rows that failed permanently
         self.operator_step = -1
         self._step_offset = 0
         self._origin: FileStorage = self
@@ -242,7 +244,7 @@ class FileStorage:
 
         ``streamed``: the input is still being written by the step before; its chunks come from it.
         """
-        return StepTransaction(self, identity, streamed)
+        return StepTransaction(self, identity, streamed, self.retry_failed)
 
     # -- data ---------------------------------------------------------------------------------
     def iter_chunks(self, chunk_size: int | None = None) -> Iterator[Chunk]:

@@ -127,6 +127,9 @@ class StepManifest:
     working_dir: str = ""
     # Who wrote the step (see storage.step_owner): a step file of another writer is never replaced.
     writer: dict[str, Any] = field(default_factory=dict)
+    # sha256 of the step's row index and of its output lines (``storage.row_index``); "": none (older caches)
+    rows_sha256: str = ""
+    lines_sha256: str = ""
 
     def save(self, step_file: str | os.PathLike) -> Path:
         """Write the manifest atomically (encoded by orjson in one pass; the stdlib for ints beyond 64 bits)."""

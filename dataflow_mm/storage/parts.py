@@ -66,9 +66,9 @@ class ChunkParts:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
-    def write(self, index: int, frame: pd.DataFrame, rejects: list[Reject], counts: dict[str, Any]) -> None:
-        """Store a finished chunk: data first, then the marker that makes it count."""
-        write_bytes_atomic(frame_to_jsonl(frame), self._data(index))
+    def write(self, index: int, frame: pd.DataFrame | bytes, rejects: list[Reject], counts: dict[str, Any]) -> None:
+        """Store a finished chunk (its rows, or their JSON lines): data first, then the marker that makes it count."""
+        write_bytes_atomic(frame if isinstance(frame, bytes) else frame_to_jsonl(frame), self._data(index))
         write_json_atomic({**counts, "rejects": [r.to_dict() for r in rejects]}, self._marker(index))
 
     def data(self, index: int) -> bytes:
@@ -82,6 +82,13 @@ class ChunkParts:
 
     def indices(self) -> list[int]:
         return sorted(int(p.name[6:12]) for p in self.folder.glob("chunk_*.done.json"))
+
+    def write_lines(self, target: Path) -> None:
+        """Join the parts' JSON lines, in chunk order, into ``target`` (atomically), whatever the step file's type."""
+        with AtomicTableWriter(target, "jsonl") as writer, writer.raw_handle() as handle:
+            for index in self.indices():
+                with self._data(index).open("rb") as part:
+                    shutil.copyfileobj(part, handle)
 
     def iter_frames(self) -> Iterator[pd.DataFrame]:
         for index in self.indices():

@@ -11,8 +11,13 @@ and their done-markers, its rejects file, its extra outputs and its manifest::
 
 A chunk is done when its marker exists, the media it read are unchanged and, when the marker records
 the hash of the input lines it was made from, those lines are the same now. ``commit`` joins the parts
-into the step file, writes the rejects and the extra outputs, then the manifest, and only then removes
-the parts: a kill at any point leaves either parts to resume from or a complete step.
+into the step file, writes the rejects, the extra outputs and the row index (``storage.row_index``),
+then the manifest, and only then removes the parts: a kill at any point leaves either parts to resume
+from or a complete step.
+
+A step is current only when its manifest proves its file current *and* it holds no pending row (nor,
+with ``retry_failed``, a failed one): a step left with pending rows runs again, reusing through its
+row index (``previous_rows``) the output of every row it has computed before.
 """
 
 from __future__ import annotations
@@ -27,12 +32,21 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from dataflow_mm.common.row_outcomes import stats_counts
 from dataflow_mm.storage.atomic import AtomicFile, remove_stale_temps
 from dataflow_mm.storage.chunks import Chunk, Reject
 from dataflow_mm.storage.formats import read_table
-from dataflow_mm.storage.manifest import StepManifest, file_sha256, manifest_path, media_path, write_media_stamps
+from dataflow_mm.storage.manifest import (
+    StepManifest,
+    file_sha256,
+    manifest_path,
+    media_path,
+    media_unchanged,
+    write_media_stamps,
+)
 from dataflow_mm.storage.media_stamps import changed_media
 from dataflow_mm.storage.parts import ChunkParts
+from dataflow_mm.storage.row_index import ROWS_KEY, RowIndex, lines_path, rows_path, write_row_index
 from dataflow_mm.storage.step_owner import check_step_owner, writer_of
 from dataflow_mm.storage.table_types import check_readable, table_type_of
 from dataflow_mm.storage.table_writer import write_table
@@ -54,7 +68,6 @@ class StepFiles(Protocol):
     def rejects_path(self) -> Path: ...
 
     def iter_chunks(self) -> Iterator[Chunk]: ...
-
 
 STREAMED = "streamed"  # the parts state's input hash while the input is still being written by the step before
 CHUNK_SHA_KEY = "input_chunk_sha256"  # a marker's hash of the input lines its chunk was made from
@@ -104,9 +117,12 @@ def _working_dir() -> str:
 class StepTransaction:
     """The files of one step (see the module docstring). ``streamed``: the input file is still being written."""
 
-    def __init__(self, storage: StepFiles, identity: StepIdentity, streamed: bool = False) -> None:
+    def __init__(
+        self, storage: StepFiles, identity: StepIdentity, streamed: bool = False, retry_failed: bool = False
+    ) -> None:
         self.storage = storage
         self.identity = identity
+        self.retry_failed = retry_failed
         self.input_sha: str | None = None if streamed else file_sha256(check_readable(storage.input_path))
         state = {
             "fingerprint": identity.fingerprint,
@@ -126,6 +142,9 @@ class StepTransaction:
             return None
         if not manifest.matches(self.identity.fingerprint, self.input_sha, output):
             return None
+        counts = stats_counts(manifest.stats)
+        if counts["pending"] or (self.retry_failed and counts["failed"]):
+            return None  # rows left to do: the step runs again, reusing the rows it has (``previous_rows``)
         hashes = self._sync_extra_outputs(manifest.extra_output_sha256)
         if hashes != manifest.extra_output_sha256:
             manifest.extra_outputs = list(hashes)
@@ -133,6 +152,19 @@ class StepTransaction:
             manifest.save(output)
         self.parts.remove()  # left by a kill between manifest and cleanup
         return manifest
+
+    def previous_rows(self) -> RowIndex | None:
+        """The row index of the step file an earlier run of this same step wrote (same fingerprint, its
+        media unchanged), to reuse the rows it computed; None when there is none to trust."""
+        output = self.storage.output_path
+        manifest = StepManifest.load(output)
+        if manifest is None or manifest.fingerprint != self.identity.fingerprint or not manifest.rows_sha256:
+            return None
+        if manifest.media_sha256 and not media_unchanged(output, manifest.media_sha256):
+            return None
+        if manifest.media and changed_media(manifest.media):
+            return None
+        return RowIndex.load(output, manifest.rows_sha256, manifest.lines_sha256)
 
     def __enter__(self) -> StepTransaction:
         return self
@@ -144,7 +176,8 @@ class StepTransaction:
         """Start (or resume) the parts; returns how many chunk markers an earlier run left."""
         output = self.storage.output_path
         check_step_owner(self.storage)  # a pipeline checked this at compile; a storage used alone, here
-        for written in (output, self.storage.rejects_path, manifest_path(output), media_path(output)):
+        written_files = (output, self.storage.rejects_path, manifest_path(output), media_path(output))
+        for written in (*written_files, rows_path(output), lines_path(output)):
             remove_stale_temps(written)  # left by a run killed while writing this step
         self.resumed = self.parts.open()
         return self.resumed
@@ -171,8 +204,8 @@ class StepTransaction:
             return None
         return counts
 
-    def write(self, chunk: StepChunk, out: pd.DataFrame, counts: dict[str, Any]) -> None:
-        """Store a finished chunk (rows, then the marker that makes it count)."""
+    def write(self, chunk: StepChunk, out: pd.DataFrame | bytes, counts: dict[str, Any]) -> None:
+        """Store a finished chunk (rows, or their JSON lines, then the marker that makes it count)."""
         if chunk.sha256 is not None:
             counts = {**counts, CHUNK_SHA_KEY: chunk.sha256}
         self.parts.write(chunk.index, out, chunk.rejects, counts)
@@ -221,13 +254,15 @@ class StepTransaction:
         media_sha = write_media_stamps(
             output, ((self.parts.done(index) or {}).get("media", {}) for index in self.parts.indices())
         )
+        output_sha = file_sha256(output)
+        rows_sha, lines_sha = self._write_row_index(output_sha)
         StepManifest(
             operator=self.identity.operator,
             fingerprint=self.identity.fingerprint,
             params=self.identity.params,
             input_path=str(storage.input_path),
             input_sha256=self.input_sha,
-            output_sha256=file_sha256(output),
+            output_sha256=output_sha,
             stats=stats,
             provenance=self.identity.provenance,
             extra_outputs=list(extra_hashes),
@@ -235,8 +270,25 @@ class StepTransaction:
             media_sha256=media_sha,
             working_dir=_working_dir(),
             writer=writer_of(storage),
+            rows_sha256=rows_sha,
+            lines_sha256=lines_sha,
         ).save(output)
         self.parts.remove()
+
+    def _write_row_index(self, output_sha: str) -> tuple[str, str]:
+        """The row index and (for a step file that is not JSONL) its output lines; their sha256s ("" when
+        a chunk has no row records, e.g. one resumed from a marker written before row indexes)."""
+        output = self.storage.output_path
+        rows_sha = write_row_index(output, ((self.parts.done(i) or {}).get(ROWS_KEY) for i in self.parts.indices()))
+        lines = lines_path(output)
+        if not rows_sha:
+            if lines != output:
+                lines.unlink(missing_ok=True)
+            return "", ""
+        if lines == output:
+            return rows_sha, output_sha
+        self.parts.write_lines(lines)
+        return rows_sha, file_sha256(lines)
 
     def _sync_extra_outputs(self, recorded: dict[str, str] | None) -> dict[str, str]:
         """Write each extra output that is missing or differs from ``recorded``; return every one's sha256.
