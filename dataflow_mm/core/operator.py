@@ -60,13 +60,13 @@ class _OperatorMeta(ABCMeta):
 class OperatorABC(ABC, metaclass=_OperatorMeta):
     """Base class of every operator.
 
-    Declare the keys once in ``key_spec`` (see ``operators.keys``): the base class builds ``run``,
+    Declare the keys once in ``key_spec`` (see ``core.keys``): the base class builds ``run``,
     ``input_columns``, ``output_columns`` and ``explicit_input_columns`` from it (an operator whose
     ``run`` takes arguments a KeySpec cannot say writes ``run`` itself, calling
     ``self.execute(storage, **keys)``, and overrides the column methods it needs). ``holds_model``: whether it loads
     a model (Ray gives such an operator long-lived actors; None: detected from its attributes).
     ``params()`` (the resume fingerprint's parameters) and ``provenance()`` are derived from the
-    constructor's arguments (``operators.params``); ``param_spec`` says where they differ.
+    constructor's arguments (``core.params``); ``param_spec`` says where they differ.
     ``requires``: optional modules it needs, as ``(module, pip extra)``, checked at construction; those
     and the ones its servings and scorers declare (e.g. vLLM's) are checked by ``compile``, before any
     step writes anything (a serving can be built, e.g. to plan GPUs, where its backend is missing).
@@ -133,7 +133,7 @@ class OperatorABC(ABC, metaclass=_OperatorMeta):
     def params(self) -> dict[str, Any]:
         """Parameters that change the output: part of the resume fingerprint and the manifest.
 
-        Derived from the constructor's arguments and ``param_spec`` (see ``operators.params``)."""
+        Derived from the constructor's arguments and ``param_spec`` (see ``core.params``)."""
         return derive_params(self, self._init_arguments, self.param_spec, OperatorABC)
 
     def provenance(self) -> dict[str, Any]:

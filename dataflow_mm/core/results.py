@@ -83,7 +83,7 @@ class StepResult:
     skipped: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
-    rows_reused: int = 0  # input rows whose output an earlier run of the step had computed (``runners.row_reuse``)
+    rows_reused: int = 0  # input rows whose output an earlier run of the step had computed (``engine.row_reuse``)
     rows_computed: int = 0  # input rows the operator transformed in this run
 
     @property

@@ -13,7 +13,7 @@ class LocalRunner(Runner):
     """Executes the calls ``compile`` recorded; each step resumes by its manifest and chunk markers.
 
     ``streaming`` (default): one thread per step, step k+1 works on chunk i as soon as step k has
-    written it (see ``runners.streaming``); False: one step after another (``--no_streaming``).
+    written it (see ``engine.streaming``); False: one step after another (``--no_streaming``).
     Both write the same files.
     """
 

@@ -31,7 +31,7 @@ from dataflow_mm.engine.ray_workers import (
     tensor_parallel_placement,
 )
 
-log = get_logger("runners.ray")
+log = get_logger("engine.ray")
 
 DEFAULT_CPU_THREADS_PER_ACTOR = 4  # image decoding and preprocessing threads of a model actor
 

@@ -1,17 +1,17 @@
 """The Ray runner: the same compiled pipeline and the same step executor, chunks transformed by Ray workers.
 
-Each step runs through the step executor (``runners.step_executor``) exactly as on the local runner:
+Each step runs through the step executor (``engine.step_executor``) exactly as on the local runner:
 the driver reads the step's input chunks (malformed JSONL lines become rejects with their line
 numbers), finds through the storage's step transaction which chunks are done already (a chunk
 whose marker, media or input lines no longer match is redone), writes each finished chunk's rows
 and marker, and commits the step file, rejects, extra outputs and manifest. Only the transform of a
 chunk runs on Ray (:class:`RayTransformer`): operators that hold a model (a VLM serving or a
-scorer) on their own actors (``actors_per_model_operator`` of them, see ``runners.ray_pools``),
+scorer) on their own actors (``actors_per_model_operator`` of them, see ``engine.ray_pools``),
 started once per run and kept until the operator's last step; the others as Ray tasks, as many
 at once as the cluster has CPUs. Every actor or task slot has one chunk in flight, and chunks are
 read as the slots take them, so a big input never sits whole in memory or in the object store.
 
-Steps stream into each other as on the local runner (``runners.streaming``): step k+1 sends chunk
+Steps stream into each other as on the local runner (``engine.streaming``): step k+1 sends chunk
 i to its workers as soon as step k has written it. That needs every model operator's actors up at
 once with a CPU to spare for task steps; when they do not fit (e.g. two vLLM operators on one
 GPU), steps run one after another, each operator's actors released after its last step and later
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-log = get_logger("runners.ray")
+log = get_logger("engine.ray")
 
 
 

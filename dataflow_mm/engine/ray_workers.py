@@ -29,7 +29,7 @@ from dataflow_mm.serving.base import EngineDiedError, ServingStats, VLMServing
 from dataflow_mm.storage.chunks import Reject
 from dataflow_mm.storage.file_storage import FileStorage
 
-log = get_logger("runners.ray")
+log = get_logger("engine.ray")
 
 _STAT_FIELDS = ("calls", "requests", "failed", "retried", "truncated", "prompt_tokens", "completion_tokens")
 

@@ -18,6 +18,7 @@ import orjson
 import pandas as pd
 
 from dataflow_mm.common.errors import ERROR_COLUMN
+from dataflow_mm.engine.chunk_processing import chunk_counts
 from dataflow_mm.storage.chunks import records_frame
 from dataflow_mm.storage.media_stamps import media_stamps
 from dataflow_mm.storage.row_index import (
@@ -42,7 +43,7 @@ class ReusingTransformer:
     """``inner`` on the rows of each chunk that ``previous`` cannot answer (see the module docstring)."""
 
     def __init__(self, inner: Any, call: OperatorCall, previous: RowIndex | None, retry_failed: bool = False) -> None:
-        """``inner``: the step's ``ChunkTransformer`` (``runners.step_executor``; not imported: it imports this)."""
+        """``inner``: the step's ``ChunkTransformer`` (``engine.step_executor``; not imported: it imports this)."""
         self.inner = inner
         self.call = call
         self.previous = previous
@@ -58,9 +59,11 @@ class ReusingTransformer:
         frame = chunk.frame
         keys = row_keys(frame)
         ordered = isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1
-        known: list[KnownRow | None] = [None] * len(keys)
+        known: list[KnownRow | tuple[str, bytes] | None] = [None] * len(keys)
         if self.previous is not None and ordered:
             known = [self.previous.reusable(key, self.retry_failed) for key in keys]
+        if chunk.written_rows and ordered:  # an interrupted run wrote this chunk: its standing rows are kept
+            known = [chunk.written_rows.get(key, row) for key, row in zip(keys, known, strict=True)]
         if not any(known):
             return self._whole(chunk, keys)
         todo = [i for i, row in enumerate(known) if row is None]
@@ -79,6 +82,10 @@ class ReusingTransformer:
         with self._lock:
             for position, key in enumerate(keys):
                 row = known[position]
+                if isinstance(row, tuple):  # (outcome, lines) of the chunk an interrupted run wrote
+                    parts.append(row[1])
+                    rows.append([key, row[0], row[1].count(b"\n")])
+                    continue
                 if row is not None:
                     data = self.previous.lines(row) if self.previous is not None else b""
                     parts.append(data)
@@ -109,7 +116,7 @@ class ReusingTransformer:
         merged = records_frame([_load_line(line) for line in data.splitlines()])
         if ERROR_COLUMN not in merged.columns:
             merged[ERROR_COLUMN] = None
-        counts = operator.chunk_counts(chunk.frame, chunk.rejects, merged, keys)
+        counts = chunk_counts(operator, chunk.frame, chunk.rejects, merged, keys)
         frame = chunk.frame
         columns = (frame[c] for c in operator.media_columns(**keys) if c in frame.columns)
         media = media_stamps(columns, self.call.storage.media_root)

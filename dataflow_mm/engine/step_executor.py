@@ -5,11 +5,11 @@ current is skipped), the chunks not done yet (one ``chunk_processing.run_chunk``
 storage's step transaction), and the commit (step file, rejects, extra outputs, manifest). The
 operator only transforms a chunk; the storage only keeps files.
 
-For streaming (see ``runners.streaming``) a step can take its chunks from the step before
+For streaming (see ``engine.streaming``) a step can take its chunks from the step before
 (``source``) and hand each finished chunk on to the step after (``outlet``).
 
 Who transforms a chunk is a :class:`ChunkTransformer`: in this process by default
-(:class:`InProcessTransformer`), or by Ray workers (``runners.ray_runner``). A transformer may have
+(:class:`InProcessTransformer`), or by Ray workers (``engine.ray_runner``). A transformer may have
 several chunks in flight (an API serving keeps its request pool full across chunk boundaries; Ray
 keeps every actor busy); the chunks are still written, marked and handed on one by one in chunk
 order, so the files are the same whichever transforms them.

@@ -67,7 +67,7 @@ class _Channel:
             except queue.Empty:
                 continue
 
-    # the producer's side (runners.step_executor.StepOutlet)
+    # the producer's side (engine.step_executor.StepOutlet)
     def opened(self, streaming: bool) -> None:
         self._put(("opened", streaming))
 

@@ -55,6 +55,7 @@ from urllib.parse import urlsplit, urlunsplit
 from dataflow_mm.common.deps import require
 from dataflow_mm.common.errors import (
     RowError,
+    ServingConfigError,
     ServingError,
     ServingUnavailableError,
     UnsupportedArgumentError,
@@ -283,7 +284,8 @@ class APIVLMServing_openai(VLMServing):
             client.close()
 
     def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
-        """Every request answered, or the breaker's stop error raised (none of this call's answers kept)."""
+        """Every request's completion (answered, failed, or pending when the breaker stopped the run meanwhile);
+        the breaker's stop error when it had stopped before, or when every request is refused."""
         self._get_client()  # fail fast (missing httpx) before any worker starts
         self._breaker.check()
         self._breaker.call_started()
@@ -303,7 +305,10 @@ class APIVLMServing_openai(VLMServing):
                     )
         finally:
             self._breaker.call_ended()
-        self._breaker.check()  # stopped while this call was in flight: its rows are not results
+        if isinstance(self._breaker.error, ServingConfigError):
+            self._breaker.check()  # every request is refused: no row of this call is a result
+        # Stopped while this call was in flight (the server went away): its answers are kept and its other
+        # rows are pending; the next call raises, so the run stops after this chunk is written.
         return answers
 
     # -- internals -------------------------------------------------------------------------------
@@ -455,7 +460,7 @@ class APIVLMServing_openai(VLMServing):
             return post_once(client, self.endpoint, body, self._headers(), self.timeout, self.max_response_bytes)
 
 
-# The placeholder of a request the breaker kept from being sent: never a row's result (the call raises).
+# A request the breaker kept from being sent: its row stays pending.
 _NOT_SENT = Completion(text=None, error=row_error_text(ServingUnavailableError("not sent: the run stopped")))
 
 

@@ -99,6 +99,11 @@ class ServingBreaker:
     def stopped(self) -> bool:
         return self._event.is_set()
 
+    @property
+    def error(self) -> DataflowMMError | None:
+        """Why the breaker tripped (``ServingConfigError`` or ``RunStoppedError``); None while it has not."""
+        return self._error
+
     def check(self) -> None:
         """Raise the stop error (a fresh instance: several threads may raise it at once) once tripped."""
         error = self._error

@@ -141,6 +141,26 @@ class KnownRow:
     length: int
 
 
+def redo(outcome: str, retry_failed: bool) -> bool:
+    """Whether a row with this earlier outcome is computed again: pending, or failed when retried."""
+    return outcome == ROW_PENDING or (retry_failed and outcome == ROW_FAILED)
+
+
+def part_rows(rows: list[list[Any]], data: bytes, retry_failed: bool) -> dict[str, tuple[str, bytes]]:
+    """Key -> (outcome, output lines) of the rows of a written chunk that stand (see ``redo``).
+
+    ``rows`` is the chunk marker's ``[key, outcome, lines]`` per input row, ``data`` the chunk's lines
+    in the same order."""
+    lines = data.splitlines(keepends=True)
+    found: dict[str, tuple[str, bytes]] = {}
+    start = 0
+    for key, outcome, count in rows:
+        if not redo(outcome, retry_failed):
+            found.setdefault(key, (outcome, b"".join(lines[start : start + count])))
+        start += count
+    return found
+
+
 class RowIndex:
     """An earlier run's row index, loaded to reuse its output lines (see the module docstring)."""
 
@@ -179,9 +199,7 @@ class RowIndex:
     def reusable(self, key: str, retry_failed: bool) -> KnownRow | None:
         """The earlier result of the row ``key`` when it can stand: done, or failed unless retried."""
         known = self.rows.get(key)
-        if known is None or known.outcome == ROW_PENDING or (retry_failed and known.outcome == ROW_FAILED):
-            return None
-        return known
+        return None if known is None or redo(known.outcome, retry_failed) else known
 
     def lines(self, known: KnownRow) -> bytes:
         """The output lines of a known row, as the earlier step file held them."""

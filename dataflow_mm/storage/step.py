@@ -46,7 +46,15 @@ from dataflow_mm.storage.manifest import (
 )
 from dataflow_mm.storage.media_stamps import changed_media
 from dataflow_mm.storage.parts import ChunkParts
-from dataflow_mm.storage.row_index import ROWS_KEY, RowIndex, lines_path, rows_path, write_row_index
+from dataflow_mm.storage.row_index import (
+    ROWS_KEY,
+    RowIndex,
+    lines_path,
+    part_rows,
+    redo,
+    rows_path,
+    write_row_index,
+)
 from dataflow_mm.storage.step_owner import check_step_owner, writer_of
 from dataflow_mm.storage.table_types import check_readable, table_type_of
 from dataflow_mm.storage.table_writer import write_table
@@ -93,6 +101,9 @@ class StepChunk:
     rejects: list[Reject]
     sha256: str | None = None
     done: dict[str, Any] | None = None
+    # A chunk an interrupted run wrote with rows to redo (pending, or failed and retried): key -> (outcome,
+    # output lines) of its other rows, which stand as they were written.
+    written_rows: dict[str, tuple[str, bytes]] | None = None
 
 
 @dataclass
@@ -187,7 +198,12 @@ class StepTransaction:
         """Every input chunk in order (from ``source``, default the input file), each with its done state."""
         for index, chunk in enumerate(source if source is not None else self.storage.iter_chunks()):
             self._seen.append(index)
-            yield StepChunk(index, chunk.frame, chunk.rejects, chunk.sha256, self._done(index, chunk.sha256))
+            done = self._done(index, chunk.sha256)
+            written = None
+            rows = (done or {}).get(ROWS_KEY)
+            if rows and any(redo(outcome, self.retry_failed) for _, outcome, _ in rows):
+                written, done = part_rows(rows, self.parts.data(index), self.retry_failed), None
+            yield StepChunk(index, chunk.frame, chunk.rejects, chunk.sha256, done, written)
 
     def pending(self, source: Iterable[Chunk] | None = None) -> Iterator[StepChunk]:
         """The input chunks not done yet."""

@@ -135,10 +135,13 @@ def test_no_server_stops_the_run_after_the_breaker_not_after_every_row() -> None
         url = server.base_url  # closed: connections to it are refused
     api = APIVLMServing_openai(url, "test-model", max_workers=4, max_retries=1, max_consecutive_failures=5, **FAST)
     started = time.monotonic()
-    with pytest.raises(RunStoppedError) as stopped:
-        api.chat(rows(60))
+    out = api.chat(rows(60))  # the call in flight when the breaker trips returns: every row pending
     elapsed = time.monotonic() - started
     attempts = api.stats.extra["http_requests"]
+    assert [row_outcome(c.error) for c in out] == [ROW_PENDING] * 60
+    with pytest.raises(RunStoppedError) as stopped:  # the next call stops the run
+        api.chat(rows(1))
+    assert api.stats.extra["http_requests"] == attempts  # ... sending nothing
     api.cleanup()
     assert "stopped answering: 5 requests in a row failed" in str(stopped.value)
     assert "--api_max_consecutive_failures 5" in str(stopped.value) and "Connection refused" in str(stopped.value)
@@ -158,10 +161,12 @@ def test_a_server_that_answers_nothing_stops_the_run_after_max_unanswered_s() ->
             **{**FAST, "timeout": 0.3},
         )
         started = time.monotonic()
-        with pytest.raises(RunStoppedError) as stopped:
-            api.chat(rows(20))
+        out = api.chat(rows(20))
         elapsed = time.monotonic() - started
+        with pytest.raises(RunStoppedError) as stopped:
+            api.chat(rows(1))
         api.cleanup()
+    assert [row_outcome(c.error) for c in out] == [ROW_PENDING] * 20
     assert "answered no request for" in str(stopped.value) and "--api_max_unanswered_s 1" in str(stopped.value)
     assert 1.0 <= elapsed < 3.0, elapsed
 
@@ -212,40 +217,38 @@ def test_a_server_killed_mid_run_leaves_rows_pending_or_stops_the_run() -> None:
     assert pending_written < 60  # not a failed row for every remaining request
 
 
-def test_requests_in_flight_when_the_run_stops_are_not_returned_as_answers() -> None:
-    """One call waits on a slow answer while another call's failures trip the breaker: the slow answer
-    arrives (the server sent it) but its call raises, so no row of a stopped run is written."""
+def test_an_answer_in_flight_when_the_run_stops_is_kept_and_the_next_call_stops() -> None:
+    """One call waits on a slow answer while another call's failures trip the breaker: the slow answer is
+    a real answer (its row is done and never asked again); the failed rows are pending; the next call of
+    the stopped run raises, so the run stops after the chunks in flight are written."""
     faults = {"slow": Fault.hang(0.8, times=1), "bad": Fault.http(503)}
     with OpenAITestServer(faults_by_text=faults) as server:
         options = {**FAST, "timeout": 5.0, "max_workers": 4, "max_retries": 0, "max_consecutive_failures": 3}
         api = APIVLMServing_openai(server.base_url, "test-model", **options)
         outcome: dict[str, Any] = {}
-
-        def slow_call() -> None:
-            try:
-                outcome["slow"] = api.chat([build_conversation("slow row")])
-            except RunStoppedError as exc:
-                outcome["slow"] = exc
-
-        thread = threading.Thread(target=slow_call)
+        thread = threading.Thread(target=lambda: outcome.update(slow=api.chat([build_conversation("slow row")])))
         thread.start()
         while not server.requests_for("slow"):
             time.sleep(0.005)
-        with pytest.raises(RunStoppedError):
-            api.chat([build_conversation(f"bad row {i}") for i in range(3)])
+        failed = api.chat([build_conversation(f"bad row {i}") for i in range(3)])
         thread.join(10)
+        with pytest.raises(RunStoppedError):
+            api.chat([build_conversation("after the stop")])
         slow_records = server.requests_for("slow")
+        after = server.requests_for("after the stop")
         api.cleanup()
-    assert [r.status for r in slow_records] == [200]  # the server answered it...
-    assert isinstance(outcome["slow"], RunStoppedError)  # ...but the stopped run did not take the answer
+    assert [r.status for r in slow_records] == [200] and [c.ok for c in outcome["slow"]] == [True]
+    assert [row_outcome(c.error) for c in failed] == [ROW_PENDING] * 3
+    assert after == []
 
 
 def test_a_stopped_serving_starts_afresh_after_cleanup() -> None:
     with OpenAITestServer() as server:
         url, port = server.base_url, server.port
     api = APIVLMServing_openai(url, "test-model", max_workers=2, max_retries=0, max_consecutive_failures=2, **FAST)
+    api.chat(rows(10))
     with pytest.raises(RunStoppedError):
-        api.chat(rows(10))
+        api.chat(rows(1))
     api.cleanup()
     with OpenAITestServer(port=port) as back:
         out = api.chat(rows(3))
