@@ -16,27 +16,22 @@ it propagates to the caller.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from dataflow_mm.errors import RowError
+from dataflow_mm.serving.vllm_window import (
+    DEFAULT_BUILD_WORKERS,
+    EngineWindow,
+    Outcome,
+    WindowLimits,
+    external_id,
+    is_engine_dead,
+)
 
-DEFAULT_BUILD_WORKERS = 2  # threads decoding the next requests' images (PIL releases the GIL while decoding)
-Outcome = Any  # a vLLM RequestOutput, or the Exception that kept the request from being answered
+__all__ = ["DEFAULT_BUILD_WORKERS", "Outcome", "is_engine_dead", "submit_windowed"]
+_external_id = external_id  # the old name
 
-
-def is_engine_dead(exc: BaseException) -> bool:
-    """vLLM's ``EngineDeadError``: every later request would fail too."""
-    return type(exc).__name__ == "EngineDeadError"
-
-
-def _external_id(request_id: str) -> str:
-    """The caller's id of a request: vLLM returns ``"<id>-<8 random chars>"`` from ``enqueue`` but names
-    its outputs ``"<id>"`` (unless ``VLLM_DISABLE_REQUEST_ID_RANDOMIZATION`` is set)."""
-    head, _, tail = request_id.rpartition("-")
-    return head if head and len(tail) == 8 else request_id
+UNBOUNDED_BYTES = 1 << 62
 
 
 def submit_windowed(
@@ -49,64 +44,15 @@ def submit_windowed(
 ) -> list[Outcome]:
     """Answer requests ``0..count-1``; ``build(i)`` makes request ``i`` shortly before it is enqueued.
 
+    One call on its own window (``serving.vllm_window.EngineWindow``, which several calls can share):
     ``build_workers`` threads build the next requests (decode their images) while the engine runs
     and this thread submits and collects: at most ``window`` requests are in the engine and
     ``build_workers`` more are built ahead. Requests are enqueued in order. Returns one outcome per
     request, in order: the finished ``RequestOutput``, or the exception that ``build`` (a
     ``RowError``) or ``LLM.enqueue`` raised for that request alone.
     """
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    if build_workers < 1:
-        raise ValueError(f"build_workers must be >= 1, got {build_workers}")
-    outcomes: list[Outcome] = [None] * count
-    in_flight: dict[str, int] = {}
-    upcoming = iter(range(count))
-    ahead: deque[tuple[int, Future[dict[str, Any]]]] = deque()
-
-    with ThreadPoolExecutor(max_workers=build_workers, thread_name_prefix="vllm-build") as pool:
-
-        def build_ahead() -> None:
-            while len(ahead) < build_workers:
-                index = next(upcoming, None)
-                if index is None:
-                    return
-                ahead.append((index, pool.submit(build, index)))
-
-        def fill() -> None:
-            build_ahead()
-            while len(in_flight) < window and ahead:
-                index, future = ahead.popleft()
-                try:
-                    request = future.result()  # the engine core runs on its own while this waits
-                except RowError as exc:
-                    outcomes[index] = exc
-                    continue
-                finally:
-                    build_ahead()
-                try:
-                    (request_id,) = llm.enqueue([request], params, use_tqdm=False)
-                except Exception as exc:  # vLLM refused this request (too long, bad image...): this row only
-                    if is_engine_dead(exc):
-                        raise
-                    outcomes[index] = exc
-                    continue
-                finally:
-                    del request  # the decoded images go with it: only the engine's copy remains
-                in_flight[_external_id(str(request_id))] = index
-
-        fill()
-        engine = llm.llm_engine
-        while in_flight:
-            if not engine.has_unfinished_requests():
-                for index in in_flight.values():
-                    outcomes[index] = RuntimeError("the vLLM engine dropped the request without an answer")
-                in_flight.clear()
-                break
-            for output in engine.step():
-                if getattr(output, "finished", False):
-                    index = in_flight.pop(_external_id(str(output.request_id)), None)
-                    if index is not None:
-                        outcomes[index] = output
-            fill()
-    return outcomes
+    engine_window = EngineWindow(llm, WindowLimits(window, UNBOUNDED_BYTES), build_workers)
+    try:
+        return engine_window.submit(count, build, params)
+    finally:
+        engine_window.close()
