@@ -1,0 +1,164 @@
+"""vLLM across chunk boundaries: a step in small chunks vs one chunk vs one ``LLM.generate``.
+
+    DATAFLOW_MM_TINY_DIR=.tiny_models VLLM_CPU_KVCACHE_SPACE=2 \\
+        .venv-vllm/bin/python benchmarks/vllm_chunks.py [--rows 2048] [--chunk_size 32] [--repeats 2]
+
+One engine (the tiny random-weight Qwen2.5-VL of ``dataflow_mm.models.tiny``, greedy, float32) serves
+every run, so the engine start is not measured. Each row is its own image (distinct pixels: no prefix or
+image cache hit) and its own question. Measured, alternating (a, b, c, d, a, b, c, d, ...) on fresh caches:
+
+* ``chunked``: the PromptedVQAGenerator step at ``--chunk_size`` (the chunks share the request window);
+* ``drained``: the same, one chunk at a time (``concurrent_chunks = 1``: what the code did before);
+* ``one_chunk``: the same step with all rows in one chunk;
+* ``generate``: one ``LLM.generate`` over the same requests (built as the step builds them, prompts
+  and decoded images, before the clock starts).
+
+For the step runs the time is the step's own (``StepResult.seconds``: read, budget check, generation,
+writes) and the window's split (``enqueue``: vLLM's input processing on the submitting thread). Prints
+one JSON with every run and the median ratios ``chunked / one_chunk`` and ``one_chunk / generate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def make_rows(folder: Path, rows: int, size: tuple[int, int]) -> Path:
+    """``rows`` distinct small PNG images and one question each, as a JSONL table."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(rows):
+        path = folder / f"img_{i:05d}.png"
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        lines.append(json.dumps({"id": i, "image": str(path), "question": f"What is in picture {i}?"}))
+    table = folder / "rows.jsonl"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
+def run_step(serving: Any, table: Path, cache: Path, chunk_size: int) -> dict[str, Any]:
+    from dataflow_mm import FileStorage, PromptedVQAGenerator
+
+    storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="b", chunk_size=chunk_size)
+    window = serving._window
+    before = window.times.as_dict() if window is not None else {}
+    started = time.perf_counter()
+    PromptedVQAGenerator(serving).run(storage.step(), input_prompt_key="question", input_image_key="image")
+    wall = time.perf_counter() - started
+    manifest_rows = (cache / "b_step1.jsonl").read_text().splitlines()
+    after = serving._window.times.as_dict()
+    delta = {k: round(after[k] - before.get(k, 0), 4) for k in ("enqueue_s", "step_s", "build_wait_s", "enqueued")}
+    errors = sum(1 for line in manifest_rows if json.loads(line).get("error"))
+    return {"seconds": round(wall, 3), "rows": len(manifest_rows), "errors": errors, **delta}
+
+
+def run_generate(serving: Any, table: Path) -> dict[str, Any]:
+    """One ``LLM.generate`` over the requests the step sends (built first, outside the clock)."""
+    from dataflow_mm.serving.messages import build_conversation
+    from dataflow_mm.serving.vllm_io import sampling_params
+
+    rows = [json.loads(line) for line in table.read_text().splitlines()]
+    conversations = serving.prepare_conversations(
+        [build_conversation(row["question"], [row["image"]]) for row in rows]
+    )
+    requests = [serving._request(c) for c in conversations]
+    params = sampling_params(serving._vllm, serving._llm, serving.sampling)
+    started = time.perf_counter()
+    outputs = serving._llm.generate(requests, params, use_tqdm=False)
+    wall = time.perf_counter() - started
+    return {"seconds": round(wall, 3), "rows": len(outputs), "errors": sum(1 for o in outputs if not o.finished)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=2048)
+    parser.add_argument("--chunk_size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--max_tokens", type=int, default=16)
+    parser.add_argument("--image_size", type=int, nargs=2, default=(64, 48))
+    parser.add_argument("--modes", default="chunked,drained,one_chunk,generate")
+    args = parser.parse_args()
+
+    from dataflow_mm.models.tiny import tiny_model_path
+    from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
+
+    serving = LocalModelVLMServing_vllm(
+        str(tiny_model_path("qwen2_5_vl")),
+        vllm_dtype="float32",
+        vllm_max_model_len=2048,
+        vllm_enforce_eager=True,
+        vllm_temperature=0.0,
+        vllm_max_tokens=args.max_tokens,
+    )
+    serving.start()
+    cls = type(serving)
+    adaptive = cls.concurrent_chunks
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes.split(",")}
+    with tempfile.TemporaryDirectory(prefix="vllm_chunks_") as tmp:
+        table = make_rows(Path(tmp) / "data", args.rows, tuple(args.image_size))
+        for repeat in range(args.repeats):
+            for mode in runs:
+                cache = Path(tmp) / f"{mode}_{repeat}"
+                if mode == "generate":
+                    result = run_generate(serving, table)
+                elif mode == "drained":
+                    cls.concurrent_chunks = 1  # type: ignore[assignment]
+                    try:
+                        result = run_step(serving, table, cache, args.chunk_size)
+                    finally:
+                        cls.concurrent_chunks = adaptive  # type: ignore[assignment]
+                else:
+                    result = run_step(serving, table, cache, args.rows if mode == "one_chunk" else args.chunk_size)
+                runs[mode].append(result)
+                print(mode, result, file=sys.stderr, flush=True)
+    window = serving.window_report()
+    serving.cleanup()
+    median = {mode: statistics.median(r["seconds"] for r in results) for mode, results in runs.items()}
+    ratios = {}
+    if "chunked" in median and "one_chunk" in median:
+        ratios["chunked/one_chunk"] = round(median["chunked"] / median["one_chunk"], 3)
+    if "drained" in median and "one_chunk" in median:
+        ratios["drained/one_chunk"] = round(median["drained"] / median["one_chunk"], 3)
+    if "one_chunk" in median and "generate" in median:
+        ratios["one_chunk/generate"] = round(median["one_chunk"] / median["generate"], 3)
+    if "chunked" in median and "generate" in median:
+        ratios["chunked/generate"] = round(median["chunked"] / median["generate"], 3)
+    enqueue_share = {
+        mode: round(statistics.median(r["enqueue_s"] / r["seconds"] for r in results), 3)
+        for mode, results in runs.items()
+        if results and "enqueue_s" in results[0]
+    }
+    print(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "chunk_size": args.chunk_size,
+                "max_tokens": args.max_tokens,
+                "window": {k: window[k] for k in ("max_requests", "max_prepared_bytes", "most_in_flight")},
+                "median_seconds": median,
+                "ratios": ratios,
+                "enqueue_share_of_step": enqueue_share,
+                "runs": runs,
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
