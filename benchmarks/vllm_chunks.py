@@ -4,14 +4,16 @@
         .venv-vllm/bin/python benchmarks/vllm_chunks.py [--rows 2048] [--chunk_size 32] [--repeats 2]
 
 One engine (the tiny random-weight Qwen2.5-VL of ``dataflow_mm.models.tiny``, greedy, float32) serves
-every run, so the engine start is not measured. Each row is its own image (distinct pixels: no prefix or
-image cache hit) and its own question. Measured, alternating (a, b, c, d, a, b, c, d, ...) on fresh caches:
+every run, so the engine start is not measured; a warm-up step and generate (other images) run first.
+Each row is its own image and question, and every run gets its own images (no run answers from the
+image or prefix cache another filled). Measured, alternating (a, b, c, d, a, b, c, d, ...) on fresh
+caches:
 
 * ``chunked``: the PromptedVQAGenerator step at ``--chunk_size`` (the chunks share the request window);
 * ``drained``: the same, one chunk at a time (``concurrent_chunks = 1``: what the code did before);
 * ``one_chunk``: the same step with all rows in one chunk;
-* ``generate``: one ``LLM.generate`` over the same requests (built as the step builds them, prompts
-  and decoded images, before the clock starts).
+* ``generate``: one ``LLM.generate`` over the same requests, built (images decoded, prompts rendered)
+  by the step's own code inside the clock, as the step's generation phase builds them.
 
 ``chunked/one_chunk`` compares whole steps; ``one_chunk/generate`` compares the step's generation phase
 (first call into the engine's window to the last answer: decoding images, ``enqueue``, stepping) with
@@ -37,12 +39,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def make_rows(folder: Path, rows: int, size: tuple[int, int]) -> Path:
-    """``rows`` distinct small PNG images and one question each, as a JSONL table."""
+def make_rows(folder: Path, rows: int, size: tuple[int, int], seed: int = 0) -> Path:
+    """``rows`` distinct small PNG images and one question each, as a JSONL table (``seed``: other pixels)."""
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(rows):
@@ -92,19 +94,27 @@ def run_step(serving: Any, table: Path, cache: Path, chunk_size: int) -> dict[st
 
 
 def run_generate(serving: Any, table: Path) -> dict[str, Any]:
-    """One ``LLM.generate`` over the requests the step sends (built first, outside the clock)."""
+    """One ``LLM.generate`` over the requests the step sends, built (images decoded, prompts rendered) by the
+    same code inside the clock, as the step's generation phase builds them (``build_s``: that part)."""
     from dataflow_mm.serving.messages import build_conversation
     from dataflow_mm.serving.vllm_io import sampling_params
 
     rows = [json.loads(line) for line in table.read_text().splitlines()]
     conversations = serving.prepare_conversations([build_conversation(row["question"], [row["image"]]) for row in rows])
-    requests = [serving._request(c) for c in conversations]
     params = sampling_params(serving._vllm, serving._llm, serving.sampling)
     started = time.perf_counter()
+    requests = [serving._request(c) for c in conversations]
+    built = time.perf_counter() - started
     outputs = serving._llm.generate(requests, params, use_tqdm=False)
     wall = time.perf_counter() - started
     errors = sum(1 for o in outputs if not o.finished)
-    return {"seconds": round(wall, 3), "generation_s": round(wall, 3), "rows": len(outputs), "errors": errors}
+    return {
+        "seconds": round(wall, 3),
+        "generation_s": round(wall, 3),
+        "build_s": round(built, 3),
+        "rows": len(outputs),
+        "errors": errors,
+    }
 
 
 def main() -> int:
@@ -115,7 +125,11 @@ def main() -> int:
     parser.add_argument("--max_tokens", type=int, default=16)
     parser.add_argument("--image_size", type=int, nargs=2, default=(64, 48))
     parser.add_argument("--modes", default="chunked,drained,one_chunk,generate")
+    parser.add_argument("--switch_interval", type=float, default=None, help="sys.setswitchinterval (s) to try")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
 
     from dataflow_mm.models.tiny import tiny_model_path
     from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
@@ -133,10 +147,15 @@ def main() -> int:
     adaptive = cls.concurrent_chunks
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes.split(",")}
     with tempfile.TemporaryDirectory(prefix="vllm_chunks_") as tmp:
-        table = make_rows(Path(tmp) / "data", args.rows, tuple(args.image_size))
+        size = tuple(args.image_size)
+        warm = make_rows(Path(tmp) / "warm", min(args.rows, 2 * args.chunk_size), size, seed=10**6)
+        run_step(serving, warm, Path(tmp) / "warm_cache", args.chunk_size)  # first-use costs, not measured
+        run_generate(serving, warm)
         for repeat in range(args.repeats):
-            for mode in runs:
+            for number, mode in enumerate(runs):
                 cache = Path(tmp) / f"{mode}_{repeat}"
+                seed = 1 + repeat * 100 + number
+                table = make_rows(Path(tmp) / f"data_{mode}_{repeat}", args.rows, size, seed)
                 if mode == "generate":
                     result = run_generate(serving, table)
                 elif mode == "drained":
@@ -165,22 +184,24 @@ def main() -> int:
         for mode, results in runs.items()
         if results and "enqueue_s" in results[0]
     }
-    print(
-        json.dumps(
-            {
-                "rows": args.rows,
-                "chunk_size": args.chunk_size,
-                "max_tokens": args.max_tokens,
-                "window": {k: window[k] for k in ("max_requests", "max_prepared_bytes", "most_in_flight")},
-                "median_seconds": median,
-                "median_generation_seconds": generation,
-                "ratios": ratios,
-                "enqueue_share_of_step": enqueue_share,
-                "runs": runs,
-            },
-            indent=1,
-        )
+    text = json.dumps(
+        {
+            "rows": args.rows,
+            "chunk_size": args.chunk_size,
+            "max_tokens": args.max_tokens,
+            "window": {k: window[k] for k in ("max_requests", "max_prepared_bytes", "most_in_flight")},
+            "median_seconds": median,
+            "median_generation_seconds": generation,
+            "ratios": ratios,
+            "enqueue_share_of_step": enqueue_share,
+            "runs": runs,
+            "switch_interval": sys.getswitchinterval(),
+        },
+        indent=1,
     )
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text)
     return 0
 
 
