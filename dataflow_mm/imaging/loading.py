@@ -32,23 +32,19 @@ _ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and he
 _EXIF_ORIENTATION = 0x0112
 
 
-def load_image(
-    source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS, label: str | None = None
-) -> Image.Image:
+def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode ``source`` (path, bytes or PIL image) into a new RGB image as displayed.
 
     EXIF orientation is applied; alpha is composited over white; palette, 16-bit, float,
     grayscale and CMYK images are converted to 8-bit RGB. Raises ``ImageNotFoundError``,
-    ``ImageDecodeError`` or ``ImageTooLargeError`` (row errors) with the source in the message (``label``:
-    how to name in-memory bytes there, e.g. the path they were read from).
+    ``ImageDecodeError`` or ``ImageTooLargeError`` (row errors) with the source in the message.
     """
     if isinstance(source, Image.Image):
         label = f"<PIL image {source.mode} {source.width}x{source.height}>"
         _check_pixels(source.size, label, max_pixels)
         _force_load(source, label)
         return _finish(source, label)
-    fp, own_label = _open_source(source)
-    label = label if label is not None and isinstance(source, (bytes, bytearray, memoryview)) else own_label
+    fp, label = _open_source(source)
     with _open_lazy(fp, label) as image:
         _check_pixels(image.size, label, max_pixels)
         _force_load(image, label)

@@ -28,10 +28,7 @@ from dataflow_mm.operators.params import ParamSpec
 from dataflow_mm.operators.report_view import ReportView
 from dataflow_mm.storage.atomic import DurableBatch
 from dataflow_mm.storage.file_storage import FileStorage
-from dataflow_mm.storage.formats import Reject
-from dataflow_mm.storage.hashing import read_stamped
 from dataflow_mm.storage.media import resolve_media_path, several_images_note, write_jpeg
-from dataflow_mm.storage.media_stamps import media_stamps
 
 DEFAULT_REGION_PROMPT = (
     "Describe the content of each marked region in the image. There are {n} regions: <region1> to <region{n}>."
@@ -179,35 +176,10 @@ class ImageBboxGenerator(OperatorABC):
         except RowError as exc:
             return exc
 
-    def run_chunk(
-        self, frame: pd.DataFrame, rejects: list[Reject], keys: dict[str, Any], media_root: Path | None
-    ) -> tuple[pd.DataFrame, dict[str, Any]]:
-        """As every operator's, but each input image is read once: decoded from the bytes its stamp hashed
-        (``read_stamped``), so the chunk's media stamps read no file again."""
-        self._read_stamps: dict[str, list] = {}
-        out = self.process_chunk(frame, **keys)
-        counts = self.chunk_counts(frame, rejects, out, keys)
-        columns = (frame[c] for c in self.media_columns(**keys) if c in frame.columns)
-        media = media_stamps(columns, media_root, known=self._read_stamps)
-        if media:
-            counts["media"] = media
-        return out, counts
-
-    def _read(self, path: Path) -> Image.Image:
-        """The image at ``path`` decoded from bytes read once, whose stamp is kept for the chunk's stamps."""
-        try:
-            data, stamp = read_stamped(path)
-        except (OSError, ValueError):
-            return load_image(path)  # the loader names what is wrong (missing, a folder, unreadable)
-        stamps = getattr(self, "_read_stamps", None)
-        if stamps is not None:
-            stamps[os.path.abspath(path)] = stamp
-        return load_image(data, label=f"'{path}'")
-
     def _render(self, image_value: Any, raw_boxes: Any, batch: DurableBatch) -> dict[str, Any]:
         cfg = self.config
         path = resolve_media_path(image_value, self._media_root, self._media_cache)
-        image = self._read(path)
+        image = load_image(path)
         size = image.size
         dropped: list[str] = []
         if _is_empty(raw_boxes) and cfg.propose_when_missing:

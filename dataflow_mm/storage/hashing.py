@@ -47,15 +47,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return remembered if remembered is not None else read_sha256(path)
 
 
-def read_stamped(path: str | os.PathLike) -> tuple[bytes, list]:
-    """A file's bytes and its media stamp ``[size, mtime_ns, sha256]``, read once: the stamp is of the very
-    bytes returned (size and mtime_ns from the open file, so a file replaced meanwhile stamps the one read)."""
-    with Path(path).open("rb") as handle:
-        info = os.fstat(handle.fileno())
-        data = handle.read()
-    return data, [info.st_size, info.st_mtime_ns, hashlib.sha256(data).hexdigest()]
-
-
 def read_sha256(path: str | os.PathLike) -> str:
     """Content hash of a file, read in blocks."""
     digest = hashlib.sha256()

@@ -72,13 +72,8 @@ def stamp(path: str) -> Stamp:
     return _hashed(path, _stat_stamp(path))
 
 
-def media_stamps(
-    columns: Iterable[Iterable[Any]], media_root: Path | None, known: dict[str, Stamp] | None = None
-) -> dict[str, Stamp]:
-    """A stamp for every distinct local file named in ``columns`` (each an iterable of cells).
-
-    ``known``: stamps an operator took of the bytes it read (absolute path -> stamp), used as they are:
-    the file is neither stat-ed nor read again (``storage.hashing.read_stamped``)."""
+def media_stamps(columns: Iterable[Iterable[Any]], media_root: Path | None) -> dict[str, Stamp]:
+    """A stamp for every distinct local file named in ``columns`` (each an iterable of cells)."""
     paths = {
         resolved
         for cells in columns
@@ -86,8 +81,7 @@ def media_stamps(
         for value in _local_paths(cell)
         if (resolved := _resolve(value, media_root))
     }
-    known = known or {}
-    stamps = {path: known[path] if path in known else _stat_stamp(path) for path in sorted(paths)}
+    stamps = {path: _stat_stamp(path) for path in sorted(paths)}  # drawn images: hash remembered, no read
     unread = [path for path, item in stamps.items() if item is not None and item[2] is None]
     if len(unread) < _POOL_FROM:
         stamps.update((path, _hashed(path, stamps[path])) for path in unread)
