@@ -8,7 +8,7 @@ Nothing is downloaded; it runs in minutes. Exit 0 when every stage that ran pass
 * **Stage 1, plumbing** (always; runs on vLLM's CPU build in the tests): a tiny random-weight
   Qwen2.5-VL built here with head sizes GPU attention kernels take (64), served by
   ``LocalModelVLMServing_vllm``: 16 requests with distinct images answered through ``LLM.enqueue``
-  and ``llm_engine.step`` (the window counts them), JSON answers under a schema all parse, a row
+  and ``llm_engine.step`` (the window counts them), JSON answers under the region pipeline's schema all parse, a row
   whose image is missing and a row too long for the context fail alone (never enqueued), and after
   ``cleanup()`` the engine's processes are gone and, on a GPU, its memory is back.
 * **Stage 2, a real model** (``--model DIR``, a local folder): the engine reports the default context
@@ -34,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+JSON_MAX_TOKENS = 96  # the region answers' schema bounds each caption so that the JSON closes within it
 PLUMBING_ROWS = 16
 THROUGHPUT_ROWS = 256
 
@@ -107,6 +107,7 @@ def serving_for(model: Path, cuda: bool, **extra: Any) -> Any:
 
 def stage_plumbing(work: Path, cuda: bool) -> dict[str, Any]:
     from dataflow_mm.models.tiny_builders import build_tiny_qwen2_5_vl
+    from dataflow_mm.operators.region_captions import RegionAnswerSchema
     from dataflow_mm.serving.base import SamplingParams
     from dataflow_mm.serving.messages import build_conversation
 
@@ -124,9 +125,9 @@ def stage_plumbing(work: Path, cuda: bool) -> dict[str, Any]:
     answers = serving.chat(conversations)
     chat_s = time.perf_counter() - started
     window = serving.window_report()
-    json_answers = serving.chat(
-        conversations[:4], SamplingParams(temperature=0.0, max_tokens=24, response_schema=SCHEMA)
-    )
+    schema = RegionAnswerSchema(max_tokens=JSON_MAX_TOKENS, max_boxes=2).for_row({"valid_bboxes_num": 2})
+    structured = SamplingParams(temperature=0.0, max_tokens=JSON_MAX_TOKENS, response_schema=schema)
+    json_answers = serving.chat(conversations[:4], structured)
     parsed = []
     for completion in json_answers:
         try:
