@@ -5,6 +5,7 @@ the engine's ``max_num_seqs``, and the step files equal those of a one-chunk run
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import types
@@ -206,3 +207,18 @@ def test_a_step_in_small_chunks_keeps_the_engine_full_and_writes_what_one_chunk_
     batches = llm.llm_engine.batches
     steady = [in_flight for in_flight, enqueued in batches if 4 < enqueued < rows]
     assert steady and all(in_flight == LLM.max_num_seqs for in_flight in steady), str(batches)
+
+
+def test_the_engine_starts_with_spawn_when_other_threads_run_unless_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataflow_mm.serving.vllm_serving import use_spawn_when_threaded
+
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    worker = threading.Thread(target=use_spawn_when_threaded)  # a streaming step's thread starts the engine
+    worker.start()
+    worker.join()
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+    use_spawn_when_threaded()
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"  # the user's choice stands
