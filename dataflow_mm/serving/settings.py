@@ -78,8 +78,8 @@ class ServingSettings:
     max_requests_in_flight: int | None = setting(
         None,
         "vllm backend: requests decoded and in the engine at once (default: what the engine schedules at once, "
-        f"its max_num_seqs, within {round(DEFAULT_PREPARED_BYTES_SHARE * 100)}%% of available host memory of decoded images); "
-        "shared by the chunks in flight, so it bounds host memory whatever --chunk_size is",
+        f"its max_num_seqs, within {round(DEFAULT_PREPARED_BYTES_SHARE * 100)}%% of available host memory "
+        "of decoded images); shared by the chunks in flight, so it bounds host memory whatever --chunk_size is",
     )
     allow_downscale: bool = setting(
         False, "shrink a request's images until it fits the context instead of marking the row PromptTooLongError"
