@@ -37,6 +37,7 @@ from dataflow_mm.operators.region_caption.caption_parser import (
 from dataflow_mm.operators.region_caption.image_bbox_generator import DEFAULT_REGION_PROMPT
 from dataflow_mm.pipeline.arg_checks import check_args
 from dataflow_mm.pipeline.flags import add_constructor_flags, constructor_kwargs
+from dataflow_mm.pipeline.gpu_plan import ModelLoad, cuda_total_bytes, share_gpu_with_scorers
 from dataflow_mm.pipeline.outcome import check_outcome
 from dataflow_mm.pipeline.script import (
     add_runner_args,
@@ -118,6 +119,9 @@ class ImageRegionCaptionPipeline(PipelineABC):
             if verify_regions
             else None
         )
+        if self.region_verifier is not None:  # BLIP stays loaded beside the engine: its share leaves room for it
+            blip = ModelLoad(blip_model, self.region_verifier.scorer.batch_size, "vision", "region verification (BLIP)")
+            share_gpu_with_scorers(serving, [blip], cuda_total_bytes(self.region_verifier.scorer.device))
         self.input_image_key = input_image_key
         self.input_bbox_key = input_bbox_key
 

@@ -52,7 +52,7 @@ from dataflow_mm.operators.interop.data_juicer import (
 )
 from dataflow_mm.pipeline.arg_checks import check_args
 from dataflow_mm.pipeline.flags import add_constructor_flags, constructor_kwargs
-from dataflow_mm.pipeline.gpu_plan import cuda_total_bytes, share_gpu_with_scorers
+from dataflow_mm.pipeline.gpu_plan import ModelLoad, cuda_total_bytes, share_gpu_with_scorers
 from dataflow_mm.pipeline.outcome import check_outcome
 from dataflow_mm.pipeline.script import (
     add_runner_args,
@@ -180,8 +180,17 @@ class ImgDiffPipeline(PipelineABC):
             hf_cache_dir=hf_cache_dir,
             hf_local_dir=download_dir,
         )
-        # One GPU for everything: the vLLM engine's share leaves room for BLIP and the similarity model.
-        share_gpu_with_scorers(serving, [blip_model, similarity_model], cuda_total_bytes(device))
+        # One GPU for everything: the vLLM engine's share leaves room for every model loaded beside it.
+        beside = [
+            ModelLoad(blip_model, scoring_batch_size, "vision", "image-text matching (BLIP)"),
+            ModelLoad(similarity_model, scoring_batch_size, "text", "caption similarity"),
+        ]
+        if isinstance(self.proposer, ImgDiffDifferenceAreaGenerator):
+            beside += [
+                ModelLoad(detector_model, scoring_batch_size, "vision", "box proposals (detector)"),
+                ModelLoad(image_similarity_model, scoring_batch_size, "vision", "image similarity (CLIP)"),
+            ]
+        share_gpu_with_scorers(serving, beside, cuda_total_bytes(device))
         self.fused = (
             ImgDiffDifferenceCaptionGenerator(
                 image_text_matching_filter_args={"min_score": itm_min_score, "max_score": itm_max_score},

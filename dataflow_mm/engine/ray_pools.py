@@ -5,8 +5,12 @@ pool is released after the operator's last step. An actor of a vLLM operator res
 tensor parallel size in GPUs (never 0: Ray does not hide the GPUs from a 0-GPU actor, so every
 engine would land on GPU 0); with tensor parallelism > 1 it reserves nothing itself and gets a
 placement group of one GPU bundle per rank (as ``ray.data.llm``'s vLLM stage does), which vLLM's
-Ray executor fills. Each actor sets its CPU threads before the model loads, and an actor whose
-engine died exits so that Ray starts a fresh one and retries its chunk.
+Ray executor fills; the group is removed when the pool is released (a later tensor-parallel pool
+would otherwise wait for GPUs nobody uses). An actor of another model operator (a scorer, the
+transformers backend) reserves ``DEFAULT_MODEL_GPU_SHARE`` of a GPU when the cluster has GPUs, so
+that Ray gives it one GPU and counts it there (with 0 every such actor would use GPU 0 unaccounted);
+an operator that only calls an API reserves none. Each actor sets its CPU threads before the model
+loads, and an actor whose engine died exits so that Ray starts a fresh one and retries its chunk.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from dataflow_mm.engine.ray_workers import (
 log = get_logger("engine.ray")
 
 DEFAULT_CPU_THREADS_PER_ACTOR = 4  # image decoding and preprocessing threads of a model actor
+DEFAULT_MODEL_GPU_SHARE = 0.25  # a non-vLLM model actor's GPU reservation on a cluster with GPUs (4 per GPU)
 
 
 @dataclass(frozen=True)
@@ -47,12 +52,12 @@ class ActorSettings:
     max_actor_restarts: int = 3
     actor_start_timeout_s: int = 3600
 
-    def options(self, operator: OperatorABC) -> dict[str, Any]:
+    def options(self, operator: OperatorABC, cluster_gpus: float = 0.0) -> dict[str, Any]:
         """The Ray resource options of the operator's actors, and the settings each actor applies when
-        it starts (``actor_settings``: CPU threads, vLLM's executor for tensor parallelism)."""
-        tensor_parallel = max(
-            (s.tensor_parallel_size for s in servings_of(operator).values() if s.backend_name == "vllm"), default=0
-        )
+        it starts (``actor_settings``: CPU threads, vLLM's executor for tensor parallelism).
+        ``cluster_gpus``: the cluster's GPUs (a non-vLLM model actor reserves a share of one when > 0)."""
+        servings = servings_of(operator).values()
+        tensor_parallel = max((s.tensor_parallel_size for s in servings if s.backend_name == "vllm"), default=0)
         threads = self.cpu_threads_per_actor or max(int(self.num_cpus_per_actor), DEFAULT_CPU_THREADS_PER_ACTOR)
         options: dict[str, Any] = {
             "num_cpus": self.num_cpus_per_actor,
@@ -70,9 +75,21 @@ class ActorSettings:
                     "engines would share GPU 0); reserving 1"
                 )
             options["num_gpus"] = self.num_gpus_per_actor or 1
+        elif self.num_gpus_per_actor is not None:
+            options["num_gpus"] = self.num_gpus_per_actor
+        elif cluster_gpus > 0 and uses_local_model(operator):
+            options["num_gpus"] = DEFAULT_MODEL_GPU_SHARE
         else:
-            options["num_gpus"] = self.num_gpus_per_actor or 0
+            options["num_gpus"] = 0
         return options
+
+
+def uses_local_model(operator: OperatorABC) -> bool:
+    """True when the operator loads a model here (a scorer, a local serving), not only an API's."""
+    for _, value in operator_attributes(operator):
+        if is_model_holder(value) and getattr(value, "backend_name", None) != "api":
+            return True
+    return False
 
 
 def check_sendable(ray: Any, operator: OperatorABC, payload: Any) -> None:
@@ -96,6 +113,7 @@ class ActorPools:
         self.ray = ray
         self.settings = settings
         self._pools: dict[int, tuple[OperatorABC, list[Any]]] = {}
+        self._groups: dict[int, list[Any]] = {}  # the placement groups made for a pool's actors
         self._lock = threading.Lock()  # streaming steps start their pools from their own threads
 
     def actors(self, operator: OperatorABC) -> list[Any]:
@@ -106,22 +124,25 @@ class ActorPools:
     def _started(self, operator: OperatorABC) -> list[Any]:
         if id(operator) not in self._pools:
             check_sendable(self.ray, operator, operator)
-            options = self.settings.options(operator)
+            options = self.settings.options(operator, self.cluster_gpus())
             settings = options.pop("actor_settings")
             remote_args_fn = options.pop("ray_remote_args_fn", None)
             # An actor whose engine died exits; Ray restarts it and retries the chunk it had (max_task_retries).
             options["max_task_retries"] = options["max_restarts"]
             actor_class = self.ray.remote(ModelActor)
-            self._pools[id(operator)] = (
-                operator,
-                [
-                    actor_class.options(**options, **(remote_args_fn() if remote_args_fn else {})).remote(
-                        operator, settings, os.getcwd()
-                    )
-                    for _ in range(self.settings.actors_per_model_operator)
-                ],
-            )
+            actors, groups = [], self._groups.setdefault(id(operator), [])
+            for _ in range(self.settings.actors_per_model_operator):
+                placement = remote_args_fn() if remote_args_fn else {}
+                group = getattr(placement.get("scheduling_strategy"), "placement_group", None)
+                if group is not None:
+                    groups.append(group)
+                actors.append(actor_class.options(**options, **placement).remote(operator, settings, os.getcwd()))
+            self._pools[id(operator)] = (operator, actors)
         return self._pools[id(operator)][1]
+
+    def cluster_gpus(self) -> float:
+        """The connected cluster's GPUs (Ray's count; no CUDA call here)."""
+        return float(self.ray.cluster_resources().get("GPU", 0.0))
 
     def ready(self, operator: OperatorABC) -> list[Any]:
         """The operator's actors once every one has loaded its model (so each gets its share of chunks)."""
@@ -141,8 +162,9 @@ class ActorPools:
         wanted = {"CPU": 1.0, "GPU": 0.0}
         owners = {id(op): op for op in operators if holds_model(op)}
         owners.update({key: owner for key, (owner, _) in self._pools.items()})
+        gpus = self.cluster_gpus()
         for owner in owners.values():
-            options = self.settings.options(owner)
+            options = self.settings.options(owner, gpus)
             if "ray_remote_args_fn" in options:
                 return False  # tensor parallelism: placement groups are only reserved when the step comes
             wanted["CPU"] += self.settings.actors_per_model_operator * options["num_cpus"]
@@ -159,12 +181,15 @@ class ActorPools:
         """Stop the operator's actors, each releasing its model first."""
         with self._lock:
             _, actors = self._pools.pop(id(operator), (operator, []))
-        if not actors:
-            return
-        with contextlib.suppress(Exception):  # an actor that cannot answer is killed all the same
-            self.ray.get([actor.release.remote() for actor in actors], timeout=60)
-        for actor in actors:
-            self.ray.kill(actor)
+            groups = self._groups.pop(id(operator), [])
+        if actors:
+            with contextlib.suppress(Exception):  # an actor that cannot answer is killed all the same
+                self.ray.get([actor.release.remote() for actor in actors], timeout=60)
+            for actor in actors:
+                self.ray.kill(actor)
+        for group in groups:  # the GPUs the tensor-parallel engine's workers held go back to the cluster
+            with contextlib.suppress(Exception):
+                self.ray.util.remove_placement_group(group)
 
     def release_all(self) -> None:
         for operator, _ in list(self._pools.values()):

@@ -48,12 +48,17 @@ class ReusingTransformer:
         self.call = call
         self.previous = previous
         self.retry_failed = retry_failed
-        # Chunks mostly reused send few rows each: an operator that takes chunks from threads (an API serving,
-        # whose request pool still bounds the requests at once) gets more of them in flight to keep it full.
-        self.in_flight = inner.in_flight * (REUSE_IN_FLIGHT if previous is not None and inner.in_flight > 1 else 1)
         self.rows_reused = 0
         self.rows_computed = 0
         self._lock = threading.Lock()  # chunks may be transformed in threads; one reader of the old lines
+
+    @property
+    def in_flight(self) -> int:
+        """The inner transformer's chunks in flight, read each time (a vLLM serving's grows once its window is
+        known). Chunks mostly reused send few rows each: an operator that takes chunks from threads (an API
+        serving, whose request pool still bounds the requests at once) gets more of them to keep it full."""
+        inner = self.inner.in_flight
+        return inner * (REUSE_IN_FLIGHT if self.previous is not None and inner > 1 else 1)
 
     def transform(self, chunk: StepChunk) -> tuple[pd.DataFrame | bytes, dict[str, Any]]:
         frame = chunk.frame

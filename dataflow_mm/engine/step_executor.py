@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
@@ -39,6 +40,8 @@ from dataflow_mm.storage.paths import check_writes
 from dataflow_mm.storage.step import StepChunk, StepIdentity, StepTransaction
 
 log = get_logger("operators")
+MAX_CHUNKS_IN_FLIGHT = 64  # a transformer asking for more gets this many (threads, chunks held in memory)
+IN_FLIGHT_RECHECK_S = 0.2  # while the oldest chunk runs, how often its transformer's in_flight is asked again
 
 
 class StepOutlet(Protocol):
@@ -57,7 +60,8 @@ class StepOutlet(Protocol):
 class ChunkTransformer(Protocol):
     """Transforms one step's chunks; made when the step really runs (a skipped step makes none)."""
 
-    in_flight: int  # how many chunks may be transformed at once (``transform`` is then called from threads)
+    in_flight: int  # how many chunks may be transformed at once (``transform`` is then called from threads);
+    # read before each chunk starts, so it may change as the step runs (a vLLM window learns the chunk's size)
 
     def transform(self, chunk: StepChunk) -> tuple[pd.DataFrame | bytes, dict[str, Any]]:
         """The chunk's output rows (or their JSON lines) and its done-marker's counts."""
@@ -86,7 +90,11 @@ class InProcessTransformer:
         self.provenance = provenance_ref(operator, number, fingerprint)
         operator.bind_storage(call.storage)
         operator.prepare(call.storage)
-        self.in_flight = max(1, operator.chunks_in_flight())
+
+    @property
+    def in_flight(self) -> int:
+        """The operator's chunks in flight, asked anew before each chunk (its serving may adapt it)."""
+        return max(1, self.call.operator.chunks_in_flight())
 
     def transform(self, chunk: StepChunk) -> tuple[pd.DataFrame, dict[str, Any]]:
         call = self.call
@@ -192,13 +200,15 @@ def _run_chunks(
             outlet.chunk(step.data(chunk.index))
         progress.update(len(chunk.frame) + len(chunk.rejects))
 
-    in_flight = max(1, transformer.in_flight)
-    pool = ThreadPoolExecutor(in_flight, thread_name_prefix="dfmm-chunk") if in_flight > 1 else None
+    pool: ThreadPoolExecutor | None = None  # made once a second chunk may be in flight
 
     def start(chunk: StepChunk) -> Future | None:
         """The chunk's transform: None when it is done already, else running (pool) or finished."""
+        nonlocal pool
         if chunk.done is not None:
             return None
+        if pool is None and transformer.in_flight > 1:
+            pool = ThreadPoolExecutor(MAX_CHUNKS_IN_FLIGHT, thread_name_prefix="dfmm-chunk")
         if pool is not None:
             return pool.submit(transformer.transform, chunk)
         done: Future = Future()
@@ -209,8 +219,14 @@ def _run_chunks(
     try:
         for chunk in step.chunks(source):
             waiting.append((chunk, start(chunk)))
-            while waiting and (len(waiting) >= in_flight or waiting[0][1] is None or waiting[0][1].done()):
-                finish(*waiting.popleft())
+            while waiting:
+                head = waiting[0][1]
+                if head is None or head.done():
+                    finish(*waiting.popleft())
+                elif len(waiting) < min(MAX_CHUNKS_IN_FLIGHT, max(1, transformer.in_flight)):
+                    break  # room for another chunk
+                else:  # the transformer may allow more chunks meanwhile (a vLLM window learns the chunk size)
+                    wait_futures([head], timeout=IN_FLIGHT_RECHECK_S)
         while waiting:
             finish(*waiting.popleft())
     except RunStoppedError:

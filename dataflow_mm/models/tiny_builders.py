@@ -113,37 +113,44 @@ def _llava_checkpoint_weight_names(out: Path) -> None:
 _SMALL_TEXT_TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
 
 
-def build_tiny_qwen2_5_vl(out_dir: str | Path) -> Path:
-    """Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``), images 56-112 px, saved to ``out_dir``."""
+def build_tiny_qwen2_5_vl(out_dir: str | Path, head_dim: int = 32) -> Path:
+    """Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``), images 56-112 px, saved to ``out_dir``.
+
+    ``head_dim``: of the text and vision attention (2 heads each): 32 by default (the smallest vLLM's CPU
+    attention takes); 64 or 128 for a GPU, whose FlashAttention kernels take only such sizes."""
     transformers = require("transformers", "hf")
     from dataflow_mm.models.processor_loading import image_only_processor_class
 
     tokenizer = qwen_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     # head_dim = 64 / 2 = 32 (vLLM's CPU attention supports 32 and up), so mrope_section sums to 16.
+    width = 2 * head_dim
+    quarter = head_dim // 8
+    mrope = [quarter, 3 * quarter // 2, 3 * quarter // 2]  # sums to head_dim / 2: [4, 6, 6] at 32
     text_config = {
         "vocab_size": len(tokenizer),
         **_SMALL_TEXT_TOWER,
+        **({} if head_dim == 32 else {"hidden_size": width, "intermediate_size": 2 * width}),
         "num_attention_heads": 2,
         "num_key_value_heads": 1,
         "max_position_embeddings": 2048,
         "max_window_layers": 2,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]},
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
         "bos_token_id": ids("<|endoftext|>"),
         "eos_token_id": ids("<|im_end|>"),
         "pad_token_id": ids("<|endoftext|>"),
     }
     vision_config = {
         "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
+        "hidden_size": 32 if head_dim == 32 else width,
+        "intermediate_size": 64 if head_dim == 32 else 2 * width,
         "num_heads": 2,
         "patch_size": 14,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
         "window_size": 56,
         "fullatt_block_indexes": [1],
-        "out_hidden_size": 64,  # must equal the text hidden size
+        "out_hidden_size": 64 if head_dim == 32 else width,  # must equal the text hidden size
     }
     config = transformers.Qwen2_5_VLConfig(
         text_config=text_config,

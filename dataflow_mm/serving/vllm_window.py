@@ -1,0 +1,302 @@
+"""One vLLM engine's request window, shared by every call in flight (the chunks of a step).
+
+Answered one call at a time, the engine's batch would shrink at the end of each chunk to the chunk's
+last long requests before the next chunk's first is sent. Here the calls of several threads (the step
+executor's chunks in flight) feed one window: requests are enqueued in the order their calls arrived
+(an earlier chunk's before a later one's, so chunks still finish roughly in order), and as soon as any request finishes the next one, of whichever call, takes its place.
+
+Who talks to the engine: one thread at a time (``_driver``), whichever waiting caller gets there
+first; it enqueues, steps the engine (``llm_engine.step()``) and hands every finished output to the
+call it belongs to, until its own call is answered, then the next waiting caller takes over. vLLM's
+``LLM`` is never used from two threads at once.
+
+What bounds the window (``WindowLimits``): a request count (by default what the engine schedules at
+once, its ``max_num_seqs``) and the bytes of prepared inputs (the decoded images of the requests in
+the engine), so that host memory is bounded whatever the image sizes; one request is always let in.
+``build_workers`` threads decode the next requests while the engine runs, each shortly before it is
+enqueued (``LLM.generate(list)`` would decode a whole batch first); a request that fails to build or
+that vLLM refuses at submission fails alone, and one the engine drops without an answer is a
+``ServingUnavailableError`` (its row stays pending).
+
+An exception from the engine itself (``step()``: the engine died) is not a request's fault: it
+propagates to the caller that drives, and to every other caller when it drives next.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from dataflow_mm.common.errors import RowError, ServingUnavailableError
+
+Outcome = Any  # a vLLM RequestOutput, or the Exception that kept the request from being answered
+DEFAULT_BUILD_WORKERS = 2  # threads decoding the next requests' images (PIL releases the GIL while decoding)
+
+
+def is_engine_dead(exc: BaseException) -> bool:
+    """vLLM's ``EngineDeadError``: every later request would fail too."""
+    return type(exc).__name__ == "EngineDeadError"
+
+
+def external_id(request_id: str) -> str:
+    """The caller's id of a request: vLLM returns ``"<id>-<8 random chars>"`` from ``enqueue`` but names
+    its outputs ``"<id>"`` (unless ``VLLM_DISABLE_REQUEST_ID_RANDOMIZATION`` is set)."""
+    head, _, tail = request_id.rpartition("-")
+    return head if head and len(tail) == 8 else request_id
+
+
+def prepared_bytes(request: dict[str, Any]) -> int:
+    """Bytes of a built request's inputs held in host memory (its decoded images; the prompt text)."""
+    total = len(str(request.get("prompt", "")))
+    images = (request.get("multi_modal_data") or {}).get("image")
+    for image in images if isinstance(images, list) else [images]:
+        nbytes = getattr(image, "nbytes", None)
+        if nbytes is None and hasattr(image, "size") and hasattr(image, "getbands"):  # a PIL image
+            nbytes = image.size[0] * image.size[1] * len(image.getbands())
+        total += int(nbytes or 0)
+    return total
+
+
+@dataclass(frozen=True)
+class WindowLimits:
+    """How much may be in the engine at once: ``requests`` (count) and ``prepared_bytes`` (host memory)."""
+
+    requests: int
+    prepared_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.requests < 1:
+            raise ValueError(f"window must be >= 1, got {self.requests}")
+        if self.prepared_bytes < 1:
+            raise ValueError(f"prepared_bytes must be >= 1, got {self.prepared_bytes}")
+
+
+def engine_max_num_seqs(llm: Any) -> int | None:
+    """How many sequences a started engine schedules at once (``max_num_seqs`` as vLLM resolved it), or None."""
+    config = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "scheduler_config", None)
+    value = getattr(config, "max_num_seqs", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def available_host_bytes() -> int | None:
+    """The host memory available now (Linux ``MemAvailable``), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def window_limits(llm: Any, requests: int | None, prepared: int | None) -> WindowLimits:
+    """The window of a started engine: the given bounds, else its ``max_num_seqs`` and a share of host memory."""
+    from dataflow_mm.serving.vllm_engine_args import DEFAULT_PREPARED_BYTES_SHARE, FALLBACK_MAX_REQUESTS_IN_FLIGHT
+
+    if requests is None:
+        requests = engine_max_num_seqs(llm) or FALLBACK_MAX_REQUESTS_IN_FLIGHT
+    if prepared is None:
+        available = available_host_bytes()
+        prepared = int(available * DEFAULT_PREPARED_BYTES_SHARE) if available else 4 << 30
+    return WindowLimits(int(requests), max(1, int(prepared)))
+
+
+@dataclass
+class WindowTimes:
+    """Seconds the driving threads spent in each part (``enqueue``: vLLM's input processing on this thread)."""
+
+    enqueue: float = 0.0
+    step: float = 0.0
+    build_wait: float = 0.0
+    enqueued: int = 0
+    most_in_flight: int = 0
+    most_prepared_bytes: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "enqueue_s": round(self.enqueue, 4),
+            "step_s": round(self.step, 4),
+            "build_wait_s": round(self.build_wait, 4),
+            "enqueued": self.enqueued,
+            "most_in_flight": self.most_in_flight,
+            "most_prepared_bytes": self.most_prepared_bytes,
+        }
+
+
+@dataclass(eq=False)
+class _Call:
+    """One caller's requests ``0..count-1`` and their outcomes."""
+
+    count: int
+    build: Callable[[int], dict[str, Any]]
+    params: Any
+    outcomes: list[Outcome] = field(init=False)
+    unanswered: int = field(init=False)
+    next_index: int = 0
+
+    def __post_init__(self) -> None:
+        self.outcomes = [None] * self.count
+        self.unanswered = self.count
+
+    def answer(self, index: int, outcome: Outcome) -> None:
+        self.outcomes[index] = outcome
+        self.unanswered -= 1
+
+
+class EngineWindow:
+    """The requests of every caller of one ``vllm.LLM``, at most ``limits`` of them in the engine."""
+
+    def __init__(self, llm: Any, limits: WindowLimits, build_workers: int = DEFAULT_BUILD_WORKERS) -> None:
+        if build_workers < 1:
+            raise ValueError(f"build_workers must be >= 1, got {build_workers}")
+        self.llm = llm
+        self.limits = limits
+        self.build_workers = build_workers
+        self.times = WindowTimes()
+        self._driver = threading.Lock()  # held by the one thread that talks to the engine
+        self._calls: deque[_Call] = deque()  # calls with requests not built yet, in arrival order
+        self._ahead: deque[tuple[_Call, int, Future[dict[str, Any]]]] = deque()
+        self._in_flight: dict[str, tuple[_Call, int, int]] = {}  # external id -> (call, index, prepared bytes)
+        self._in_flight_bytes = 0
+        self._state = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, count: int, build: Callable[[int], dict[str, Any]], params: Any) -> list[Outcome]:
+        """Answer requests ``0..count-1`` of one call; ``build(i)`` makes request ``i`` shortly before it is enqueued.
+
+        Returns one outcome per request, in order: the finished ``RequestOutput``, or the exception that
+        ``build`` (a ``RowError``) or ``LLM.enqueue`` raised for that request alone.
+        """
+        call = _Call(count, build, params)
+        if count == 0:
+            return []
+        with self._state:
+            self._calls.append(call)
+        while call.unanswered:
+            with self._driver:
+                self._drive(call)
+        return call.outcomes
+
+    def close(self) -> None:
+        """Stop the build threads (the engine is the caller's)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- the driving thread ------------------------------------------------------------------------
+
+    def _drive(self, call: _Call) -> None:
+        """Enqueue and step until ``call`` is answered (the other calls' answers are handed on meanwhile)."""
+        engine = self.llm.llm_engine
+        try:
+            self._fill()
+            while call.unanswered:
+                if not self._in_flight:  # every request still to come failed to build, or is being built
+                    self._fill()
+                    if not self._in_flight and not self._ahead and not self._pending() and call.unanswered:
+                        raise RuntimeError("vLLM window: requests neither in flight nor waiting to be built")
+                    continue
+                if not engine.has_unfinished_requests():
+                    dropped = ServingUnavailableError("the vLLM engine dropped the request without an answer")
+                    for other, index, _ in self._in_flight.values():
+                        other.answer(index, dropped)
+                    self._in_flight.clear()
+                    self._in_flight_bytes = 0
+                    continue
+                started = time.perf_counter()
+                outputs = engine.step()
+                self.times.step += time.perf_counter() - started
+                for output in outputs:
+                    if getattr(output, "finished", False):
+                        self._finished(output)
+                self._fill()
+        except BaseException:
+            self._drop_pending(call)
+            raise
+
+    def _finished(self, output: Any) -> None:
+        entry = self._in_flight.pop(external_id(str(output.request_id)), None)
+        if entry is not None:
+            owner, index, nbytes = entry
+            self._in_flight_bytes -= nbytes
+            owner.answer(index, output)
+
+    def _pending(self) -> bool:
+        with self._state:
+            return bool(self._calls)
+
+    def _build_ahead(self) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.build_workers, thread_name_prefix="vllm-build")
+        with self._state:
+            while len(self._ahead) < self.build_workers and self._calls:
+                call = self._calls[0]
+                index = call.next_index
+                call.next_index += 1
+                if call.next_index >= call.count:
+                    self._calls.popleft()
+                self._ahead.append((call, index, self._pool.submit(call.build, index)))
+
+    def _room_for(self, nbytes: int) -> bool:
+        if not self._in_flight:
+            return True  # one request always goes in, however large
+        if len(self._in_flight) >= self.limits.requests:
+            return False
+        return self._in_flight_bytes + nbytes <= self.limits.prepared_bytes
+
+    def _fill(self) -> None:
+        """Enqueue built requests, oldest call first, while the window has room."""
+        self._build_ahead()
+        while self._ahead and (not self._in_flight or len(self._in_flight) < self.limits.requests):
+            call, index, future = self._ahead[0]
+            started = time.perf_counter()
+            try:
+                request = future.result()  # the engine core runs on its own while this waits
+            except RowError as exc:
+                self._ahead.popleft()
+                call.answer(index, exc)
+                self._build_ahead()
+                continue
+            finally:
+                self.times.build_wait += time.perf_counter() - started
+            nbytes = prepared_bytes(request)
+            if not self._room_for(nbytes):
+                return
+            self._ahead.popleft()
+            self._build_ahead()
+            started = time.perf_counter()
+            try:
+                (request_id,) = self.llm.enqueue([request], call.params, use_tqdm=False)
+            except Exception as exc:  # vLLM refused this request (too long, bad image...): this row only
+                if is_engine_dead(exc):
+                    raise
+                call.answer(index, exc)
+                continue
+            finally:
+                self.times.enqueue += time.perf_counter() - started
+                del request  # the decoded images go with it: only the engine's copy remains
+            self._in_flight[external_id(str(request_id))] = (call, index, nbytes)
+            self._in_flight_bytes += nbytes
+            times = self.times
+            times.enqueued += 1
+            times.most_in_flight = max(times.most_in_flight, len(self._in_flight))
+            times.most_prepared_bytes = max(times.most_prepared_bytes, self._in_flight_bytes)
+
+    def _drop_pending(self, failed: _Call) -> None:
+        """The engine failed while ``failed`` drove: its requests not yet enqueued are not built any further."""
+        with self._state:
+            if failed in self._calls:
+                self._calls.remove(failed)
+        for _, _, future in [entry for entry in self._ahead if entry[0] is failed]:
+            future.cancel()
+        self._ahead = deque(entry for entry in self._ahead if entry[0] is not failed)

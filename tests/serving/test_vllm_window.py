@@ -1,0 +1,224 @@
+"""The vLLM request window shared by the chunks in flight (``serving.vllm_window``), against a stand-in
+engine that, like vLLM's loop, finishes requests as it steps: the engine's batch stays full across
+chunk boundaries, never holds more than the window (requests, bytes of decoded images), defaults to
+the engine's ``max_num_seqs``, and the step files equal those of a one-chunk run."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import types
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from dataflow_mm.serving.vllm_window import EngineWindow, WindowLimits, prepared_bytes, window_limits
+
+
+class Engine:
+    """``LLM.llm_engine``: each ``step`` finishes the oldest request and records how many were in flight."""
+
+    def __init__(self, llm: LLM) -> None:
+        self.llm = llm
+        self.model_config = SimpleNamespace(max_model_len=4096, get_diff_sampling_param=dict)
+        self.vllm_config = SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=llm.max_num_seqs))
+        self.batches: list[tuple[int, int]] = []  # (requests in flight, requests enqueued so far) at each step
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.llm.in_flight)
+
+    def step(self) -> list[Any]:
+        assert self.llm.lock.acquire(blocking=False), "the engine is used from two threads at once"
+        try:
+            self.batches.append((len(self.llm.in_flight), len(self.llm.enqueued)))
+            threading.Event().wait(self.llm.step_seconds)  # a real engine step takes a while
+            request_id, prompt = next(iter(self.llm.in_flight.items()))
+            del self.llm.in_flight[request_id]
+            out = SimpleNamespace(text=f"re: {prompt}", token_ids=[1, 2], finish_reason="stop")
+            return [SimpleNamespace(request_id=request_id, finished=True, prompt_token_ids=[0], outputs=[out])]
+        finally:
+            self.llm.lock.release()
+
+    def shutdown(self) -> None:
+        pass
+
+
+class LLM:
+    """``vllm.LLM`` as far as the window uses it; ids come back randomized, as vLLM returns them."""
+
+    instances: ClassVar[list[LLM]] = []
+    max_num_seqs = 6
+    step_seconds = 0.0
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        self.lock = threading.Lock()
+        self.enqueued: list[str] = []
+        self.in_flight: dict[str, str] = {}
+        self.bytes_in_flight: dict[str, int] = {}
+        self.most_bytes = 0
+        self.llm_engine = Engine(self)
+        LLM.instances.append(self)
+
+    def enqueue(self, requests: list[dict[str, Any]], params: Any, use_tqdm: bool = True) -> list[str]:
+        assert self.lock.acquire(blocking=False), "the engine is used from two threads at once"
+        try:
+            (request,) = requests
+            request_id = str(len(self.enqueued))
+            self.enqueued.append(request["prompt"])
+            self.in_flight[request_id] = request["prompt"]
+            return [f"{request_id}-abcdefgh"]
+        finally:
+            self.lock.release()
+
+
+def request(text: str, pixels: int = 0) -> dict[str, Any]:
+    built: dict[str, Any] = {"prompt": text}
+    if pixels:
+        built["multi_modal_data"] = {"image": np.zeros((pixels, 1, 3), dtype=np.uint8)}
+    return built
+
+
+def test_calls_from_two_threads_share_the_window_and_the_batch_stays_full_between_them() -> None:
+    llm = LLM()
+    window = EngineWindow(llm, WindowLimits(4, 1 << 30))
+    results: dict[str, list[Any]] = {}
+
+    def both_registered(text: str) -> dict[str, Any]:
+        """The first call's first request waits until the second call is in line (two chunks in flight)."""
+        for _ in range(500):
+            if len(window._calls) == 2 or not text.startswith("a"):
+                break
+            threading.Event().wait(0.01)
+        return request(text)
+
+    def call(name: str, count: int) -> None:
+        results[name] = window.submit(count, lambda i: both_registered(f"{name}{i}"), None)
+
+    first = threading.Thread(target=call, args=("a", 7))
+    second = threading.Thread(target=call, args=("b", 9))
+    first.start()
+    second.start()
+    first.join()
+    second.join()
+    window.close()
+    assert [o.outputs[0].text for o in results["a"]] == [f"re: a{i}" for i in range(7)]
+    assert [o.outputs[0].text for o in results["b"]] == [f"re: b{i}" for i in range(9)]
+    assert len(llm.enqueued) == 16 and window.times.most_in_flight == 4
+    # While requests remain to be enqueued, every step runs a full window (no drain between the calls).
+    assert all(in_flight == 4 for in_flight, enqueued in llm.llm_engine.batches if enqueued < 16)
+    assert window.times.enqueue > 0 and window.times.step > 0
+
+
+def test_host_memory_bounds_the_window_in_bytes_of_decoded_images_one_always_goes_in() -> None:
+    llm = LLM()
+    window = EngineWindow(llm, WindowLimits(100, 3 * 1000 * 3 + 100))
+    sizes = [1000, 1000, 1000, 1000, 5000, 1000]  # the 5000-pixel image alone exceeds the bound
+    outcomes = window.submit(len(sizes), lambda i: request(f"r{i}", sizes[i]), None)
+    assert len(outcomes) == 6 and all(o.finished for o in outcomes)
+    assert window.times.most_prepared_bytes <= max(3 * 1000 * 3 + 100, 5000 * 3 + 2)
+    assert max(in_flight for in_flight, _ in llm.llm_engine.batches) == 3  # three 1000-pixel images fit
+    assert prepared_bytes(request("ab", 10)) == 2 + 30
+
+
+def test_the_default_window_is_the_engines_max_num_seqs() -> None:
+    llm = LLM()
+    assert window_limits(llm, None, None).requests == LLM.max_num_seqs
+    assert window_limits(llm, None, None).prepared_bytes > 0
+    assert window_limits(llm, 3, 1000) == WindowLimits(3, 1000)
+    assert window_limits(SimpleNamespace(llm_engine=None), None, 1).requests == 256  # an engine that does not say
+
+
+def test_a_request_that_fails_to_build_fails_alone() -> None:
+    from dataflow_mm.common.errors import ImageLoadError
+
+    def build(i: int) -> dict[str, Any]:
+        if i == 2:
+            raise ImageLoadError("cannot identify image file")
+        return request(f"r{i}")
+
+    window = EngineWindow(LLM(), WindowLimits(2, 1 << 30))
+    outcomes = window.submit(5, build, None)
+    assert isinstance(outcomes[2], ImageLoadError)
+    assert [o.outputs[0].text for i, o in enumerate(outcomes) if i != 2] == ["re: r0", "re: r1", "re: r3", "re: r4"]
+
+
+# ---------------------------------------------------------------- a step on the vLLM serving
+
+
+@pytest.fixture()
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> type[LLM]:
+    module = types.ModuleType("vllm")
+    module.LLM = LLM  # type: ignore[attr-defined]
+    module.SamplingParams = lambda **kwargs: SimpleNamespace(kwargs=kwargs)  # type: ignore[attr-defined]
+    module.__version__ = "0.0-fake"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")  # the start method is the user's when set
+    LLM.instances = []
+    monkeypatch.setattr(LLM, "step_seconds", 0.1)  # the next chunk is prepared meanwhile
+    return LLM
+
+
+def run_step(table: Path, cache: Path, model_dir: Path, chunk_size: int) -> tuple[bytes, LLM]:
+    from dataflow_mm import FileStorage, PipelineABC, PromptedVQAGenerator
+    from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
+
+    class Ask(PipelineABC):
+        def __init__(self) -> None:
+            self.storage = FileStorage(str(table), cache_path=str(cache), file_name_prefix="w", chunk_size=chunk_size)
+            self.serving = LocalModelVLMServing_vllm(str(model_dir), vllm_max_tokens=4)
+            self.ask = PromptedVQAGenerator(self.serving)
+
+        def forward(self) -> None:
+            self.ask.run(self.storage.step(), input_prompt_key="question")
+
+    pipeline = Ask()
+    pipeline.forward()  # uncompiled: the stand-in vllm is not an installed package
+    (llm,) = [i for i in LLM.instances if i not in seen]
+    seen.append(llm)
+    assert pipeline.serving.window_report()["max_requests"] == LLM.max_num_seqs
+    pipeline.serving.cleanup()
+    return (cache / "w_step1.jsonl").read_bytes(), llm
+
+
+seen: list[LLM] = []
+
+
+def test_a_step_in_small_chunks_keeps_the_engine_full_and_writes_what_one_chunk_writes(
+    fake_vllm: type[LLM], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    import json
+
+    rows = 40
+    table = tmp_path / "questions.jsonl"
+    table.write_text("".join(json.dumps({"id": i, "question": f"question {i}?"}) + "\n" for i in range(rows)))
+    one_chunk, _ = run_step(table, tmp_path / "one", tiny_qwen_dir, chunk_size=rows)
+    small_chunks, llm = run_step(table, tmp_path / "small", tiny_qwen_dir, chunk_size=4)
+
+    assert small_chunks.replace(b"small", b"one") == one_chunk
+    assert len(llm.enqueued) == rows
+    # Chunks of 4 with a window of 6: once the first chunk was sent (the second one's budget check may still
+    # run), the engine ran 6 requests at every step while any remained to send; one chunk at a time never
+    # had more than 4.
+    batches = llm.llm_engine.batches
+    steady = [in_flight for in_flight, enqueued in batches if 4 < enqueued < rows]
+    assert steady and all(in_flight == LLM.max_num_seqs for in_flight in steady), str(batches)
+
+
+def test_the_engine_starts_with_spawn_when_other_threads_run_unless_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataflow_mm.serving.vllm_serving import use_spawn_when_threaded
+
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    worker = threading.Thread(target=use_spawn_when_threaded)  # a streaming step's thread starts the engine
+    worker.start()
+    worker.join()
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+    use_spawn_when_threaded()
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"  # the user's choice stands
