@@ -3,7 +3,8 @@
 Answered one call at a time, the engine's batch would shrink at the end of each chunk to the chunk's
 last long requests before the next chunk's first is sent. Here the calls of several threads (the step
 executor's chunks in flight) feed one window: requests are enqueued in the order their calls arrived
-(an earlier chunk's before a later one's, so chunks still finish roughly in order), and as soon as any request finishes the next one, of whichever call, takes its place.
+(an earlier chunk's before a later one's, so chunks still finish roughly in order), and as soon as
+any request finishes the next one, of whichever call, takes its place.
 
 Who talks to the engine: one thread at a time (``_driver``), whichever waiting caller gets there
 first; it enqueues, steps the engine (``llm_engine.step()``) and hands every finished output to the
