@@ -19,6 +19,7 @@ from tests.support.bad_inputs import (
     URL_PASSWORD,
     Case,
     build_chunk_corpus,
+    build_data_juicer_corpus,
     build_imgdiff_corpus,
     build_region_caption_corpus,
 )
@@ -62,7 +63,7 @@ def row_of(rows: dict[str, list[dict[str, Any]]], table: str, case_id: str) -> d
 def test_no_run_stops_and_every_rerun_finds_its_steps_complete(corpus: tuple) -> None:
     figures, _ = corpus
     assert figures.runs_stopped == 0 and figures.stops == []
-    assert figures.tables == 6 and figures.runs == 12
+    assert figures.tables == 7 and figures.runs == 14
 
 
 def test_rows_in_equal_rows_out_plus_lines_rejected(corpus: tuple) -> None:
@@ -84,6 +85,14 @@ def test_imgdiff_cases(corpus: tuple, case: Case) -> None:
     if case.case_id.startswith("box:"):  # the box beyond float range is dropped with its reason
         dropped = [d for d in row["bbox_decisions"] if not d["kept"]]
         assert dropped[-1]["dropped_at"] == "parse" and "too large" in dropped[-1]["drop_reason"]
+
+
+@pytest.mark.parametrize("case", cases_of(build_data_juicer_corpus), ids=lambda c: c.case_id)
+def test_data_juicer_meta_shapes(corpus: tuple, case: Case) -> None:
+    row = row_of(corpus[1], "dj_meta.jsonl", case.case_id)
+    check(case, row)
+    if case.error:  # the row keeps the meta it came with
+        assert not isinstance(row["__dj__meta__"], dict)
 
 
 @pytest.mark.parametrize("table", ["chunks.jsonl", "chunk_pairs.jsonl"])

@@ -8,9 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.bad_inputs import build_chunk_corpus, build_imgdiff_corpus, build_region_caption_corpus
+from tests.support.bad_inputs import (
+    build_chunk_corpus,
+    build_data_juicer_corpus,
+    build_imgdiff_corpus,
+    build_region_caption_corpus,
+)
 
-# -- running the corpus: the figures the README reports ------------------------------------------------------
+# -- running the corpus: the figures docs/reliability.md reports ------------------------------------------------------
 
 
 @dataclass
@@ -47,6 +52,7 @@ def corpus_tables(folder: Path) -> list[tuple[str, Path, int]]:
     """Every corpus table: (pipeline, table, chunk size)."""
     region, _, _ = build_region_caption_corpus(folder / "region")
     pairs, _, _ = build_imgdiff_corpus(folder / "imgdiff")
+    data_juicer, _ = build_data_juicer_corpus(folder / "data_juicer")
     chunks, _, chunk_pairs, good = build_chunk_corpus(folder / "chunks")
     late = folder / "late_key.jsonl"  # the image key first appears after the rows the key check peeks at
     rows = [{"case_id": f"late:{i}"} for i in range(201)] + [{"case_id": "late:good", "image": good}]
@@ -60,6 +66,7 @@ def corpus_tables(folder: Path) -> list[tuple[str, Path, int]]:
         ("imgdiff", pairs, 8),
         ("imgdiff", chunk_pairs, 1),
         ("region_caption", blocked, 2),
+        ("imgdiff", data_juicer, 4),
     ]
 
 

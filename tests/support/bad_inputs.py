@@ -346,6 +346,29 @@ def build_imgdiff_corpus(folder: Path) -> tuple[Path, list[Case], dict[str, int]
     return table, cases, {"MalformedJSONLine": 1, "NonUTF8Line": 1, "TooDeepJSONLine": len(DEEP_LINES)}
 
 
+def build_data_juicer_corpus(folder: Path) -> tuple[Path, list[Case]]:
+    """A Data-Juicer Img-Diff table (boxes in ``__dj__meta__.__dj__bbox__``, pixel cx, cy, w, h) whose metas are
+    not all dicts: a meta that is not one keeps its value and the row gets a ``DJMetaError``."""
+    images = write_bad_images(folder / "images")
+    good = str(images["good.jpg"])
+    meta = {"__dj__bbox__": [[30, 30, 20, 20]], "source": "shard-0"}
+    shapes: dict[str, tuple[Any, str | None]] = {
+        "dj:dict meta": (meta, None),
+        "dj:meta as JSON text": (json.dumps(meta), None),
+        "dj:meta a list": (["a", "list"], "DJMetaError"),
+        "dj:meta a number": (7, "DJMetaError"),
+        "dj:meta free text": ("free text, not JSON", "DJMetaError"),
+    }
+    cases = [Case(case_id, error=error) for case_id, (_, error) in shapes.items()]
+    rows = [
+        {"case_id": case_id, "image_path1": good, "image_path2": good, "text": "", "__dj__meta__": value}
+        for case_id, (value, _) in shapes.items()
+    ]
+    table = folder / "dj_meta.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return table, cases
+
+
 if __name__ == "__main__":
     from tests.support.bad_input_runs import main
 
