@@ -69,7 +69,8 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
         "--ray_num_gpus_per_actor",
         type=float,
         default=None,
-        help="GPUs per model actor (default: --tensor_parallel_size for the vllm backend, never 0; else 0)",
+        help="GPUs per model actor (default: --tensor_parallel_size for the vllm backend, never 0; another local "
+        "model, a scorer or the hf backend, a quarter of a GPU on a cluster with GPUs; an API-only operator 0)",
     )
     group.add_argument(
         "--ray_cpu_threads_per_actor",
