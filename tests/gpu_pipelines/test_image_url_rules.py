@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from dataflow_mm.common.errors import EXIT_INCOMPLETE
 from tests.support.openai_test_server import OpenAITestServer
 from tests.support.user_inputs import image_bytes, image_http_server
 
@@ -42,7 +43,7 @@ def test_credentials_are_never_written_and_a_slow_download_is_cut_off(tmp_path: 
         started = time.monotonic()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
         took = time.monotonic() - started
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == EXIT_INCOMPLETE, proc.stderr[-3000:]  # the slow image's row is pending
     assert took < 60, took  # 4 attempts of 1 s and their backoff; without a deadline: ~10 minutes
     assert hits["/slow.jpg"] == 4 and hits["/ok.jpg"] == 1  # the credentials were never sent
     rows = [json.loads(line) for line in (tmp_path / "cache" / "rc_step1.jsonl").read_text().splitlines()]
@@ -50,6 +51,8 @@ def test_credentials_are_never_written_and_a_slow_download_is_cut_off(tmp_path: 
     assert set(by_image) == {f"{base}/ok.jpg", f"http://alice:***@{host}/ok.jpg", f"{base}/slow.jpg"}
     assert not by_image[f"{base}/ok.jpg"]["error"]
     assert "user name or password" in by_image[f"http://alice:***@{host}/ok.jpg"]["error"]
+    assert by_image[f"http://alice:***@{host}/ok.jpg"]["error"].startswith("ImageDownloadError")  # failed for good
+    assert by_image[f"{base}/slow.jpg"]["error"].startswith("ImageUnavailableError")  # pending: a rerun tries again
     assert (
         "no complete download within 1 s (download_timeout) after 4 attempts" in by_image[f"{base}/slow.jpg"]["error"]
     )
