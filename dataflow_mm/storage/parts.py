@@ -18,12 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 
 from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.chunks import Reject
 from dataflow_mm.storage.jsonl_reading import iter_jsonl
 from dataflow_mm.storage.table_writer import AtomicTableWriter, frame_to_jsonl, write_json_atomic
+
+_MARKER_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 STATE_FILE = "state.json"
 
@@ -62,14 +65,15 @@ class ChunkParts:
     def done(self, index: int) -> dict[str, Any] | None:
         """The recorded counts of chunk ``index`` when it is complete, else None."""
         try:
-            return json.loads(self._marker(index).read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
+            return orjson.loads(self._marker(index).read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
             return None
 
     def write(self, index: int, frame: pd.DataFrame | bytes, rejects: list[Reject], counts: dict[str, Any]) -> None:
         """Store a finished chunk (its rows, or their JSON lines): data first, then the marker that makes it count."""
         write_bytes_atomic(frame if isinstance(frame, bytes) else frame_to_jsonl(frame), self._data(index))
-        write_json_atomic({**counts, "rejects": [r.to_dict() for r in rejects]}, self._marker(index))
+        marker = {**counts, "rejects": [r.to_dict() for r in rejects]}  # a row record per input row: kept compact
+        write_bytes_atomic(orjson.dumps(marker, default=str, option=_MARKER_OPTIONS), self._marker(index))
 
     def data(self, index: int) -> bytes:
         """The stored rows of chunk ``index`` as JSON lines (as they appear in a JSONL step file)."""
