@@ -221,5 +221,6 @@ class _Handler(BaseHTTPRequestHandler):
             # Recorded before the bytes leave: once a client holds the answer, its record is complete.
             record.status = status
             record.finished = time.monotonic()
+            self.server.owner._leave(record)
         self.wfile.write(payload)
         self.wfile.flush()

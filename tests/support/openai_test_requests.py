@@ -83,6 +83,7 @@ class RecordedRequest:
     fault: str | None = None
     status: int | None = None  # what was answered (None: nothing, connection closed)
     finished: float | None = None
+    left: bool = False  # no longer counted in flight
 
     @property
     def ok(self) -> bool:

@@ -195,7 +195,12 @@ class OpenAITestServer:
         return record
 
     def _leave(self, record: RecordedRequest) -> None:
+        """The request is answered (called before its bytes leave, so a client that holds the answer never
+        sees it still in flight) or abandoned; once per request."""
         with self._lock:
+            if record.left:
+                return
+            record.left = True
             if record.finished is None:
                 record.finished = time.monotonic()
             self.in_flight -= 1
