@@ -138,20 +138,7 @@ def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
     was removed.
     """
     target = Path(target)
-    pattern = _temp_pattern(target)
-    removed: list[Path] = []
-    try:
-        entries = list(os.scandir(target.parent))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = pattern.match(entry.name)
-        if not match or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(entry.path)
-            removed.append(Path(entry.path))
-    return removed
+    return _remove_dead_writers_temps(target.parent, _temp_pattern(target))
 
 
 def remove_stale_temps_in(folder: str | os.PathLike, suffix: str) -> list[Path]:
@@ -161,6 +148,11 @@ def remove_stale_temps_in(folder: str | os.PathLike, suffix: str) -> list[Path]:
     bytes: ``.<stem>.jpg.<pid>.<hex>.tmp``); as ``remove_stale_temps``, a live writer's file is kept.
     """
     pattern = re.compile(rf"^\..+{re.escape(suffix)}\.(\d+)\.[0-9a-f]{{8}}{re.escape(_TEMP_SUFFIX)}$")
+    return _remove_dead_writers_temps(Path(folder), pattern)
+
+
+def _remove_dead_writers_temps(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
+    """Delete the files of ``folder`` matching ``pattern`` (group 1: the writer's pid) whose writer is dead."""
     removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
