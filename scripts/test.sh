@@ -8,7 +8,8 @@
 # 5. ruff, then the whole pytest suite; without pytest args also
 #    - the fast tests on .venv-min (the lower bounds), and
 #    - the hf backend's tests in .venv-vllm (the transformers version the vLLM extra selects), and the
-#      vLLM serving's describe() contract there (the main env has no vLLM)
+#      vLLM serving's describe() contract and vLLM's own output classes for failed requests there (the main
+#      env has no vLLM)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh test
@@ -27,6 +28,6 @@ if [ $# -eq 0 ]; then
         tests/serving/test_hf_cache_layout.py tests/serving/test_hf_serving.py
     echo "[test] the hf backend on the vLLM environment's transformers, and vLLM's describe() contract (.venv-vllm)"
     DATAFLOW_MM_TINY_DIR="$(pwd)/.tiny_models/vllm_env" .venv-vllm/bin/python -m pytest -q -p no:cacheprovider \
-        tests/serving/test_hf_serving.py \
+        tests/serving/test_hf_serving.py tests/serving/test_transient_failures.py \
         "tests/pipeline/test_describe_contract.py::test_describe_is_the_same_before_and_after_loading[LocalModelVLMServing_vllm]"
 fi
