@@ -6,7 +6,6 @@ input. A server stopped mid-run and restarted: the rerun answers every row and r
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -122,18 +121,6 @@ def test_a_server_stopped_mid_run_and_restarted(tmp_path: Path) -> None:
         run(table, tmp_path / "clean", clean_server)
     for name in ("a_step1.jsonl", "a_step2.jsonl"):
         assert (cache / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Any]:
-    ray = pytest.importorskip("ray")
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def test_ray_runner_rerun_sends_only_pending_and_new_rows(tmp_path: Path, ray_cluster: Any) -> None:

@@ -9,9 +9,8 @@ the model when the pool ends, get replaced when their engine dies) is seen in a 
 from __future__ import annotations
 
 import os
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,6 @@ from tests.support.fake_serving import FakeVLMServing
 from tests.support.sample_data import write_jsonl
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Any]:
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def vllm_operator(model_dir: Path, tensor_parallel_size: int = 1) -> PromptedVQAGenerator:

@@ -9,15 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pandas as pd
 import pytest
-import ray
 
 from dataflow_mm import LocalModelVLMServing_hf, PromptedVQAGenerator
 from dataflow_mm.common.errors import ModelNotAvailableError
@@ -110,16 +107,6 @@ class OneStepPipeline(PipelineABC):
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[Any]:
-    """One local Ray for the whole test session (each start costs seconds)."""
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
