@@ -7,15 +7,13 @@ second; an alarm stops a quadratic parser long before it would finish.
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from dataflow_mm.operators.region_caption.answer_parsing import parse_region_captions
 from dataflow_mm.serving.http_reply import DEFAULT_MAX_RESPONSE_BYTES
+from tests.support.time_limit import time_limit
 
 SIZE = DEFAULT_MAX_RESPONSE_BYTES  # the largest answer the api backend accepts
 SPACES = " " * SIZE
@@ -48,28 +46,12 @@ SHAPES = {
 }
 
 
-@contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
-    """Raise in the test's thread after ``seconds`` (a quadratic parse would otherwise run for hours)."""
-
-    def _expired(*_: object) -> None:
-        raise TimeoutError(f"parsing took over {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, _expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_a_4_mib_adversarial_answer_parses_in_under_a_second(name: str) -> None:
     answer = SHAPES[name]
     assert len(answer) >= SIZE - 16
     best = float("inf")
-    with _alarm(10):
+    with time_limit(10, "still parsing"):
         for _ in range(2):  # the best of two: the machine may be busy with other work
             started = time.perf_counter()
             captions = parse_region_captions(answer, 3)

@@ -7,10 +7,7 @@ download went on for as long as the server liked. A redirect to ``ftp://`` was f
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,30 +15,18 @@ from PIL import Image
 
 from dataflow_mm.common.errors import ImageDownloadError
 from dataflow_mm.storage.downloads import download_image, mask_credentials
+from tests.support.time_limit import time_limit
 from tests.support.user_inputs import image_bytes, image_http_server
 
 PICTURE = image_bytes(Image.new("RGB", (40, 30), (200, 20, 20)))
 PASSWORD = "Pw-5ecret-9x"
 
 
-@contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
-    """Fail the test (instead of hanging for minutes) when the code under test is not cut off."""
-
-    def _expired(*_: object) -> None:
-        raise TimeoutError(f"still downloading after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, _expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def test_a_server_sending_one_byte_per_second_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
-    with image_http_server({"/slow.jpg": PICTURE}, trickle={"/slow.jpg": 1.0}) as (base, hits), _alarm(20):
+    with (
+        image_http_server({"/slow.jpg": PICTURE}, trickle={"/slow.jpg": 1.0}) as (base, hits),
+        time_limit(20, "still downloading"),
+    ):
         started = time.monotonic()
         with pytest.raises(ImageDownloadError, match=r"no complete download within 2 s \(download_timeout\)"):
             download_image(f"{base}/slow.jpg", tmp_path, timeout=2, max_retries=0)
@@ -52,7 +37,10 @@ def test_a_server_sending_one_byte_per_second_is_cut_off_at_the_deadline(tmp_pat
 
 
 def test_the_deadline_bounds_each_attempt_and_a_timeout_is_retried(tmp_path: Path) -> None:
-    with image_http_server({"/slow.jpg": PICTURE}, trickle={"/slow.jpg": 1.0}) as (base, hits), _alarm(20):
+    with (
+        image_http_server({"/slow.jpg": PICTURE}, trickle={"/slow.jpg": 1.0}) as (base, hits),
+        time_limit(20, "still downloading"),
+    ):
         started = time.monotonic()
         with pytest.raises(ImageDownloadError, match="after 2 attempts"):
             download_image(f"{base}/slow.jpg", tmp_path, timeout=1, max_retries=1, backoff_base=0.01)
@@ -71,7 +59,7 @@ def test_a_redirect_to_another_scheme_is_refused(tmp_path: Path, target: str) ->
     refused = r"HTTP 302 redirect refused: not an http\(s\) URL"
     with (
         image_http_server({}, redirects={"/r.jpg": target}) as (base, hits),
-        _alarm(20),
+        time_limit(20, "still downloading"),
         pytest.raises(ImageDownloadError, match=refused) as caught,
     ):
         download_image(f"{base}/r.jpg", tmp_path, max_retries=2, backoff_base=0.01)
