@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
 import re
 import secrets
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
+
+import orjson
 
 _TEMP_SUFFIX = ".tmp"
 
@@ -100,6 +103,32 @@ class AtomicFile(CommitOnExit):
     def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
+
+
+def write_json_lines_atomic(target: Path, values: Iterable[Any], drop_if_empty: bool = False) -> str:
+    """Write each value as one compact JSON line (orjson), a line at a time, atomically; the file's sha256.
+
+    ``drop_if_empty``: with no value there is no file (an earlier one goes too) and "" is returned. An
+    exception raised while ``values`` is iterated leaves nothing behind and propagates.
+    """
+    digest = hashlib.sha256()
+    atomic = AtomicFile(target)
+    try:
+        with atomic.tmp.open("wb") as handle:
+            for value in values:
+                line = orjson.dumps(value) + b"\n"
+                digest.update(line)
+                handle.write(line)
+            empty = handle.tell() == 0
+    except BaseException:
+        atomic.discard()
+        raise
+    if empty and drop_if_empty:  # nothing to keep, nor to sync
+        atomic.discard()
+        target.unlink(missing_ok=True)
+        return ""
+    atomic.commit()
+    return digest.hexdigest()
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike, sync_folder: bool = True) -> Path:

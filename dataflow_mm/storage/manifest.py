@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from dataflow_mm.storage.atomic import AtomicFile, write_bytes_atomic
+from dataflow_mm.storage.atomic import write_bytes_atomic, write_json_lines_atomic
 from dataflow_mm.storage.hashing import file_sha256
 from dataflow_mm.storage.media_stamps import changed_media
 from dataflow_mm.storage.table_writer import write_json_atomic
@@ -53,26 +53,8 @@ def media_path(step_file: str | os.PathLike) -> Path:
 def write_media_stamps(step_file: str | os.PathLike, stamps: Iterable[dict[str, Any]]) -> str:
     """Write the stamps (dicts of path -> stamp, e.g. one per chunk marker) a line at a time, atomically;
     return the file's sha256, or "" when there were none (and no file is left)."""
-    target = media_path(step_file)
-    digest = hashlib.sha256()
-    atomic = AtomicFile(target)
-    try:
-        with atomic.tmp.open("wb") as handle:
-            for chunk in stamps:
-                for path, item in chunk.items():
-                    line = orjson.dumps([path, item]) + b"\n"
-                    digest.update(line)
-                    handle.write(line)
-            empty = handle.tell() == 0
-    except BaseException:
-        atomic.discard()
-        raise
-    if empty:  # no stamps: no file (an earlier run's goes too), and nothing to sync
-        atomic.discard()
-        target.unlink(missing_ok=True)
-        return ""
-    atomic.commit()
-    return digest.hexdigest()
+    lines = ([path, item] for chunk in stamps for path, item in chunk.items())
+    return write_json_lines_atomic(media_path(step_file), lines, drop_if_empty=True)
 
 
 def _stamp_lines(step_file: str | os.PathLike) -> Iterator[tuple[bytes, str, Any]]:

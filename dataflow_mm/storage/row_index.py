@@ -33,7 +33,7 @@ import orjson
 import pandas as pd
 
 from dataflow_mm.common.errors import ERROR_COLUMN, ROW_DONE, ROW_FAILED, ROW_PENDING, row_outcome
-from dataflow_mm.storage.atomic import AtomicFile
+from dataflow_mm.storage.atomic import write_json_lines_atomic
 from dataflow_mm.storage.hashing import file_sha256
 from dataflow_mm.storage.jsoncodec import frame_records, to_plain
 
@@ -106,26 +106,17 @@ def write_row_index(step_file: str | os.PathLike, chunks: Iterable[list[list[Any
     """Write the row index from each chunk marker's rows, in order, atomically; its sha256, or "" (and no
     file) when a chunk has none (a marker written before row indexes, or an operator that reorders rows)."""
     target = rows_path(step_file)
-    digest = hashlib.sha256()
-    atomic = AtomicFile(target)
     try:
-        with atomic.tmp.open("wb") as handle:
-            for rows in chunks:
-                if rows is None:
-                    raise _NoIndex
-                for row in rows:
-                    line = orjson.dumps(row) + b"\n"
-                    digest.update(line)
-                    handle.write(line)
+        return write_json_lines_atomic(target, (row for rows in chunks for row in _rows_or_none(rows)))
     except _NoIndex:
-        atomic.discard()
         target.unlink(missing_ok=True)
         return ""
-    except BaseException:
-        atomic.discard()
-        raise
-    atomic.commit()
-    return digest.hexdigest()
+
+
+def _rows_or_none(rows: list[list[Any]] | None) -> list[list[Any]]:
+    if rows is None:
+        raise _NoIndex
+    return rows
 
 
 class _NoIndex(Exception):
