@@ -8,7 +8,6 @@ unreadable inputs and a disk that fills up while a step is written.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from dataflow_mm.storage.lock import lock_file_of
 from tests.support.openai_test_server import OpenAITestServer
+from tests.support.script_runs import assert_one_line_exit_2, run_script, script_env, write_photo_rows
 
 pytest.importorskip("httpx")
 
@@ -27,22 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 REGION_SCRIPT = REPO / "gpu_pipelines" / "image_region_caption_pipeline.py"
 IMGDIFF_SCRIPT = REPO / "gpu_pipelines" / "imgdiff_pipeline.py"
 IMAGES = REPO / "data" / "image_region_caption"
-
-
-def write_input(path: Path, n_rows: int) -> Path:
-    """A JSONL table of ``n_rows`` rows over the demo photos, one box each."""
-    photos = ["street.jpg", "park.jpg", "kitchen.jpg"]
-    rows = [{"id": i, "image": str(IMAGES / photos[i % 3]), "bbox": [[40, 40, 120, 100]]} for i in range(n_rows)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def script_env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    for name in ("OPENAI_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        env.pop(name, None)
-    return env
 
 
 def command(server_url: str, first_entry: Path, cache: Path, *extra: str, script: Path = REGION_SCRIPT) -> list[str]:
@@ -54,21 +38,8 @@ def command(server_url: str, first_entry: Path, cache: Path, *extra: str, script
     ]  # fmt: skip
 
 
-def run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=timeout)
-
-
 def jsonl_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def assert_one_line_exit_2(proc: subprocess.CompletedProcess[str]) -> str:
-    """Exit code 2, no traceback, and one ``error:`` line as the last thing on stderr."""
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-    assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ")
-    return last
 
 
 def wait_for(condition, seconds: float = 60.0) -> None:
@@ -91,13 +62,13 @@ def start_first_run(server: OpenAITestServer, cmd: list[str]) -> subprocess.Pope
 
 def test_a_second_run_on_the_same_cache_stops_with_exit_2_naming_the_first(tmp_path):
     rows_in = 40
-    first_entry = write_input(tmp_path / "in.jsonl", rows_in)
+    first_entry = write_photo_rows(tmp_path / "in.jsonl", rows_in)
     cache = tmp_path / "cache"
     with OpenAITestServer(delay=0.25) as server:  # the first run needs 10 s: the second starts well within
         cmd = command(server.base_url, first_entry, cache, "--max_workers", "1", "--chunk_size", "5")
         first = start_first_run(server, cmd)
         try:
-            second = run(cmd)
+            second = run_script(cmd)
         finally:
             _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err[-3000:]
@@ -112,13 +83,13 @@ def test_a_second_run_on_the_same_cache_stops_with_exit_2_naming_the_first(tmp_p
 
 def test_wait_for_lock_queues_the_second_run_and_both_succeed(tmp_path):
     rows_in = 20
-    first_entry = write_input(tmp_path / "in.jsonl", rows_in)
+    first_entry = write_photo_rows(tmp_path / "in.jsonl", rows_in)
     cache = tmp_path / "cache"
     with OpenAITestServer(delay=0.25) as server:
         cmd = command(server.base_url, first_entry, cache, "--max_workers", "1", "--chunk_size", "5")
         first = start_first_run(server, cmd)
         try:
-            second = run([*cmd, "--wait_for_lock"])
+            second = run_script([*cmd, "--wait_for_lock"])
         finally:
             _, err = first.communicate(timeout=120)
         requests = len(server.requests)
@@ -135,10 +106,10 @@ def test_wait_for_lock_queues_the_second_run_and_both_succeed(tmp_path):
 
 
 def test_extra_output_equal_to_the_input_is_refused_and_the_input_kept(tmp_path):
-    first_entry = write_input(tmp_path / "in.jsonl", 3)
+    first_entry = write_photo_rows(tmp_path / "in.jsonl", 3)
     before = first_entry.read_bytes()
     with OpenAITestServer() as server:
-        proc = run(
+        proc = run_script(
             command(server.base_url, first_entry, tmp_path / "cache", "--output_image_with_bbox_path", str(first_entry))
         )
         assert not server.requests
@@ -152,10 +123,10 @@ def test_an_input_that_is_a_step_file_of_the_same_cache_and_prefix_is_never_writ
     """Step files are never shared: a storage whose first file is step 2 of its own cache and prefix
     continues the numbering (steps 3 and 4), so the input stays as it was."""
     cache = tmp_path / "cache"
-    first_entry = write_input(cache / "rc_step2.jsonl", 3)
+    first_entry = write_photo_rows(cache / "rc_step2.jsonl", 3)
     before = first_entry.read_bytes()
     with OpenAITestServer() as server:
-        proc = run(command(server.base_url, first_entry, cache))
+        proc = run_script(command(server.base_url, first_entry, cache))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert first_entry.read_bytes() == before
     assert not (cache / "rc_step1.jsonl").exists()
@@ -168,12 +139,12 @@ def test_an_input_that_is_a_step_file_of_the_same_cache_and_prefix_is_never_writ
 @pytest.mark.parametrize("prefix", ["../escaped", "sub/dir", "ABSOLUTE", ".."])
 def test_a_prefix_that_leaves_the_cache_is_refused(tmp_path, prefix):
     prefix = str(tmp_path / "abs" / "escaped") if prefix == "ABSOLUTE" else prefix
-    first_entry = write_input(tmp_path / "in.jsonl", 2)
+    first_entry = write_photo_rows(tmp_path / "in.jsonl", 2)
     cache = tmp_path / "work" / "cache"
     with OpenAITestServer() as server:
         cmd = command(server.base_url, first_entry, cache)
         cmd[cmd.index("--file_name_prefix") + 1] = prefix
-        proc = run(cmd)
+        proc = run_script(cmd)
         assert not server.requests
     assert "file_name_prefix" in assert_one_line_exit_2(proc)
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
@@ -199,7 +170,7 @@ def test_a_prefix_that_leaves_the_cache_is_refused(tmp_path, prefix):
     ],
 )
 def test_flags_that_cannot_work_stop_before_any_step(tmp_path, flags):
-    first_entry = write_input(tmp_path / "in.jsonl", 2)
+    first_entry = write_photo_rows(tmp_path / "in.jsonl", 2)
     (tmp_path / "file.txt").write_text("a file, not a folder")
     (tmp_path / "folder").mkdir()
     flags = [
@@ -207,7 +178,7 @@ def test_flags_that_cannot_work_stop_before_any_step(tmp_path, flags):
         for f in flags
     ]
     with OpenAITestServer() as server:
-        proc = run(command(server.base_url, first_entry, tmp_path / "cache", *flags))
+        proc = run_script(command(server.base_url, first_entry, tmp_path / "cache", *flags))
         assert not server.requests
     assert flags[0] in assert_one_line_exit_2(proc)
     assert not (tmp_path / "cache").exists()  # checked when parsed: no step ran, nothing was created
@@ -217,7 +188,7 @@ def test_flags_that_cannot_work_stop_before_any_step(tmp_path, flags):
 def test_imgdiff_flags_that_cannot_work_stop_before_any_step(tmp_path, flags):
     first_entry = tmp_path / "pairs.jsonl"
     first_entry.write_text(json.dumps({"image_path1": "a.jpg", "image_path2": "b.jpg"}) + "\n")
-    proc = run(command("http://127.0.0.1:9/v1", first_entry, tmp_path / "cache", *flags, script=IMGDIFF_SCRIPT))
+    proc = run_script(command("http://127.0.0.1:9/v1", first_entry, tmp_path / "cache", *flags, script=IMGDIFF_SCRIPT))
     assert flags[0] in assert_one_line_exit_2(proc)
     assert not (tmp_path / "cache").exists()
 
@@ -230,7 +201,7 @@ def test_corrupt_or_non_parquet_input_is_one_line_exit_2(tmp_path):
     not_parquet = tmp_path / "table.parquet"
     not_parquet.write_text('{"image": "a.jpg"}\n')
     for first_entry in (truncated, not_parquet):
-        proc = run(command("http://127.0.0.1:9/v1", first_entry, tmp_path / "cache"))
+        proc = run_script(command("http://127.0.0.1:9/v1", first_entry, tmp_path / "cache"))
         assert "Parquet" in assert_one_line_exit_2(proc)
 
 
@@ -238,7 +209,7 @@ def test_a_non_utf8_byte_in_a_csv_is_one_line_exit_2(tmp_path):
     for name, text in [("header.csv", b"im\xffage,id\na.jpg,1\n"), ("row.csv", b"image,id\n/p/\xff\xfe.jpg,1\n")]:
         first_entry = tmp_path / name
         first_entry.write_bytes(text)
-        proc = run(command("http://127.0.0.1:9/v1", first_entry, tmp_path / "cache"))
+        proc = run_script(command("http://127.0.0.1:9/v1", first_entry, tmp_path / "cache"))
         assert "CSV" in assert_one_line_exit_2(proc)
 
 
@@ -259,15 +230,15 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def test_disk_full_while_writing_a_step_is_one_line_exit_2_and_the_step_not_complete(tmp_path):
-    first_entry = write_input(tmp_path / "in.jsonl", 4)
+    first_entry = write_photo_rows(tmp_path / "in.jsonl", 4)
     cache = tmp_path / "cache"
     with OpenAITestServer() as server:
         cmd = command(server.base_url, first_entry, cache)
-        proc = run([cmd[0], "-c", DISK_FULL, *cmd[1:]])
+        proc = run_script([cmd[0], "-c", DISK_FULL, *cmd[1:]])
         message = assert_one_line_exit_2(proc)
         assert "No space left on device" in message
         assert not (cache / "rc_step1.jsonl").exists()
         assert not (cache / "rc_step1.jsonl.manifest.json").exists()
-        again = run(cmd)  # the disk has room again: the same command completes
+        again = run_script(cmd)  # the disk has room again: the same command completes
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(jsonl_rows(cache / "rc_step3.jsonl")) == 4

@@ -13,7 +13,6 @@ Every run uses ``--backend api`` against the local fake endpoint, as ``test_run_
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.openai_test_server import OpenAITestServer
+from tests.support.script_runs import assert_one_line_exit_2, run_script, write_photo_rows
 
 pytest.importorskip("httpx")
 
@@ -30,31 +30,12 @@ IMGDIFF_SCRIPT = REPO / "gpu_pipelines" / "imgdiff_pipeline.py"
 IMAGES = REPO / "data" / "image_region_caption"
 
 
-def write_input(path: Path, n_rows: int) -> Path:
-    photos = ["street.jpg", "park.jpg", "kitchen.jpg"]
-    rows = [{"id": i, "image": str(IMAGES / photos[i % 3]), "bbox": [[40, 40, 120, 100]]} for i in range(n_rows)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def run(script: Path, url: str, first_entry: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    for name in ("OPENAI_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        env.pop(name, None)
     cmd = [
         sys.executable, str(script), "--backend", "api", "--api_url", url, "--model_name", "test-model",
         "--first_entry_file", str(first_entry), "--cache_path", str(cache), *extra,
     ]  # fmt: skip
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
-def one_line_exit_2(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-    assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ")
-    return last
+    return run_script(cmd, timeout=300)
 
 
 def snapshot(cache: Path) -> dict[str, bytes]:
@@ -75,7 +56,7 @@ def server():
 @pytest.fixture
 def finished(tmp_path: Path, server: OpenAITestServer) -> tuple[Path, Path]:
     """A finished region-caption run (steps 1-3) with prefix ``rc``: (its input, its cache)."""
-    first_entry, cache = write_input(tmp_path / "in.jsonl", 3), tmp_path / "cache"
+    first_entry, cache = write_photo_rows(tmp_path / "in.jsonl", 3), tmp_path / "cache"
     proc = run(REGION_SCRIPT, server.base_url, first_entry, cache, "--file_name_prefix", "rc")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (cache / "rc_step3.jsonl").is_file()
@@ -89,7 +70,7 @@ def test_an_earlier_step_file_as_input_never_overwrites_the_runs_later_steps(
     before = snapshot(cache)
     sent = len(server.requests)
     proc = run(REGION_SCRIPT, server.base_url, cache / "rc_step2.jsonl", cache, "--file_name_prefix", "rc")
-    message = one_line_exit_2(proc)
+    message = assert_one_line_exit_2(proc)
     assert "rc_step3.jsonl" in message and "--file_name_prefix" in message and "--cache_path" in message
     assert snapshot(cache) == before and len(server.requests) == sent  # nothing written, nothing asked
 
@@ -117,7 +98,7 @@ def test_an_extra_output_may_not_be_a_file_the_cache_writes(
         REGION_SCRIPT, server.base_url, first_entry, cache, "--file_name_prefix", "rc",
         "--output_image_with_bbox_path", str(target),
     )  # fmt: skip
-    message = one_line_exit_2(proc)
+    message = assert_one_line_exit_2(proc)
     assert str(target) in message
     assert snapshot(cache) == before
 
@@ -132,7 +113,7 @@ def test_a_second_pipeline_with_the_same_cache_and_prefix_replaces_nothing(
         json.dumps({"image_path1": str(IMAGES / "street.jpg"), "image_path2": str(IMAGES / "park.jpg")}) + "\n"
     )
     proc = run(IMGDIFF_SCRIPT, server.base_url, pairs, cache, "--file_name_prefix", "rc")
-    message = one_line_exit_2(proc)
+    message = assert_one_line_exit_2(proc)
     assert "ImageRegionCaptionPipeline" in message and "ImgDiffPipeline" in message
     assert "--file_name_prefix" in message
     assert snapshot(cache) == before
