@@ -5,10 +5,16 @@ at a time: it reads the image once for its size, then ``paint_text_box`` reads i
 it to 80%, draws each box with its number on a black label, and writes a JPEG (OpenCV's default
 quality 95); the records are written as JSON lines at the end. Here with OpenCV when it is
 installed, else the same steps with Pillow.
+
+``dataflow_mm_functions(path)`` takes DataFlow-MM's own ``vp_normalize`` and ``paint_text_box`` from
+that file of a DataFlow-MM checkout (parsed, not imported: the module imports the whole ``dataflow``
+package), and ``run_dataflow_mm`` runs its ``run`` loop around them: read the image for its size,
+normalize and pad the boxes, paint, and write the records at the end. Needs OpenCV.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 from typing import Any
@@ -76,4 +82,46 @@ def run_anchor_like(rows: list[dict[str, Any]], cache: Path, max_boxes: int = 10
     with open(cache / "records.jsonl", "w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record) + "\n")
+    return len(records)
+
+
+DATAFLOW_MM_FILE = "dataflow/operators/core_vision/generate/image_bbox_generator.py"
+
+
+def dataflow_mm_functions(checkout: Path) -> dict[str, Any]:
+    """DataFlow-MM's ``vp_normalize`` and ``paint_text_box``, compiled from ``checkout``'s own source file."""
+    import numpy as np
+
+    if cv2 is None:
+        raise SystemExit("DataFlow-MM's functions need OpenCV: pip install opencv-python-headless")
+    source = (Path(checkout) / DATAFLOW_MM_FILE).read_text(encoding="utf-8")
+    wanted = {"vp_normalize", "paint_text_box"}
+    module = ast.parse(source)
+    module.body = [node for node in module.body if isinstance(node, ast.FunctionDef) and node.name in wanted]
+    namespace: dict[str, Any] = {"cv2": cv2, "np": np}
+    exec(compile(module, str(Path(checkout) / DATAFLOW_MM_FILE), "exec"), namespace)
+    missing = wanted - namespace.keys()
+    if missing:
+        raise SystemExit(f"{DATAFLOW_MM_FILE} in {checkout} has no {sorted(missing)}")
+    return namespace
+
+
+def run_dataflow_mm(rows: list[dict[str, Any]], cache: Path, functions: dict[str, Any], max_boxes: int = 10) -> int:
+    """DataFlow-MM's ``ImageBboxGenerator.run`` loop over ``rows`` with its own functions; returns rows written."""
+    normalize, paint = functions["vp_normalize"], functions["paint_text_box"]
+    cache.mkdir(parents=True, exist_ok=True)
+    records = []
+    for counter, row in enumerate(rows, start=1):
+        path, boxes = row["image"], row["bbox"]
+        height, width = cv2.imread(path).shape[:2]
+        normalized = [normalize(box, pad_x=0, pad_y=0, width=width, height=height) for box in boxes[:max_boxes]]
+        normalized += [[0.0, 0.0, 0.0, 0.0]] * (max_boxes - len(normalized))
+        target = str(cache / f"{counter}_bbox_vis.jpg")
+        paint(path, boxes[:max_boxes], target)
+        count = sum(1 for b in normalized if sum(b) != 0)
+        records.append({**row, "type": "with_bbox", "normalized_bbox": normalized, "image_with_bbox": target,
+                        "valid_bboxes_num": count, "prompt": f"There are {count} regions."})  # fmt: skip
+    with open(cache / "records.jsonl", "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return len(records)

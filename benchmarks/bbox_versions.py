@@ -1,12 +1,14 @@
 """The box step of several checkouts against the DataFlow-MM-style anchor, in one run, alternating.
 
     .venv/bin/python benchmarks/bbox_versions.py --version old=/path/to/old/checkout --version new=. \\
-        [--images 200] [--repeats 3] [--workers default|1]
+        [--images 200] [--repeats 3] [--workers default|1] [--dataflow-mm /path/to/DataFlow-MM]
 
 Each checkout's ``ImageBboxGenerator`` runs the whole step (read, decode, draw, encode, name, durable
 write, commit) in its own subprocess (``PYTHONPATH`` = that checkout) on the same 200 photo-like
 1024x768 JPEGs with 5 boxes each (``bbox_stage.photo_like_table``), into a fresh cache each time;
-the anchor (``bbox_anchor.run_anchor_like``) runs in this process. The arms alternate
+the anchor runs in this process: with ``--dataflow-mm``, DataFlow-MM's own ``vp_normalize`` and
+``paint_text_box`` from that checkout (OpenCV) in its ``run`` loop (``bbox_anchor.run_dataflow_mm``),
+else ``bbox_anchor.run_anchor_like``. The arms alternate
 (old, new, anchor, old, new, anchor, ...) so a change of machine load hits each alike. Printed: each
 arm's best and median seconds and its speed relative to the anchor (anchor seconds / arm seconds).
 """
@@ -60,8 +62,19 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", default="default")
     parser.add_argument("--chunk_size", type=int, default=512)
+    parser.add_argument("--dataflow-mm", dest="dataflow_mm", default=None, help="a DataFlow-MM checkout: its functions")
     args = parser.parse_args()
-    from bbox_anchor import run_anchor_like
+    from bbox_anchor import LIBRARY, dataflow_mm_functions, run_anchor_like, run_dataflow_mm
+
+    if args.dataflow_mm:
+        functions = dataflow_mm_functions(Path(args.dataflow_mm))
+
+        def anchor(rows: list, cache: Path) -> None:
+            run_dataflow_mm(rows, cache, functions)
+
+        anchor_name = f"DataFlow-MM's own functions ({args.dataflow_mm})"
+    else:
+        anchor, anchor_name = run_anchor_like, f"anchor-like ({LIBRARY})"
     from bbox_stage import photo_like_table
 
     versions = {name: Path(path).resolve() for name, path in (v.split("=", 1) for v in args.version)}
@@ -73,7 +86,7 @@ def main() -> int:
                 cache = Path(tmp) / f"{name}_{attempt}"
                 seconds[name].append(run_version(root, table, cache, args.workers, args.chunk_size))
             started = time.perf_counter()
-            run_anchor_like(rows, Path(tmp) / f"anchor_{attempt}")
+            anchor(rows, Path(tmp) / f"anchor_{attempt}")
             seconds["anchor"].append(time.perf_counter() - started)
             print(attempt, {k: round(v[-1], 3) for k, v in seconds.items()}, file=sys.stderr, flush=True)
     anchor = statistics.median(seconds["anchor"])
@@ -82,6 +95,7 @@ def main() -> int:
         "images": args.images,
         "workers": args.workers,
         "chunk_size": args.chunk_size,
+        "anchor": anchor_name,
         "load": os.getloadavg(),
         "arms": {
             name: {
