@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,16 @@ def _processor_max_pixels(model_dir: Path) -> int | None:
     return None
 
 
+# transformers 5.x warns on every processor call that passes max_pixels (vLLM passes the engine's
+# mm_processor_kwargs on each request, and its own token counts read that key): one line per request.
+PROCESSOR_KWARGS_WARNING = r"Passing `min_pixels` and `max_pixels` to a processor call is deprecated"
+
+
+def quiet_processor_kwargs_warning() -> None:
+    """Keep transformers' per-call deprecation warning for ``max_pixels`` out of the run log."""
+    warnings.filterwarnings("ignore", message=PROCESSOR_KWARGS_WARNING, category=FutureWarning)
+
+
 def mm_processor_kwargs(model_dir: Path, max_pixels: int | None = None) -> dict[str, Any]:
     """The processor kwargs the engine (and the token budget) use for this model.
 
@@ -102,6 +113,17 @@ def engine_start_hint(
 
     ``cpu``: vLLM's CPU build, where ``--gpu_memory_utilization`` is the share of the machine's RAM."""
     text = str(exc).lower()
+    hint = _memory_hint(text, max_model_len, gpu_memory_utilization, cpu)
+    if "initialization failed" in text or "bootstrapping phase" in text:  # the engine process died, or cannot start
+        hint += (
+            "; if the log above says a new process was started 'before the current process has finished its "
+            "bootstrapping phase', run the script's pipeline under `if __name__ == \"__main__\":` (vLLM starts its "
+            "engine with spawn, which imports the script again)"
+        )
+    return hint
+
+
+def _memory_hint(text: str, max_model_len: int | None, gpu_memory_utilization: float, cpu: bool) -> str:
     if cpu or "cpu memory utilization" in text:
         return (
             f"on vLLM's CPU build --gpu_memory_utilization is the share of the machine's RAM the engine reserves "
