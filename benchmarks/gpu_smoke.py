@@ -7,14 +7,16 @@ Nothing is downloaded; it runs in minutes. Exit 0 when every stage that ran pass
 
 * **Stage 1, plumbing** (always; runs on vLLM's CPU build in the tests): a tiny random-weight
   Qwen2.5-VL built here with head sizes GPU attention kernels take (64), served by
-  ``LocalModelVLMServing_vllm``: 16 requests with distinct images answered through ``LLM.enqueue``
-  and ``llm_engine.step`` (the window counts them), JSON answers under the region pipeline's schema all parse, a row
+  ``LocalModelVLMServing_vllm``: 16 requests with distinct images, each rendered by vLLM's renderer on the
+  window's render thread, added one by one and answered through ``llm_engine.step`` (the window counts
+  them), JSON answers under the region pipeline's schema all parse, a row
   whose image is missing and a row too long for the context fail alone (never enqueued), and after
   ``cleanup()`` the engine's processes are gone and, on a GPU, its memory is back.
 * **Stage 2, a real model** (``--model DIR``, a local folder): the engine reports the default context
   (8192), a 4000x3000 photo's prompt tokens as vLLM counts them equal the project's counter, and 256
   distinct images are answered at a window of 64 and at the default window (the engine's
-  ``max_num_seqs``): requests/s and generated tokens/s of each.
+  ``max_num_seqs``), the latter with and without the render thread: requests/s, generated tokens/s and
+  the seconds of input processing on the render thread and on the driver, of each.
 * **Stage 3, the memory plan** (a GPU and local scorer folders): each scorer (BLIP, CLIP, OWLv2) runs one
   batch of 32 on the GPU; its peak reserved memory is compared with the plan's reserve
   (``pipeline.gpu_plan.ModelLoad``).
@@ -114,7 +116,8 @@ def stage_plumbing(work: Path, cuda: bool) -> dict[str, Any]:
     model = build_tiny_qwen2_5_vl(work / "tiny_qwen2_5_vl_head64", head_dim=64)
     images = distinct_images(work / "plumbing", PLUMBING_ROWS, (96, 72))
     used_before = gpu_used_mib()
-    serving = serving_for(model, cuda, vllm_max_model_len=2048, vllm_max_tokens=8)
+    # With the render thread (an option, off by default), so that this path is checked on the CPU build too.
+    serving = serving_for(model, cuda, vllm_max_model_len=2048, vllm_max_tokens=8, vllm_render_thread=True)
     started = time.perf_counter()
     serving.start()
     start_s = time.perf_counter() - started
@@ -142,6 +145,7 @@ def stage_plumbing(work: Path, cuda: bool) -> dict[str, Any]:
     checks = {
         "answered": all(a.ok and a.completion_tokens for a in answers[:PLUMBING_ROWS]),
         "enqueued_one_by_one": window.get("enqueued") == PLUMBING_ROWS,
+        "input_processing_off_the_driver": window.get("render_s", 0) > 0,  # vLLM's renderer, on its own thread
         "missing_image_fails_alone": (errors[PLUMBING_ROWS] or "").startswith(("ImageNotFoundError", "ImageLoadError")),
         "too_long_fails_alone": (errors[PLUMBING_ROWS + 1] or "").startswith("PromptTooLongError"),
         "json_answers_parse": all(parsed),
@@ -168,8 +172,11 @@ def stage_model(work: Path, model: Path, cuda: bool) -> dict[str, Any]:
     images = distinct_images(work / "throughput", THROUGHPUT_ROWS, (640, 480))
     large = distinct_images(work / "large", 1, (4000, 3000))[0]
     result: dict[str, Any] = {"model": str(model), "runs": {}}
-    for label, window in (("window_64", 64), ("default_window", None)):
-        serving = serving_for(model, cuda, vllm_max_tokens=64, vllm_max_requests_in_flight=window)
+    arms = (("window_64", 64, False), ("default_window", None, False), ("default_window_render_thread", None, True))
+    for label, window, render_thread in arms:
+        serving = serving_for(
+            model, cuda, vllm_max_tokens=64, vllm_max_requests_in_flight=window, vllm_render_thread=render_thread
+        )
         serving.start()
         if label == "window_64":
             result["max_model_len"] = engine_max_model_len(serving._llm)
@@ -186,8 +193,11 @@ def stage_model(work: Path, model: Path, cuda: bool) -> dict[str, Any]:
         answers = serving.chat(conversations)
         seconds = time.perf_counter() - started
         tokens = sum(a.completion_tokens or 0 for a in answers)
+        report = serving.window_report()
         result["runs"][label] = {
-            "window": serving.window_report().get("max_requests"),
+            "window": report.get("max_requests"),
+            "render_s": report.get("render_s"),
+            "enqueue_s": report.get("enqueue_s"),
             "seconds": round(seconds, 2),
             "requests_per_s": round(len(answers) / seconds, 2),
             "tokens_per_s": round(tokens / seconds, 1),

@@ -82,7 +82,8 @@ def run_step(serving: Any, table: Path, cache: Path, chunk_size: int) -> dict[st
     generation = max(end for _, end in spans) - min(begin for begin, _ in spans)
     manifest_rows = (cache / "b_step1.jsonl").read_text().splitlines()
     after = serving._window.times.as_dict()
-    delta = {k: round(after[k] - before.get(k, 0), 4) for k in ("enqueue_s", "step_s", "build_wait_s", "enqueued")}
+    parts = ("enqueue_s", "render_s", "step_s", "build_wait_s", "enqueued")
+    delta = {k: round(after[k] - before.get(k, 0), 4) for k in parts}
     errors = sum(1 for line in manifest_rows if json.loads(line).get("error"))
     return {
         "seconds": round(wall, 3),
@@ -126,6 +127,7 @@ def main() -> int:
     parser.add_argument("--image_size", type=int, nargs=2, default=(64, 48))
     parser.add_argument("--modes", default="chunked,drained,one_chunk,generate")
     parser.add_argument("--switch_interval", type=float, default=None, help="sys.setswitchinterval (s) to try")
+    parser.add_argument("--render_thread", choices=("yes", "no"), default="no", help="vLLM's input processing")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
     if args.switch_interval:
@@ -141,6 +143,7 @@ def main() -> int:
         vllm_enforce_eager=True,
         vllm_temperature=0.0,
         vllm_max_tokens=args.max_tokens,
+        vllm_render_thread=args.render_thread == "yes",
     )
     serving.start()
     cls = type(serving)
@@ -169,6 +172,7 @@ def main() -> int:
                 runs[mode].append(result)
                 print(mode, result, file=sys.stderr, flush=True)
     window = serving.window_report()
+    render_thread = type(serving._window.submission).__name__ == "RenderedSubmission"
     serving.cleanup()
     median = {mode: statistics.median(r["seconds"] for r in results) for mode, results in runs.items()}
     generation = {mode: statistics.median(r["generation_s"] for r in results) for mode, results in runs.items()}
@@ -190,6 +194,7 @@ def main() -> int:
             "chunk_size": args.chunk_size,
             "max_tokens": args.max_tokens,
             "window": {k: window[k] for k in ("max_requests", "max_prepared_bytes", "most_in_flight")},
+            "render_thread": render_thread,
             "median_seconds": median,
             "median_generation_seconds": generation,
             "ratios": ratios,

@@ -65,7 +65,6 @@ if TYPE_CHECKING:
 log = get_logger("engine.ray")
 
 
-
 class RayRunner(Runner):
     """Executes a compiled pipeline on Ray; the operators are the same objects as in-process.
 

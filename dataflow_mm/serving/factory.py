@@ -112,6 +112,7 @@ def create_serving(settings: ServingSettings | str, model_path: str | None = Non
             vllm_tensor_parallel_size=s.tensor_parallel_size,
             vllm_enforce_eager=not cuda_available() if s.eager is None else s.eager,
             **{f"vllm_{name}": value for name, value in sampling.items()},
+            vllm_render_thread=s.render_on_thread,
             allow_downscale=s.allow_downscale,
             **engine,
             **extra,

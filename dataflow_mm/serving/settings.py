@@ -26,6 +26,7 @@ from dataflow_mm.serving.vllm_engine_args import (
 
 BACKENDS = ("auto", "vllm", "hf", "api")
 ENFORCE_EAGER = {"auto": None, "yes": True, "no": False}
+RENDER_THREAD = {"yes": True, "no": False}
 
 
 def setting(default: Any, help: str | None, choices: tuple[str, ...] | None = None) -> Any:
@@ -91,6 +92,13 @@ class ServingSettings:
         "vllm backend: skip graph capture/compilation (auto: yes without a GPU, where it only slows start)",
         choices=tuple(ENFORCE_EAGER),
     )
+    render_thread: str = setting(
+        "no",
+        "vllm backend: vLLM's input processing (tokenizing, the image processor) on a thread of its own beside "
+        "the one that steps the engine; measured slower on vLLM's CPU build, not yet measured on a GPU "
+        "(benchmarks/gpu_smoke.py --model compares both)",
+        choices=tuple(RENDER_THREAD),
+    )
     api_url: str | None = setting(None, "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     model_name: str | None = setting(None, "model name sent to the API (default: --model_path)")
     api_key_env: str | None = setting(
@@ -147,3 +155,8 @@ class ServingSettings:
     def eager(self) -> bool | None:
         """``enforce_eager`` as vLLM takes it (None: decide by whether a GPU is present)."""
         return ENFORCE_EAGER[self.enforce_eager]
+
+    @property
+    def render_on_thread(self) -> bool:
+        """``render_thread`` as the vLLM serving takes it."""
+        return RENDER_THREAD[self.render_thread]

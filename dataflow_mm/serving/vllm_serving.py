@@ -79,6 +79,7 @@ from dataflow_mm.serving.vllm_engine_args import (
     default_max_model_len,
     engine_start_hint,
     mm_processor_kwargs,
+    quiet_processor_kwargs_warning,
 )
 from dataflow_mm.serving.vllm_io import completion_of, engine_image, failed_completion, sampling_params
 from dataflow_mm.serving.vllm_window import EngineWindow, is_engine_dead, window_limits
@@ -124,6 +125,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         vllm_engine_seed: int | None = None,
         vllm_max_requests_in_flight: int | None = None,
         vllm_max_prepared_bytes: int | None = None,
+        vllm_render_thread: bool = False,
         allow_downscale: bool = False,
         **engine_kwargs: Any,
     ) -> None:
@@ -175,6 +177,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         self.engine_seed = vllm_engine_seed
         self.max_requests_in_flight = None if vllm_max_requests_in_flight is None else int(vllm_max_requests_in_flight)
         self.max_prepared_bytes = None if vllm_max_prepared_bytes is None else int(vllm_max_prepared_bytes)
+        self.render_thread = bool(vllm_render_thread)
         self._window: EngineWindow | None = None
         self._params_made: dict[str, Any] = {}  # sampling settings (JSON) -> vLLM's SamplingParams
         self._calls_open = 0  # calls answering through the window now
@@ -433,6 +436,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
             self.hf_model_name_or_path,
         )
         use_spawn_when_threaded()
+        quiet_processor_kwargs_warning()
         try:
             llm = self._vllm.LLM(**args)
         except Exception as exc:
@@ -440,13 +444,14 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
             raise UserError(
                 f"vLLM could not start for {self.hf_model_name_or_path} ({model_dir}): {exc}. {hint}"
             ) from exc
-        self._window = EngineWindow(llm, window_limits(llm, self.max_requests_in_flight, self.max_prepared_bytes))
-        limits = self._window.limits
+        limits = window_limits(llm, self.max_requests_in_flight, self.max_prepared_bytes)
+        self._window = EngineWindow(llm, limits, render_thread=self.render_thread)
         logger.info(
-            "vLLM request window: %d requests, %.0f MiB of decoded images (%s)",
+            "vLLM request window: %d requests, %.0f MiB of decoded images (%s); input processing on %s",
             limits.requests,
             limits.prepared_bytes / 2**20,
             "given" if self.max_requests_in_flight else "the engine's max_num_seqs",
+            "a render thread" if type(self._window.submission).__name__ == "RenderedSubmission" else "the driver",
         )
         self._llm = llm
 

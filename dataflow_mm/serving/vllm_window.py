@@ -15,9 +15,10 @@ What bounds the window (``WindowLimits``): a request count (by default what the 
 once, its ``max_num_seqs``) and the bytes of prepared inputs (the decoded images of the requests in
 the engine), so that host memory is bounded whatever the image sizes; one request is always let in.
 ``build_workers`` threads decode the next requests while the engine runs, each shortly before it is
-enqueued (``LLM.generate(list)`` would decode a whole batch first); a request that fails to build or
-that vLLM refuses at submission fails alone, and one the engine drops without an answer is a
-``ServingUnavailableError`` (its row stays pending).
+sent (``LLM.generate(list)`` would decode a whole batch first); with ``render_thread``, vLLM's input
+processing runs on a thread of its own (``serving.vllm_submission``), so the driver only adds and
+steps. A request that fails to build or that vLLM refuses fails alone, and one the engine drops without
+an answer is a ``ServingUnavailableError`` (its row stays pending).
 
 An exception from the engine itself (``step()``: the engine died) is not a request's fault: it
 propagates to the caller that drives, and to every other caller when it drives next.
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataflow_mm.common.errors import RowError, ServingUnavailableError
+from dataflow_mm.serving.vllm_submission import Prepared, submission_for
 
 Outcome = Any  # a vLLM RequestOutput, or the Exception that kept the request from being answered
 DEFAULT_BUILD_WORKERS = 2  # threads decoding the next requests' images (PIL releases the GIL while decoding)
@@ -114,9 +116,11 @@ def window_limits(llm: Any, requests: int | None, prepared: int | None) -> Windo
 
 @dataclass
 class WindowTimes:
-    """Seconds the driving threads spent in each part (``enqueue``: vLLM's input processing on this thread)."""
+    """Seconds spent in each part: ``enqueue`` on the driver (handing requests to the engine, with vLLM's
+    input processing where it runs there), ``render`` on the render thread (the input processing)."""
 
     enqueue: float = 0.0
+    render: float = 0.0
     step: float = 0.0
     build_wait: float = 0.0
     enqueued: int = 0
@@ -126,6 +130,7 @@ class WindowTimes:
     def as_dict(self) -> dict[str, float]:
         return {
             "enqueue_s": round(self.enqueue, 4),
+            "render_s": round(self.render, 4),
             "step_s": round(self.step, 4),
             "build_wait_s": round(self.build_wait, 4),
             "enqueued": self.enqueued,
@@ -157,7 +162,9 @@ class _Call:
 class EngineWindow:
     """The requests of every caller of one ``vllm.LLM``, at most ``limits`` of them in the engine."""
 
-    def __init__(self, llm: Any, limits: WindowLimits, build_workers: int = DEFAULT_BUILD_WORKERS) -> None:
+    def __init__(
+        self, llm: Any, limits: WindowLimits, build_workers: int = DEFAULT_BUILD_WORKERS, render_thread: bool = False
+    ) -> None:
         if build_workers < 1:
             raise ValueError(f"build_workers must be >= 1, got {build_workers}")
         self.llm = llm
@@ -166,7 +173,9 @@ class EngineWindow:
         self.times = WindowTimes()
         self._driver = threading.Lock()  # held by the one thread that talks to the engine
         self._calls: deque[_Call] = deque()  # calls with requests not built yet, in arrival order
-        self._ahead: deque[tuple[_Call, int, Future[dict[str, Any]]]] = deque()
+        self.submission = submission_for(llm, render_thread)
+        self._ahead_limit = max(build_workers, min(self.submission.ahead, limits.requests))
+        self._ahead: deque[tuple[_Call, int, Future[Prepared]]] = deque()
         self._in_flight: dict[str, tuple[_Call, int, int]] = {}  # external id -> (call, index, prepared bytes)
         self._in_flight_bytes = 0
         self._state = threading.Lock()
@@ -189,10 +198,11 @@ class EngineWindow:
         return call.outcomes
 
     def close(self) -> None:
-        """Stop the build threads (the engine is the caller's)."""
+        """Stop the build and render threads (the engine is the caller's)."""
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        self.submission.close()
 
     # -- the driving thread ------------------------------------------------------------------------
 
@@ -240,13 +250,14 @@ class EngineWindow:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.build_workers, thread_name_prefix="vllm-build")
         with self._state:
-            while len(self._ahead) < self.build_workers and self._calls:
+            while len(self._ahead) < self._ahead_limit and self._calls:
                 call = self._calls[0]
                 index = call.next_index
                 call.next_index += 1
                 if call.next_index >= call.count:
                     self._calls.popleft()
-                self._ahead.append((call, index, self._pool.submit(call.build, index)))
+                built = self._pool.submit(call.build, index)
+                self._ahead.append((call, index, self.submission.prepare(built, prepared_bytes)))
 
     def _room_for(self, nbytes: int) -> bool:
         if not self._in_flight:
@@ -256,13 +267,13 @@ class EngineWindow:
         return self._in_flight_bytes + nbytes <= self.limits.prepared_bytes
 
     def _fill(self) -> None:
-        """Enqueue built requests, oldest call first, while the window has room."""
+        """Send prepared requests, oldest call first, while the window has room."""
         self._build_ahead()
         while self._ahead and (not self._in_flight or len(self._in_flight) < self.limits.requests):
             call, index, future = self._ahead[0]
             started = time.perf_counter()
             try:
-                request = future.result()  # the engine core runs on its own while this waits
+                prepared = future.result()  # the engine core runs on its own while this waits
             except RowError as exc:
                 self._ahead.popleft()
                 call.answer(index, exc)
@@ -270,14 +281,18 @@ class EngineWindow:
                 continue
             finally:
                 self.times.build_wait += time.perf_counter() - started
-            nbytes = prepared_bytes(request)
-            if not self._room_for(nbytes):
+            if prepared.refused is None and not self._room_for(prepared.nbytes):
                 return
             self._ahead.popleft()
             self._build_ahead()
+            self.times.render += prepared.render_s
+            if prepared.refused is not None:  # vLLM's input processing refused it: this row only
+                call.answer(index, prepared.refused)
+                continue
+            nbytes = prepared.nbytes
             started = time.perf_counter()
             try:
-                (request_id,) = self.llm.enqueue([request], call.params, use_tqdm=False)
+                request_id = self.submission.add(prepared, call.params)
             except Exception as exc:  # vLLM refused this request (too long, bad image...): this row only
                 if is_engine_dead(exc):
                     raise
@@ -285,8 +300,8 @@ class EngineWindow:
                 continue
             finally:
                 self.times.enqueue += time.perf_counter() - started
-                del request  # the decoded images go with it: only the engine's copy remains
-            self._in_flight[external_id(str(request_id))] = (call, index, nbytes)
+                prepared.payload = None  # the decoded images go with it: only the engine's copy remains
+            self._in_flight[external_id(request_id)] = (call, index, nbytes)
             self._in_flight_bytes += nbytes
             times = self.times
             times.enqueued += 1

@@ -77,6 +77,7 @@ class StepFiles(Protocol):
 
     def iter_chunks(self) -> Iterator[Chunk]: ...
 
+
 STREAMED = "streamed"  # the parts state's input hash while the input is still being written by the step before
 CHUNK_SHA_KEY = "input_chunk_sha256"  # a marker's hash of the input lines its chunk was made from
 

@@ -533,6 +533,26 @@ class FakeLLM:
         return [request_id]
 
 
+@in_vllm_env
+def test_a_users_script_without_a_main_guard_is_told_how_to_fix_it(
+    vllm_python: Path, vllm_env: dict[str, str], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    """vLLM starts its engine process with spawn, which imports the user's script again: a script that starts
+    the engine at import time (no ``if __name__ == "__main__":``) kills that process; the error says why."""
+    script = tmp_path / "my_pipeline.py"
+    script.write_text(
+        "from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm\n"
+        f"serving = LocalModelVLMServing_vllm({str(tiny_qwen_dir)!r}, vllm_dtype='float32', vllm_max_model_len=512)\n"
+        "serving.start()\n"
+        "serving.cleanup()\n"
+    )
+    done = run_bounded([str(vllm_python), str(script)], {**vllm_env, "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}, tmp_path)
+    assert done.returncode != 0
+    assert "bootstrapping phase" in done.stderr  # the engine process's own error, in the log above
+    errors = [x for x in done.stderr.splitlines() if x.startswith("dataflow_mm.common.errors.UserError")]
+    assert errors and 'run the script\'s pipeline under `if __name__ == "__main__":`' in errors[-1]  # the script's
+
+
 @pytest.fixture()
 def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> type[FakeLLM]:
     module = types.ModuleType("vllm")
@@ -851,14 +871,17 @@ def test_the_gpu_flags_reach_the_engine_and_help_warns_about_seeded_sampling(tin
     help_text = " ".join(parser.format_help().split())
     assert "slower path" in help_text and "--engine_seed" in help_text
     flags = "--backend vllm --gpu_memory_utilization 0.7 --max_pixels 200704 --engine_seed 3"
-    args = parser.parse_args([*flags.split(), "--max_requests_in_flight", "8", "--max_model_len", "-1"])
+    args = parser.parse_args(
+        [*flags.split(), "--max_requests_in_flight", "8", "--max_model_len", "-1", "--render_thread", "yes"]
+    )
     serving = serving_from_args(args)
     engine = serving.engine_args()
     assert (engine["gpu_memory_utilization"], engine["max_model_len"], engine["seed"]) == (0.7, -1, 3)
     assert engine["mm_processor_kwargs"] == {"max_pixels": 200704}
-    assert serving.max_requests_in_flight == 8 and serving.sampling.seed is None
+    assert serving.max_requests_in_flight == 8 and serving.sampling.seed is None and serving.render_thread is True
     defaults = serving_from_args(parser.parse_args(["--backend", "vllm"]))
     assert defaults.engine_args()["max_model_len"] == 2048 and not defaults.gpu_memory_utilization_given
+    assert defaults.render_thread is False
 
 
 def test_dataflow_mm_vllm_sampling_names_are_sampling_settings_not_engine_args(

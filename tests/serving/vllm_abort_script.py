@@ -5,9 +5,10 @@ starts it as a subprocess::
 
     .venv-vllm/bin/python tests/serving/vllm_abort_script.py MODEL_DIR OUT.json
 
-The request whose prompt holds ``ABORT`` is aborted inside the engine right after ``LLM.enqueue`` (what
-a shutdown or a cancelled client does): the offline engine then finishes without an output for it. The
-same request is sent again afterwards, as a rerun would. OUT: ``{"first": [<completion>, ...],
+The request whose prompt holds ``ABORT`` (the second sent) is aborted inside the engine right after it
+is added (``LLMEngine.add_request``, which the window sends through): what a shutdown or a cancelled
+client does. The offline engine then finishes without an output for it. The same request is sent
+again afterwards, as a rerun would. OUT: ``{"first": [<completion>, ...],
 "again": [<completion>]}``.
 """
 
@@ -32,19 +33,21 @@ def main(model_dir: str, out_path: str) -> None:
         vllm_max_tokens=12,
     )
     serving.start()
-    llm = serving._llm
-    enqueue = llm.enqueue
+    engine = serving._llm.llm_engine
+    add_request = engine.add_request
+    added: list[str] = []
 
-    def enqueue_then_abort(prompts: Any, params: Any, **kwargs: Any) -> Any:
-        ids = enqueue(prompts, params, **kwargs)
-        if any("ABORT" in p["prompt"] for p in prompts):
-            llm.llm_engine.abort_request(list(ids), internal=True)
-        return ids
+    def add_then_abort(request_id: str, prompt: Any, params: Any, **kwargs: Any) -> Any:
+        added.append(add_request(request_id, prompt, params, **kwargs))
+        if len(added) == 2:  # "ABORT this row": requests are added in the order of the call
+            engine.abort_request([added[-1]], internal=True)
+        return added[-1]
 
     conversations = [build_conversation(text) for text in ("first row", "ABORT this row", "third row")]
-    llm.enqueue = enqueue_then_abort
+    engine.add_request = add_then_abort
     first = serving.chat(conversations)
-    llm.enqueue = enqueue
+    engine.add_request = add_request
+    assert len(added) == 3, added
     again = serving.chat([conversations[1]])
     serving.cleanup()
     with open(out_path, "w", encoding="utf-8") as out:
