@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from dataflow_mm.common.errors import UserError
+from dataflow_mm.common.errors import RunStoppedError, UserError
 from dataflow_mm.common.logger import get_logger
 from dataflow_mm.core.operator import OperatorABC
 from dataflow_mm.engine.chunk_processing import provenance_ref, run_chunk
@@ -167,8 +167,9 @@ class _ChunkWorker:
         except EngineDiedError as exc:
             self._engine_died(exc)
             raise
-        except UserError as exc:
-            # Ray keeps only the text of a worker's exception; the driver re-raises this one as it is.
+        except (UserError, RunStoppedError) as exc:
+            # Ray wraps a worker's exception in its task error (its message a traceback); the driver
+            # re-raises this one as it is, so the run ends with the project's one line and exit code.
             error = _pickled_error(exc)
             return {"worker": self.worker, "user_error": error}
         after = self._stats()
@@ -264,13 +265,14 @@ def tensor_parallel_placement(bundles: int) -> dict[str, Any]:
     return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)}
 
 
-def _pickled_error(exc: UserError) -> bytes:
+def _pickled_error(exc: UserError | RunStoppedError) -> bytes:
     try:
         data = pickle.dumps(exc)
         pickle.loads(data)
         return data
     except Exception:
-        return pickle.dumps(UserError(f"{type(exc).__name__}: {exc}"))
+        kind = RunStoppedError if isinstance(exc, RunStoppedError) else UserError
+        return pickle.dumps(kind(f"{type(exc).__name__}: {exc}"))
 
 
 _TASK_WORKERS: dict[str, _ChunkWorker] = {}

@@ -97,6 +97,18 @@ class FailingOperator(OperatorABC):
         raise ModelNotAvailableError("model 'nowhere/model' is not available offline")
 
 
+class StoppingOperator(OperatorABC):
+    """An operator whose server stopped answering (the run stops: ``RunStoppedError``, raised inside a Ray worker)."""
+
+    def run(self, storage: FileStorage) -> None:
+        self.execute(storage)
+
+    def process(self, frame: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+        from dataflow_mm.common.errors import RunStoppedError
+
+        raise RunStoppedError("the server stopped answering: 10 requests in a row failed (connection refused)")
+
+
 class OneStepPipeline(PipelineABC):
     def __init__(self, operator: OperatorABC, table: Path, cache: Path, chunk_size: int = 1) -> None:
         self.operator = operator
@@ -254,6 +266,18 @@ def test_a_user_error_inside_a_worker_reaches_the_driver_as_itself(ray_cluster: 
     pipeline = OneStepPipeline(FailingOperator(), table, tmp_path / "cache")
     with pytest.raises(ModelNotAvailableError, match="not available offline"):
         pipeline.run(runner=RayRunner())
+    assert not (tmp_path / "cache" / "one_step1.jsonl").exists()
+
+
+def test_a_run_stopped_inside_a_worker_stops_the_driver_as_itself(ray_cluster: Any, tmp_path: Path) -> None:
+    """The same exception, message and all (not Ray's task error around it), so the script exits 3 with one line."""
+    from dataflow_mm.common.errors import RunStoppedError
+
+    table = write_jsonl(tmp_path / "table.jsonl", [{"id": 1}, {"id": 2}])
+    with pytest.raises(RunStoppedError) as stopped:
+        OneStepPipeline(StoppingOperator(), table, tmp_path / "cache").run(runner=RayRunner())
+    assert type(stopped.value) is RunStoppedError
+    assert str(stopped.value) == "the server stopped answering: 10 requests in a row failed (connection refused)"
     assert not (tmp_path / "cache" / "one_step1.jsonl").exists()
 
 
