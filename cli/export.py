@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dataflow_mm.cli.export_shards import add_shard_flags, shard_options
+from dataflow_mm.common.secrets import scrub
 
 
 def add_export_parser(commands: argparse._SubParsersAction) -> None:
@@ -65,7 +66,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {scrub(str(exc))}", file=sys.stderr)
         return 2
     skipped = ", ".join(f"{k} x{v}" for k, v in sorted(stats.rows_skipped.items())) or "none"
     regions = ", ".join(f"{k} x{v}" for k, v in sorted(stats.regions_skipped.items())) or "none"

@@ -25,13 +25,14 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from dataflow_mm.common.secrets import scrub
     from dataflow_mm.report import ReportError, write_report
 
     started = time.perf_counter()
     try:
         path = write_report(args.cache_path, out=args.out, step=args.step, limit=args.limit, prefix=args.prefix)
     except ReportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {scrub(str(exc))}", file=sys.stderr)
         return 2
     size = path.stat().st_size / 1e6
     print(f"report: {path} ({size:.1f} MB, {time.perf_counter() - started:.1f} s)")

@@ -7,6 +7,7 @@ import json
 import sys
 
 from dataflow_mm.common.errors import EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_USAGE
+from dataflow_mm.common.secrets import scrub
 
 
 def add_status_parser(commands: argparse._SubParsersAction) -> None:
@@ -30,7 +31,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = cache_status(args.cache_path, args.prefix)
     except (FileNotFoundError, LookupError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {scrub(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(status.to_dict(), indent=1) if args.json else status.text())
     return EXIT_COMPLETE if status.complete else EXIT_INCOMPLETE

@@ -47,3 +47,16 @@ def test_the_log_filter_scrubs_messages_and_tracebacks():
     written = stream.getvalue()
     assert "request failed" in written and "ValueError" in written
     assert KEY not in written
+
+
+def test_a_signed_urls_signature_token_and_key_id_are_registered_its_other_parameters_kept():
+    from dataflow_mm.common.secrets import register_url_secrets
+
+    url = (
+        "https://acct.blob.core.windows.net/c/part-0.parquet?sv=2024-11-04&se=2026-12-08T00%3A00%3A00Z"
+        "&sig=K3yP%2Bart0fTheSAS%3D&X-Amz-Credential=AKIAEXAMPLEKEYID%2F20261207&X-Amz-Signature=9f86d081884c7d65"
+    )
+    register_url_secrets(url)
+    shown = scrub(f"could not read '{url}'")
+    assert "K3yP" not in shown and "AKIAEXAMPLEKEYID" not in shown and "9f86d081884c7d65" not in shown
+    assert "sv=2024-11-04" in shown and "part-0.parquet" in shown

@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import threading
-from urllib.parse import quote, quote_plus
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
 REDACTED = "***"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -56,6 +56,35 @@ def register_secret(value: str | None) -> None:
         _secrets.update(p for p in forms if len(p) >= _MIN_PART)
         for form in forms:
             _fragments.update(form[i : i + MIN_FRAGMENT] for i in range(len(form) - MIN_FRAGMENT + 1))
+
+
+# Query parameters that sign or authorize a URL: S3 presigned (v2 and v4), GCS signed URLs, Azure SAS,
+# and the usual token names. Their values are secrets wherever the URL is shown.
+URL_SECRET_PARAMETERS = frozenset(
+    {
+        "awsaccesskeyid",
+        "signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "x-amz-signature",
+        "googleaccessid",
+        "x-goog-credential",
+        "x-goog-signature",
+        "sig",
+        "token",
+        "access_token",
+        "api_key",
+        "apikey",
+    }
+)
+
+
+def register_url_secrets(url: str) -> None:
+    """Register the values of ``url``'s signing query parameters (a presigned URL's signature, session token
+    and key id), so that ``scrub`` removes them from logs and error lines while the URL itself still works."""
+    for name, value in parse_qsl(urlsplit(url).query):
+        if name.lower() in URL_SECRET_PARAMETERS:
+            register_secret(value)
 
 
 def _written_forms(value: str) -> set[str]:

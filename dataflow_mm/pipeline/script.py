@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dataflow_mm.common.errors import EXIT_INCOMPLETE, RunStoppedError, UserError
+from dataflow_mm.common.secrets import scrub
 from dataflow_mm.engine import RUNNERS, LocalRunner, Runner
 from dataflow_mm.pipeline.held_log import holding_setup_log
 from dataflow_mm.pipeline.outcome import EXIT_CODES_HELP, RERUN_HINT, RunOutcomeError
@@ -131,20 +132,25 @@ def serving_from_args(args: argparse.Namespace) -> VLMServing:
 
 def run_main(main: Callable[[], Any]) -> None:
     """Run a script's ``main``; user errors (and a full or read-only disk) become one line on stderr
-    and exit code 2. Step files appear atomically, so a step cut short this way does not look complete.
-    A run that is incomplete (rows pending, or stopped: ``RunStoppedError``) exits 3, one with more failed
-    rows than allowed 4 (``pipeline.outcome``), each with one line on stderr."""
+    (scrubbed of registered secrets, as the log is) and exit code 2. Step files appear atomically, so a
+    step cut short this way does not look complete. A run that is incomplete (rows pending, or stopped:
+    ``RunStoppedError``) exits 3, one with more failed rows than allowed 4 (``pipeline.outcome``), each
+    with one line on stderr."""
     try:
         with holding_setup_log():  # set-up lines wait for the run log (or vanish before a user error)
             main()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {scrub(str(exc))}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
     except RunOutcomeError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {scrub(str(exc))}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
     except RunStoppedError as exc:
-        print(f"stopped: {exc}; the rows not processed stay pending: {RERUN_HINT}", file=sys.stderr, flush=True)
+        print(
+            f"stopped: {scrub(str(exc))}; the rows not processed stay pending: {RERUN_HINT}",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(EXIT_INCOMPLETE)
     except OSError as exc:
         if exc.errno not in DISK_ERRNOS:

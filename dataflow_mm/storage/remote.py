@@ -34,9 +34,23 @@ def is_remote(source: Any) -> bool:
     return isinstance(source, str) and scheme_of(source) not in (None, "file")
 
 
+def url_path(source: str) -> str:
+    """``source`` without the query and fragment of an ``http(s)`` URL (``?X-Amz-Signature=...`` of a
+    presigned URL is not part of the file's name); any other source as it is."""
+    if scheme_of(source) in ("http", "https"):
+        return source.split("#", 1)[0].split("?", 1)[0]
+    return source
+
+
+def has_glob(source: str) -> bool:
+    """True when the file name part of ``source`` holds a glob character (``*``, ``?``, ``[``)."""
+    return any(c in url_path(source) for c in "*?[")
+
+
 def has_pattern(source: str) -> bool:
     """True when ``source`` names several files: a glob (``*``, ``?``, ``[``) or a brace list/range."""
-    return any(c in source for c in "*?[") or bool(_BRACE_RANGE.search(source) or _BRACE_LIST.search(source))
+    name = url_path(source)
+    return has_glob(source) or bool(_BRACE_RANGE.search(name) or _BRACE_LIST.search(name))
 
 
 def expand_braces(pattern: str) -> list[str]:

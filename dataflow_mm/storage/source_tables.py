@@ -30,6 +30,7 @@ import pandas as pd
 
 from dataflow_mm.common.errors import StorageError
 from dataflow_mm.common.logger import get_logger
+from dataflow_mm.common.secrets import register_url_secrets
 from dataflow_mm.storage.arrow_exact import batch_frame, parquet_json_columns
 from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.chunks import Chunk, Reject, records_frame
@@ -39,8 +40,10 @@ from dataflow_mm.storage.remote import (
     filesystem,
     fs_is_local,
     full_url,
+    has_glob,
     has_pattern,
     scheme_of,
+    url_path,
     version_of,
 )
 from dataflow_mm.storage.table_types import SOURCE_SUFFIX
@@ -82,7 +85,7 @@ def needs_source_table(source: str, is_remote_source: bool) -> bool:
 
 # -- listing the shards --------------------------------------------------------------------------
 def _kind_of(name: str) -> str | None:
-    lower = name.lower()
+    lower = url_path(name).lower()
     return SHARD_KINDS.get(".tar.gz") if lower.endswith(".tar.gz") else SHARD_KINDS.get(posixpath.splitext(lower)[1])
 
 
@@ -105,10 +108,11 @@ def _dataset_files(fs: Any, folder: str, split: str | None, source: str) -> list
 
 def list_shards(source: str, split: str | None = None) -> tuple[str, list[dict[str, Any]]]:
     """``(kind, [{"url", "size", "version"}...])`` of every file ``source`` names, in order."""
+    register_url_secrets(source)  # a presigned URL's signature never reaches the log or an error line
     shards: list[dict[str, Any]] = []
     for pattern in expand_braces(source):
         fs, path = filesystem(pattern)
-        if any(c in pattern for c in "*?["):
+        if has_glob(pattern):
             found = fs.glob(path, detail=True)  # one listing gives every match's size and version
             infos = [found[p] for p in sorted(found) if found[p].get("type") != "directory"]
         elif fs.isdir(path):

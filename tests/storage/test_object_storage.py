@@ -129,6 +129,49 @@ def test_s3_image_cells_are_fetched_once_into_the_media_cache(s3: LocalS3, tmp_p
         fetch_remote_image("s3://imgs/big.jpg", media, max_bytes=4000)
 
 
+@pytest.mark.parametrize("signature_version", ["s3", "s3v4"])
+def test_a_presigned_url_is_read_and_its_signature_is_never_shown(
+    s3: LocalS3, tmp_path: Path, signature_version: str
+) -> None:
+    """A URL as boto3's ``generate_presigned_url`` gives it (query authentication, v2 and v4): one Parquet
+    shard read over https-like HTTP, its query not taken for a glob or a file suffix; the signature,
+    session token and key id are kept out of the log and of the one-line error of a URL that fails."""
+    import boto3
+    from botocore.config import Config
+
+    from dataflow_mm.common.logger import get_logger
+    from dataflow_mm.common.secrets import scrub
+
+    bucket = s3.make_bucket(f"presigned-{signature_version}")
+    put_parquet(s3.fs(), f"{bucket}/part-0.parquet", pa.table({"id": [1, 2, 3], "image": ["a.jpg"] * 3}))
+    client = boto3.client(
+        "s3", endpoint_url=s3.endpoint, region_name="us-east-1", config=Config(signature_version=signature_version)
+    )
+
+    def presigned(key: str) -> str:
+        return client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=600)
+
+    url = presigned("part-0.parquet")
+    query = dict(pair.split("=", 1) for pair in url.split("?", 1)[1].split("&"))
+    secrets = [v for k, v in query.items() if k.lower() in ("signature", "x-amz-signature", "x-amz-security-token")]
+    assert len(secrets) == 2  # the signature and the session token
+    handler = get_logger().handlers[0]  # the package's stderr handler, its filter and all
+    log = io.StringIO()
+    stream = handler.setStream(log)
+    try:
+        source = resolve_first_entry(url, str(tmp_path), "t")
+    finally:
+        handler.setStream(stream)
+    assert [i for c in iter_table(source, chunk_size=2) for i in c.frame["id"].tolist()] == [1, 2, 3]
+    missing = presigned("part-9.parquet")
+    with pytest.raises(StorageError) as failed:
+        resolve_first_entry(missing, str(tmp_path), "u")
+    shown = log.getvalue() + scrub(str(failed.value))  # the log line, and the error line run_main prints
+    assert f"{bucket}/part-0.parquet" in shown and f"{bucket}/part-9.parquet" in shown
+    assert not [secret for secret in secrets if secret in shown]
+    assert not [v for k, v in query.items() if k.lower() in ("awsaccesskeyid", "x-amz-credential") and v in shown]
+
+
 def test_without_s3fs_the_error_names_the_pip_line(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['s3fs'] = None\n"  # s3fs absent, as on an install without the extra

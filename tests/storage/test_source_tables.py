@@ -18,7 +18,7 @@ from dataflow_mm.common.errors import StorageError
 from dataflow_mm.storage.file_storage import FileStorage
 from dataflow_mm.storage.formats import iter_table, read_table
 from dataflow_mm.storage.media import resolve_media_path
-from dataflow_mm.storage.remote import expand_braces
+from dataflow_mm.storage.remote import expand_braces, has_pattern, url_path
 from dataflow_mm.storage.sources import resolve_first_entry
 from tests.support.user_inputs import image_bytes
 
@@ -50,6 +50,13 @@ def test_expand_braces_keeps_zero_padding_and_multiplies_groups() -> None:
     ]
     assert expand_braces("{a,b}-{1..2}") == ["a-1", "a-2", "b-1", "b-2"]
     assert expand_braces("plain.parquet") == ["plain.parquet"]
+
+
+def test_the_query_of_an_http_url_is_not_a_glob_or_part_of_the_file_name() -> None:
+    presigned = "https://b.s3.amazonaws.com/part-0.parquet?X-Amz-Signature=ab%2A[1]&X-Amz-Expires=600"
+    assert not has_pattern(presigned) and url_path(presigned) == "https://b.s3.amazonaws.com/part-0.parquet"
+    assert has_pattern("https://host/part-*.parquet?sig=x") and has_pattern("https://host/shard-{0..3}.tar")
+    assert has_pattern("s3://b/what?.parquet") and url_path("s3://b/what?.parquet") == "s3://b/what?.parquet"
 
 
 def test_a_save_to_disk_folder_streams_in_exact_chunks_with_image_bytes(tmp_path: Path) -> None:
