@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import itertools
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 
+@dataclass(slots=True)
 class Prepared:
     """A request ready to add: ``payload`` (the request, or its ``EngineInput``), or why it cannot be sent."""
 
-    __slots__ = ("nbytes", "payload", "refused", "render_s")
-
-    def __init__(self, nbytes: int, payload: Any = None, refused: Exception | None = None, render_s: float = 0.0):
-        self.nbytes = nbytes
-        self.payload = payload
-        self.refused = refused
-        self.render_s = render_s
+    nbytes: int
+    payload: Any = None
+    refused: Exception | None = None
+    render_s: float = 0.0
 
 
 class Submission(Protocol):
@@ -62,13 +61,16 @@ class EnqueueSubmission:
         prepared: Future[Prepared] = Future()
 
         def done(future: Future[dict[str, Any]]) -> None:
-            if future.cancelled():
-                prepared.cancel()
-            elif future.exception() is not None:
-                prepared.set_exception(future.exception())  # type: ignore[arg-type]
-            else:
-                request = future.result()
-                prepared.set_result(Prepared(nbytes_of(request), request))
+            try:
+                if future.cancelled():
+                    prepared.cancel()
+                elif future.exception() is not None:
+                    prepared.set_exception(future.exception())  # type: ignore[arg-type]
+                else:
+                    request = future.result()
+                    prepared.set_result(Prepared(nbytes_of(request), request))
+            except InvalidStateError:  # the window dropped it (its engine failed) before it was built
+                pass
 
         built.add_done_callback(done)
         return prepared
