@@ -99,8 +99,8 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
     path; reproducible for the same inputs and settings). ``vllm_max_requests_in_flight`` bounds
     the requests decoded and in the engine at once (None: the engine's ``max_num_seqs``), and
     ``vllm_max_prepared_bytes`` their decoded images' bytes (None: a share of available host memory).
-    ``engine_kwargs`` are passed to ``vllm.LLM``
-    unchanged (they override the ``vllm_*`` values).
+    ``vllm_render_thread`` runs vLLM's input processing on a thread of its own (``serving.vllm_submission``).
+    ``engine_kwargs`` are passed to ``vllm.LLM`` unchanged (they override the ``vllm_*`` values).
     """
 
     backend_name = "vllm"
