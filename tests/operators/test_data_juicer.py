@@ -29,6 +29,16 @@ def test_box_values_read_columns_dotted_paths_and_the_meta_fallback() -> None:
     assert box_values(pd.DataFrame({"x": [1]}), "bboxes") == [None]
 
 
+def test_a_meta_column_written_as_json_text_is_read_through_a_dotted_key() -> None:
+    """A Data-Juicer meta that reached the table as text (a CSV, a string-typed Parquet column)."""
+    text = [json.dumps({"__dj__bbox__": [[5, 5, 4, 4]], "tag": 1}), "", json.dumps({"tag": 2}), "not json {"]
+    dj = pd.DataFrame({"__dj__meta__": text}, dtype=object)
+    assert box_values(dj, DJ_BBOX_PATH) == [[[5, 5, 4, 4]], None, None, None]
+    assert box_values(dj, "bboxes") == [[[5, 5, 4, 4]], None, None, None]
+    nested = pd.DataFrame({"labels": ['{"regions": {"boxes": [[1, 2, 3, 4]]}}']}, dtype=object)
+    assert box_values(nested, "labels.regions.boxes") == [[[1, 2, 3, 4]]]
+
+
 def test_meta_writer_writes_data_juicers_result_keys_and_keeps_the_others() -> None:
     frame = pd.DataFrame(
         {

@@ -140,6 +140,8 @@ def _is_missing(value: Any) -> bool:
 
 def _nested(value: Any, path: list[str]) -> Any:
     for name in path:
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            value = meta_as_dict(value)  # a dict column written as JSON text (a CSV, a string-typed meta)
         if not isinstance(value, Mapping):
             return None
         value = value.get(name)
@@ -147,7 +149,8 @@ def _nested(value: Any, path: list[str]) -> Any:
 
 
 def box_values(frame: pd.DataFrame, key: str) -> list[Any]:
-    """Each row's raw boxes under ``key``: a column, a dotted path into a dict column, or Data-Juicer's meta.
+    """Each row's raw boxes under ``key``: a column, a dotted path into a dict column (or its JSON text), or
+    Data-Juicer's meta.
 
     ``"__dj__meta__.__dj__bbox__"`` reads the nested field. A plain key that is not a column falls
     back to ``__dj__meta__.__dj__bbox__`` when the table has a meta column (else None per row).
