@@ -56,6 +56,24 @@ def make_rows(folder: Path, rows: int, size: tuple[int, int], seed: int = 0) -> 
     return table
 
 
+def started_tiny_serving(max_tokens: int, **settings: Any) -> Any:
+    """The vLLM serving of the tiny Qwen2.5-VL (greedy, float32), its engine started."""
+    from dataflow_mm.models.tiny import tiny_model_path
+    from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
+
+    serving = LocalModelVLMServing_vllm(
+        str(tiny_model_path("qwen2_5_vl")),
+        vllm_dtype="float32",
+        vllm_max_model_len=2048,
+        vllm_enforce_eager=True,
+        vllm_temperature=0.0,
+        vllm_max_tokens=max_tokens,
+        **settings,
+    )
+    serving.start()
+    return serving
+
+
 def run_step(serving: Any, table: Path, cache: Path, chunk_size: int) -> dict[str, Any]:
     from dataflow_mm import FileStorage, PromptedVQAGenerator
 
@@ -133,19 +151,7 @@ def main() -> int:
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
 
-    from dataflow_mm.models.tiny import tiny_model_path
-    from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
-
-    serving = LocalModelVLMServing_vllm(
-        str(tiny_model_path("qwen2_5_vl")),
-        vllm_dtype="float32",
-        vllm_max_model_len=2048,
-        vllm_enforce_eager=True,
-        vllm_temperature=0.0,
-        vllm_max_tokens=args.max_tokens,
-        vllm_render_thread=args.render_thread == "yes",
-    )
-    serving.start()
+    serving = started_tiny_serving(args.max_tokens, vllm_render_thread=args.render_thread == "yes")
     cls = type(serving)
     adaptive = cls.concurrent_chunks
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes.split(",")}

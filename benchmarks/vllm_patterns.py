@@ -87,19 +87,11 @@ def main() -> int:
     parser.add_argument("--max_tokens", type=int, default=16)
     args = parser.parse_args()
 
-    from dataflow_mm.models.tiny import tiny_model_path
-    from dataflow_mm.serving.vllm_io import sampling_params
-    from dataflow_mm.serving.vllm_serving import LocalModelVLMServing_vllm
+    from vllm_chunks import started_tiny_serving
 
-    serving = LocalModelVLMServing_vllm(
-        str(tiny_model_path("qwen2_5_vl")),
-        vllm_dtype="float32",
-        vllm_max_model_len=2048,
-        vllm_enforce_eager=True,
-        vllm_temperature=0.0,
-        vllm_max_tokens=args.max_tokens,
-    )
-    serving.start()
+    from dataflow_mm.serving.vllm_io import sampling_params
+
+    serving = started_tiny_serving(args.max_tokens)
     llm = serving._llm
     params = sampling_params(serving._vllm, llm, serving.sampling)
     runs: dict[str, list[dict[str, float]]] = {"generate": [], "enqueue_all": [], "window": []}
