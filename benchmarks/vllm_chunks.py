@@ -189,6 +189,8 @@ def main() -> int:
     for a in ("one_chunk", "chunked", "drained"):
         if a in generation and "generate" in generation:
             ratios[f"{a}/generate (generation phase)"] = round(generation[a] / generation["generate"], 3)
+            paired = [x["generation_s"] / y["generation_s"] for x, y in zip(runs[a], runs["generate"], strict=True)]
+            ratios[f"{a}/generate (generation phase, median per repeat)"] = round(statistics.median(paired), 3)
     enqueue_share = {
         mode: round(statistics.median(r["enqueue_s"] / r["seconds"] for r in results), 3)
         for mode, results in runs.items()
