@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -14,25 +13,10 @@ from PIL import Image
 from dataflow_mm.cli.main import main as cli_main
 from dataflow_mm.export import export_run, format_box
 from dataflow_mm.pipeline.templates import load_pipeline_script
-from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
+from tests.support.fake_serving import RegionAnswers
 from tests.support.sample_data import write_jsonl, write_region_caption_table
 
 datasets = pytest.importorskip("datasets")
-
-
-class LabelledAnswers(VLMServing):
-    """Answers '<regionK>: thing K' for every region but the last; the prompt 'fail' gets an error."""
-
-    backend_name = "fake"
-    model_id = "fake-vlm"
-
-    def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
-        out = []
-        for conversation in conversations:
-            text = " ".join(p.get("text", "") for m in conversation for p in m["content"] if isinstance(p, dict))
-            n = int(re.search(r"There are (\d+) regions", text).group(1))
-            out.append(Completion("\n".join(f"<region{k}>: thing {k}" for k in range(1, n))))
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +29,7 @@ def region_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows.append({"id": 5, "image": rows[0]["image"], "bbox": [[-50, -50, 0, 0]]})
     write_jsonl(table, rows)
     pipeline = load_pipeline_script("image_region_caption_pipeline").ImageRegionCaptionPipeline(
-        LabelledAnswers(),
+        RegionAnswers(lambda k: f"thing {k}", regions=lambda n: range(1, n)),  # every region but the last
         first_entry_file=str(table),
         cache_path=str(tmp / "cache"),
         output_image_with_bbox_path=None,

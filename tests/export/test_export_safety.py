@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from PIL import Image
 from dataflow_mm.cli.main import main as cli_main
 from dataflow_mm.export import export_run
 from dataflow_mm.pipeline.templates import load_pipeline_script
-from dataflow_mm.serving.base import Completion, Conversation, SamplingParams, VLMServing
+from tests.support.fake_serving import RegionAnswers
 from tests.support.sample_data import write_jsonl, write_region_caption_table
 
 datasets = pytest.importorskip("datasets")
@@ -59,26 +57,12 @@ LLAMA_FACTORY_INFO: dict[str, Any] = {
 }
 
 
-class PlaceholderAnswers(VLMServing):
-    """Answers a caption for every region, each holding the media placeholders a model may echo."""
-
-    backend_name = "fake"
-    model_id = "fake-vlm"
-
-    def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
-        out = []
-        for conversation in conversations:
-            text = " ".join(p.get("text", "") for m in conversation for p in m["content"] if isinstance(p, dict))
-            n = int(re.search(r"There are (\d+) regions", text).group(1))
-            out.append(
-                Completion("\n".join(f"<region{k}>: <image> a thing {k} <video><audio>" for k in range(1, n + 1)))
-            )
-        return out
-
-
 def run_region_pipeline(table: Path, cache: Path) -> Path:
     pipeline = load_pipeline_script("image_region_caption_pipeline").ImageRegionCaptionPipeline(
-        PlaceholderAnswers(), first_entry_file=str(table), cache_path=str(cache), output_image_with_bbox_path=None
+        RegionAnswers(lambda k: f"<image> a thing {k} <video><audio>"),  # media placeholders a model may echo
+        first_entry_file=str(table),
+        cache_path=str(cache),
+        output_image_with_bbox_path=None,
     )
     pipeline.run()
     return cache

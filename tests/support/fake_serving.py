@@ -8,6 +8,7 @@ that; ``calls.total`` counts every call).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 from dataflow_mm.common.errors import RowError, ServingError, row_error_text
@@ -53,3 +54,24 @@ class FakeVLMServing(VLMServing):
             text = f"fake answer: {prompt[-60:]} {sizes}"
             completions.append(Completion(text=text, prompt_tokens=len(prompt.split()), completion_tokens=8))
         return completions
+
+
+class RegionAnswers(VLMServing):
+    """Answers a region-caption prompt ("There are N regions") with one line per region ``k`` in
+    ``regions(N)``, written by ``line(k)``: the answer a captioning model gives, shaped as a test needs."""
+
+    backend_name = "fake"
+    model_id = "fake-vlm"
+
+    def __init__(self, line: Callable[[int], str], regions: Callable[[int], range] = lambda n: range(1, n + 1)) -> None:
+        super().__init__()
+        self.line = line
+        self.regions = regions
+
+    def _chat_batch(self, conversations: Sequence[Conversation], sampling: SamplingParams) -> list[Completion]:
+        out = []
+        for conversation in conversations:
+            text = " ".join(p.get("text", "") for m in conversation for p in m["content"] if isinstance(p, dict))
+            count = int(re.search(r"There are (\d+) regions", text).group(1))  # type: ignore[union-attr]
+            out.append(Completion("\n".join(f"<region{k}>: {self.line(k)}" for k in self.regions(count))))
+        return out
