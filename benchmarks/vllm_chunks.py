@@ -178,7 +178,7 @@ def main() -> int:
                 runs[mode].append(result)
                 print(mode, result, file=sys.stderr, flush=True)
     window = serving.window_report()
-    render_thread = type(serving._window.submission).__name__ == "RenderedSubmission"
+    render_thread = serving._window.render_thread
     serving.cleanup()
     median = {mode: statistics.median(r["seconds"] for r in results) for mode, results in runs.items()}
     generation = {mode: statistics.median(r["generation_s"] for r in results) for mode, results in runs.items()}

@@ -451,7 +451,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
             limits.requests,
             limits.prepared_bytes / 2**20,
             "given" if self.max_requests_in_flight else "the engine's max_num_seqs",
-            "a render thread" if type(self._window.submission).__name__ == "RenderedSubmission" else "the driver",
+            "a render thread" if self._window.render_thread else "the driver",
         )
         self._llm = llm
 

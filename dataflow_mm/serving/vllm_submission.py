@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,7 +43,9 @@ class Submission(Protocol):
 
     ahead: int
 
-    def prepare(self, built: Future[dict[str, Any]], nbytes_of: Any) -> Future[Prepared]: ...
+    def prepare(
+        self, builders: ThreadPoolExecutor, build: Callable[[], dict[str, Any]], nbytes_of: Callable[[Any], int]
+    ) -> Future[Prepared]: ...
 
     def add(self, prepared: Prepared, params: Any) -> str: ...
 
@@ -57,23 +60,14 @@ class EnqueueSubmission:
     def __init__(self, llm: Any) -> None:
         self.llm = llm
 
-    def prepare(self, built: Future[dict[str, Any]], nbytes_of: Any) -> Future[Prepared]:
-        prepared: Future[Prepared] = Future()
+    def prepare(
+        self, builders: ThreadPoolExecutor, build: Callable[[], dict[str, Any]], nbytes_of: Callable[[Any], int]
+    ) -> Future[Prepared]:
+        def built() -> Prepared:
+            request = build()
+            return Prepared(nbytes_of(request), request)
 
-        def done(future: Future[dict[str, Any]]) -> None:
-            try:
-                if future.cancelled():
-                    prepared.cancel()
-                elif future.exception() is not None:
-                    prepared.set_exception(future.exception())  # type: ignore[arg-type]
-                else:
-                    request = future.result()
-                    prepared.set_result(Prepared(nbytes_of(request), request))
-            except InvalidStateError:  # the window dropped it (its engine failed) before it was built
-                pass
-
-        built.add_done_callback(done)
-        return prepared
+        return builders.submit(built)
 
     def add(self, prepared: Prepared, params: Any) -> str:
         (request_id,) = self.llm.enqueue([prepared.payload], params, use_tqdm=False)
@@ -95,10 +89,12 @@ class RenderedSubmission:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-render")
         self._final_only = _final_only_kind()
 
-    def prepare(self, built: Future[dict[str, Any]], nbytes_of: Any) -> Future[Prepared]:
-        return self._pool.submit(self._render, built, nbytes_of)
+    def prepare(
+        self, builders: ThreadPoolExecutor, build: Callable[[], dict[str, Any]], nbytes_of: Callable[[Any], int]
+    ) -> Future[Prepared]:
+        return self._pool.submit(self._render, builders.submit(build), nbytes_of)
 
-    def _render(self, built: Future[dict[str, Any]], nbytes_of: Any) -> Prepared:
+    def _render(self, built: Future[dict[str, Any]], nbytes_of: Callable[[Any], int]) -> Prepared:
         request = built.result()  # a RowError (the row's image or template) is this future's exception
         nbytes = nbytes_of(request)
         started = time.perf_counter()

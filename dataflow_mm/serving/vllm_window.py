@@ -26,6 +26,7 @@ propagates to the caller that drives, and to every other caller when it drives n
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dataflow_mm.common.errors import RowError, ServingUnavailableError
-from dataflow_mm.serving.vllm_submission import Prepared, submission_for
+from dataflow_mm.serving.vllm_submission import Prepared, RenderedSubmission, submission_for
 
 Outcome = Any  # a vLLM RequestOutput, or the Exception that kept the request from being answered
 DEFAULT_BUILD_WORKERS = 2  # threads decoding the next requests' images (PIL releases the GIL while decoding)
@@ -204,6 +205,11 @@ class EngineWindow:
             pool.shutdown(wait=True, cancel_futures=True)
         self.submission.close()
 
+    @property
+    def render_thread(self) -> bool:
+        """Whether vLLM's input processing runs on the render thread (else on the driver, in ``LLM.enqueue``)."""
+        return isinstance(self.submission, RenderedSubmission)
+
     # -- the driving thread ------------------------------------------------------------------------
 
     def _drive(self, call: _Call) -> None:
@@ -256,8 +262,8 @@ class EngineWindow:
                 call.next_index += 1
                 if call.next_index >= call.count:
                     self._calls.popleft()
-                built = self._pool.submit(call.build, index)
-                self._ahead.append((call, index, self.submission.prepare(built, prepared_bytes)))
+                prepared = self.submission.prepare(self._pool, functools.partial(call.build, index), prepared_bytes)
+                self._ahead.append((call, index, prepared))
 
     def _room_for(self, nbytes: int) -> bool:
         if not self._in_flight:
