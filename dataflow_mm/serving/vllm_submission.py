@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,7 +44,7 @@ class Submission(Protocol):
     ahead: int
 
     def prepare(
-        self, builders: ThreadPoolExecutor, build: Callable[[], dict[str, Any]], nbytes_of: Callable[[Any], int]
+        self, builders: Executor, build: Callable[[], dict[str, Any]], nbytes_of: Callable[[Any], int]
     ) -> Future[Prepared]: ...
 
     def add(self, prepared: Prepared, params: Any) -> str: ...
@@ -61,7 +61,7 @@ class EnqueueSubmission:
         self.llm = llm
 
     def prepare(
-        self, builders: ThreadPoolExecutor, build: Callable[[], dict[str, Any]], nbytes_of: Callable[[Any], int]
+        self, builders: Executor, build: Callable[[], dict[str, Any]], nbytes_of: Callable[[Any], int]
     ) -> Future[Prepared]:
         def built() -> Prepared:
             request = build()
@@ -90,7 +90,7 @@ class RenderedSubmission:
         self._final_only = _final_only_kind()
 
     def prepare(
-        self, builders: ThreadPoolExecutor, build: Callable[[], dict[str, Any]], nbytes_of: Callable[[Any], int]
+        self, builders: Executor, build: Callable[[], dict[str, Any]], nbytes_of: Callable[[Any], int]
     ) -> Future[Prepared]:
         return self._pool.submit(self._render, builders.submit(build), nbytes_of)
 

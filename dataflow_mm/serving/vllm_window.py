@@ -15,10 +15,11 @@ What bounds the window (``WindowLimits``): a request count (by default what the 
 once, its ``max_num_seqs``) and the bytes of prepared inputs (the decoded images of the requests in
 the engine), so that host memory is bounded whatever the image sizes; one request is always let in.
 ``build_workers`` threads decode the next requests while the engine runs, each shortly before it is
-sent (``LLM.generate(list)`` would decode a whole batch first); with ``render_thread``, vLLM's input
-processing runs on a thread of its own (``serving.vllm_submission``), so the driver only adds and
-steps. A request that fails to build or that vLLM refuses fails alone, and one the engine drops without
-an answer is a ``ServingUnavailableError`` (its row stays pending).
+sent (``LLM.generate(list)`` would decode a whole batch first), where the host has cores for them
+(``default_build_workers``); else the driver builds each request just before it sends it. With
+``render_thread``, vLLM's input processing runs on a thread of its own (``serving.vllm_submission``),
+so the driver only adds and steps. A request that fails to build or that vLLM refuses fails alone, and
+one the engine drops without an answer is a ``ServingUnavailableError`` (its row stays pending).
 
 An exception from the engine itself (``step()``: the engine died) is not a request's fault: it
 propagates to the caller that drives, and to every other caller when it drives next.
@@ -32,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,31 @@ from dataflow_mm.serving.vllm_submission import Prepared, RenderedSubmission, su
 
 Outcome = Any  # a vLLM RequestOutput, or the Exception that kept the request from being answered
 DEFAULT_BUILD_WORKERS = 2  # threads decoding the next requests' images (PIL releases the GIL while decoding)
+ENGINE_CORES = 2  # cores the engine's own work takes from the host: the engine core's process and the driver
+
+
+def default_build_workers() -> int:
+    """``DEFAULT_BUILD_WORKERS`` where the host has a core for each beside ``ENGINE_CORES``, else 0 (the driver
+    builds). On 2 cores the build threads only took the GIL from the driver each time its tokenizer or image
+    processor let go of it: the generation phase measured 1.46x one ``LLM.generate`` with them, 1.26x
+    without (``benchmarks/vllm_chunks.py --build_workers``)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return DEFAULT_BUILD_WORKERS if cores >= ENGINE_CORES + DEFAULT_BUILD_WORKERS else 0
+
+
+class InlineBuilds(Executor):
+    """The build pool where there are no build threads: each request is built on the driver, when submitted."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        done: Future[Any] = Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # the future carries it, as a thread pool's would
+            done.set_exception(exc)
+        return done
 
 
 def is_engine_dead(exc: BaseException) -> bool:
@@ -164,10 +190,12 @@ class EngineWindow:
     """The requests of every caller of one ``vllm.LLM``, at most ``limits`` of them in the engine."""
 
     def __init__(
-        self, llm: Any, limits: WindowLimits, build_workers: int = DEFAULT_BUILD_WORKERS, render_thread: bool = False
+        self, llm: Any, limits: WindowLimits, build_workers: int | None = None, render_thread: bool = False
     ) -> None:
-        if build_workers < 1:
-            raise ValueError(f"build_workers must be >= 1, got {build_workers}")
+        if build_workers is None:
+            build_workers = default_build_workers()
+        if build_workers < 0:
+            raise ValueError(f"build_workers must be >= 0, got {build_workers}")
         self.llm = llm
         self.limits = limits
         self.build_workers = build_workers
@@ -175,12 +203,12 @@ class EngineWindow:
         self._driver = threading.Lock()  # held by the one thread that talks to the engine
         self._calls: deque[_Call] = deque()  # calls with requests not built yet, in arrival order
         self.submission = submission_for(llm, render_thread)
-        self._ahead_limit = max(build_workers, min(self.submission.ahead, limits.requests))
+        self._ahead_limit = max(build_workers, 1, min(self.submission.ahead, limits.requests))
         self._ahead: deque[tuple[_Call, int, Future[Prepared]]] = deque()
         self._in_flight: dict[str, tuple[_Call, int, int]] = {}  # external id -> (call, index, prepared bytes)
         self._in_flight_bytes = 0
         self._state = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: Executor | None = None
 
     def submit(self, count: int, build: Callable[[int], dict[str, Any]], params: Any) -> list[Outcome]:
         """Answer requests ``0..count-1`` of one call; ``build(i)`` makes request ``i`` shortly before it is enqueued.
@@ -254,16 +282,22 @@ class EngineWindow:
 
     def _build_ahead(self) -> None:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.build_workers, thread_name_prefix="vllm-build")
-        with self._state:
-            while len(self._ahead) < self._ahead_limit and self._calls:
+            self._pool = (
+                ThreadPoolExecutor(max_workers=self.build_workers, thread_name_prefix="vllm-build")
+                if self.build_workers
+                else InlineBuilds()
+            )
+        while len(self._ahead) < self._ahead_limit:
+            with self._state:  # only the pick: an inline build must not keep other callers from getting in line
+                if not self._calls:
+                    return
                 call = self._calls[0]
                 index = call.next_index
                 call.next_index += 1
                 if call.next_index >= call.count:
                     self._calls.popleft()
-                prepared = self.submission.prepare(self._pool, functools.partial(call.build, index), prepared_bytes)
-                self._ahead.append((call, index, prepared))
+            prepared = self.submission.prepare(self._pool, functools.partial(call.build, index), prepared_bytes)
+            self._ahead.append((call, index, prepared))
 
     def _room_for(self, nbytes: int) -> bool:
         if not self._in_flight:

@@ -16,7 +16,14 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from dataflow_mm.serving.vllm_window import EngineWindow, WindowLimits, prepared_bytes, window_limits
+from dataflow_mm.serving.vllm_window import (
+    DEFAULT_BUILD_WORKERS,
+    EngineWindow,
+    WindowLimits,
+    default_build_workers,
+    prepared_bytes,
+    window_limits,
+)
 
 
 class Engine:
@@ -83,24 +90,34 @@ def request(text: str, pixels: int = 0) -> dict[str, Any]:
     return built
 
 
-def test_calls_from_two_threads_share_the_window_and_the_batch_stays_full_between_them() -> None:
+@pytest.fixture(params=[0, DEFAULT_BUILD_WORKERS], ids=["built_by_the_driver", "build_threads"])
+def build_workers(request: pytest.FixtureRequest) -> int:
+    """Requests built on the driver (a host without spare cores) or on build threads."""
+    return int(request.param)
+
+
+def test_calls_from_two_threads_share_the_window_and_the_batch_stays_full_between_them(build_workers: int) -> None:
     llm = LLM()
-    window = EngineWindow(llm, WindowLimits(4, 1 << 30))
+    window = EngineWindow(llm, WindowLimits(4, 1 << 30), build_workers=build_workers)
     results: dict[str, list[Any]] = {}
+    builders: set[str] = set()
 
     def both_registered(text: str) -> dict[str, Any]:
         """The first call's first request waits until the second call is in line (two chunks in flight)."""
+        builders.add(threading.current_thread().name)
         for _ in range(500):
-            if len(window._calls) == 2 or not text.startswith("a"):
+            if len(window._calls) == 2 or text != "a0":
                 break
             threading.Event().wait(0.01)
+        else:
+            raise AssertionError("the second call could not get in line while the first built")
         return request(text)
 
     def call(name: str, count: int) -> None:
         results[name] = window.submit(count, lambda i: both_registered(f"{name}{i}"), None)
 
-    first = threading.Thread(target=call, args=("a", 7))
-    second = threading.Thread(target=call, args=("b", 9))
+    first = threading.Thread(target=call, args=("a", 7), name="first")
+    second = threading.Thread(target=call, args=("b", 9), name="second")
     first.start()
     second.start()
     first.join()
@@ -112,11 +129,25 @@ def test_calls_from_two_threads_share_the_window_and_the_batch_stays_full_betwee
     # While requests remain to be enqueued, every step runs a full window (no drain between the calls).
     assert all(in_flight == 4 for in_flight, enqueued in llm.llm_engine.batches if enqueued < 16)
     assert window.times.enqueue > 0 and window.times.step > 0
+    if build_workers:
+        assert builders <= {f"vllm-build_{i}" for i in range(build_workers)}
+    else:
+        assert builders <= {"first", "second"}  # the callers' own threads, whichever drives
 
 
-def test_host_memory_bounds_the_window_in_bytes_of_decoded_images_one_always_goes_in() -> None:
+def test_build_threads_only_where_the_host_has_cores_for_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert default_build_workers() == DEFAULT_BUILD_WORKERS
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert default_build_workers() == 0  # the engine core's process and the driver take both
+    assert EngineWindow(LLM(), WindowLimits(2, 1 << 30)).build_workers == 0
+    with pytest.raises(ValueError, match="build_workers"):
+        EngineWindow(LLM(), WindowLimits(2, 1 << 30), build_workers=-1)
+
+
+def test_host_memory_bounds_the_window_in_bytes_of_decoded_images_one_always_goes_in(build_workers: int) -> None:
     llm = LLM()
-    window = EngineWindow(llm, WindowLimits(100, 3 * 1000 * 3 + 100))
+    window = EngineWindow(llm, WindowLimits(100, 3 * 1000 * 3 + 100), build_workers=build_workers)
     sizes = [1000, 1000, 1000, 1000, 5000, 1000]  # the 5000-pixel image alone exceeds the bound
     outcomes = window.submit(len(sizes), lambda i: request(f"r{i}", sizes[i]), None)
     assert len(outcomes) == 6 and all(o.finished for o in outcomes)
@@ -133,7 +164,7 @@ def test_the_default_window_is_the_engines_max_num_seqs() -> None:
     assert window_limits(SimpleNamespace(llm_engine=None), None, 1).requests == 256  # an engine that does not say
 
 
-def test_a_request_that_fails_to_build_fails_alone() -> None:
+def test_a_request_that_fails_to_build_fails_alone(build_workers: int) -> None:
     from dataflow_mm.common.errors import ImageLoadError
 
     def build(i: int) -> dict[str, Any]:
@@ -141,7 +172,7 @@ def test_a_request_that_fails_to_build_fails_alone() -> None:
             raise ImageLoadError("cannot identify image file")
         return request(f"r{i}")
 
-    window = EngineWindow(LLM(), WindowLimits(2, 1 << 30))
+    window = EngineWindow(LLM(), WindowLimits(2, 1 << 30), build_workers=build_workers)
     outcomes = window.submit(5, build, None)
     assert isinstance(outcomes[2], ImageLoadError)
     assert [o.outputs[0].text for i, o in enumerate(outcomes) if i != 2] == ["re: r0", "re: r1", "re: r3", "re: r4"]
