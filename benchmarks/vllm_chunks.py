@@ -146,12 +146,17 @@ def main() -> int:
     parser.add_argument("--modes", default="chunked,drained,one_chunk,generate")
     parser.add_argument("--switch_interval", type=float, default=None, help="sys.setswitchinterval (s) to try")
     parser.add_argument("--render_thread", choices=("yes", "no"), default="no", help="vLLM's input processing")
+    parser.add_argument(
+        "--build_workers", type=int, default=None, help="threads decoding images (default: the serving's, by cores)"
+    )
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
 
-    serving = started_tiny_serving(args.max_tokens, vllm_render_thread=args.render_thread == "yes")
+    serving = started_tiny_serving(
+        args.max_tokens, vllm_render_thread=args.render_thread == "yes", vllm_build_workers=args.build_workers
+    )
     cls = type(serving)
     adaptive = cls.concurrent_chunks
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes.split(",")}
@@ -179,6 +184,7 @@ def main() -> int:
                 print(mode, result, file=sys.stderr, flush=True)
     window = serving.window_report()
     render_thread = serving._window.render_thread
+    build_workers = serving._window.build_workers
     serving.cleanup()
     median = {mode: statistics.median(r["seconds"] for r in results) for mode, results in runs.items()}
     generation = {mode: statistics.median(r["generation_s"] for r in results) for mode, results in runs.items()}
@@ -203,6 +209,7 @@ def main() -> int:
             "max_tokens": args.max_tokens,
             "window": {k: window[k] for k in ("max_requests", "max_prepared_bytes", "most_in_flight")},
             "render_thread": render_thread,
+            "build_workers": build_workers,
             "median_seconds": median,
             "median_generation_seconds": generation,
             "ratios": ratios,

@@ -20,13 +20,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 import pandas as pd
 
+from dataflow_mm.common.chunk_order import working_on_chunk
 from dataflow_mm.common.errors import PipelineCompileError, RunStoppedError
 from dataflow_mm.common.logger import get_logger
 from dataflow_mm.core.operator import OperatorCall
@@ -210,9 +211,9 @@ def _run_chunks(
         if pool is None and transformer.in_flight > 1:
             pool = ThreadPoolExecutor(MAX_CHUNKS_IN_FLIGHT, thread_name_prefix="dfmm-chunk")
         if pool is not None:
-            return pool.submit(transformer.transform, chunk)
+            return pool.submit(working_on_chunk, chunk.index, transformer.transform, chunk)
         done: Future = Future()
-        done.set_result(transformer.transform(chunk))
+        done.set_result(working_on_chunk(chunk.index, transformer.transform, chunk))
         return done
 
     waiting: deque[tuple[StepChunk, Future | None]] = deque()
@@ -223,10 +224,13 @@ def _run_chunks(
                 head = waiting[0][1]
                 if head is None or head.done():
                     finish(*waiting.popleft())
-                elif len(waiting) < min(MAX_CHUNKS_IN_FLIGHT, max(1, transformer.in_flight)):
-                    break  # room for another chunk
-                else:  # the transformer may allow more chunks meanwhile (a vLLM window learns the chunk size)
-                    wait_futures([head], timeout=IN_FLIGHT_RECHECK_S)
+                    continue
+                allowed = min(MAX_CHUNKS_IN_FLIGHT, max(1, transformer.in_flight))
+                running = [done for _, done in waiting if done is not None and not done.done()]
+                if len(running) < allowed and len(waiting) < min(MAX_CHUNKS_IN_FLIGHT, 2 * allowed):
+                    break  # room for another chunk: one answered before the head waits only to be written
+                # Until a chunk finishes; the transformer may allow more meanwhile (a vLLM window learns chunk sizes).
+                wait_futures(running, timeout=IN_FLIGHT_RECHECK_S, return_when=FIRST_COMPLETED)
         while waiting:
             finish(*waiting.popleft())
     except RunStoppedError:

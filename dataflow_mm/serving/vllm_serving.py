@@ -99,7 +99,9 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
     path; reproducible for the same inputs and settings). ``vllm_max_requests_in_flight`` bounds
     the requests decoded and in the engine at once (None: the engine's ``max_num_seqs``), and
     ``vllm_max_prepared_bytes`` their decoded images' bytes (None: a share of available host memory).
-    ``vllm_render_thread`` runs vLLM's input processing on a thread of its own (``serving.vllm_submission``).
+    ``vllm_render_thread`` runs vLLM's input processing on a thread of its own (``serving.vllm_submission``);
+    ``vllm_build_workers`` threads decode the requests' images (None: 2 where the host has cores for them, else
+    the thread that steps the engine does: ``vllm_window.default_build_workers``).
     ``engine_kwargs`` are passed to ``vllm.LLM`` unchanged (they override the ``vllm_*`` values).
     """
 
@@ -126,6 +128,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         vllm_max_requests_in_flight: int | None = None,
         vllm_max_prepared_bytes: int | None = None,
         vllm_render_thread: bool = False,
+        vllm_build_workers: int | None = None,
         allow_downscale: bool = False,
         **engine_kwargs: Any,
     ) -> None:
@@ -178,6 +181,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         self.max_requests_in_flight = None if vllm_max_requests_in_flight is None else int(vllm_max_requests_in_flight)
         self.max_prepared_bytes = None if vllm_max_prepared_bytes is None else int(vllm_max_prepared_bytes)
         self.render_thread = bool(vllm_render_thread)
+        self.build_workers = vllm_build_workers
         self._window: EngineWindow | None = None
         self._params_made: dict[str, Any] = {}  # sampling settings (JSON) -> vLLM's SamplingParams
         self._calls_open = 0  # calls answering through the window now
@@ -445,13 +449,15 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
                 f"vLLM could not start for {self.hf_model_name_or_path} ({model_dir}): {exc}. {hint}"
             ) from exc
         limits = window_limits(llm, self.max_requests_in_flight, self.max_prepared_bytes)
-        self._window = EngineWindow(llm, limits, render_thread=self.render_thread)
+        self._window = EngineWindow(llm, limits, build_workers=self.build_workers, render_thread=self.render_thread)
         logger.info(
-            "vLLM request window: %d requests, %.0f MiB of decoded images (%s); input processing on %s",
+            "vLLM request window: %d requests, %.0f MiB of decoded images (%s); input processing on %s; "
+            "images decoded by %s",
             limits.requests,
             limits.prepared_bytes / 2**20,
             "given" if self.max_requests_in_flight else "the engine's max_num_seqs",
             "a render thread" if self._window.render_thread else "the driver",
+            f"{self._window.build_workers} build threads" if self._window.build_workers else "the driver",
         )
         self._llm = llm
 

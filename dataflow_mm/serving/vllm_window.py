@@ -2,14 +2,16 @@
 
 Answered one call at a time, the engine's batch would shrink at the end of each chunk to the chunk's
 last long requests before the next chunk's first is sent. Here the calls of several threads (the step
-executor's chunks in flight) feed one window: requests are enqueued in the order their calls arrived
-(an earlier chunk's before a later one's, so chunks still finish roughly in order), and as soon as
-any request finishes the next one, of whichever call, takes its place.
+executor's chunks in flight) feed one window: requests are enqueued in chunk order (an earlier chunk's
+before a later one's, whichever thread arrived first: ``common.chunk_order``; calls outside a step in
+the order they arrived), so chunks finish roughly in the order they are written, and as soon as any
+request finishes the next one, of whichever call, takes its place.
 
-Who talks to the engine: one thread at a time (``_driver``), whichever waiting caller gets there
+Who talks to the engine: one thread at a time (the driver), whichever waiting caller gets there
 first; it enqueues, steps the engine (``llm_engine.step()``) and hands every finished output to the
-call it belongs to, until its own call is answered, then the next waiting caller takes over. vLLM's
-``LLM`` is never used from two threads at once.
+call it belongs to, until its own call is answered, then the next waiting caller takes over. A caller
+whose requests are all answered returns at once, while another thread still drives: its chunk is
+written and the next chunk can start. vLLM's ``LLM`` is never used from two threads at once.
 
 What bounds the window (``WindowLimits``): a request count (by default what the engine schedules at
 once, its ``max_num_seqs``) and the bytes of prepared inputs (the decoded images of the requests in
@@ -28,7 +30,9 @@ propagates to the caller that drives, and to every other caller when it drives n
 from __future__ import annotations
 
 import functools
+import itertools
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -37,6 +41,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from dataflow_mm.common.chunk_order import current_chunk
 from dataflow_mm.common.errors import RowError, ServingUnavailableError
 from dataflow_mm.serving.vllm_submission import Prepared, RenderedSubmission, submission_for
 
@@ -168,11 +173,12 @@ class WindowTimes:
 
 @dataclass(eq=False)
 class _Call:
-    """One caller's requests ``0..count-1`` and their outcomes."""
+    """One caller's requests ``0..count-1`` and their outcomes; ``order``: its place in line."""
 
     count: int
     build: Callable[[int], dict[str, Any]]
     params: Any
+    order: tuple[int, int] = (0, 0)
     outcomes: list[Outcome] = field(init=False)
     unanswered: int = field(init=False)
     next_index: int = 0
@@ -200,8 +206,10 @@ class EngineWindow:
         self.limits = limits
         self.build_workers = build_workers
         self.times = WindowTimes()
-        self._driver = threading.Lock()  # held by the one thread that talks to the engine
-        self._calls: deque[_Call] = deque()  # calls with requests not built yet, in arrival order
+        self._turn = threading.Condition()  # a waiting caller wakes when the driver leaves or its call is answered
+        self._driving = False  # whether a thread talks to the engine now (under ``_turn``)
+        self._calls: deque[_Call] = deque()  # calls with requests not built yet, in chunk order
+        self._arrivals = itertools.count()
         self.submission = submission_for(llm, render_thread)
         self._ahead_limit = max(build_workers, 1, min(self.submission.ahead, limits.requests))
         self._ahead: deque[tuple[_Call, int, Future[Prepared]]] = deque()
@@ -216,15 +224,28 @@ class EngineWindow:
         Returns one outcome per request, in order: the finished ``RequestOutput``, or the exception that
         ``build`` (a ``RowError``) or ``LLM.enqueue`` raised for that request alone.
         """
-        call = _Call(count, build, params)
         if count == 0:
             return []
-        with self._state:
-            self._calls.append(call)
-        while call.unanswered:
-            with self._driver:
+        chunk = current_chunk()
+        call = _Call(count, build, params, (sys.maxsize if chunk is None else chunk, next(self._arrivals)))
+        with self._state:  # in line after every call with an earlier chunk (or the same chunk, come earlier)
+            place = len(self._calls)
+            while place and self._calls[place - 1].order > call.order:
+                place -= 1
+            self._calls.insert(place, call)
+        while True:
+            with self._turn:
+                while self._driving and call.unanswered:
+                    self._turn.wait()
+                if not call.unanswered:
+                    return call.outcomes
+                self._driving = True
+            try:
                 self._drive(call)
-        return call.outcomes
+            finally:
+                with self._turn:
+                    self._driving = False
+                    self._turn.notify_all()
 
     def close(self) -> None:
         """Stop the build and render threads (the engine is the caller's)."""
@@ -254,7 +275,7 @@ class EngineWindow:
                 if not engine.has_unfinished_requests():
                     dropped = ServingUnavailableError("the vLLM engine dropped the request without an answer")
                     for other, index, _ in self._in_flight.values():
-                        other.answer(index, dropped)
+                        self._answer(other, index, dropped)
                     self._in_flight.clear()
                     self._in_flight_bytes = 0
                     continue
@@ -274,7 +295,14 @@ class EngineWindow:
         if entry is not None:
             owner, index, nbytes = entry
             self._in_flight_bytes -= nbytes
-            owner.answer(index, output)
+            self._answer(owner, index, output)
+
+    def _answer(self, call: _Call, index: int, outcome: Outcome) -> None:
+        """Record an outcome; a call answered in full wakes its caller (who may be waiting on the driver)."""
+        call.answer(index, outcome)
+        if not call.unanswered:
+            with self._turn:
+                self._turn.notify_all()
 
     def _pending(self) -> bool:
         with self._state:
@@ -316,7 +344,7 @@ class EngineWindow:
                 prepared = future.result()  # the engine core runs on its own while this waits
             except RowError as exc:
                 self._ahead.popleft()
-                call.answer(index, exc)
+                self._answer(call, index, exc)
                 self._build_ahead()
                 continue
             finally:
@@ -327,7 +355,7 @@ class EngineWindow:
             self._build_ahead()
             self.times.render += prepared.render_s
             if prepared.refused is not None:  # vLLM's input processing refused it: this row only
-                call.answer(index, prepared.refused)
+                self._answer(call, index, prepared.refused)
                 continue
             nbytes = prepared.nbytes
             started = time.perf_counter()
@@ -336,7 +364,7 @@ class EngineWindow:
             except Exception as exc:  # vLLM refused this request (too long, bad image...): this row only
                 if is_engine_dead(exc):
                     raise
-                call.answer(index, exc)
+                self._answer(call, index, exc)
                 continue
             finally:
                 self.times.enqueue += time.perf_counter() - started

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dataflow_mm import FileStorage, ImageBboxGenerator, PipelineABC, PromptedVQAGenerator
+from dataflow_mm.common.chunk_order import current_chunk
 from dataflow_mm.engine import LocalRunner
 from dataflow_mm.operators.imgdiff.step1_region_captioner import ImgDiffRegionCaptioner
 from dataflow_mm.operators.imgdiff.step5_difference_captioner import ImgDiffDifferenceCaptioner
@@ -110,6 +111,43 @@ def test_chunks_finishing_out_of_order_are_written_in_chunk_order(
     serving.concurrent_chunks = 1
     RegionCaptions(table, tmp_path / "one_at_a_time", serving).run(LocalRunner(streaming=False))
     assert step_bytes(tmp_path / "uneven") == step_bytes(tmp_path / "one_at_a_time")
+
+
+class SlowFirstChunk(FakeVLMServing):
+    """Two chunks at a time; chunk 0's call is slow, every other chunk's quick."""
+
+    concurrent_chunks = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, int | None]] = []
+
+    def _chat_batch(self, conversations, sampling):  # type: ignore[no-untyped-def]
+        chunk = current_chunk()  # the step executor says which chunk this thread works for
+        self.events.append(("start", chunk))
+        time.sleep(0.8 if chunk == 0 else 0.05)
+        self.events.append(("end", chunk))
+        return super()._chat_batch(conversations, sampling)
+
+
+def test_chunks_answered_before_a_slow_head_do_not_hold_the_next_chunks_back(tmp_path: Path, table: Path) -> None:
+    serving = SlowFirstChunk()
+    RegionCaptions(table, tmp_path / "slow_head", serving, chunk_size=1).run(LocalRunner(streaming=False))
+    events = serving.events
+    head_done = events.index(("end", 0))
+    # Two chunks run at once: while chunk 0 runs, chunks 1, 2 and 3 run one after another (the answered
+    # ones wait only to be written), and no more than two chunks' results are held beyond the two running.
+    assert {("start", 1), ("start", 2), ("start", 3)} <= set(events[:head_done])
+    assert events.index(("start", 4)) > head_done
+    running = most = 0
+    for kind, _ in events:
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    assert most == 2
+
+    serving.concurrent_chunks = 1
+    RegionCaptions(table, tmp_path / "one_at_a_time", serving, chunk_size=1).run(LocalRunner(streaming=False))
+    assert step_bytes(tmp_path / "slow_head") == step_bytes(tmp_path / "one_at_a_time")
 
 
 class FailingSecondChunk(FakeVLMServing):

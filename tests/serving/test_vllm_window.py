@@ -135,6 +135,72 @@ def test_calls_from_two_threads_share_the_window_and_the_batch_stays_full_betwee
         assert builders <= {"first", "second"}  # the callers' own threads, whichever drives
 
 
+def test_an_earlier_chunk_is_served_first_whichever_thread_arrived_first(build_workers: int) -> None:
+    from dataflow_mm.common.chunk_order import working_on_chunk
+
+    llm = LLM()
+    window = EngineWindow(llm, WindowLimits(2, 1 << 30), build_workers=build_workers)
+
+    def late_second_chunk(text: str) -> dict[str, Any]:
+        """Chunk 1 reached the window first; its first request is built once chunk 0 is in line too."""
+        for _ in range(500):
+            if len(window._calls) == 2 or text != "b0":
+                break
+            threading.Event().wait(0.01)
+        return request(text)
+
+    def call(chunk: int, name: str) -> None:
+        working_on_chunk(chunk, window.submit, 6, lambda i: late_second_chunk(f"{name}{i}"), None)
+
+    second = threading.Thread(target=call, args=(1, "b"))
+    second.start()
+    while not window._calls:
+        threading.Event().wait(0.001)
+    first = threading.Thread(target=call, args=(0, "a"))
+    first.start()
+    second.join()
+    first.join()
+    window.close()
+    order = llm.enqueued
+    # Only what chunk 1 had taken out of line before chunk 0 came (its builds ahead) goes first.
+    assert order.index("b0") < order.index("a0")
+    assert order.index("a5") < order.index("b2"), order
+
+
+def test_a_caller_answered_in_full_returns_while_another_thread_still_drives(
+    build_workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataflow_mm.common.chunk_order import working_on_chunk
+
+    monkeypatch.setattr(LLM, "step_seconds", 0.1)  # each step answers the oldest request
+    llm = LLM()
+    window = EngineWindow(llm, WindowLimits(8, 1 << 30), build_workers=build_workers)
+    returned: dict[str, int] = {}
+
+    def wait_for_chunk_0(text: str) -> dict[str, Any]:
+        for _ in range(500):
+            if len(window._calls) == 2 or text != "b0":
+                break
+            threading.Event().wait(0.01)
+        return request(text)
+
+    def call(chunk: int, name: str, count: int) -> None:
+        working_on_chunk(chunk, window.submit, count, lambda i: wait_for_chunk_0(f"{name}{i}"), None)
+        returned[name] = len(llm.llm_engine.batches)  # steps run when this caller got its answers
+
+    driver = threading.Thread(target=call, args=(1, "b", 6))  # drives: first in
+    driver.start()
+    while not window._calls:
+        threading.Event().wait(0.001)
+    waiting = threading.Thread(target=call, args=(0, "a", 1))  # its one request is answered early
+    waiting.start()
+    driver.join()
+    waiting.join()
+    window.close()
+    assert returned["b"] == 7
+    assert returned["a"] <= 4  # not held until the driver's own call was answered
+
+
 def test_build_threads_only_where_the_host_has_cores_for_them(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert default_build_workers() == DEFAULT_BUILD_WORKERS
