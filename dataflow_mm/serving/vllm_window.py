@@ -52,9 +52,10 @@ ENGINE_CORES = 2  # cores the engine's own work takes from the host: the engine 
 
 def default_build_workers() -> int:
     """``DEFAULT_BUILD_WORKERS`` where the host has a core for each beside ``ENGINE_CORES``, else 0 (the driver
-    builds). On 2 cores the build threads only took the GIL from the driver each time its tokenizer or image
-    processor let go of it: the generation phase measured 1.46x one ``LLM.generate`` with them, 1.26x
-    without (``benchmarks/vllm_chunks.py --build_workers``)."""
+    builds). On 2 cores the build threads have no core of their own: they took 3.6x the CPU time of building
+    on the driver (0.9 s against 0.25 s for 2,048 small images) and took the GIL from the driver whenever
+    its tokenizer or image processor let go of it; the generation phase never measured faster with them
+    (benchmarks/README.md, "Who decodes the images")."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
