@@ -12,7 +12,7 @@ from typing import Any
 
 from dataflow_mm.serving.vllm_submission import EnqueueSubmission, RenderedSubmission, submission_for
 from dataflow_mm.serving.vllm_window import EngineWindow, WindowLimits
-from tests.serving.test_vllm_window import LLM, request
+from tests.support.stand_in_vllm import LLM, request
 
 
 class Renderer:
