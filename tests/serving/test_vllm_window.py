@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import types
+from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +27,44 @@ from dataflow_mm.serving.vllm_window import (
 from tests.support.stand_in_vllm import LLM, request
 
 
+class CountedLine(deque):  # type: ignore[type-arg]
+    """The window's line of calls, counting every call that got in line (one may leave it at once)."""
+
+    arrived = 0
+
+    def insert(self, index: int, call: Any) -> None:
+        super().insert(index, call)
+        self.arrived += 1
+
+
+def lined_up_window(llm: LLM, limits: WindowLimits, build_workers: int) -> EngineWindow:
+    window = EngineWindow(llm, limits, build_workers=build_workers)
+    window._calls = CountedLine()
+    return window
+
+
+def request_once_two_calls_wait(window: EngineWindow, text: str, held: str) -> dict[str, Any]:
+    """``request(text)``; the request named ``held`` is built only once a second call got in line."""
+    if text == held:
+        for _ in range(500):
+            if window._calls.arrived == 2:  # type: ignore[attr-defined]
+                break
+            threading.Event().wait(0.01)
+        else:
+            raise AssertionError("the second call could not get in line while the first built")
+    return request(text)
+
+
+def run_in_line(window: EngineWindow, first: threading.Thread, second: threading.Thread) -> None:
+    """Start ``first``, then ``second`` once ``first``'s call is in the window's line; wait for both."""
+    first.start()
+    while not window._calls:
+        threading.Event().wait(0.001)
+    second.start()
+    first.join()
+    second.join()
+
+
 @pytest.fixture(params=[0, DEFAULT_BUILD_WORKERS], ids=["built_by_the_driver", "build_threads"])
 def build_workers(request: pytest.FixtureRequest) -> int:
     """Requests built on the driver (a host without spare cores) or on build threads."""
@@ -34,20 +73,14 @@ def build_workers(request: pytest.FixtureRequest) -> int:
 
 def test_calls_from_two_threads_share_the_window_and_the_batch_stays_full_between_them(build_workers: int) -> None:
     llm = LLM()
-    window = EngineWindow(llm, WindowLimits(4, 1 << 30), build_workers=build_workers)
+    window = lined_up_window(llm, WindowLimits(4, 1 << 30), build_workers)
     results: dict[str, list[Any]] = {}
     builders: set[str] = set()
 
     def both_registered(text: str) -> dict[str, Any]:
         """The first call's first request waits until the second call is in line (two chunks in flight)."""
         builders.add(threading.current_thread().name)
-        for _ in range(500):
-            if len(window._calls) == 2 or text != "a0":
-                break
-            threading.Event().wait(0.01)
-        else:
-            raise AssertionError("the second call could not get in line while the first built")
-        return request(text)
+        return request_once_two_calls_wait(window, text, held="a0")
 
     def call(name: str, count: int) -> None:
         results[name] = window.submit(count, lambda i: both_registered(f"{name}{i}"), None)
@@ -75,27 +108,15 @@ def test_an_earlier_chunk_is_served_first_whichever_thread_arrived_first(build_w
     from dataflow_mm.common.chunk_order import working_on_chunk
 
     llm = LLM()
-    window = EngineWindow(llm, WindowLimits(2, 1 << 30), build_workers=build_workers)
-
-    def late_second_chunk(text: str) -> dict[str, Any]:
-        """Chunk 1 reached the window first; its first request is built once chunk 0 is in line too."""
-        for _ in range(500):
-            if len(window._calls) == 2 or text != "b0":
-                break
-            threading.Event().wait(0.01)
-        return request(text)
+    window = lined_up_window(llm, WindowLimits(2, 1 << 30), build_workers)
 
     def call(chunk: int, name: str) -> None:
-        working_on_chunk(chunk, window.submit, 6, lambda i: late_second_chunk(f"{name}{i}"), None)
+        """Chunk 1 reaches the window first; its first request is built once chunk 0 is in line too."""
+        working_on_chunk(
+            chunk, window.submit, 6, lambda i: request_once_two_calls_wait(window, f"{name}{i}", held="b0"), None
+        )
 
-    second = threading.Thread(target=call, args=(1, "b"))
-    second.start()
-    while not window._calls:
-        threading.Event().wait(0.001)
-    first = threading.Thread(target=call, args=(0, "a"))
-    first.start()
-    second.join()
-    first.join()
+    run_in_line(window, threading.Thread(target=call, args=(1, "b")), threading.Thread(target=call, args=(0, "a")))
     window.close()
     order = llm.enqueued
     # Only what chunk 1 had taken out of line before chunk 0 came (its builds ahead) goes first.
@@ -110,28 +131,18 @@ def test_a_caller_answered_in_full_returns_while_another_thread_still_drives(
 
     monkeypatch.setattr(LLM, "step_seconds", 0.1)  # each step answers the oldest request
     llm = LLM()
-    window = EngineWindow(llm, WindowLimits(8, 1 << 30), build_workers=build_workers)
+    window = lined_up_window(llm, WindowLimits(8, 1 << 30), build_workers)
     returned: dict[str, int] = {}
 
-    def wait_for_chunk_0(text: str) -> dict[str, Any]:
-        for _ in range(500):
-            if len(window._calls) == 2 or text != "b0":
-                break
-            threading.Event().wait(0.01)
-        return request(text)
-
     def call(chunk: int, name: str, count: int) -> None:
-        working_on_chunk(chunk, window.submit, count, lambda i: wait_for_chunk_0(f"{name}{i}"), None)
+        working_on_chunk(
+            chunk, window.submit, count, lambda i: request_once_two_calls_wait(window, f"{name}{i}", held="b0"), None
+        )
         returned[name] = len(llm.llm_engine.batches)  # steps run when this caller got its answers
 
     driver = threading.Thread(target=call, args=(1, "b", 6))  # drives: first in
-    driver.start()
-    while not window._calls:
-        threading.Event().wait(0.001)
     waiting = threading.Thread(target=call, args=(0, "a", 1))  # its one request is answered early
-    waiting.start()
-    driver.join()
-    waiting.join()
+    run_in_line(window, driver, waiting)
     window.close()
     assert returned["b"] == 7
     assert returned["a"] <= 4  # not held until the driver's own call was answered
