@@ -179,7 +179,7 @@ class _Call:
     count: int
     build: Callable[[int], dict[str, Any]]
     params: Any
-    order: tuple[int, int] = (0, 0)
+    order: tuple[int, int]
     outcomes: list[Outcome] = field(init=False)
     unanswered: int = field(init=False)
     next_index: int = 0
