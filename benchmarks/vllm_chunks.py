@@ -20,14 +20,20 @@ caches:
 the one ``LLM.generate`` (its own input processing and run).
 
 For the step runs the time is the step's own (``StepResult.seconds``: read, budget check, generation,
-writes) and the window's split (``enqueue``: vLLM's input processing on the submitting thread). Prints
-one JSON with every run and the median ratios ``chunked / one_chunk`` and ``one_chunk / generate``.
+writes) and the window's split (``enqueue``: vLLM's input processing on the submitting thread). Every
+run also says where the CPU went (Linux): ``pipeline_cpu_s``, all threads of this process (the step, the
+window's driver, vLLM's input processing and output thread), and ``engine_cpu_s``, the engine's own
+processes (engine core and worker). When ``pipeline_cpu_s`` is close to the wall time, the engine waits
+on the pipeline's one Python process, not the other way round. Prints one JSON with every run and the
+median ratios ``chunked / one_chunk`` and ``one_chunk / generate``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -54,6 +60,51 @@ def make_rows(folder: Path, rows: int, size: tuple[int, int], seed: int = 0) -> 
     table = folder / "rows.jsonl"
     table.write_text("\n".join(lines) + "\n")
     return table
+
+
+def process_cpu_seconds() -> float:
+    """CPU seconds of this process so far, all threads (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def descendants_cpu_seconds() -> float | None:
+    """CPU seconds of this process's live descendants (the vLLM engine core and its workers), from ``/proc``;
+    None where there is no ``/proc``."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").is_file():
+        return None
+    parents: dict[int, int] = {}
+    seconds: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        seconds[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    mine, found = {os.getpid()}, True
+    while found:
+        found = False
+        for pid, parent in parents.items():
+            if parent in mine and pid not in mine:
+                mine.add(pid)
+                found = True
+    return sum(seconds[pid] for pid in mine if pid != os.getpid())
+
+
+def cpu_accounted(run: Any, *args: Any) -> dict[str, Any]:
+    """``run(*args)``'s result with the CPU seconds of this process and of the engine's processes meanwhile."""
+    pipeline, engine = process_cpu_seconds(), descendants_cpu_seconds()
+    result = run(*args)
+    result["pipeline_cpu_s"] = round(process_cpu_seconds() - pipeline, 3)
+    after = descendants_cpu_seconds()
+    result["engine_cpu_s"] = None if engine is None or after is None else round(after - engine, 3)
+    return result
 
 
 def started_tiny_serving(max_tokens: int, **settings: Any) -> Any:
@@ -171,15 +222,16 @@ def main() -> int:
                 seed = 1 + repeat * 100 + number
                 table = make_rows(Path(tmp) / f"data_{mode}_{repeat}", args.rows, size, seed)
                 if mode == "generate":
-                    result = run_generate(serving, table)
+                    result = cpu_accounted(run_generate, serving, table)
                 elif mode == "drained":
                     cls.concurrent_chunks = 1  # type: ignore[assignment]
                     try:
-                        result = run_step(serving, table, cache, args.chunk_size)
+                        result = cpu_accounted(run_step, serving, table, cache, args.chunk_size)
                     finally:
                         cls.concurrent_chunks = adaptive  # type: ignore[assignment]
                 else:
-                    result = run_step(serving, table, cache, args.rows if mode == "one_chunk" else args.chunk_size)
+                    chunk_size = args.rows if mode == "one_chunk" else args.chunk_size
+                    result = cpu_accounted(run_step, serving, table, cache, chunk_size)
                 runs[mode].append(result)
                 print(mode, result, file=sys.stderr, flush=True)
     window = serving.window_report()
@@ -197,6 +249,14 @@ def main() -> int:
             ratios[f"{a}/generate (generation phase)"] = round(generation[a] / generation["generate"], 3)
             paired = [x["generation_s"] / y["generation_s"] for x, y in zip(runs[a], runs["generate"], strict=True)]
             ratios[f"{a}/generate (generation phase, median per repeat)"] = round(statistics.median(paired), 3)
+    cpu = {
+        mode: {
+            part: statistics.median(r[part] for r in results) if results[0][part] is not None else None
+            for part in ("pipeline_cpu_s", "engine_cpu_s")
+        }
+        for mode, results in runs.items()
+        if results
+    }
     enqueue_share = {
         mode: round(statistics.median(r["enqueue_s"] / r["seconds"] for r in results), 3)
         for mode, results in runs.items()
@@ -212,6 +272,7 @@ def main() -> int:
             "build_workers": build_workers,
             "median_seconds": median,
             "median_generation_seconds": generation,
+            "median_cpu_seconds": cpu,
             "ratios": ratios,
             "enqueue_share_of_step": enqueue_share,
             "runs": runs,
