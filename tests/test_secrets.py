@@ -60,3 +60,23 @@ def test_a_signed_urls_signature_token_and_key_id_are_registered_its_other_param
     shown = scrub(f"could not read '{url}'")
     assert "K3yP" not in shown and "AKIAEXAMPLEKEYID" not in shown and "9f86d081884c7d65" not in shown
     assert "sv=2024-11-04" in shown and "part-0.parquet" in shown
+
+
+def test_a_url_is_recorded_without_its_signature_or_password_and_any_other_url_as_it_is():
+    from dataflow_mm.common.secrets import unsigned_url
+
+    signed = [
+        "https://bucket.s3.amazonaws.com/data/part-0.parquet?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=9f86",
+        "https://bucket.s3.amazonaws.com/data/part-0.parquet?AWSAccessKeyId=AKIA&Signature=abc%3D&Expires=1765000000",
+        "https://bucket.s3.amazonaws.com/data/part-0.parquet?x-amz-security-token=IQoJ&X-Amz-Date=20261208T000000Z",
+    ]
+    assert {unsigned_url(url) for url in signed} == {"https://bucket.s3.amazonaws.com/data/part-0.parquet"}
+    assert unsigned_url("https://me:hunter2@host:8443/t.jsonl?page=2#top") == "https://host:8443/t.jsonl?page=2#top"
+    for kept in (
+        "https://host/t.jsonl?page=2",
+        "s3://bucket/part-*.parquet",
+        "hf://datasets/org/name/data/train.parquet",
+        "/data/shards/part-?.jsonl",
+        "relative/table.jsonl",
+    ):
+        assert unsigned_url(kept) == kept

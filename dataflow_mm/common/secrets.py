@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import threading
-from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit, urlunsplit
 
 REDACTED = "***"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -85,6 +85,20 @@ def register_url_secrets(url: str) -> None:
     for name, value in parse_qsl(urlsplit(url).query):
         if name.lower() in URL_SECRET_PARAMETERS:
             register_secret(value)
+
+
+def unsigned_url(url: str) -> str:
+    """``url`` as a file may record it: an ``http(s)`` URL that a query parameter signs or authorizes (a presigned
+    URL) without its query, and any URL without a ``user:password@``; every other ``url`` as it is. One object's
+    fresh presigned URLs all give the same form, so a run given a new one resumes where the last one stopped."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        return url
+    signed = any(name.lower() in URL_SECRET_PARAMETERS for name, _ in parse_qsl(parts.query))
+    host = parts.netloc.rpartition("@")[2]
+    if not signed and host == parts.netloc:
+        return url
+    return urlunsplit((parts.scheme, host, parts.path, "" if signed else parts.query, "" if signed else parts.fragment))
 
 
 def _written_forms(value: str) -> set[str]:

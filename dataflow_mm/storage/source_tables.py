@@ -16,6 +16,11 @@ The shards are listed once, with their size and version (ETag, mtime), into a sm
 identity (a rewritten shard changes it, so resume never mixes old and new rows), and reading it streams
 the shards one after another in chunks of ``chunk_size`` rows, so memory stays flat however many shards
 there are. Nothing is copied to local disk but the images that rows use (into the media cache).
+
+A presigned URL (``http(s)`` with a signature in its query) is recorded without its query
+(``common.secrets.unsigned_url``): its signature never reaches the cache, and a fresh presigned URL of
+the same unchanged object is the same input, so the run resumes. The signed URL itself is kept in
+memory only, by the process that listed it, to read the shard.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import pandas as pd
 
 from dataflow_mm.common.errors import StorageError
 from dataflow_mm.common.logger import get_logger
-from dataflow_mm.common.secrets import register_url_secrets
+from dataflow_mm.common.secrets import register_url_secrets, unsigned_url
 from dataflow_mm.storage.arrow_exact import batch_frame, parquet_json_columns
 from dataflow_mm.storage.atomic import write_bytes_atomic
 from dataflow_mm.storage.chunks import Chunk, Reject, records_frame
@@ -62,6 +67,7 @@ SHARD_KINDS = {
     ".tar.gz": "webdataset",
 }
 _DIRECT_SUFFIXES = (".arrow", ".tar", ".tgz", ".tar.gz")  # local files that step 0 cannot read as they are
+_SIGNED_URLS: dict[str, str] = {}  # a signed shard's URL as its source file records it -> the signed URL
 
 
 def is_source_file(path: str | Path) -> bool:
@@ -143,13 +149,39 @@ def list_shards(source: str, split: str | None = None) -> tuple[str, list[dict[s
 def source_table(source: str, cache_path: Path, prefix: str, split: str | None = None) -> Path:
     """Write (when changed) and return the source file of ``source`` (see the module docstring)."""
     kind, shards = list_shards(source, split)
-    data = json.dumps({"source": source, "split": split, "kind": kind, "shards": shards}, indent=1).encode("utf-8")
+    recorded = [_recorded(shard) for shard in shards]
+    spec = {"source": unsigned_url(source), "split": split, "kind": kind, "shards": recorded}
+    data = json.dumps(spec, indent=1).encode("utf-8")
     target = Path(cache_path) / f"{prefix}_input{SOURCE_SUFFIX}"
     if not target.is_file() or target.read_bytes() != data:  # unchanged shards: same file, so resume holds
         write_bytes_atomic(data, target)
     total = sum(s["size"] or 0 for s in shards)
     log.info(f"first_entry_file: {len(shards)} {kind} shard(s), {total / 1e6:.1f} MB, from '{source}' -> {target}")
     return target
+
+
+def _recorded(shard: dict[str, Any]) -> dict[str, Any]:
+    """A listed shard as its source file records it: a signed URL without its signature (kept in memory)."""
+    url = shard["url"]
+    public = unsigned_url(url)
+    if public == url:
+        return shard
+    _SIGNED_URLS[public] = url
+    return {**shard, "url": public, "signed": True}
+
+
+def _readable_url(shard: dict[str, Any]) -> str:
+    """The URL to read a recorded shard from: a signed one only as this process was given it."""
+    url = shard["url"]
+    if not shard.get("signed"):
+        return url
+    signed = _SIGNED_URLS.get(url)
+    if signed is None:
+        raise StorageError(
+            f"input shard '{url}' was given as a signed URL, which the cache does not keep: "
+            "run again with a signed URL of it as first_entry_file"
+        )
+    return signed
 
 
 def source_media_root(table: Path) -> Path | None:
@@ -239,7 +271,7 @@ def iter_source(path: Path, chunk_size: int) -> Iterator[Chunk]:
     held = 0
     for shard in shards:
         url = shard["url"]
-        fs, inner = filesystem(url)
+        fs, inner = filesystem(_readable_url(shard))
         try:
             _check_unchanged(fs, inner, shard)
             for frame, found in _shard_chunks(fs, inner, url, kind, chunk_size):

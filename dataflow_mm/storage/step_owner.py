@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dataflow_mm.common.errors import StorageError
+from dataflow_mm.common.secrets import unsigned_url
 from dataflow_mm.storage.lock import LOCK_FILE_NAME
 from dataflow_mm.storage.manifest import MANIFEST_SUFFIX, MEDIA_SUFFIX, StepManifest
 
@@ -36,7 +37,7 @@ def writer_of(storage: Any) -> dict[str, Any]:
     return {
         PIPELINE_KEY: getattr(storage, "pipeline_name", None),
         CHAIN_START_KEY: int(getattr(storage, "step_offset", 0) or 0),
-        FIRST_ENTRY_KEY: str(getattr(storage, "first_entry_file_name", "")),
+        FIRST_ENTRY_KEY: unsigned_url(str(getattr(storage, "first_entry_file_name", ""))),
     }
 
 

@@ -10,6 +10,7 @@ import sys
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -136,23 +137,17 @@ def test_a_presigned_url_is_read_and_its_signature_is_never_shown(
     """A URL as boto3's ``generate_presigned_url`` gives it (query authentication, v2 and v4): one Parquet
     shard read over https-like HTTP, its query not taken for a glob or a file suffix; the signature,
     session token and key id are kept out of the log and of the one-line error of a URL that fails."""
-    import boto3
-    from botocore.config import Config
-
     from dataflow_mm.common.logger import get_logger
     from dataflow_mm.common.secrets import scrub
 
     bucket = s3.make_bucket(f"presigned-{signature_version}")
     put_parquet(s3.fs(), f"{bucket}/part-0.parquet", pa.table({"id": [1, 2, 3], "image": ["a.jpg"] * 3}))
-    client = boto3.client(
-        "s3", endpoint_url=s3.endpoint, region_name="us-east-1", config=Config(signature_version=signature_version)
-    )
 
     def presigned(key: str) -> str:
-        return client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=600)
+        return s3.presigned_url(bucket, key, signature_version)
 
     url = presigned("part-0.parquet")
-    query = dict(pair.split("=", 1) for pair in url.split("?", 1)[1].split("&"))
+    query = query_of(url)
     secrets = [v for k, v in query.items() if k.lower() in ("signature", "x-amz-signature", "x-amz-security-token")]
     assert len(secrets) == 2  # the signature and the session token
     handler = get_logger().handlers[0]  # the package's stderr handler, its filter and all
@@ -170,6 +165,53 @@ def test_a_presigned_url_is_read_and_its_signature_is_never_shown(
     assert f"{bucket}/part-0.parquet" in shown and f"{bucket}/part-9.parquet" in shown
     assert not [secret for secret in secrets if secret in shown]
     assert not [v for k, v in query.items() if k.lower() in ("awsaccesskeyid", "x-amz-credential") and v in shown]
+
+
+def query_of(url: str) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in url.split("?", 1)[1].split("&"))
+
+
+@pytest.mark.parametrize("signature_version", ["s3", "s3v4"])
+def test_a_fresh_presigned_url_of_the_same_object_resumes_and_no_signature_reaches_the_cache(
+    s3: LocalS3, tmp_path: Path, signature_version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Presigned URLs expire, so a user resumes with a new one: the run takes it for the same input (nothing
+    is redone) as long as the object is unchanged, and no signature, key id or session token is written to
+    any file of the cache. Reading the cache's source file in a process never given the URL says so."""
+    from dataflow_mm.pipeline.templates import load_pipeline_script
+    from dataflow_mm.storage import source_tables
+    from tests.support.fake_serving import FakeVLMServing
+    from tests.support.sample_data import scene_with_boxes
+
+    bucket = s3.make_bucket(f"resume-{signature_version}")
+    picture, boxes = scene_with_boxes((96, 72), 2, seed=1)
+    picture.save(tmp_path / "photo.jpg")
+    rows = {"id": [1, 2, 3], "image": [str(tmp_path / "photo.jpg")] * 3, "bbox": [boxes] * 3}
+    put_parquet(s3.fs(), f"{bucket}/part-0.parquet", pa.table(rows))
+    urls = [s3.presigned_url(bucket, "part-0.parquet", signature_version, expires) for expires in (600, 900)]
+    assert urls[0].split("?")[0] == urls[1].split("?")[0] and urls[0] != urls[1]
+    cache = tmp_path / "cache"
+    serving = FakeVLMServing()
+    pipeline = load_pipeline_script("image_region_caption_pipeline").ImageRegionCaptionPipeline
+
+    def run_from(url: str):
+        return pipeline(serving, first_entry_file=url, cache_path=str(cache), output_image_with_bbox_path=None).run()
+
+    first = run_from(urls[0])
+    calls = serving.calls.total
+    second = run_from(urls[1])
+    assert calls >= 1 and serving.calls.total == calls  # the second URL redid nothing
+    assert first.rows_out == second.rows_out == 3 and (cache / "report.html").is_file()
+    written = b"".join(p.read_bytes() for p in cache.rglob("*") if p.is_file()).decode("utf-8", "replace")
+    signing = ("awsaccesskeyid", "signature", "x-amz-credential", "x-amz-security-token", "x-amz-signature")
+    credentials = [v for url in urls for k, v in query_of(url).items() if k.lower() in signing]
+    assert len(credentials) == 6 and not [v for v in credentials for form in (v, unquote(v)) if form in written]
+    assert f"{bucket}/part-0.parquet" in written  # the object is still named
+
+    monkeypatch.setattr(source_tables, "_SIGNED_URLS", {})  # as in a process that was never given the URL
+    (source,) = cache.glob("*.dfmm-source.json")
+    with pytest.raises(StorageError, match="given as a signed URL, which the cache does not keep"):
+        list(iter_table(source))
 
 
 def test_without_s3fs_the_error_names_the_pip_line(tmp_path: Path) -> None:

@@ -41,6 +41,15 @@ class LocalS3:
         self.fs().mkdir(name)
         return name
 
+    def presigned_url(self, bucket: str, key: str, signature_version: str = "s3v4", expires: int = 600) -> str:
+        """A GET URL of ``bucket/key`` as boto3's ``generate_presigned_url`` gives it (``s3``: v2, ``s3v4``: v4)."""
+        import boto3
+        from botocore.config import Config
+
+        config = Config(signature_version=signature_version)
+        client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", config=config)
+        return client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
+
 
 @contextmanager
 def local_s3() -> Iterator[LocalS3]:
