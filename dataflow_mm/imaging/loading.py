@@ -30,6 +30,7 @@ ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError)
 _ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -54,12 +55,16 @@ def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
 def image_size(source: ImageSource) -> tuple[int, int]:
     """``(W, H)`` as displayed, read from the header only (no pixel decoding).
 
-    Width and height are swapped when the EXIF orientation is a 90/270 degree rotation.
+    Width and height are swapped when the EXIF orientation is a 90/270 degree rotation. A PNG's EXIF
+    may follow its pixel data: its chunks are then skipped over, not decoded (Pillow's ``getexif``
+    would decode every pixel to reach it: 9 ms for a 1024x768 photo, against 0.05 ms for a JPEG).
     """
     if isinstance(source, Image.Image):
         return _displayed_size(source)
     fp, label = _open_source(source)
     with _open_lazy(fp, label) as image:
+        if image.format == "PNG" and "exif" not in image.info and image.fp is not None:
+            return _oriented(image.size, _orientation_of(_png_exif_after_pixels(image.fp)))
         return _displayed_size(image)
 
 
@@ -144,12 +149,46 @@ def _finish(image: Image.Image, label: str) -> Image.Image:
 
 
 def _displayed_size(image: Image.Image) -> tuple[int, int]:
-    width, height = image.size
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION)
     except Exception:  # unreadable EXIF: the stored orientation is all we know
         orientation = None
+    return _oriented(image.size, orientation)
+
+
+def _oriented(size: tuple[int, int], orientation: int | None) -> tuple[int, int]:
+    width, height = size
     return (height, width) if orientation in _ROTATED_ORIENTATIONS else (width, height)
+
+
+def _orientation_of(exif: bytes | None) -> int | None:
+    """The EXIF orientation in raw EXIF data (a TIFF header and its entries), None when absent or unreadable."""
+    if not exif:
+        return None
+    try:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        return parsed.get(_EXIF_ORIENTATION)
+    except Exception:  # unreadable EXIF, as in _displayed_size
+        return None
+
+
+def _png_exif_after_pixels(fp: IO[bytes]) -> bytes | None:
+    """The data of a PNG's ``eXIf`` chunk, found by reading each chunk's header and seeking past its data."""
+    try:
+        fp.seek(len(_PNG_SIGNATURE))
+        while True:
+            header = fp.read(8)
+            if len(header) < 8:
+                return None
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind == b"eXIf":
+                return fp.read(length)
+            if kind == b"IEND":
+                return None
+            fp.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+    except (OSError, ValueError):
+        return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -115,6 +115,39 @@ def test_exif_orientation_without_rotation_keeps_size(tmp_path):
     assert load_image(path).size == (40, 20)
 
 
+def rotated_png(exif_after_pixels: bool) -> bytes:
+    """A 40x20 PNG whose EXIF says "rotate 90 degrees": before its pixel data (as Pillow writes it), or after
+    it, just before IEND (as the PNG extensions of 2017 allowed; Pillow reads it only by decoding the pixels)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = exif.tobytes().removeprefix(b"Exif\x00\x00")
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20), BLUE).save(buffer, "PNG", **({} if exif_after_pixels else {"exif": raw}))
+    data = buffer.getvalue()
+    if not exif_after_pixels:
+        return data
+    chunk = struct.pack(">I", len(raw)) + b"eXIf" + raw + struct.pack(">I", zlib.crc32(b"eXIf" + raw))
+    end = data.rindex(b"IEND") - 4
+    return data[:end] + chunk + data[end:]
+
+
+@pytest.mark.parametrize("exif_after_pixels", [False, True])
+def test_a_rotated_png_is_sized_as_displayed_without_decoding_its_pixels(tmp_path, monkeypatch, exif_after_pixels):
+    from PIL import ImageFile
+
+    data = rotated_png(exif_after_pixels)
+    (tmp_path / "rotated.png").write_bytes(data)
+    assert load_image(data).size == (20, 40)
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (40, 20)).save(plain)
+
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image))
+    assert image_size(tmp_path / "rotated.png") == image_size(data) == (20, 40)
+    assert image_size(plain) == (40, 20)
+    assert decoded == []
+
+
 def test_missing_file(tmp_path):
     missing = tmp_path / "nope.jpg"
     with pytest.raises(ImageNotFoundError, match=r"image file not found: '.*nope\.jpg'") as info:
