@@ -15,8 +15,10 @@ Nothing is downloaded; it runs in minutes. Exit 0 when every stage that ran pass
 * **Stage 2, a real model** (``--model DIR``, a local folder): the engine reports the default context
   (8192), a 4000x3000 photo's prompt tokens as vLLM counts them equal the project's counter, and 256
   distinct images are answered at a window of 64 and at the default window (the engine's
-  ``max_num_seqs``), the latter with and without the render thread: requests/s, generated tokens/s and
-  the seconds of input processing on the render thread and on the driver, of each.
+  ``max_num_seqs``), the latter with and without the render thread: requests/s, generated tokens/s,
+  the seconds of input processing on the render thread and on the driver, and the CPU seconds of the
+  pipeline's process per wall second (``pipeline_cpu_share``: near 1, or above with the render thread,
+  the engine waits on that one Python process), of each.
 * **Stage 3, the memory plan** (a GPU and local scorer folders): each scorer (BLIP, CLIP, OWLv2) runs one
   batch of 32 on the GPU; its peak reserved memory is compared with the plan's reserve
   (``pipeline.gpu_plan.ModelLoad``).
@@ -35,6 +37,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from cpu_time import process_cpu_seconds  # noqa: E402
 
 JSON_MAX_TOKENS = 96  # the region answers' schema bounds each caption so that the JSON closes within it
 PLUMBING_ROWS = 16
@@ -189,9 +194,9 @@ def stage_model(work: Path, model: Path, cuda: bool) -> dict[str, Any]:
             counted = counter.exact(counter.render(template), [to_pil(s) for s in sources])
             result["large_image_tokens"] = {"vllm": answer.prompt_tokens, "counter": counted}
         conversations = [build_conversation(f"Describe photo {i}.", [p]) for i, p in enumerate(images)]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), process_cpu_seconds()
         answers = serving.chat(conversations)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, process_cpu_seconds() - cpu
         tokens = sum(a.completion_tokens or 0 for a in answers)
         report = serving.window_report()
         result["runs"][label] = {
@@ -200,6 +205,7 @@ def stage_model(work: Path, model: Path, cuda: bool) -> dict[str, Any]:
             "enqueue_s": report.get("enqueue_s"),
             "seconds": round(seconds, 2),
             "requests_per_s": round(len(answers) / seconds, 2),
+            "pipeline_cpu_share": round(cpu / seconds, 2),
             "tokens_per_s": round(tokens / seconds, 1),
             "failed": sum(1 for a in answers if not a.ok),
         }

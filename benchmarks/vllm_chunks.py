@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -43,6 +41,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from cpu_time import descendants_cpu_seconds, process_cpu_seconds  # noqa: E402
 
 
 def make_rows(folder: Path, rows: int, size: tuple[int, int], seed: int = 0) -> Path:
@@ -60,41 +61,6 @@ def make_rows(folder: Path, rows: int, size: tuple[int, int], seed: int = 0) -> 
     table = folder / "rows.jsonl"
     table.write_text("\n".join(lines) + "\n")
     return table
-
-
-def process_cpu_seconds() -> float:
-    """CPU seconds of this process so far, all threads (user + system)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def descendants_cpu_seconds() -> float | None:
-    """CPU seconds of this process's live descendants (the vLLM engine core and its workers), from ``/proc``;
-    None where there is no ``/proc``."""
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").is_file():
-        return None
-    parents: dict[int, int] = {}
-    seconds: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        parents[int(entry.name)] = int(fields[1])
-        seconds[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    mine, found = {os.getpid()}, True
-    while found:
-        found = False
-        for pid, parent in parents.items():
-            if parent in mine and pid not in mine:
-                mine.add(pid)
-                found = True
-    return sum(seconds[pid] for pid in mine if pid != os.getpid())
 
 
 def cpu_accounted(run: Any, *args: Any) -> dict[str, Any]:
