@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,6 +26,7 @@ from dataflow_mm.common.errors import ImageDecodeError, ImageLoadError, ImageNot
 
 DEFAULT_MAX_PIXELS = 100_000_000
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
+Reduction = Callable[[tuple[int, int]], tuple[int, int] | None]  # a JPEG's stored size -> a size to decode at
 
 # Errors Pillow raises on corrupt or truncated data (SyntaxError and struct errors come from plugins).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError)
@@ -33,12 +35,17 @@ _EXIF_ORIENTATION = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(
+    source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS, reduce: Reduction | None = None
+) -> Image.Image:
     """Decode ``source`` (path, bytes or PIL image) into a new RGB image as displayed.
 
     EXIF orientation is applied; alpha is composited over white; palette, 16-bit, float,
     grayscale and CMYK images are converted to 8-bit RGB. Raises ``ImageNotFoundError``,
     ``ImageDecodeError`` or ``ImageTooLargeError`` (row errors) with the source in the message.
+    ``reduce``: given a JPEG's stored size, a half, quarter or eighth of it to decode at instead (libjpeg
+    decodes those directly, in a fraction of the time), or None for the whole image; other formats and
+    PIL images are not reduced (``serving.jpeg_reduction`` makes one for a model's processor).
     """
     if isinstance(source, Image.Image):
         label = f"<PIL image {source.mode} {source.width}x{source.height}>"
@@ -48,6 +55,10 @@ def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     fp, label = _open_source(source)
     with _open_lazy(fp, label) as image:
         _check_pixels(image.size, label, max_pixels)
+        if reduce is not None and image.format == "JPEG":
+            smaller = reduce(image.size)
+            if smaller is not None:
+                image.draft(None, smaller)
         _force_load(image, label)
         return _finish(image, label)
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from dataflow_mm.imaging.loading import Reduction
 
 Message = dict[str, Any]
 Conversation = list[Message]
@@ -63,8 +66,9 @@ def split_images(conversation: Conversation) -> tuple[list[Message], list[ImageL
     return template_messages, images
 
 
-def to_pil(image: ImageLike) -> Image.Image:
-    """An in-memory RGB image from a path, bytes or PIL image (EXIF orientation applied)."""
+def to_pil(image: ImageLike, reduce: Reduction | None = None) -> Image.Image:
+    """An in-memory RGB image from a path, bytes or PIL image (EXIF orientation applied; a JPEG decoded at the
+    size ``reduce`` gives, see ``imaging.loading.load_image``)."""
     from dataflow_mm.imaging.loading import load_image
 
-    return load_image(image)
+    return load_image(image, reduce=reduce)

@@ -54,6 +54,7 @@ from dataflow_mm.common.errors import (
     row_error_text,
 )
 from dataflow_mm.common.logger import get_logger
+from dataflow_mm.imaging.loading import Reduction
 from dataflow_mm.serving import structured
 from dataflow_mm.serving.base import (
     Completion,
@@ -63,6 +64,7 @@ from dataflow_mm.serving.base import (
     VLMServing,
     split_prefixed_sampling,
 )
+from dataflow_mm.serving.jpeg_reduction import jpeg_reduction
 from dataflow_mm.serving.local_model import LocalModel
 from dataflow_mm.serving.messages import split_images, to_pil
 from dataflow_mm.serving.vllm_cpu_memory import cpu_memory_utilization, is_cpu_build, kv_cache_size_given
@@ -195,6 +197,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         self._counter: Any = None
         self._model_dir: Path | None = None
         self._processor: Any = None
+        self._jpeg_reduction: Reduction | None = None  # JPEG photos decoded at the scale the processor shrinks to
         self._llm: Any = None
         self._vllm: Any = None
 
@@ -427,6 +430,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         model_dir = self.model_dir
         if self._processor is None:
             self._processor = load_processor(model_dir)
+        self._jpeg_reduction = jpeg_reduction(self._processor, self.mm_processor_kwargs())
         args = self.engine_args()
         cpu = is_cpu_build(self._vllm)
         if cpu and not self.gpu_memory_utilization_given and not kv_cache_size_given(args):
@@ -472,7 +476,7 @@ class LocalModelVLMServing_vllm(LocalModel, VLMServing):
         images = []
         for source in sources:
             try:
-                images.append(engine_image(to_pil(source)))
+                images.append(engine_image(to_pil(source, self._jpeg_reduction)))
             except RowError:
                 raise
             except Exception as exc:  # anything else from decoding is still this row's problem

@@ -148,6 +148,23 @@ def test_a_rotated_png_is_sized_as_displayed_without_decoding_its_pixels(tmp_pat
     assert decoded == []
 
 
+def test_a_jpeg_is_decoded_at_the_reduction_asked_for_and_other_formats_whole(tmp_path):
+    asked = []
+
+    def quarter(size):
+        asked.append(size)
+        return size[0] // 4, size[1] // 4
+
+    Image.new("RGB", (800, 600), RED).save(tmp_path / "photo.jpg", quality=90)
+    Image.new("RGB", (800, 600), RED).save(tmp_path / "photo.png")
+    assert load_image(tmp_path / "photo.jpg", reduce=quarter).size == (200, 150)
+    assert load_image(tmp_path / "photo.png", reduce=quarter).size == (800, 600)
+    assert load_image(tmp_path / "photo.jpg", reduce=lambda size: None).size == (800, 600)
+    rotated = exif_rotated_jpeg(tmp_path / "rotated.jpg")  # stored 40x20, displayed 20x40
+    assert load_image(rotated, reduce=lambda size: (size[0] // 2, size[1] // 2)).size == (10, 20)
+    assert asked == [(800, 600)]  # the stored size; a PNG is not asked about
+
+
 def test_missing_file(tmp_path):
     missing = tmp_path / "nope.jpg"
     with pytest.raises(ImageNotFoundError, match=r"image file not found: '.*nope\.jpg'") as info:

@@ -746,9 +746,12 @@ def test_images_are_decoded_by_build_threads_or_the_driver_and_each_template_ren
     serving.chat([build_conversation("warm up")])  # one-off renders (finding the image tokens) happen here
     decoded_in: list[str] = []
     to_pil = vllm_serving.to_pil
-    monkeypatch.setattr(
-        vllm_serving, "to_pil", lambda source: decoded_in.append(threading.current_thread().name) or to_pil(source)
-    )
+
+    def decoding(source: Any, *how: Any) -> Any:
+        decoded_in.append(threading.current_thread().name)
+        return to_pil(source, *how)
+
+    monkeypatch.setattr(vllm_serving, "to_pil", decoding)
     renders: list[int] = []
     template = serving._processor.apply_chat_template
     monkeypatch.setattr(
@@ -823,6 +826,24 @@ def test_a_refused_request_fails_alone_and_nothing_is_sent_twice(fake_vllm: type
     (llm,) = fake_vllm.instances
     assert [request["prompt"].count("REJECT") for request, _ in llm.enqueued] == [0, 1, 0]
     assert serving.stats.retried == 0
+
+
+def test_a_large_jpeg_reaches_the_engine_decoded_at_a_reduced_scale_and_a_png_whole(
+    fake_vllm: type[FakeLLM], tiny_qwen_dir: Path, tmp_path: Path
+) -> None:
+    """The tiny Qwen's processor shrinks any photo to about 12,544 pixels: a 2400x1800 JPEG is decoded at an
+    eighth of each side (the processor makes the same 84x112 of it), the same picture as PNG whole."""
+    photo = Image.new("RGB", (2400, 1800), (200, 90, 40))
+    ImageDraw.Draw(photo).rectangle([300, 200, 1500, 1200], fill=(20, 160, 220))
+    photo.save(tmp_path / "photo.jpg", quality=90)
+    photo.save(tmp_path / "photo.png")
+    serving = fake_serving(tiny_qwen_dir)
+    sources = [str(tmp_path / "photo.jpg"), str(tmp_path / "photo.png")]
+    completions = serving.chat([build_conversation("Describe it.", [source]) for source in sources])
+    assert [c.ok for c in completions] == [True, True]
+    (llm,) = fake_vllm.instances
+    shapes = [request["multi_modal_data"]["image"].shape for request, _ in llm.enqueued]
+    assert shapes == [(225, 300, 3), (1800, 2400, 3)]
 
 
 def test_answers_cut_off_at_max_tokens_are_marked_truncated(fake_vllm: type[FakeLLM], tiny_qwen_dir: Path) -> None:
