@@ -80,3 +80,12 @@ def test_a_url_is_recorded_without_its_signature_or_password_and_any_other_url_a
         "relative/table.jsonl",
     ):
         assert unsigned_url(kept) == kept
+
+
+def test_the_password_of_a_url_is_registered_too():
+    from dataflow_mm.common.secrets import register_url_secrets
+
+    url = "https://reader:Pa55w0rdOfTheBucket@data.example.org/shards/part-0.jsonl"
+    register_url_secrets(url)
+    shown = scrub(f"cannot read input shard '{url}': 403")
+    assert "Pa55w0rdOfTheBucket" not in shown and "reader:" in shown and "part-0.jsonl" in shown

@@ -81,10 +81,13 @@ URL_SECRET_PARAMETERS = frozenset(
 
 def register_url_secrets(url: str) -> None:
     """Register the values of ``url``'s signing query parameters (a presigned URL's signature, session token
-    and key id), so that ``scrub`` removes them from logs and error lines while the URL itself still works."""
-    for name, value in parse_qsl(urlsplit(url).query):
+    and key id) and its ``user:password@`` password, so that ``scrub`` removes them from logs and error lines
+    while the URL itself still works."""
+    parts = urlsplit(url)
+    for name, value in parse_qsl(parts.query):
         if name.lower() in URL_SECRET_PARAMETERS:
             register_secret(value)
+    register_secret(parts.password)
 
 
 def unsigned_url(url: str) -> str:
