@@ -84,9 +84,8 @@ def register_url_secrets(url: str) -> None:
     and key id) and its ``user:password@`` password, so that ``scrub`` removes them from logs and error lines
     while the URL itself still works."""
     parts = urlsplit(url)
-    for name, value in parse_qsl(parts.query):
-        if name.lower() in URL_SECRET_PARAMETERS:
-            register_secret(value)
+    for value in _signing_values(parts.query):
+        register_secret(value)
     register_secret(parts.password)
 
 
@@ -97,11 +96,16 @@ def unsigned_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https"):
         return url
-    signed = any(name.lower() in URL_SECRET_PARAMETERS for name, _ in parse_qsl(parts.query))
+    signed = bool(_signing_values(parts.query))
     host = parts.netloc.rpartition("@")[2]
     if not signed and host == parts.netloc:
         return url
     return urlunsplit((parts.scheme, host, parts.path, "" if signed else parts.query, "" if signed else parts.fragment))
+
+
+def _signing_values(query: str) -> list[str]:
+    """The values of a URL query's parameters that sign or authorize it (``URL_SECRET_PARAMETERS``)."""
+    return [value for name, value in parse_qsl(query) if name.lower() in URL_SECRET_PARAMETERS]
 
 
 def _written_forms(value: str) -> set[str]:

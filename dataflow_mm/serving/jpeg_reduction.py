@@ -26,9 +26,9 @@ def jpeg_reduction(processor: Any, processor_kwargs: dict[str, Any] | None = Non
     image_processor = getattr(processor, "image_processor", None)
     resize = getattr(sys.modules.get(type(image_processor).__module__), "smart_resize", None)
     patch, merge = getattr(image_processor, "patch_size", None), getattr(image_processor, "merge_size", None)
-    kwargs = dict(processor_kwargs or {})
-    min_pixels = kwargs.get("min_pixels") or _size_setting(image_processor, kwargs, "shortest_edge", "min_pixels")
-    max_pixels = kwargs.get("max_pixels") or _size_setting(image_processor, kwargs, "longest_edge", "max_pixels")
+    kwargs = processor_kwargs or {}
+    min_pixels = _pixel_bound(image_processor, kwargs, "min_pixels", "shortest_edge")
+    max_pixels = _pixel_bound(image_processor, kwargs, "max_pixels", "longest_edge")
     if not callable(resize) or not isinstance(patch, int) or not isinstance(merge, int):
         return None
     if not isinstance(min_pixels, int) or not isinstance(max_pixels, int):
@@ -56,11 +56,13 @@ def jpeg_reduction(processor: Any, processor_kwargs: dict[str, Any] | None = Non
     return reduced
 
 
-def _size_setting(image_processor: Any, kwargs: dict[str, Any], edge: str, legacy: str) -> Any:
-    """A pixel bound from the call's ``size`` kwarg, else the processor's ``size`` (``longest_edge`` holds
-    ``max_pixels`` in transformers 5), else its own attribute."""
+def _pixel_bound(image_processor: Any, kwargs: dict[str, Any], name: str, edge: str) -> Any:
+    """``name`` (``min_pixels``/``max_pixels``) as the processor will use it: the call's kwarg, else the ``size``
+    of the call or of the processor (transformers 5 keeps the bounds there as ``edge``), else its attribute."""
+    if kwargs.get(name):
+        return kwargs[name]
     for size in (kwargs.get("size"), getattr(image_processor, "size", None)):
         value = size.get(edge) if isinstance(size, dict) else getattr(size, edge, None)
         if value:
             return value
-    return getattr(image_processor, legacy, None)
+    return getattr(image_processor, name, None)
